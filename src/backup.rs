@@ -1,0 +1,517 @@
+//! Backup: walk a source, reuse unchanged files from the parent snapshot, store what is new.
+//!
+//! The calling thread walks, reads, chunks and hashes (every dedup decision is made there, so it
+//! needs no locks); worker threads compress and seal; one writer thread packs. Bounded channels
+//! between them keep memory flat whatever the phone's size. The snapshot record is written only
+//! after every pack and index it needs is durable.
+
+use std::collections::HashSet;
+use std::io::{Cursor, Read};
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::time::Instant;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::chunker::{chunks, ChunkerParams};
+use crate::progress::Progress;
+use crate::repo::lock::{hostname, LockKind, RepoLock};
+use crate::repo::packer::{Packer, PackerReport};
+use crate::repo::snapshot::{self, Snapshot, SnapshotInfo, SnapshotStats};
+use crate::repo::{BlobId, BlobKind, RepoError, Repository, SnapshotId};
+use crate::source::{Source, SourceEntry, SourceError, SourceFile, SourceKind};
+use crate::tree::{load_tree, ChunkRef, Entry, Meta, Node, Tree};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("invalid pattern {pattern:?}: {why}")]
+    Pattern { pattern: String, why: String },
+    #[error("{0}")]
+    Device(String),
+    /// The packing threads stopped; their own error is what gets reported.
+    #[error("the repository writer stopped")]
+    WriterStopped,
+}
+
+/// Which paths a backup takes: excludes win; with includes, only matching paths (and the
+/// folders leading to them) are kept. A pattern without `/` matches a name at any depth.
+#[derive(Default)]
+pub struct PathFilter {
+    excludes: Option<GlobSet>,
+    includes: Option<GlobSet>,
+}
+
+impl PathFilter {
+    pub fn new(excludes: &[String], includes: &[String]) -> Result<PathFilter, BackupError> {
+        Ok(PathFilter {
+            excludes: build_globs(excludes)?,
+            includes: build_globs(includes)?,
+        })
+    }
+
+    fn matches(set: &GlobSet, path: &Path) -> bool {
+        set.is_match(path) || path.file_name().is_some_and(|name| set.is_match(name))
+    }
+
+    fn excluded(&self, path: &Path) -> bool {
+        self.excludes
+            .as_ref()
+            .is_some_and(|set| Self::matches(set, path))
+    }
+
+    /// Is `path` wanted for itself (not only as a way to something wanted below it)?
+    fn included(&self, path: &Path, inside_included: bool) -> bool {
+        inside_included
+            || self
+                .includes
+                .as_ref()
+                .is_none_or(|set| Self::matches(set, path))
+    }
+}
+
+fn build_globs(patterns: &[String]) -> Result<Option<GlobSet>, BackupError> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        let glob = Glob::new(pattern.trim_end_matches('/')).map_err(|e| BackupError::Pattern {
+            pattern: pattern.clone(),
+            why: e.to_string(),
+        })?;
+        builder.add(glob);
+    }
+    builder.build().map(Some).map_err(|e| BackupError::Pattern {
+        pattern: patterns.join(" "),
+        why: e.to_string(),
+    })
+}
+
+pub struct BackupOptions {
+    pub device: String,
+    pub tags: Vec<String>,
+    pub filter: PathFilter,
+    /// Nanoseconds since the epoch; now when `None`.
+    pub time_ns: Option<i64>,
+    /// Read every file even when the parent snapshot has it unchanged.
+    pub force: bool,
+}
+
+pub struct BackupOutcome {
+    pub id: SnapshotId,
+    pub snapshot: Snapshot,
+    pub parent: Option<SnapshotInfo>,
+    /// Paths that could not be read, with why; the snapshot lacks them.
+    pub unreadable: Vec<(String, String)>,
+    /// Device nodes, sockets and pipes, which are not backed up.
+    pub skipped: Vec<String>,
+}
+
+struct Job {
+    id: BlobId,
+    kind: BlobKind,
+    plain: Vec<u8>,
+}
+
+struct Encoded {
+    id: BlobId,
+    kind: BlobKind,
+    stored: Vec<u8>,
+    raw_len: u32,
+}
+
+pub fn run(
+    repo: &Repository,
+    source: &dyn Source,
+    options: &BackupOptions,
+) -> Result<BackupOutcome, BackupError> {
+    snapshot::validate_device_name(&options.device).map_err(BackupError::Device)?;
+    let _lock = RepoLock::acquire(repo, LockKind::Shared, "backup")?;
+    let started = Instant::now();
+    let time_ns = options
+        .time_ns
+        .unwrap_or_else(|| chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0));
+    let parent = snapshot::list(repo)?
+        .into_iter()
+        .filter(|s| s.snapshot.device == options.device)
+        .next_back();
+    let parent_root = match (&parent, options.force) {
+        (Some(info), false) => Some(load_tree(repo, &info.snapshot.root)?),
+        _ => None,
+    };
+    let known = repo.index().known_blobs()?;
+    let progress = Progress::bytes("backup", None);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+
+    let (walk_result, pack_result) = std::thread::scope(|scope| {
+        let (job_tx, job_rx) = sync_channel::<Job>(workers * 2);
+        let (enc_tx, enc_rx) = sync_channel::<Encoded>(workers * 2);
+        let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
+        for _ in 0..workers {
+            let (job_rx, enc_tx) = (job_rx.clone(), enc_tx.clone());
+            scope.spawn(move || encode_blobs(repo, &job_rx, enc_tx));
+        }
+        drop(enc_tx);
+        let writer = scope.spawn(move || pack_blobs(repo, enc_rx));
+        let mut walker = Walker {
+            repo,
+            source,
+            filter: &options.filter,
+            params: repo.config().chunker,
+            seed: repo.chunker_seed(),
+            known,
+            jobs: job_tx,
+            stats: SnapshotStats::default(),
+            unreadable: Vec::new(),
+            skipped: Vec::new(),
+            progress: &progress,
+            writer_stopped: false,
+        };
+        let walked = walker.walk_root(parent_root.as_ref());
+        let Walker {
+            stats,
+            unreadable,
+            skipped,
+            jobs,
+            ..
+        } = walker;
+        drop(jobs); // lets the workers, then the writer, finish
+        let packed = writer.join().expect("pack writer does not panic");
+        (
+            walked.map(|root| (root, stats, unreadable, skipped)),
+            packed,
+        )
+    });
+    progress.finish();
+    // A failed writer makes the walker fail too (its channel closes): report the writer's cause.
+    let report = pack_result?;
+    let (root, mut stats, unreadable, skipped) = walk_result?;
+    stats.added_bytes = report.added_bytes;
+    stats.unreadable = unreadable.len() as u64;
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    let snapshot = Snapshot {
+        device: options.device.clone(),
+        time_ns,
+        hostname: hostname(),
+        tags: options.tags.clone(),
+        source: source.describe(),
+        parent: parent.as_ref().map(|p| p.id),
+        root,
+        stats,
+    };
+    let id = snapshot::save(repo, &snapshot)?;
+    Ok(BackupOutcome {
+        id,
+        snapshot,
+        parent,
+        unreadable,
+        skipped,
+    })
+}
+
+fn encode_blobs(
+    repo: &Repository,
+    jobs: &std::sync::Mutex<Receiver<Job>>,
+    out: SyncSender<Encoded>,
+) {
+    loop {
+        let job = match jobs.lock().expect("job queue lock").recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        let stored = repo.encode_blob(job.kind, &job.id, &job.plain);
+        let encoded = Encoded {
+            id: job.id,
+            kind: job.kind,
+            stored,
+            raw_len: job.plain.len() as u32,
+        };
+        if out.send(encoded).is_err() {
+            return; // the writer failed; it reports why
+        }
+    }
+}
+
+fn pack_blobs(repo: &Repository, blobs: Receiver<Encoded>) -> Result<PackerReport, RepoError> {
+    let mut packer = Packer::new(repo);
+    for blob in blobs {
+        packer.add(blob.id, blob.kind, &blob.stored, blob.raw_len)?;
+    }
+    packer.finish()
+}
+
+struct Walker<'a> {
+    repo: &'a Repository,
+    source: &'a dyn Source,
+    filter: &'a PathFilter,
+    params: ChunkerParams,
+    seed: u64,
+    known: HashSet<BlobId>,
+    jobs: SyncSender<Job>,
+    stats: SnapshotStats,
+    unreadable: Vec<(String, String)>,
+    skipped: Vec<String>,
+    progress: &'a Progress,
+    writer_stopped: bool,
+}
+
+/// How a file's content was obtained.
+enum Content {
+    Read { chunks: Vec<ChunkRef>, size: u64 },
+    Unreadable,
+}
+
+impl Walker<'_> {
+    fn walk_root(&mut self, parent: Option<&Tree>) -> Result<BlobId, BackupError> {
+        self.source.root_meta()?;
+        let (tree, _) = self.walk_dir(Path::new(""), parent, false)?;
+        Ok(tree)
+    }
+
+    /// Stores the tree of `dir` and returns its id and how many entries it kept.
+    fn walk_dir(
+        &mut self,
+        dir: &Path,
+        parent: Option<&Tree>,
+        inside_included: bool,
+    ) -> Result<(BlobId, usize), BackupError> {
+        let listing = match self.source.list(dir) {
+            Ok(listing) => listing,
+            Err(SourceError::Unreadable { path, source }) => {
+                self.note_unreadable(path, source.to_string())?;
+                Default::default()
+            }
+            Err(other) => return Err(other.into()),
+        };
+        for (name, error) in listing.unreadable {
+            self.note_unreadable(
+                dir.join(os_name(&name)).display().to_string(),
+                error.to_string(),
+            )?;
+        }
+        let mut tree = Tree::default();
+        for item in listing.entries {
+            if self.writer_stopped {
+                return Err(BackupError::WriterStopped);
+            }
+            let path = dir.join(os_name(&item.name));
+            if self.filter.excluded(&path) {
+                continue;
+            }
+            let wanted = self.filter.included(&path, inside_included);
+            let previous = parent.and_then(|p| p.find(&item.name));
+            let node = match &item.kind {
+                SourceKind::Dir => self.dir_node(&path, previous, wanted)?,
+                _ if !wanted => None,
+                SourceKind::File { size } => self.file_node(&path, &item, *size, previous)?,
+                SourceKind::Symlink { target } => {
+                    self.stats.symlinks += 1;
+                    Some(Node::Symlink {
+                        target: target.clone(),
+                    })
+                }
+                SourceKind::Special => {
+                    self.skipped.push(path.display().to_string());
+                    None
+                }
+            };
+            if let Some(node) = node {
+                tree.entries.push(Entry {
+                    name: item.name,
+                    meta: item.meta,
+                    node,
+                });
+            }
+        }
+        let kept = tree.entries.len();
+        Ok((self.store_tree(&tree), kept))
+    }
+
+    fn dir_node(
+        &mut self,
+        path: &Path,
+        previous: Option<&Entry>,
+        wanted: bool,
+    ) -> Result<Option<Node>, BackupError> {
+        let parent_tree = match previous.map(|e| &e.node) {
+            Some(Node::Dir { tree }) => load_tree(self.repo, tree).ok(),
+            _ => None,
+        };
+        let (tree, kept) = self.walk_dir(
+            path,
+            parent_tree.as_ref(),
+            wanted && self.filter.includes.is_some(),
+        )?;
+        if kept == 0 && !wanted {
+            return Ok(None);
+        }
+        self.stats.dirs += 1;
+        Ok(Some(Node::Dir { tree }))
+    }
+
+    fn file_node(
+        &mut self,
+        path: &Path,
+        item: &SourceEntry,
+        size: u64,
+        previous: Option<&Entry>,
+    ) -> Result<Option<Node>, BackupError> {
+        if let Some(Entry {
+            meta,
+            node: Node::File {
+                size: old_size,
+                chunks,
+            },
+            ..
+        }) = previous
+        {
+            let unchanged = *old_size == size && same_mtime(meta, &item.meta);
+            if unchanged && chunks.iter().all(|c| self.known.contains(&c.id)) {
+                self.count_file(size);
+                return Ok(Some(Node::File {
+                    size,
+                    chunks: chunks.clone(),
+                }));
+            }
+        }
+        match self.read_file(path, item, size)? {
+            Content::Read { chunks, size } => {
+                self.count_file(size);
+                Ok(Some(Node::File { size, chunks }))
+            }
+            Content::Unreadable => Ok(None),
+        }
+    }
+
+    fn count_file(&mut self, size: u64) {
+        self.stats.files += 1;
+        self.stats.bytes += size;
+        self.progress.add(size);
+        self.progress.message(format!("{} files", self.stats.files));
+    }
+
+    /// Reads a file; if it changes while being read, reads it again, and in the end records
+    /// exactly the bytes that were read, so size and content always agree.
+    fn read_file(
+        &mut self,
+        path: &Path,
+        item: &SourceEntry,
+        size: u64,
+    ) -> Result<Content, BackupError> {
+        let mut last = None;
+        for _attempt in 0..3 {
+            let result = self.source.open(path).and_then(|file| {
+                self.chunk_file(file, size)
+                    .map_err(|e| SourceError::Unreadable {
+                        path: path.display().to_string(),
+                        source: e,
+                    })
+            });
+            match result {
+                Ok((chunks, read, state_after)) => {
+                    let stable = state_after == (size, item.meta.mtime_sec, item.meta.mtime_nsec)
+                        && read == size;
+                    last = Some(Content::Read { chunks, size: read });
+                    if stable {
+                        break;
+                    }
+                }
+                Err(_) if self.writer_stopped => return Err(BackupError::WriterStopped),
+                Err(SourceError::Unreadable { path, source }) => {
+                    self.note_unreadable(path, source.to_string())?;
+                    return Ok(Content::Unreadable);
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Ok(last.expect("at least one attempt"))
+    }
+
+    fn chunk_file(
+        &mut self,
+        mut file: Box<dyn SourceFile>,
+        size: u64,
+    ) -> std::io::Result<(Vec<ChunkRef>, u64, (u64, i64, u32))> {
+        let mut refs = Vec::new();
+        let mut read = 0u64;
+        // Most phone files are smaller than one chunk: read them in one go, without the chunker's
+        // max-size buffer.
+        let mut head = Vec::with_capacity(size.min(self.params.min_size as u64) as usize + 1);
+        (&mut file)
+            .take(self.params.min_size as u64 + 1)
+            .read_to_end(&mut head)?;
+        if head.len() <= self.params.min_size as usize {
+            if !head.is_empty() {
+                read = head.len() as u64;
+                refs.push(self.store_chunk(head)?);
+            }
+        } else {
+            for chunk in chunks(Cursor::new(head).chain(&mut file), self.params, self.seed) {
+                let chunk = chunk?;
+                read += chunk.len() as u64;
+                refs.push(self.store_chunk(chunk)?);
+            }
+        }
+        Ok((refs, read, file.current_state()?))
+    }
+
+    fn store_chunk(&mut self, plain: Vec<u8>) -> std::io::Result<ChunkRef> {
+        let id = self.repo.blob_id(&plain);
+        let len = plain.len() as u32;
+        if self.known.insert(id) {
+            self.stats.new_bytes += len as u64;
+            self.send(Job {
+                id,
+                kind: BlobKind::Data,
+                plain,
+            })?;
+        }
+        Ok(ChunkRef { id, len })
+    }
+
+    fn store_tree(&mut self, tree: &Tree) -> BlobId {
+        let plain = tree.encode();
+        let id = self.repo.blob_id(&plain);
+        if self.known.insert(id) {
+            // A closed pipeline is reported by the writer's own error once the walk ends.
+            let _ = self.send(Job {
+                id,
+                kind: BlobKind::Tree,
+                plain,
+            });
+        }
+        id
+    }
+
+    fn send(&mut self, job: Job) -> std::io::Result<()> {
+        self.jobs.send(job).map_err(|_| {
+            self.writer_stopped = true;
+            std::io::Error::other("the repository writer stopped")
+        })
+    }
+
+    /// Records a path that could not be read, unless the whole source has gone, which ends the
+    /// backup without a snapshot.
+    fn note_unreadable(&mut self, path: String, why: String) -> Result<(), BackupError> {
+        self.source.root_meta()?;
+        self.progress
+            .note(&format!("phonebak: cannot read {path}: {why} (skipped)"));
+        self.unreadable.push((path, why));
+        Ok(())
+    }
+}
+
+fn os_name(name: &[u8]) -> &std::ffi::OsStr {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::OsStr::from_bytes(name)
+}
+
+fn same_mtime(a: &Meta, b: &Meta) -> bool {
+    a.mtime_sec == b.mtime_sec && a.mtime_nsec == b.mtime_nsec
+}

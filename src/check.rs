@@ -1,0 +1,298 @@
+//! `check`: is every snapshot complete and every stored byte intact?
+//!
+//! Without `--read-data` it checks structure: index files, pack footers against the index, and
+//! that every tree and chunk every snapshot needs is indexed. With it, it reads every pack,
+//! verifies its hash and decodes and verifies every blob, then names the snapshots and files
+//! that damaged blobs belong to.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::progress::Progress;
+use crate::repo::index::BlobLocation;
+use crate::repo::pack::read_footer;
+use crate::repo::snapshot::{self, Snapshot};
+use crate::repo::{BlobId, PackId, RepoError, Repository, SnapshotId};
+use crate::tree::{load_tree, Node};
+
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// Damage: each line says what and where.
+    pub errors: Vec<String>,
+    /// Harmless findings, such as leftovers of an interrupted backup.
+    pub notes: Vec<String>,
+    pub snapshots: usize,
+    pub packs: usize,
+    pub blobs: usize,
+    pub damaged_blobs: Vec<BlobId>,
+    /// `snapshot id: path` of every file or folder touched by damage.
+    pub damaged_paths: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+pub fn run(repo: &Repository, read_data: bool) -> Result<CheckReport, RepoError> {
+    let mut report = CheckReport::default();
+    let mut locations: HashMap<BlobId, BlobLocation> = HashMap::new();
+    let mut by_pack: HashMap<PackId, Vec<BlobLocation>> = HashMap::new();
+    if let Err(e) = repo.index().for_each(|loc| {
+        by_pack.entry(loc.pack).or_default().push(loc.clone());
+        locations.entry(loc.id).or_insert(loc);
+    }) {
+        report.errors.push(e.to_string());
+    }
+    report.blobs = locations.len();
+    check_packs(repo, &by_pack, &mut report)?;
+    let snapshots = load_snapshots(repo, &mut report)?;
+    report.snapshots = snapshots.len();
+    let mut damaged: HashSet<BlobId> = HashSet::new();
+    if read_data {
+        damaged = read_all_data(repo, &by_pack, &mut report);
+    }
+    check_trees(repo, &snapshots, &locations, &damaged, &mut report);
+    for tmp in repo.list_temp_files()? {
+        report.notes.push(format!(
+            "leftover temporary file {} (from an interrupted run; `prune` removes it)",
+            tmp.display()
+        ));
+    }
+    report.damaged_blobs = damaged.into_iter().collect();
+    report.damaged_blobs.sort();
+    Ok(report)
+}
+
+fn check_packs(
+    repo: &Repository,
+    by_pack: &HashMap<PackId, Vec<BlobLocation>>,
+    report: &mut CheckReport,
+) -> Result<(), RepoError> {
+    let on_disk: HashMap<PackId, u64> = repo.list_packs()?.into_iter().collect();
+    report.packs = on_disk.len();
+    for (pack, entries) in by_pack {
+        if !on_disk.contains_key(pack) {
+            report.errors.push(format!(
+                "pack {pack} is missing ({} blobs are lost with it)",
+                entries.len()
+            ));
+            continue;
+        }
+        match read_footer(repo, pack) {
+            Ok(footer) => {
+                let in_footer: HashSet<(BlobId, u32, u32)> =
+                    footer.iter().map(|e| (e.id, e.offset, e.len)).collect();
+                let mismatched = entries
+                    .iter()
+                    .filter(|e| !in_footer.contains(&(e.id, e.offset, e.len)))
+                    .count();
+                if mismatched > 0 {
+                    report.errors.push(format!(
+                        "pack {pack}: {mismatched} index entries do not match the pack's own list"
+                    ));
+                }
+            }
+            Err(e) => report.errors.push(e.to_string()),
+        }
+    }
+    let unindexed = on_disk.keys().filter(|p| !by_pack.contains_key(p)).count();
+    if unindexed > 0 {
+        report.notes.push(format!(
+            "{unindexed} pack(s) are not in any index (left by an interrupted backup or prune; `prune` removes them)"
+        ));
+    }
+    Ok(())
+}
+
+fn load_snapshots(
+    repo: &Repository,
+    report: &mut CheckReport,
+) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
+    let mut snapshots = Vec::new();
+    for id in snapshot::list_ids(repo)? {
+        match snapshot::load(repo, &id) {
+            Ok(snapshot) => snapshots.push((id, snapshot)),
+            Err(e) => report.errors.push(e.to_string()),
+        }
+    }
+    Ok(snapshots)
+}
+
+/// Reads every indexed pack in full, on all cores; returns the blobs that fail to verify.
+fn read_all_data(
+    repo: &Repository,
+    by_pack: &HashMap<PackId, Vec<BlobLocation>>,
+    report: &mut CheckReport,
+) -> HashSet<BlobId> {
+    let progress = Progress::items("check", by_pack.len() as u64);
+    let packs: Mutex<Vec<(&PackId, &Vec<BlobLocation>)>> = Mutex::new(by_pack.iter().collect());
+    let damaged = Mutex::new(HashSet::new());
+    let errors = Mutex::new(Vec::new());
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let Some((pack, entries)) = packs.lock().expect("queue lock").pop() else {
+                    return;
+                };
+                let (bad, error) = verify_pack(repo, pack, entries);
+                damaged.lock().expect("damage lock").extend(bad);
+                errors.lock().expect("error lock").extend(error);
+                progress.add(1);
+            });
+        }
+    });
+    progress.finish();
+    report
+        .errors
+        .extend(errors.into_inner().expect("error lock"));
+    damaged.into_inner().expect("damage lock")
+}
+
+fn verify_pack(
+    repo: &Repository,
+    pack: &PackId,
+    entries: &[BlobLocation],
+) -> (Vec<BlobId>, Option<String>) {
+    let bytes = match std::fs::read(repo.pack_path(pack)) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return (
+                entries.iter().map(|e| e.id).collect(),
+                Some(format!("pack {pack} cannot be read: {e}")),
+            )
+        }
+    };
+    let hash_ok = blake3::hash(&bytes).as_bytes() == &pack.0;
+    let mut bad = Vec::new();
+    for entry in entries {
+        let range = entry.offset as usize..entry.offset as usize + entry.len as usize;
+        let ok = bytes.get(range).is_some_and(|stored| {
+            repo.decode_blob(entry.kind, &entry.id, entry.raw_len, stored)
+                .is_ok()
+        });
+        if !ok {
+            bad.push(entry.id);
+        }
+    }
+    let error = match (hash_ok, bad.len()) {
+        (true, 0) => None,
+        (false, 0) => Some(format!(
+            "pack {pack}: content does not match its name (damage outside any blob)"
+        )),
+        (_, n) => Some(format!("pack {pack}: {n} damaged blob(s)")),
+    };
+    (bad, error)
+}
+
+/// Walks every snapshot's trees (each distinct tree once) and reports what is missing or
+/// damaged, by snapshot and path.
+fn check_trees(
+    repo: &Repository,
+    snapshots: &[(SnapshotId, Snapshot)],
+    locations: &HashMap<BlobId, BlobLocation>,
+    damaged: &HashSet<BlobId>,
+    report: &mut CheckReport,
+) {
+    // Results per tree are shared between snapshots: most trees are in many.
+    let mut problems_of_tree: HashMap<BlobId, Vec<(PathBuf, String)>> = HashMap::new();
+    for (id, snapshot) in snapshots {
+        let mut problems = Vec::new();
+        collect_tree_problems(
+            repo,
+            &snapshot.root,
+            Path::new(""),
+            locations,
+            damaged,
+            &mut problems_of_tree,
+            &mut problems,
+        );
+        for (path, why) in problems {
+            let shown = if path.as_os_str().is_empty() {
+                "/".into()
+            } else {
+                path.display().to_string()
+            };
+            report.errors.push(format!(
+                "snapshot {} ({}): {shown}: {why}",
+                id.short(),
+                snapshot.device
+            ));
+            report
+                .damaged_paths
+                .push(format!("{}: {shown}", id.short()));
+        }
+    }
+}
+
+fn collect_tree_problems(
+    repo: &Repository,
+    tree_id: &BlobId,
+    at: &Path,
+    locations: &HashMap<BlobId, BlobLocation>,
+    damaged: &HashSet<BlobId>,
+    memo: &mut HashMap<BlobId, Vec<(PathBuf, String)>>,
+    out: &mut Vec<(PathBuf, String)>,
+) {
+    if let Some(known) = memo.get(tree_id) {
+        out.extend(known.iter().map(|(p, why)| (at.join(p), why.clone())));
+        return;
+    }
+    let mut found: Vec<(PathBuf, String)> = Vec::new();
+    if !locations.contains_key(tree_id) {
+        found.push((
+            PathBuf::new(),
+            "folder listing is missing from the repository".into(),
+        ));
+    } else if damaged.contains(tree_id) {
+        found.push((PathBuf::new(), "folder listing is damaged".into()));
+    } else {
+        match load_tree(repo, tree_id) {
+            Err(e) => found.push((PathBuf::new(), e.to_string())),
+            Ok(tree) => {
+                for entry in &tree.entries {
+                    let name = PathBuf::from(entry.name_os());
+                    match &entry.node {
+                        Node::Dir { tree } => {
+                            let mut below = Vec::new();
+                            collect_tree_problems(
+                                repo,
+                                tree,
+                                Path::new(""),
+                                locations,
+                                damaged,
+                                memo,
+                                &mut below,
+                            );
+                            found.extend(below.into_iter().map(|(p, why)| (name.join(p), why)));
+                        }
+                        Node::File { chunks, .. } => {
+                            let missing = chunks
+                                .iter()
+                                .filter(|c| !locations.contains_key(&c.id))
+                                .count();
+                            let bad = chunks.iter().filter(|c| damaged.contains(&c.id)).count();
+                            if missing > 0 {
+                                found.push((
+                                    name.clone(),
+                                    format!("{missing} chunk(s) missing from the repository"),
+                                ));
+                            }
+                            if bad > 0 {
+                                found.push((name, format!("{bad} chunk(s) damaged")));
+                            }
+                        }
+                        Node::Symlink { .. } => {}
+                    }
+                }
+            }
+        }
+    }
+    out.extend(found.iter().map(|(p, why)| (at.join(p), why.clone())));
+    memo.insert(*tree_id, found);
+}

@@ -1,0 +1,54 @@
+//! Exit codes (documented in the README): scripts and schedulers act on them.
+
+use crate::backup::BackupError;
+use crate::repo::RepoError;
+use crate::source::SourceError;
+
+pub const OK: i32 = 0;
+pub const ERROR: i32 = 1;
+/// Command-line usage error (clap's own code).
+pub const USAGE: i32 = 2;
+/// The snapshot was made, but some source files could not be read (they are listed).
+pub const PARTIAL: i32 = 3;
+pub const NO_REPOSITORY: i32 = 10;
+pub const LOCKED: i32 = 11;
+pub const WRONG_PASSWORD: i32 = 12;
+/// Damage found: `check` errors, or data that could not be restored.
+pub const CORRUPTION: i32 = 13;
+pub const NEWER_FORMAT: i32 = 14;
+pub const NO_SPACE: i32 = 15;
+/// The source disappeared during a backup (phone unplugged): no snapshot was written.
+pub const SOURCE_VANISHED: i32 = 16;
+
+pub fn for_repo_error(error: &RepoError) -> i32 {
+    match error {
+        RepoError::NotFound(_) => NO_REPOSITORY,
+        RepoError::Locked(_) => LOCKED,
+        RepoError::WrongPassword | RepoError::PasswordRequired => WRONG_PASSWORD,
+        RepoError::Corrupt(_) | RepoError::MissingBlob(_) => CORRUPTION,
+        RepoError::NewerFormat { .. } => NEWER_FORMAT,
+        RepoError::NoSpace(_) => NO_SPACE,
+        RepoError::AlreadyExists(_) | RepoError::Io { .. } => ERROR,
+    }
+}
+
+/// The exit code for an error anywhere in `error`'s chain.
+pub fn for_error(error: &anyhow::Error) -> i32 {
+    for cause in error.chain() {
+        if let Some(repo) = cause.downcast_ref::<RepoError>() {
+            return for_repo_error(repo);
+        }
+        if let Some(SourceError::Vanished { .. }) = cause.downcast_ref::<SourceError>() {
+            return SOURCE_VANISHED;
+        }
+        if let Some(BackupError::Repo(repo)) = cause.downcast_ref::<BackupError>() {
+            return for_repo_error(repo);
+        }
+        if let Some(BackupError::Source(SourceError::Vanished { .. })) =
+            cause.downcast_ref::<BackupError>()
+        {
+            return SOURCE_VANISHED;
+        }
+    }
+    ERROR
+}

@@ -1,0 +1,18 @@
+//! phonebak: every backup of every phone in one deduplicated, compressed, encrypted, verified
+//! repository.
+//!
+//! Data flows one way: `source` -> `backup` -> `repo` <- readers (`restore`, `check`, the mount).
+//! The repository knows nothing of phones; sources know nothing of the repository.
+
+pub mod backup;
+pub mod check;
+pub mod chunker;
+pub mod exit;
+pub mod forget;
+pub mod progress;
+pub mod prune;
+pub mod repo;
+pub mod restore;
+pub mod source;
+pub mod stats;
+pub mod tree;

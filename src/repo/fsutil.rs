@@ -1,0 +1,47 @@
+//! The one way the repository writes a file: temp file, fsync, rename, fsync the folder.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+
+pub fn write_atomic(tmp_dir: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = tmp_dir.join(format!("{}.tmp", super::Id::random().to_hex()));
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        publish(&tmp, target)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Renames a complete, synced temp file into place and makes the rename durable.
+pub fn publish(tmp: &Path, target: &Path) -> io::Result<()> {
+    let dir = target.parent().expect("repository files live in a folder");
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)?;
+        if let Some(grandparent) = dir.parent() {
+            fsync_dir(grandparent)?;
+        }
+    }
+    std::fs::rename(tmp, target)?;
+    fsync_dir(dir)
+}
+
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+pub fn free_space(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is a valid NUL-terminated string and stat a valid out-pointer.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+}

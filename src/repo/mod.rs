@@ -1,0 +1,455 @@
+//! The on-disk repository: config, packs of sealed blobs, the index, snapshot records and
+//! locks. It knows nothing about phones, trees or FUSE; see docs/FORMAT.md for the bytes.
+
+pub mod config;
+pub mod crypto;
+mod fsutil;
+pub mod index;
+pub mod lock;
+pub mod pack;
+pub mod packer;
+pub mod snapshot;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunker::ChunkerParams;
+use config::{Config, FORMAT_VERSION};
+use crypto::{KdfParams, MasterKeys, Sealer};
+pub use fsutil::fsync_dir;
+use index::Index;
+
+/// A 32-byte name: of a blob (keyed BLAKE3 of its plain bytes), a pack (BLAKE3 of the file), a
+/// snapshot or an index file.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Id(pub [u8; 32]);
+pub type BlobId = Id;
+pub type PackId = Id;
+pub type SnapshotId = Id;
+
+impl Id {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..4])
+    }
+    pub fn from_hex(text: &str) -> Option<Id> {
+        let bytes = hex::decode(text).ok()?;
+        Some(Id(bytes.try_into().ok()?))
+    }
+    pub fn random() -> Id {
+        Id(crypto::random_bytes())
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Id({})", self.short())
+    }
+}
+
+/// What a blob holds: file content, or one encoded directory.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub enum BlobKind {
+    Data,
+    Tree,
+}
+
+impl BlobKind {
+    fn tag(self) -> u8 {
+        match self {
+            BlobKind::Data => b'D',
+            BlobKind::Tree => b'T',
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("no phonebak repository at {0} (create one with `phonebak init`)")]
+    NotFound(PathBuf),
+    #[error("{0} is already a phonebak repository")]
+    AlreadyExists(PathBuf),
+    #[error("repository format {found} is newer than this phonebak understands (up to {supported}): upgrade phonebak")]
+    NewerFormat { found: u32, supported: u32 },
+    #[error("wrong password for this repository")]
+    WrongPassword,
+    #[error("this repository is encrypted: give its password with PHONEBAK_PASSWORD, --password-file or PHONEBAK_PASSWORD_FILE")]
+    PasswordRequired,
+    #[error("repository is locked: {0}")]
+    Locked(String),
+    #[error("repository damaged: {0}")]
+    Corrupt(String),
+    #[error("repository damaged: blob {0} is not in the index")]
+    MissingBlob(BlobId),
+    #[error("no space left on the repository's disk while {0}")]
+    NoSpace(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+}
+
+impl RepoError {
+    /// Is this damage to stored data (as opposed to a problem reaching it)?
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, RepoError::Corrupt(_) | RepoError::MissingBlob(_))
+    }
+}
+
+/// Wraps an io::Error with what was being done; a full disk gets its own variant because users
+/// must act on it differently.
+pub fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> RepoError {
+    move |source| {
+        let context = context.into();
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => RepoError::NoSpace(context),
+            _ => RepoError::Io { context, source },
+        }
+    }
+}
+
+/// Settings chosen at `init`.
+pub struct InitOptions {
+    pub compression_level: i32,
+    pub chunker: ChunkerParams,
+    pub pack_size: u64,
+    pub kdf: KdfParams,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            compression_level: 3,
+            chunker: ChunkerParams::default(),
+            pack_size: 32 * 1024 * 1024,
+            kdf: KdfParams::default(),
+        }
+    }
+}
+
+const SUBDIRS: [&str; 5] = ["data", "index", "snapshots", "locks", "tmp"];
+/// Blobs larger than this are first test-compressed on a sample, so photos and videos do not
+/// pay for a full zstd pass that cannot shrink them.
+const SAMPLE_FIRST_ABOVE: usize = 128 * 1024;
+const SAMPLE_LEN: usize = 64 * 1024;
+
+pub struct Repository {
+    root: PathBuf,
+    config: Config,
+    keys: MasterKeys,
+    sealer: Arc<Sealer>,
+    index: Index,
+    open_packs: Mutex<HashMap<PackId, Arc<File>>>,
+}
+
+impl Repository {
+    pub fn init(
+        root: &Path,
+        password: Option<&[u8]>,
+        options: InitOptions,
+    ) -> Result<(), RepoError> {
+        if root.join("config").exists() {
+            return Err(RepoError::AlreadyExists(root.to_path_buf()));
+        }
+        options.chunker.validate().map_err(RepoError::Corrupt)?;
+        for dir in SUBDIRS {
+            std::fs::create_dir_all(root.join(dir))
+                .map_err(io_error(format!("creating {}", root.join(dir).display())))?;
+        }
+        let keys = MasterKeys::random();
+        let config = Config {
+            format_version: FORMAT_VERSION,
+            repository_id: Id::random().to_hex(),
+            created: chrono::Local::now().to_rfc3339(),
+            chunker: options.chunker,
+            compression_level: options.compression_level,
+            pack_size: options.pack_size,
+            keys: Config::seal_keys(&keys, password, options.kdf)?,
+        };
+        let json = serde_json::to_vec_pretty(&config).expect("config serializes");
+        // The config is written last: a directory without it is not yet a repository.
+        fsutil::write_atomic(&root.join("tmp"), &root.join("config"), &json)
+            .map_err(io_error("writing the repository config"))?;
+        fsync_dir(root).map_err(io_error("syncing the repository folder"))
+    }
+
+    /// Is the repository at `root` encrypted? Lets the CLI ask for a password only when needed.
+    pub fn read_config(root: &Path) -> Result<Config, RepoError> {
+        let bytes = match std::fs::read(root.join("config")) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(RepoError::NotFound(root.to_path_buf()))
+            }
+            other => other.map_err(io_error(format!(
+                "reading {}",
+                root.join("config").display()
+            )))?,
+        };
+        Config::parse(&bytes)
+    }
+
+    pub fn open(
+        root: &Path,
+        password: impl FnOnce() -> Result<Vec<u8>, RepoError>,
+    ) -> Result<Repository, RepoError> {
+        let config = Self::read_config(root)?;
+        let keys = config.open_keys(password)?;
+        let sealer = Arc::new(if config.is_encrypted() {
+            Sealer::encrypted(&keys.encryption)
+        } else {
+            Sealer::Plain
+        });
+        let mut repo = Repository {
+            root: root.to_path_buf(),
+            config,
+            keys,
+            index: Index::empty(sealer.clone()),
+            sealer,
+            open_packs: Mutex::new(HashMap::new()),
+        };
+        repo.reload_index()?;
+        Ok(repo)
+    }
+
+    /// Re-reads the list of index files (cheap: headers only), to see what others wrote.
+    pub fn reload_index(&mut self) -> Result<(), RepoError> {
+        self.index = Index::open(self)?;
+        Ok(())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn chunker_seed(&self) -> u64 {
+        self.keys.chunker_seed
+    }
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+    pub fn sealer_arc(&self) -> Arc<Sealer> {
+        self.sealer.clone()
+    }
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn blob_id(&self, plain: &[u8]) -> BlobId {
+        Id(*blake3::keyed_hash(&self.keys.blob_id, plain).as_bytes())
+    }
+
+    /// Writes `bytes` to `rel` so that it either appears whole or not at all.
+    pub fn write_file_atomic(&self, rel: &str, bytes: &[u8]) -> Result<(), RepoError> {
+        fsutil::write_atomic(&self.path("tmp"), &self.path(rel), bytes)
+            .map_err(io_error(format!("writing {}", self.path(rel).display())))
+    }
+
+    /// Compresses (when that helps) and seals one blob for a pack.
+    pub fn encode_blob(&self, kind: BlobKind, id: &BlobId, plain: &[u8]) -> Vec<u8> {
+        let level = self.config.compression_level;
+        let compressed = if level > 0 && worth_compressing(plain) {
+            COMPRESSOR.with(|c| c.borrow_mut().compress(level, plain))
+        } else {
+            None
+        };
+        let aad = blob_aad(kind, id);
+        match compressed {
+            Some(compressed) if compressed.len() < plain.len() => {
+                self.sealer.seal_parts(&[&[1], &compressed], &aad)
+            }
+            _ => self.sealer.seal_parts(&[&[0], plain], &aad),
+        }
+    }
+
+    /// Opens, decompresses and verifies one stored blob: the bytes returned are exactly the ones
+    /// whose keyed hash is `id`, or an error.
+    pub fn decode_blob(
+        &self,
+        kind: BlobKind,
+        id: &BlobId,
+        raw_len: u32,
+        stored: &[u8],
+    ) -> Result<Vec<u8>, RepoError> {
+        let damaged = |why: &str| RepoError::Corrupt(format!("blob {id}: {why}"));
+        let body = self
+            .sealer
+            .open(stored, &blob_aad(kind, id))
+            .map_err(|e| damaged(&e.to_string()))?;
+        let plain = match body.split_first() {
+            Some((0, raw)) => raw.to_vec(),
+            Some((1, compressed)) => DECOMPRESSOR
+                .with(|d| d.borrow_mut().decompress(compressed, raw_len as usize))
+                .map_err(|e| damaged(&format!("cannot decompress: {e}")))?,
+            _ => return Err(damaged("unknown encoding")),
+        };
+        if plain.len() != raw_len as usize || self.blob_id(&plain) != *id {
+            return Err(damaged("content does not match its hash"));
+        }
+        Ok(plain)
+    }
+
+    /// Loads a blob by id through the index.
+    pub fn load_blob(&self, id: &BlobId) -> Result<Vec<u8>, RepoError> {
+        let location = self.index.get(id)?.ok_or(RepoError::MissingBlob(*id))?;
+        let stored = self.read_pack_range(
+            &location.pack,
+            location.offset as u64,
+            location.len as usize,
+        )?;
+        self.decode_blob(location.kind, id, location.raw_len, &stored)
+    }
+
+    pub fn pack_path(&self, pack: &PackId) -> PathBuf {
+        let hex = pack.to_hex();
+        self.root.join("data").join(&hex[..2]).join(hex)
+    }
+
+    pub fn read_pack_range(
+        &self,
+        pack: &PackId,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, RepoError> {
+        let file = self.open_pack(pack)?;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => {
+                    RepoError::Corrupt(format!("pack {pack} is truncated"))
+                }
+                _ => io_error(format!("reading pack {pack}"))(e),
+            })?;
+        Ok(buf)
+    }
+
+    fn open_pack(&self, pack: &PackId) -> Result<Arc<File>, RepoError> {
+        let mut open = self.open_packs.lock().expect("pack table lock");
+        if let Some(file) = open.get(pack) {
+            return Ok(file.clone());
+        }
+        let path = self.pack_path(pack);
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => RepoError::Corrupt(format!("pack {pack} is missing")),
+            _ => io_error(format!("opening {}", path.display()))(e),
+        })?;
+        if open.len() >= 256 {
+            open.clear(); // bound open descriptors; reopening is cheap
+        }
+        let file = Arc::new(file);
+        open.insert(*pack, file.clone());
+        Ok(file)
+    }
+
+    /// Every pack file present on disk, with its size.
+    pub fn list_packs(&self) -> Result<Vec<(PackId, u64)>, RepoError> {
+        let mut packs = Vec::new();
+        let data = self.path("data");
+        for sub in read_dir_sorted(&data)? {
+            for file in read_dir_sorted(&sub)? {
+                let name = file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                if let Some(id) = Id::from_hex(name) {
+                    let size = std::fs::metadata(&file)
+                        .map_err(io_error(format!("reading {}", file.display())))?
+                        .len();
+                    packs.push((id, size));
+                }
+            }
+        }
+        Ok(packs)
+    }
+
+    /// Names in `tmp/`: leftovers of interrupted writes, harmless and removed by `prune`.
+    pub fn list_temp_files(&self) -> Result<Vec<PathBuf>, RepoError> {
+        read_dir_sorted(&self.path("tmp"))
+    }
+
+    pub fn remove_file(&self, path: &Path) -> Result<(), RepoError> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(io_error(format!("removing {}", path.display()))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Bytes free on the repository's file system.
+    pub fn free_space(&self) -> Option<u64> {
+        fsutil::free_space(&self.root)
+    }
+}
+
+fn blob_aad(kind: BlobKind, id: &BlobId) -> [u8; 33] {
+    let mut aad = [0u8; 33];
+    aad[0] = kind.tag();
+    aad[1..].copy_from_slice(&id.0);
+    aad
+}
+
+/// Small blobs are always worth a try; big ones only when a sample of them shrinks.
+fn worth_compressing(plain: &[u8]) -> bool {
+    if plain.len() <= SAMPLE_FIRST_ABOVE {
+        return true;
+    }
+    let sample = &plain[..SAMPLE_LEN];
+    match COMPRESSOR.with(|c| c.borrow_mut().compress(1, sample)) {
+        Some(out) => out.len() < sample.len() * 97 / 100,
+        None => false,
+    }
+}
+
+pub(crate) fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, RepoError> {
+    let entries = std::fs::read_dir(dir).map_err(io_error(format!("listing {}", dir.display())))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        paths.push(
+            entry
+                .map_err(io_error(format!("listing {}", dir.display())))?
+                .path(),
+        );
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+/// zstd contexts are costly to create; one per thread serves every blob it handles.
+struct CachedCompressor {
+    level: i32,
+    inner: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl CachedCompressor {
+    fn compress(&mut self, level: i32, data: &[u8]) -> Option<Vec<u8>> {
+        if self.inner.is_none() || self.level != level {
+            self.inner = zstd::bulk::Compressor::new(level).ok();
+            self.level = level;
+        }
+        self.inner.as_mut()?.compress(data).ok()
+    }
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<CachedCompressor> = const { RefCell::new(CachedCompressor { level: 0, inner: None }) };
+    static DECOMPRESSOR: RefCell<zstd::bulk::Decompressor<'static>> =
+        RefCell::new(zstd::bulk::Decompressor::new().expect("zstd decompressor"));
+}

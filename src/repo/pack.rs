@@ -1,0 +1,179 @@
+//! Pack files: many sealed blobs in one file, so a phone's hundred thousand small files are not a
+//! hundred thousand repository files. Layout (docs/FORMAT.md):
+//! `PBPACK01` | blob* | sealed footer (the blob list) | footer length u32 LE | `PBPKEND1`.
+//! A pack is named by the BLAKE3 hash of its whole content.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{fsutil, io_error, BlobId, BlobKind, Id, PackId, RepoError, Repository};
+
+pub const PACK_MAGIC: &[u8; 8] = b"PBPACK01";
+const PACK_END: &[u8; 8] = b"PBPKEND1";
+const FOOTER_AAD: &[u8] = b"phonebak pack footer";
+const TRAILER_LEN: usize = 12;
+
+/// Where one blob sits in its pack.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PackEntry {
+    pub id: BlobId,
+    pub kind: BlobKind,
+    pub offset: u32,
+    pub len: u32,
+    pub raw_len: u32,
+}
+
+/// A pack that is complete, synced and in place.
+pub struct FinishedPack {
+    pub id: PackId,
+    pub size: u64,
+    pub entries: Vec<PackEntry>,
+}
+
+pub struct PackWriter {
+    tmp_path: PathBuf,
+    file: Option<BufWriter<File>>,
+    hasher: blake3::Hasher,
+    entries: Vec<PackEntry>,
+    offset: u64,
+}
+
+impl PackWriter {
+    pub fn create(repo: &Repository) -> Result<PackWriter, RepoError> {
+        let tmp_path = repo
+            .path("tmp")
+            .join(format!("{}.pack", Id::random().to_hex()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp_path)
+            .map_err(io_error("creating a pack file"))?;
+        let mut writer = PackWriter {
+            tmp_path,
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            hasher: blake3::Hasher::new(),
+            entries: Vec::new(),
+            offset: 0,
+        };
+        writer.write(PACK_MAGIC)?;
+        Ok(writer)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), RepoError> {
+        let file = self.file.as_mut().expect("pack writer used after finish");
+        file.write_all(bytes)
+            .map_err(io_error("writing a pack file"))?;
+        self.hasher.update(bytes);
+        self.offset += bytes.len() as u64;
+        Ok(())
+    }
+
+    pub fn add(
+        &mut self,
+        id: BlobId,
+        kind: BlobKind,
+        stored: &[u8],
+        raw_len: u32,
+    ) -> Result<(), RepoError> {
+        let entry = PackEntry {
+            id,
+            kind,
+            offset: self.offset as u32,
+            len: stored.len() as u32,
+            raw_len,
+        };
+        self.write(stored)?;
+        self.entries.push(entry);
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.offset
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn blob_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Writes the footer, syncs, and renames the pack to its final name.
+    pub fn finish(mut self, repo: &Repository) -> Result<FinishedPack, RepoError> {
+        let footer_plain =
+            bincode::serde::encode_to_vec(&self.entries, bincode::config::standard())
+                .expect("pack entries serialize");
+        let footer = repo.sealer().seal(&footer_plain, FOOTER_AAD);
+        self.write(&footer)?;
+        let mut trailer = [0u8; TRAILER_LEN];
+        trailer[..4].copy_from_slice(&(footer.len() as u32).to_le_bytes());
+        trailer[4..].copy_from_slice(PACK_END);
+        self.write(&trailer)?;
+        let file = self.file.take().expect("pack writer used after finish");
+        let file = file
+            .into_inner()
+            .map_err(|e| io_error("writing a pack file")(e.into_error()))?;
+        file.sync_all().map_err(io_error("syncing a pack file"))?;
+        let id = Id(*self.hasher.finalize().as_bytes());
+        fsutil::publish(&self.tmp_path, &repo.pack_path(&id))
+            .map_err(io_error("storing a pack file"))?;
+        Ok(FinishedPack {
+            id,
+            size: self.offset,
+            entries: std::mem::take(&mut self.entries),
+        })
+    }
+}
+
+impl Drop for PackWriter {
+    /// An abandoned pack (error, interrupted backup) leaves no temp file behind.
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+/// Reads a pack's own list of its blobs (used by `check` and to rebuild lost indexes).
+pub fn read_footer(repo: &Repository, pack: &PackId) -> Result<Vec<PackEntry>, RepoError> {
+    let path = repo.pack_path(pack);
+    let damaged = |why: &str| RepoError::Corrupt(format!("pack {pack}: {why}"));
+    let file = File::open(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => damaged("missing"),
+        _ => io_error(format!("opening {}", path.display()))(e),
+    })?;
+    let size = file
+        .metadata()
+        .map_err(io_error(format!("reading {}", path.display())))?
+        .len();
+    if size < (PACK_MAGIC.len() + TRAILER_LEN) as u64 {
+        return Err(damaged("too short"));
+    }
+    let mut trailer = [0u8; TRAILER_LEN];
+    file.read_exact_at(&mut trailer, size - TRAILER_LEN as u64)
+        .map_err(io_error(format!("reading {}", path.display())))?;
+    if &trailer[4..] != PACK_END {
+        return Err(damaged("no end marker (truncated?)"));
+    }
+    let footer_len = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes")) as u64;
+    if footer_len + (TRAILER_LEN + PACK_MAGIC.len()) as u64 > size {
+        return Err(damaged("footer length out of range"));
+    }
+    let mut footer = vec![0u8; footer_len as usize];
+    file.read_exact_at(&mut footer, size - TRAILER_LEN as u64 - footer_len)
+        .map_err(io_error(format!("reading {}", path.display())))?;
+    let plain = repo
+        .sealer()
+        .open(&footer, FOOTER_AAD)
+        .map_err(|e| damaged(&format!("footer: {e}")))?;
+    let (entries, _): (Vec<PackEntry>, usize) =
+        bincode::serde::decode_from_slice(&plain, bincode::config::standard())
+            .map_err(|_| damaged("footer does not decode"))?;
+    Ok(entries)
+}

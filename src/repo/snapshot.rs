@@ -1,0 +1,244 @@
+//! Snapshot records: one small sealed file per backup, written last, so a snapshot either exists
+//! whole or not at all. Also how users name snapshots (`latest`, `DEVICE/latest`,
+//! `DEVICE/TIMESTAMP`, an id prefix).
+
+use std::collections::HashMap;
+
+use chrono::{Local, TimeZone};
+use serde::{Deserialize, Serialize};
+
+use super::{io_error, read_dir_sorted, BlobId, Id, RepoError, Repository, SnapshotId};
+
+const SNAPSHOT_AAD: &[u8] = b"phonebak snapshot";
+/// How a snapshot's time is shown, and its folder name in the mount.
+pub const TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%S";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SnapshotStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Sum of the sizes of all files in the snapshot.
+    pub bytes: u64,
+    /// Bytes of file content this backup found new (before compression).
+    pub new_bytes: u64,
+    /// Bytes this backup added to the repository (packs, after compression and sealing).
+    pub added_bytes: u64,
+    pub unreadable: u64,
+    pub duration_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    pub device: String,
+    /// Nanoseconds since the Unix epoch, UTC.
+    pub time_ns: i64,
+    pub hostname: String,
+    pub tags: Vec<String>,
+    pub source: String,
+    pub parent: Option<SnapshotId>,
+    pub root: BlobId,
+    pub stats: SnapshotStats,
+}
+
+/// A stored snapshot with its id and its name within its device (unique even when two backups
+/// fall in the same second).
+#[derive(Clone, Debug)]
+pub struct SnapshotInfo {
+    pub id: SnapshotId,
+    pub name: String,
+    pub snapshot: Snapshot,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    #[error("no snapshot matches {0:?}")]
+    NotFound(String),
+    #[error("{0:?} matches more than one snapshot: give more of the id")]
+    Ambiguous(String),
+}
+
+impl Snapshot {
+    pub fn local_time(&self) -> chrono::DateTime<Local> {
+        Local.timestamp_nanos(self.time_ns)
+    }
+}
+
+/// A device name becomes a folder name in the mount: it must be one.
+pub fn validate_device_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.contains('\0')
+        || name.len() > 255
+    {
+        return Err(format!("{name:?} is not a usable device name (it becomes a folder name: no '/', not '.' or '..')"));
+    }
+    Ok(())
+}
+
+pub fn save(repo: &Repository, snapshot: &Snapshot) -> Result<SnapshotId, RepoError> {
+    let plain = serde_json::to_vec(snapshot).expect("snapshot serializes");
+    let id = Id::random();
+    repo.write_file_atomic(
+        &format!("snapshots/{}", id.to_hex()),
+        &repo.sealer().seal(&plain, SNAPSHOT_AAD),
+    )?;
+    Ok(id)
+}
+
+pub fn load(repo: &Repository, id: &SnapshotId) -> Result<Snapshot, RepoError> {
+    let path = repo.path(&format!("snapshots/{}", id.to_hex()));
+    let sealed = std::fs::read(&path).map_err(io_error(format!("reading {}", path.display())))?;
+    let damaged = |why: String| RepoError::Corrupt(format!("snapshot {id}: {why}"));
+    let plain = repo
+        .sealer()
+        .open(&sealed, SNAPSHOT_AAD)
+        .map_err(|e| damaged(e.to_string()))?;
+    serde_json::from_slice(&plain).map_err(|e| damaged(e.to_string()))
+}
+
+pub fn remove(repo: &Repository, id: &SnapshotId) -> Result<(), RepoError> {
+    repo.remove_file(&repo.path(&format!("snapshots/{}", id.to_hex())))?;
+    super::fsync_dir(&repo.path("snapshots")).map_err(io_error("syncing the snapshots folder"))
+}
+
+pub fn list_ids(repo: &Repository) -> Result<Vec<SnapshotId>, RepoError> {
+    let paths = read_dir_sorted(&repo.path("snapshots"))?;
+    Ok(paths
+        .iter()
+        .filter_map(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(Id::from_hex)
+        })
+        .collect())
+}
+
+/// Every snapshot, oldest first.
+pub fn list(repo: &Repository) -> Result<Vec<SnapshotInfo>, RepoError> {
+    let mut loaded = Vec::new();
+    for id in list_ids(repo)? {
+        loaded.push((id, load(repo, &id)?));
+    }
+    Ok(name_snapshots(loaded))
+}
+
+/// Orders snapshots by time and gives each its display name; a second snapshot of a device in
+/// the same second gets a `.2` suffix, and so on.
+pub fn name_snapshots(mut loaded: Vec<(SnapshotId, Snapshot)>) -> Vec<SnapshotInfo> {
+    loaded.sort_by(|a, b| (a.1.time_ns, a.0).cmp(&(b.1.time_ns, b.0)));
+    let mut seen: HashMap<(String, String), u32> = HashMap::new();
+    loaded
+        .into_iter()
+        .map(|(id, snapshot)| {
+            let base = snapshot.local_time().format(TIME_FORMAT).to_string();
+            let count = seen
+                .entry((snapshot.device.clone(), base.clone()))
+                .or_insert(0);
+            *count += 1;
+            let name = if *count == 1 {
+                base
+            } else {
+                format!("{base}.{count}")
+            };
+            SnapshotInfo { id, name, snapshot }
+        })
+        .collect()
+}
+
+/// Resolves what a user typed to one snapshot.
+pub fn select<'a>(
+    snapshots: &'a [SnapshotInfo],
+    spec: &str,
+) -> Result<&'a SnapshotInfo, SelectError> {
+    let not_found = || SelectError::NotFound(spec.to_string());
+    if spec == "latest" {
+        return snapshots.last().ok_or_else(not_found);
+    }
+    if let Some((device, when)) = spec.split_once('/') {
+        let of_device = snapshots.iter().filter(|s| s.snapshot.device == device);
+        return if when == "latest" {
+            of_device.last()
+        } else {
+            of_device.filter(|s| s.name == when).last()
+        }
+        .ok_or_else(not_found);
+    }
+    let prefix = spec.to_ascii_lowercase();
+    if prefix.len() < 4 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(not_found());
+    }
+    let mut matches = snapshots
+        .iter()
+        .filter(|s| s.id.to_hex().starts_with(&prefix));
+    match (matches.next(), matches.next()) {
+        (Some(one), None) => Ok(one),
+        (Some(_), Some(_)) => Err(SelectError::Ambiguous(spec.to_string())),
+        _ => Err(not_found()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(device: &str, time_s: i64) -> Snapshot {
+        Snapshot {
+            device: device.into(),
+            time_ns: time_s * 1_000_000_000,
+            hostname: "h".into(),
+            tags: vec![],
+            source: "s".into(),
+            parent: None,
+            root: Id([0; 32]),
+            stats: SnapshotStats::default(),
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_selection_works() {
+        let a = Id([0xaa; 32]);
+        let b = Id([0xab; 32]);
+        let c = Id([0xcc; 32]);
+        let list = name_snapshots(vec![
+            (c, snap("tab", 50)),
+            (a, snap("pixel", 100)),
+            (b, snap("pixel", 100)),
+        ]);
+        assert_eq!(list[1].name, list[2].name.trim_end_matches(".2"));
+        assert!(list[2].name.ends_with(".2"));
+        assert_eq!(select(&list, "latest").unwrap().id, b);
+        assert_eq!(select(&list, "tab/latest").unwrap().id, c);
+        assert_eq!(
+            select(&list, &format!("pixel/{}", list[1].name))
+                .unwrap()
+                .id,
+            a
+        );
+        assert_eq!(select(&list, "cccc").unwrap().id, c);
+        assert!(matches!(select(&list, "aaaa"), Ok(_)));
+        assert!(matches!(select(&list, "aa"), Err(SelectError::NotFound(_))));
+        assert!(matches!(
+            select(&list, "nope/latest"),
+            Err(SelectError::NotFound(_))
+        ));
+        let ambiguous = name_snapshots(vec![
+            (Id([0xab; 32]), snap("x", 1)),
+            (Id([0xab; 32]), snap("x", 2)),
+        ]);
+        assert!(matches!(
+            select(&ambiguous, "abab"),
+            Err(SelectError::Ambiguous(_))
+        ));
+    }
+
+    #[test]
+    fn device_names_must_be_folder_names() {
+        assert!(validate_device_name("pixel-7").is_ok());
+        for bad in ["", ".", "..", "a/b", "a\0b"] {
+            assert!(validate_device_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Restore: a snapshot (or a part of it) back into a folder, byte- and metadata-exact.
+//!
+//! Files are written under a temporary name and renamed when complete and verified, so the
+//! target never holds a half-written file under its real name. Names come from validated trees
+//! (no `/`, no `..`), and nothing already in the target is followed as a symlink, so nothing is
+//! written outside it. A file whose data is damaged is reported and the others are restored.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::sync::Mutex;
+
+use crate::progress::Progress;
+use crate::repo::{RepoError, Repository};
+use crate::tree::{load_tree, Entry, Meta, Node};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("cannot write to {path}: {source}")]
+    Target { path: String, source: io::Error },
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    /// Paths that could not be restored (damaged data), with why.
+    pub failed: Vec<(String, String)>,
+}
+
+struct FileJob {
+    dest: PathBuf,
+    entry: Entry,
+}
+
+/// Restores `entry` (from `tree::lookup_path`) into `target`: a folder's contents go into
+/// `target`, a single file or symlink into `target/<name>`.
+pub fn run(repo: &Repository, entry: &Entry, target: &Path) -> Result<RestoreReport, RestoreError> {
+    create_dir(target)?;
+    let total = match &entry.node {
+        Node::File { size, .. } => Some(*size),
+        _ => None,
+    };
+    let progress = Progress::bytes("restore", total);
+    let report = Mutex::new(RestoreReport::default());
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let mut dirs = Vec::new();
+    let (tx, rx) = sync_channel::<FileJob>(workers * 64);
+    let rx = Mutex::new(rx);
+    let walked = std::thread::scope(|scope| {
+        let rx = &rx;
+        let (report, progress) = (&report, &progress);
+        for _ in 0..workers {
+            scope.spawn(move || loop {
+                let Ok(job) = rx.lock().expect("restore queue lock").recv() else {
+                    return;
+                };
+                let outcome = restore_file(repo, &job.entry, &job.dest, progress);
+                let mut report = report.lock().expect("report lock");
+                match outcome {
+                    Ok(bytes) => {
+                        report.files += 1;
+                        report.bytes += bytes;
+                    }
+                    Err(why) => {
+                        progress.note(&format!(
+                            "phonebak: cannot restore {}: {why}",
+                            job.dest.display()
+                        ));
+                        report.failed.push((job.dest.display().to_string(), why));
+                    }
+                }
+            });
+        }
+        let mut planner = Planner {
+            repo,
+            jobs: tx,
+            dirs: &mut dirs,
+            report,
+        };
+        match &entry.node {
+            // The target folder keeps its own metadata: it is the user's, not the phone's.
+            Node::Dir { tree } => planner.restore_dir(tree, target),
+            _ => planner.place(entry, &target.join(entry.name_os())),
+        }
+    });
+    walked?;
+    // Folder times last, deepest first: writing into a folder changes its mtime.
+    for (dir, meta) in dirs.iter().rev() {
+        apply_meta(dir, meta, false).map_err(target_error(dir))?;
+    }
+    progress.finish();
+    let mut report = report.into_inner().expect("report lock");
+    report.failed.sort();
+    Ok(report)
+}
+
+struct Planner<'a> {
+    repo: &'a Repository,
+    jobs: std::sync::mpsc::SyncSender<FileJob>,
+    dirs: &'a mut Vec<(PathBuf, Meta)>,
+    report: &'a Mutex<RestoreReport>,
+}
+
+impl Planner<'_> {
+    fn restore_dir(&mut self, tree: &crate::repo::BlobId, dest: &Path) -> Result<(), RestoreError> {
+        let tree = match load_tree(self.repo, tree) {
+            Ok(tree) => tree,
+            Err(e) if e.is_corruption() => {
+                self.report
+                    .lock()
+                    .expect("report lock")
+                    .failed
+                    .push((dest.display().to_string(), e.to_string()));
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for entry in tree.entries {
+            self.place(&entry, &dest.join(entry.name_os()))?;
+        }
+        Ok(())
+    }
+
+    fn place(&mut self, entry: &Entry, dest: &Path) -> Result<(), RestoreError> {
+        match &entry.node {
+            Node::Dir { tree } => {
+                create_dir(dest)?;
+                self.dirs.push((dest.to_path_buf(), entry.meta.clone()));
+                self.report.lock().expect("report lock").dirs += 1;
+                self.restore_dir(tree, dest)
+            }
+            Node::Symlink { target } => {
+                remove_non_dir(dest)?;
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), dest)
+                    .map_err(target_error(dest))?;
+                apply_meta(dest, &entry.meta, true).map_err(target_error(dest))?;
+                self.report.lock().expect("report lock").symlinks += 1;
+                Ok(())
+            }
+            Node::File { .. } => {
+                let job = FileJob {
+                    dest: dest.to_path_buf(),
+                    entry: entry.clone(),
+                };
+                self.jobs
+                    .send(job)
+                    .map_err(|_| target_error(dest)(io::Error::other("restore workers stopped")))
+            }
+        }
+    }
+}
+
+fn target_error(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
+    move |source| RestoreError::Target {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Makes `path` a real folder, replacing a file or symlink there (never following it).
+fn create_dir(path: &Path) -> Result<(), RestoreError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => std::fs::remove_file(path).map_err(target_error(path))?,
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(path).map_err(target_error(path))
+}
+
+fn remove_non_dir(path: &Path) -> Result<(), RestoreError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path).map_err(target_error(path)),
+        Ok(_) => std::fs::remove_file(path).map_err(target_error(path)),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Writes one file under a temporary name, then renames it into place. Returns its size, or why
+/// it could not be restored (damaged data, full disk).
+fn restore_file(
+    repo: &Repository,
+    entry: &Entry,
+    dest: &Path,
+    progress: &Progress,
+) -> Result<u64, String> {
+    let Node::File { size, chunks } = &entry.node else {
+        unreachable!("only files are queued")
+    };
+    let tmp = dest.with_file_name(format!(
+        ".{}.phonebak-restore",
+        String::from_utf8_lossy(&entry.name)
+    ));
+    let write = || -> Result<(), String> {
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| e.to_string())?;
+        for chunk in chunks {
+            let data = repo.load_blob(&chunk.id).map_err(|e| e.to_string())?;
+            file.write_all(&data).map_err(|e| e.to_string())?;
+            progress.add(data.len() as u64);
+        }
+        file.flush().map_err(|e| e.to_string())?;
+        apply_file_meta(&file, &entry.meta).map_err(|e| e.to_string())?;
+        drop(file);
+        remove_non_dir(dest).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, dest).map_err(|e| e.to_string())
+    };
+    match write() {
+        Ok(()) => Ok(*size),
+        Err(why) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(why)
+        }
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn timespecs(meta: &Meta) -> [libc::timespec; 2] {
+    let time = libc::timespec {
+        tv_sec: meta.mtime_sec as libc::time_t,
+        tv_nsec: meta.mtime_nsec as libc::c_long,
+    };
+    [time, time]
+}
+
+fn apply_file_meta(file: &File, meta: &Meta) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if is_root() {
+        std::os::unix::fs::fchown(file, Some(meta.uid), Some(meta.gid))?;
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(meta.mode))?;
+    let times = timespecs(meta);
+    // SAFETY: the fd is open for the call's duration and `times` holds two valid timespecs.
+    if unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets owner (when root), mode (not on symlinks) and mtime of a folder or symlink.
+pub fn apply_meta(path: &Path, meta: &Meta, is_symlink: bool) -> io::Result<()> {
+    if is_root() {
+        std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid))?;
+    }
+    if !is_symlink {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(meta.mode))?;
+    }
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let times = timespecs(meta);
+    // SAFETY: c_path is NUL-terminated and `times` holds two valid timespecs.
+    if unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

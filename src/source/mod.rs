@@ -1,0 +1,92 @@
+//! Where a backup reads from. A source lists folders and opens files; it knows nothing about the
+//! repository. Today: `dir:PATH` (a phone mounted over MTP, or any folder).
+
+mod dir;
+
+use std::io::{self, Read};
+use std::path::Path;
+
+pub use dir::DirSource;
+
+use crate::tree::Meta;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceKind {
+    File {
+        size: u64,
+    },
+    Dir,
+    Symlink {
+        target: Vec<u8>,
+    },
+    /// Device nodes, sockets and pipes: not phone data, noted and skipped.
+    Special,
+}
+
+#[derive(Clone, Debug)]
+pub struct SourceEntry {
+    pub name: Vec<u8>,
+    pub meta: Meta,
+    pub kind: SourceKind,
+}
+
+/// A folder's listing: what could be read, and the names that could not.
+#[derive(Default)]
+pub struct Listing {
+    pub entries: Vec<SourceEntry>,
+    pub unreadable: Vec<(Vec<u8>, io::Error)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// One file or folder could not be read: the backup skips it, lists it and exits 3.
+    #[error("{path}: {source}")]
+    Unreadable { path: String, source: io::Error },
+    /// The whole source is gone (phone unplugged, MTP mount lost): the backup stops and writes
+    /// no snapshot.
+    #[error("the source {source_name} disappeared during the backup ({cause})")]
+    Vanished {
+        source_name: String,
+        cause: io::Error,
+    },
+    #[error("cannot use {spec:?} as a source: {why}")]
+    Invalid { spec: String, why: String },
+}
+
+/// An open file being backed up, which can tell whether it changed while it was read.
+pub trait SourceFile: Read + Send {
+    /// Size and mtime now, to compare with what the listing said.
+    fn current_state(&self) -> io::Result<(u64, i64, u32)>;
+}
+
+pub trait Source: Send + Sync {
+    /// What the snapshot records as its source, e.g. `dir:/mnt/phone`.
+    fn describe(&self) -> String;
+    fn root_meta(&self) -> Result<Meta, SourceError>;
+    fn list(&self, dir: &Path) -> Result<Listing, SourceError>;
+    fn open(&self, file: &Path) -> Result<Box<dyn SourceFile>, SourceError>;
+}
+
+/// Parses a SOURCE argument: `dir:PATH` or a plain path.
+pub fn open_source(spec: &str) -> Result<Box<dyn Source>, SourceError> {
+    let invalid = |why: &str| SourceError::Invalid {
+        spec: spec.to_string(),
+        why: why.to_string(),
+    };
+    if let Some((scheme, _)) = spec.split_once(':') {
+        match scheme {
+            "dir" => {}
+            "adb" | "ios-backup" | "ab" | "tar" => {
+                return Err(invalid(&format!(
+                    "`{scheme}:` sources are not supported yet"
+                )))
+            }
+            _ if !Path::new(spec).exists() => {
+                return Err(invalid(&format!("unknown source kind `{scheme}:`")))
+            }
+            _ => {}
+        }
+    }
+    let path = spec.strip_prefix("dir:").unwrap_or(spec);
+    DirSource::new(Path::new(path)).map(|s| Box::new(s) as Box<dyn Source>)
+}

@@ -1,0 +1,232 @@
+//! One directory = one tree blob: its entries sorted by name, each a file (size and chunk list), a
+//! directory (the id of its own tree) or a symlink, with exact metadata. An unchanged directory
+//! encodes to the same bytes and so costs nothing in the next snapshot.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::repo::{BlobId, RepoError, Repository};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Permission bits (`st_mode & 0o7777`); the type is the `Node`.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub id: BlobId,
+    pub len: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Node {
+    File { size: u64, chunks: Vec<ChunkRef> },
+    Dir { tree: BlobId },
+    Symlink { target: Vec<u8> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The name's bytes exactly as the source gave them (not necessarily UTF-8).
+    pub name: Vec<u8>,
+    pub meta: Meta,
+    pub node: Node,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    pub entries: Vec<Entry>,
+}
+
+/// A name that is safe to create inside a folder: never `..`, never a path, never NUL.
+pub fn is_valid_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name != b"."
+        && name != b".."
+        && !name.contains(&b'/')
+        && !name.contains(&0)
+        && name.len() <= 255
+}
+
+impl Entry {
+    pub fn name_os(&self) -> &OsStr {
+        OsStr::from_bytes(&self.name)
+    }
+}
+
+impl Tree {
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, bincode::config::standard()).expect("trees serialize")
+    }
+
+    /// Decodes and validates: names unique, sorted and safe; file sizes equal to their chunks.
+    /// A tree that fails this is damage (or an attack), never something to act on.
+    pub fn decode(bytes: &[u8]) -> Result<Tree, String> {
+        let (tree, used): (Tree, usize) =
+            bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+                .map_err(|e| e.to_string())?;
+        if used != bytes.len() {
+            return Err("trailing bytes".into());
+        }
+        for entry in &tree.entries {
+            if !is_valid_name(&entry.name) {
+                return Err(format!(
+                    "unsafe name {:?}",
+                    String::from_utf8_lossy(&entry.name)
+                ));
+            }
+            if let Node::File { size, chunks } = &entry.node {
+                if chunks.iter().map(|c| c.len as u64).sum::<u64>() != *size {
+                    return Err(format!(
+                        "{:?}: size does not match its chunks",
+                        String::from_utf8_lossy(&entry.name)
+                    ));
+                }
+            }
+        }
+        if !tree.entries.windows(2).all(|w| w[0].name < w[1].name) {
+            return Err("entries out of order or duplicated".into());
+        }
+        Ok(tree)
+    }
+
+    pub fn find(&self, name: &[u8]) -> Option<&Entry> {
+        self.entries
+            .binary_search_by(|e| e.name.as_slice().cmp(name))
+            .ok()
+            .map(|at| &self.entries[at])
+    }
+}
+
+pub fn load_tree(repo: &Repository, id: &BlobId) -> Result<Tree, RepoError> {
+    let bytes = repo.load_blob(id)?;
+    Tree::decode(&bytes).map_err(|why| RepoError::Corrupt(format!("tree {id}: {why}")))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    #[error("{0} is not in the snapshot")]
+    NotFound(String),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+/// Finds `path` (relative, `/`-separated; empty for the root) under the root tree. The root is
+/// returned as a directory entry with an empty name.
+pub fn lookup_path(repo: &Repository, root: &BlobId, path: &Path) -> Result<Entry, PathError> {
+    let mut current = Entry {
+        name: Vec::new(),
+        meta: Meta {
+            mode: 0o755,
+            ..Meta::default()
+        },
+        node: Node::Dir { tree: *root },
+    };
+    for component in path.components() {
+        use std::path::Component;
+        let name = match component {
+            Component::Normal(name) => name.as_bytes(),
+            Component::RootDir | Component::CurDir => continue,
+            _ => return Err(PathError::NotFound(path.display().to_string())),
+        };
+        let Node::Dir { tree } = &current.node else {
+            return Err(PathError::NotFound(path.display().to_string()));
+        };
+        let tree = load_tree(repo, tree)?;
+        current = tree
+            .find(name)
+            .cloned()
+            .ok_or_else(|| PathError::NotFound(path.display().to_string()))?;
+    }
+    Ok(current)
+}
+
+/// Visits every entry below `tree` depth-first, parents before children, with its path relative
+/// to the walk's start.
+pub fn walk<E: From<RepoError>>(
+    repo: &Repository,
+    tree: &BlobId,
+    visit: &mut impl FnMut(&Path, &Entry) -> Result<(), E>,
+) -> Result<(), E> {
+    walk_below(repo, tree, &mut PathBuf::new(), visit)
+}
+
+fn walk_below<E: From<RepoError>>(
+    repo: &Repository,
+    tree: &BlobId,
+    path: &mut PathBuf,
+    visit: &mut impl FnMut(&Path, &Entry) -> Result<(), E>,
+) -> Result<(), E> {
+    for entry in load_tree(repo, tree)?.entries {
+        path.push(entry.name_os());
+        visit(path, &entry)?;
+        if let Node::Dir { tree } = &entry.node {
+            walk_below(repo, tree, path, visit)?;
+        }
+        path.pop();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::Id;
+
+    fn file(name: &[u8], len: u32) -> Entry {
+        Entry {
+            name: name.to_vec(),
+            meta: Meta::default(),
+            node: Node::File {
+                size: len as u64,
+                chunks: vec![ChunkRef {
+                    id: Id([1; 32]),
+                    len,
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_non_utf8_names() {
+        let tree = Tree {
+            entries: vec![file(b"a", 3), file(b"\xff\xfename", 5)],
+        };
+        assert_eq!(Tree::decode(&tree.encode()).unwrap(), tree);
+    }
+
+    #[test]
+    fn hostile_trees_are_refused() {
+        for bad in [&b".."[..], b"a/b", b"", b"x\0y", b"."] {
+            let tree = Tree {
+                entries: vec![file(bad, 1)],
+            };
+            assert!(Tree::decode(&tree.encode()).is_err(), "{bad:?}");
+        }
+        let unsorted = Tree {
+            entries: vec![file(b"b", 1), file(b"a", 1)],
+        };
+        assert!(Tree::decode(&unsorted.encode()).is_err());
+        let mut lying = file(b"a", 1);
+        lying.node = Node::File {
+            size: 99,
+            chunks: vec![],
+        };
+        assert!(Tree::decode(
+            &Tree {
+                entries: vec![lying]
+            }
+            .encode()
+        )
+        .is_err());
+        assert!(Tree::decode(b"\xff\xff\xff").is_err());
+    }
+}
