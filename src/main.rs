@@ -389,23 +389,19 @@ fn cmd_snapshots(g: &Global, device: Option<&str>) -> Result<i32> {
     Ok(exit::OK)
 }
 
-/// Splits `SNAPSHOT[:PATH]` and finds both.
-fn find_entry(repo: &Repository, spec: &str, path: Option<&Path>) -> Result<(SnapshotInfo, Entry)> {
-    let (snap_spec, inner) = match spec.split_once(':') {
-        Some((s, p)) => (s, Some(PathBuf::from(p))),
-        None => (spec, None),
-    };
+/// Splits `SNAPSHOT[:PATH]` (or takes PATH from `path`) and finds both.
+fn find_entry(repo: &Repository, spec: &str, path: Option<&Path>) -> Result<(SnapshotInfo, PathBuf, Entry)> {
     let list = snapshot::list(repo)?;
-    let info = snapshot::select(&list, snap_spec)?.clone();
-    let path = inner.or(path.map(Path::to_path_buf)).unwrap_or_default();
+    let (info, inner) = snapshot::select_with_path(&list, spec)?;
+    let path = if inner.is_empty() { path.map(Path::to_path_buf).unwrap_or_default() } else { PathBuf::from(inner) };
     let entry = lookup_path(repo, &info.snapshot.root, &path)?;
-    Ok((info, entry))
+    Ok((info.clone(), path, entry))
 }
 
 fn cmd_ls(g: &Global, spec: &str, path: Option<&Path>, long: bool) -> Result<i32> {
     let repo = open_repo(g)?;
-    let (_, start) = find_entry(&repo, spec, path)?;
-    let base = PathBuf::from("/").join(path.unwrap_or(Path::new("")));
+    let (_, path, start) = find_entry(&repo, spec, path)?;
+    let base = PathBuf::from("/").join(path);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut show = |rel: &Path, entry: &Entry| -> Result<()> {
         let full = base.join(rel);
@@ -447,7 +443,7 @@ fn cmd_ls(g: &Global, spec: &str, path: Option<&Path>, long: bool) -> Result<i32
 
 fn cmd_restore(g: &Global, spec: &str, target: &Path) -> Result<i32> {
     let repo = open_repo(g)?;
-    let (info, entry) = find_entry(&repo, spec, None)?;
+    let (info, _, entry) = find_entry(&repo, spec, None)?;
     let report = restore::run(&repo, &entry, target)?;
     if g.json {
         print_json(

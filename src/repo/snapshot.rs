@@ -43,7 +43,7 @@ pub struct Snapshot {
 
 /// A stored snapshot with its id and its name within its device (unique even when two backups
 /// fall in the same second).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SnapshotInfo {
     pub id: SnapshotId,
     pub name: String,
@@ -180,6 +180,24 @@ pub fn select<'a>(
     }
 }
 
+/// Resolves `SNAPSHOT[:PATH]`. Snapshot names contain `:` themselves
+/// (`pixel/2026-11-21T08:00:00`), so the longest prefix that names a snapshot wins.
+pub fn select_with_path<'a, 's>(snapshots: &'a [SnapshotInfo], spec: &'s str) -> Result<(&'a SnapshotInfo, &'s str), SelectError> {
+    let first_error = match select(snapshots, spec) {
+        Ok(info) => return Ok((info, "")),
+        Err(e) => e,
+    };
+    for (at, _) in spec.rmatch_indices(':') {
+        if let Ok(info) = select(snapshots, &spec[..at]) {
+            return Ok((info, &spec[at + 1..]));
+        }
+    }
+    match spec.split_once(':') {
+        Some((head, _)) => select(snapshots, head).map(|info| (info, "")).map_err(|_| first_error),
+        None => Err(first_error),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,7 +236,14 @@ mod tests {
             a
         );
         assert_eq!(select(&list, "cccc").unwrap().id, c);
-        assert!(matches!(select(&list, "aaaa"), Ok(_)));
+        assert!(select(&list, "aaaa").is_ok());
+        let name = format!("pixel/{}", list[1].name);
+        assert_eq!(select_with_path(&list, &name).unwrap(), (&list[1], ""));
+        let with_path = format!("{name}:DCIM/a:b");
+        let (found, path) = select_with_path(&list, &with_path).unwrap();
+        assert_eq!((found.id, path), (a, "DCIM/a:b"));
+        assert_eq!(select_with_path(&list, "latest:x").unwrap().1, "x");
+        assert!(select_with_path(&list, "nope:x").is_err());
         assert!(matches!(select(&list, "aa"), Err(SelectError::NotFound(_))));
         assert!(matches!(
             select(&list, "nope/latest"),

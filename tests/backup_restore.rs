@@ -1,0 +1,186 @@
+//! End-to-end tests of backup and restore through the real `phonebak` binary on real files.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+#[test]
+fn backup_then_restore_is_byte_and_metadata_exact() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    s.ok(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    let out = s.path("out");
+    s.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_same_tree(&phone, &out);
+}
+
+#[test]
+fn restore_of_a_path_and_of_a_single_file() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    s.ok(&["backup", "--device", "pixel", &format!("dir:{}", phone.display())]);
+    let camera = s.path("camera");
+    s.ok(&["restore", "pixel/latest:DCIM/Camera", "--target", camera.to_str().unwrap()]);
+    assert_same_tree(&phone.join("DCIM/Camera"), &camera);
+    let single = s.path("single");
+    s.ok(&["restore", "latest:Documents/notes.txt", "--target", single.to_str().unwrap()]);
+    assert_eq!(std::fs::read(single.join("notes.txt")).unwrap(), std::fs::read(phone.join("Documents/notes.txt")).unwrap());
+    let missing = s.run(&["restore", "latest:No/Such/Thing", "--target", single.to_str().unwrap()]);
+    assert_eq!(code(&missing), 1);
+    assert!(stderr(&missing).contains("No/Such/Thing is not in the snapshot"), "{}", stderr(&missing));
+}
+
+#[test]
+fn unchanged_phone_stores_almost_nothing_and_reads_nothing() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    let first = s.json(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    let second = s.json(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    let bytes = first["stats"]["bytes"].as_u64().unwrap();
+    let added = second["stats"]["added_bytes"].as_u64().unwrap();
+    assert_eq!(second["stats"]["new_bytes"], 0);
+    assert!(added * 100 < bytes, "second backup added {added} of {bytes} bytes");
+    assert_eq!(second["parent"], first["id"]);
+}
+
+#[test]
+fn a_database_with_a_few_changed_pages_stores_about_those_pages() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    let db = phone.join("Android/data/com.whatsapp/databases/msgstore.db");
+    let mut content = bytes(7, 48 << 20, false);
+    write(&db, &content);
+    s.ok(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    for page in [100usize, 4000, 9000] {
+        content[page * 4096..page * 4096 + 4096].copy_from_slice(&bytes(page as u64, 4096, false));
+    }
+    write(&db, &content);
+    let second = s.json(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    let new = second["stats"]["new_bytes"].as_u64().unwrap();
+    // Three changed pages touch at most a few chunks (1 MiB on average, 4 MiB at most).
+    assert!(new > 0 && new <= 3 * (4 << 20), "{new} new bytes for 3 changed pages of a 48 MiB file");
+    let out = s.path("out");
+    s.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(out.join("Android/data/com.whatsapp/databases/msgstore.db")).unwrap(), content);
+}
+
+#[test]
+fn renamed_folder_and_deleted_files_cost_no_new_data() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    s.ok(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    std::fs::rename(phone.join("DCIM/Camera"), phone.join("DCIM/Moved")).unwrap();
+    std::fs::remove_file(phone.join("Documents/notes.txt")).unwrap();
+    let second = s.json(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    assert_eq!(second["stats"]["new_bytes"], 0);
+    let out = s.path("out");
+    s.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_same_tree(&phone, &out);
+}
+
+#[test]
+fn excludes_and_includes_choose_what_is_kept() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    s.ok(&["backup", "--device", "a", "--exclude", "cache", "--exclude", "*.jpg", phone.to_str().unwrap()]);
+    let listed = s.ok(&["ls", "a/latest"]);
+    assert!(!listed.contains(".jpg") && !listed.contains("/cache"), "{listed}");
+    assert!(listed.contains("/Documents/notes.txt"));
+    s.ok(&["backup", "--device", "b", "--include", "DCIM/**", phone.to_str().unwrap()]);
+    let listed = s.ok(&["ls", "b/latest"]);
+    assert!(listed.contains("/DCIM/Camera/IMG_0001.jpg"), "{listed}");
+    assert!(!listed.contains("Documents") && !listed.contains("Download"), "{listed}");
+}
+
+#[test]
+fn snapshots_ls_and_selection() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    s.ok(&["backup", "--device", "pixel", "--tag", "weekly", "--time", "2026-11-21T08:00:00", phone.to_str().unwrap()]);
+    s.ok(&["backup", "--device", "pixel", "--time", "2026-11-22T08:00:00", phone.to_str().unwrap()]);
+    s.ok(&["backup", "--device", "tablet", "--time", "2026-11-20T08:00:00", phone.to_str().unwrap()]);
+    let list = s.json(&["snapshots"]);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0]["device"], "tablet");
+    assert_eq!(list[1]["name"], "2026-11-21T08:00:00");
+    assert_eq!(list[1]["tags"][0], "weekly");
+    let only_pixel = s.json(&["snapshots", "--device", "pixel"]);
+    assert_eq!(only_pixel.as_array().unwrap().len(), 2);
+    let by_time = s.ok(&["ls", "pixel/2026-11-21T08:00:00", "Documents"]);
+    assert!(by_time.contains("/Documents/notes.txt"));
+    let prefix = &list[0]["id"].as_str().unwrap()[..8];
+    let long = s.ok(&["ls", "-l", prefix, "Download"]);
+    assert!(long.contains("/Download/camera -> ../DCIM/Camera"), "{long}");
+    let bad = s.run(&["ls", "nosuchdevice/latest"]);
+    assert_eq!(code(&bad), 1);
+    assert!(stderr(&bad).contains("no snapshot matches"), "{}", stderr(&bad));
+}
+
+#[test]
+fn a_file_growing_during_backup_is_recorded_with_the_bytes_read() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    let log = phone.join("log.txt");
+    write(&log, &bytes(1, 1 << 20, true));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (log, stop) = (log.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                file.write_all(&bytes(9, 64 * 1024, true)).unwrap();
+            }
+        })
+    };
+    for _ in 0..3 {
+        s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let final_content = std::fs::read(&log).unwrap();
+    let out = s.path("out");
+    s.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    let restored = std::fs::read(out.join("log.txt")).unwrap();
+    let listed = s.ok(&["ls", "-l", "latest", "log.txt"]);
+    assert!(listed.contains(&format!(" {} ", restored.len())), "recorded size must be the restored size: {listed}");
+    assert!(final_content.starts_with(&restored), "the snapshot holds bytes the file never had");
+}
+
+#[test]
+fn restore_never_writes_through_a_symlink_in_the_target() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    write(&phone.join("DCIM/photo.jpg"), b"photo");
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    let outside = s.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let target = s.path("target");
+    std::fs::create_dir(&target).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join("DCIM")).unwrap();
+    s.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "restore wrote outside its target");
+    assert!(std::fs::symlink_metadata(target.join("DCIM")).unwrap().is_dir());
+    assert_eq!(std::fs::read(target.join("DCIM/photo.jpg")).unwrap(), b"photo");
+}
+
+#[test]
+fn restore_overwrites_an_existing_target_exactly() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    let out = s.path("out");
+    write(&out.join("Documents/notes.txt"), b"stale");
+    s.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_same_tree(&phone, &out);
+    assert!(!Path::new(&out.join("Documents/.notes.txt.phonebak-restore")).exists());
+}

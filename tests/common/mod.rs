@@ -1,0 +1,194 @@
+//! Helpers shared by the integration tests: a scratch folder with a repository, the real
+//! `phonebak` binary, and exact tree comparison.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = dir.path().join("repo");
+        Scratch { dir, repo }
+    }
+
+    /// A scratch folder with an encrypted repository in it.
+    pub fn with_repo() -> Scratch {
+        let s = Scratch::new();
+        s.ok(&["init"]);
+        s
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_phonebak"));
+        cmd.args(args).env("PHONEBAK_REPO", &self.repo).env("PHONEBAK_PASSWORD", PASSWORD).env_remove("PHONEBAK_PASSWORD_FILE");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("phonebak runs")
+    }
+
+    /// Runs and insists on exit 0; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "phonebak {args:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.ok(&all)).expect("valid json")
+    }
+}
+
+pub fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited, not killed")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Everything observable about one path: type, mode, owner, size, mtime (ns), link target and
+/// a hash of the content.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Observed {
+    kind: char,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: (i64, i64),
+    target: Option<OsString>,
+    content: Option<[u8; 32]>,
+}
+
+/// Describes a tree exactly; the root folder's own metadata is left out (a restore target keeps
+/// its own).
+pub fn describe(root: &Path) -> BTreeMap<PathBuf, Observed> {
+    let mut out = BTreeMap::new();
+    describe_into(root, Path::new(""), &mut out);
+    out
+}
+
+fn describe_into(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, Observed>) {
+    let mut names: Vec<_> = std::fs::read_dir(root.join(rel)).expect("readable").map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    for name in names {
+        let path = rel.join(&name);
+        let full = root.join(&path);
+        let meta = std::fs::symlink_metadata(&full).expect("lstat");
+        let kind = if meta.is_dir() {
+            'd'
+        } else if meta.file_type().is_symlink() {
+            'l'
+        } else {
+            'f'
+        };
+        let observed = Observed {
+            kind,
+            mode: if kind == 'l' { 0 } else { meta.permissions().mode() & 0o7777 },
+            uid: meta.uid(),
+            gid: meta.gid(),
+            size: if kind == 'f' { meta.len() } else { 0 },
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            target: (kind == 'l').then(|| std::fs::read_link(&full).unwrap().into_os_string()),
+            content: (kind == 'f').then(|| *blake3::hash(&std::fs::read(&full).unwrap()).as_bytes()),
+        };
+        out.insert(path.clone(), observed);
+        if kind == 'd' {
+            describe_into(root, &path, out);
+        }
+    }
+}
+
+pub fn assert_same_tree(expected: &Path, actual: &Path) {
+    let (a, b) = (describe(expected), describe(actual));
+    for (path, want) in &a {
+        assert_eq!(b.get(path), Some(want), "{} differs", path.display());
+    }
+    assert_eq!(a.len(), b.len(), "extra paths in {}", actual.display());
+}
+
+pub fn set_mtime(path: &Path, sec: i64, nsec: i64) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let t = libc::timespec { tv_sec: sec, tv_nsec: nsec };
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    assert_eq!(rc, 0);
+}
+
+/// Deterministic bytes: `compressible` ones are text-like, the others look random.
+pub fn bytes(seed: u64, len: usize, compressible: bool) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..len)
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            if compressible {
+                b"phonebak keeps every photo "[(i + (state as usize % 3)) % 27]
+            } else {
+                state as u8
+            }
+        })
+        .collect()
+}
+
+pub fn write(path: &Path, data: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+}
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A phone-like tree with every kind of entry the format must keep exactly.
+pub fn sample_phone(root: &Path) {
+    write(&root.join("DCIM/Camera/IMG_0001.jpg"), &bytes(1, 3_000_000, false));
+    write(&root.join("DCIM/Camera/IMG_0002.jpg"), &bytes(2, 700_000, false));
+    write(&root.join("Documents/notes.txt"), &bytes(3, 120_000, true));
+    write(&root.join("Documents/empty.txt"), b"");
+    write(&root.join("Android/data/com.app/cache/a.json"), &bytes(4, 5_000, true));
+    std::fs::create_dir_all(root.join("Download/empty-folder")).unwrap();
+    let odd = std::ffi::OsStr::from_bytes_lossless(b"caf\xe9 \xff.txt");
+    write(&root.join("Documents").join(odd), b"latin-1 name");
+    std::os::unix::fs::symlink("../DCIM/Camera", root.join("Download/camera")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("Download/dangling")).unwrap();
+    std::fs::set_permissions(root.join("Documents/notes.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(root.join("DCIM/Camera/IMG_0002.jpg"), std::fs::Permissions::from_mode(0o4751)).unwrap();
+    set_mtime(&root.join("DCIM/Camera/IMG_0001.jpg"), 1_700_000_000, 123_456_789);
+    set_mtime(&root.join("Download/camera"), 1_600_000_000, 5);
+    set_mtime(&root.join("Download/empty-folder"), 1_650_000_000, 999_999_999);
+    if is_root() {
+        std::os::unix::fs::lchown(root.join("Documents/empty.txt"), Some(1234), Some(5678)).unwrap();
+    }
+}
+
+trait FromBytesLossless {
+    fn from_bytes_lossless(bytes: &[u8]) -> &std::ffi::OsStr;
+}
+
+impl FromBytesLossless for std::ffi::OsStr {
+    fn from_bytes_lossless(bytes: &[u8]) -> &std::ffi::OsStr {
+        use std::os::unix::ffi::OsStrExt;
+        std::ffi::OsStr::from_bytes(bytes)
+    }
+}
