@@ -47,10 +47,7 @@ pub struct PathFilter {
 
 impl PathFilter {
     pub fn new(excludes: &[String], includes: &[String]) -> Result<PathFilter, BackupError> {
-        Ok(PathFilter {
-            excludes: build_globs(excludes)?,
-            includes: build_globs(includes)?,
-        })
+        Ok(PathFilter { excludes: build_globs(excludes)?, includes: build_globs(includes)? })
     }
 
     fn matches(set: &GlobSet, path: &Path) -> bool {
@@ -58,18 +55,12 @@ impl PathFilter {
     }
 
     fn excluded(&self, path: &Path) -> bool {
-        self.excludes
-            .as_ref()
-            .is_some_and(|set| Self::matches(set, path))
+        self.excludes.as_ref().is_some_and(|set| Self::matches(set, path))
     }
 
     /// Is `path` wanted for itself (not only as a way to something wanted below it)?
     fn included(&self, path: &Path, inside_included: bool) -> bool {
-        inside_included
-            || self
-                .includes
-                .as_ref()
-                .is_none_or(|set| Self::matches(set, path))
+        inside_included || self.includes.as_ref().is_none_or(|set| Self::matches(set, path))
     }
 }
 
@@ -79,16 +70,11 @@ fn build_globs(patterns: &[String]) -> Result<Option<GlobSet>, BackupError> {
     }
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns {
-        let glob = Glob::new(pattern.trim_end_matches('/')).map_err(|e| BackupError::Pattern {
-            pattern: pattern.clone(),
-            why: e.to_string(),
-        })?;
+        let glob = Glob::new(pattern.trim_end_matches('/'))
+            .map_err(|e| BackupError::Pattern { pattern: pattern.clone(), why: e.to_string() })?;
         builder.add(glob);
     }
-    builder.build().map(Some).map_err(|e| BackupError::Pattern {
-        pattern: patterns.join(" "),
-        why: e.to_string(),
-    })
+    builder.build().map(Some).map_err(|e| BackupError::Pattern { pattern: patterns.join(" "), why: e.to_string() })
 }
 
 pub struct BackupOptions {
@@ -111,6 +97,9 @@ pub struct BackupOutcome {
     pub skipped: Vec<String>,
 }
 
+/// Size and mtime (seconds, nanoseconds) of a file.
+type FileState = (u64, i64, u32);
+
 struct Job {
     id: BlobId,
     kind: BlobKind,
@@ -124,30 +113,19 @@ struct Encoded {
     raw_len: u32,
 }
 
-pub fn run(
-    repo: &Repository,
-    source: &dyn Source,
-    options: &BackupOptions,
-) -> Result<BackupOutcome, BackupError> {
+pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> Result<BackupOutcome, BackupError> {
     snapshot::validate_device_name(&options.device).map_err(BackupError::Device)?;
     let _lock = RepoLock::acquire(repo, LockKind::Shared, "backup")?;
     let started = Instant::now();
-    let time_ns = options
-        .time_ns
-        .unwrap_or_else(|| chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0));
-    let parent = snapshot::list(repo)?
-        .into_iter()
-        .filter(|s| s.snapshot.device == options.device)
-        .next_back();
+    let time_ns = options.time_ns.unwrap_or_else(|| chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0));
+    let parent = snapshot::list(repo)?.into_iter().rfind(|s| s.snapshot.device == options.device);
     let parent_root = match (&parent, options.force) {
         (Some(info), false) => Some(load_tree(repo, &info.snapshot.root)?),
         _ => None,
     };
     let known = repo.index().known_blobs()?;
     let progress = Progress::bytes("backup", None);
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
 
     let (walk_result, pack_result) = std::thread::scope(|scope| {
         let (job_tx, job_rx) = sync_channel::<Job>(workers * 2);
@@ -174,19 +152,10 @@ pub fn run(
             writer_stopped: false,
         };
         let walked = walker.walk_root(parent_root.as_ref());
-        let Walker {
-            stats,
-            unreadable,
-            skipped,
-            jobs,
-            ..
-        } = walker;
+        let Walker { stats, unreadable, skipped, jobs, .. } = walker;
         drop(jobs); // lets the workers, then the writer, finish
         let packed = writer.join().expect("pack writer does not panic");
-        (
-            walked.map(|root| (root, stats, unreadable, skipped)),
-            packed,
-        )
+        (walked.map(|root| (root, stats, unreadable, skipped)), packed)
     });
     progress.finish();
     // A failed writer makes the walker fail too (its channel closes): report the writer's cause.
@@ -206,32 +175,17 @@ pub fn run(
         stats,
     };
     let id = snapshot::save(repo, &snapshot)?;
-    Ok(BackupOutcome {
-        id,
-        snapshot,
-        parent,
-        unreadable,
-        skipped,
-    })
+    Ok(BackupOutcome { id, snapshot, parent, unreadable, skipped })
 }
 
-fn encode_blobs(
-    repo: &Repository,
-    jobs: &std::sync::Mutex<Receiver<Job>>,
-    out: SyncSender<Encoded>,
-) {
+fn encode_blobs(repo: &Repository, jobs: &std::sync::Mutex<Receiver<Job>>, out: SyncSender<Encoded>) {
     loop {
         let job = match jobs.lock().expect("job queue lock").recv() {
             Ok(job) => job,
             Err(_) => return,
         };
         let stored = repo.encode_blob(job.kind, &job.id, &job.plain);
-        let encoded = Encoded {
-            id: job.id,
-            kind: job.kind,
-            stored,
-            raw_len: job.plain.len() as u32,
-        };
+        let encoded = Encoded { id: job.id, kind: job.kind, stored, raw_len: job.plain.len() as u32 };
         if out.send(encoded).is_err() {
             return; // the writer failed; it reports why
         }
@@ -290,10 +244,7 @@ impl Walker<'_> {
             Err(other) => return Err(other.into()),
         };
         for (name, error) in listing.unreadable {
-            self.note_unreadable(
-                dir.join(os_name(&name)).display().to_string(),
-                error.to_string(),
-            )?;
+            self.note_unreadable(dir.join(os_name(&name)).display().to_string(), error.to_string())?;
         }
         let mut tree = Tree::default();
         for item in listing.entries {
@@ -312,9 +263,7 @@ impl Walker<'_> {
                 SourceKind::File { size } => self.file_node(&path, &item, *size, previous)?,
                 SourceKind::Symlink { target } => {
                     self.stats.symlinks += 1;
-                    Some(Node::Symlink {
-                        target: target.clone(),
-                    })
+                    Some(Node::Symlink { target: target.clone() })
                 }
                 SourceKind::Special => {
                     self.skipped.push(path.display().to_string());
@@ -322,32 +271,19 @@ impl Walker<'_> {
                 }
             };
             if let Some(node) = node {
-                tree.entries.push(Entry {
-                    name: item.name,
-                    meta: item.meta,
-                    node,
-                });
+                tree.entries.push(Entry { name: item.name, meta: item.meta, node });
             }
         }
         let kept = tree.entries.len();
         Ok((self.store_tree(&tree), kept))
     }
 
-    fn dir_node(
-        &mut self,
-        path: &Path,
-        previous: Option<&Entry>,
-        wanted: bool,
-    ) -> Result<Option<Node>, BackupError> {
+    fn dir_node(&mut self, path: &Path, previous: Option<&Entry>, wanted: bool) -> Result<Option<Node>, BackupError> {
         let parent_tree = match previous.map(|e| &e.node) {
             Some(Node::Dir { tree }) => load_tree(self.repo, tree).ok(),
             _ => None,
         };
-        let (tree, kept) = self.walk_dir(
-            path,
-            parent_tree.as_ref(),
-            wanted && self.filter.includes.is_some(),
-        )?;
+        let (tree, kept) = self.walk_dir(path, parent_tree.as_ref(), wanted && self.filter.includes.is_some())?;
         if kept == 0 && !wanted {
             return Ok(None);
         }
@@ -362,22 +298,11 @@ impl Walker<'_> {
         size: u64,
         previous: Option<&Entry>,
     ) -> Result<Option<Node>, BackupError> {
-        if let Some(Entry {
-            meta,
-            node: Node::File {
-                size: old_size,
-                chunks,
-            },
-            ..
-        }) = previous
-        {
+        if let Some(Entry { meta, node: Node::File { size: old_size, chunks }, .. }) = previous {
             let unchanged = *old_size == size && same_mtime(meta, &item.meta);
             if unchanged && chunks.iter().all(|c| self.known.contains(&c.id)) {
                 self.count_file(size);
-                return Ok(Some(Node::File {
-                    size,
-                    chunks: chunks.clone(),
-                }));
+                return Ok(Some(Node::File { size, chunks: chunks.clone() }));
             }
         }
         match self.read_file(path, item, size)? {
@@ -398,25 +323,16 @@ impl Walker<'_> {
 
     /// Reads a file; if it changes while being read, reads it again, and in the end records
     /// exactly the bytes that were read, so size and content always agree.
-    fn read_file(
-        &mut self,
-        path: &Path,
-        item: &SourceEntry,
-        size: u64,
-    ) -> Result<Content, BackupError> {
+    fn read_file(&mut self, path: &Path, item: &SourceEntry, size: u64) -> Result<Content, BackupError> {
         let mut last = None;
         for _attempt in 0..3 {
             let result = self.source.open(path).and_then(|file| {
                 self.chunk_file(file, size)
-                    .map_err(|e| SourceError::Unreadable {
-                        path: path.display().to_string(),
-                        source: e,
-                    })
+                    .map_err(|e| SourceError::Unreadable { path: path.display().to_string(), source: e })
             });
             match result {
                 Ok((chunks, read, state_after)) => {
-                    let stable = state_after == (size, item.meta.mtime_sec, item.meta.mtime_nsec)
-                        && read == size;
+                    let stable = state_after == (size, item.meta.mtime_sec, item.meta.mtime_nsec) && read == size;
                     last = Some(Content::Read { chunks, size: read });
                     if stable {
                         break;
@@ -437,15 +353,13 @@ impl Walker<'_> {
         &mut self,
         mut file: Box<dyn SourceFile>,
         size: u64,
-    ) -> std::io::Result<(Vec<ChunkRef>, u64, (u64, i64, u32))> {
+    ) -> std::io::Result<(Vec<ChunkRef>, u64, FileState)> {
         let mut refs = Vec::new();
         let mut read = 0u64;
         // Most phone files are smaller than one chunk: read them in one go, without the chunker's
         // max-size buffer.
         let mut head = Vec::with_capacity(size.min(self.params.min_size as u64) as usize + 1);
-        (&mut file)
-            .take(self.params.min_size as u64 + 1)
-            .read_to_end(&mut head)?;
+        (&mut file).take(self.params.min_size as u64 + 1).read_to_end(&mut head)?;
         if head.len() <= self.params.min_size as usize {
             if !head.is_empty() {
                 read = head.len() as u64;
@@ -466,11 +380,7 @@ impl Walker<'_> {
         let len = plain.len() as u32;
         if self.known.insert(id) {
             self.stats.new_bytes += len as u64;
-            self.send(Job {
-                id,
-                kind: BlobKind::Data,
-                plain,
-            })?;
+            self.send(Job { id, kind: BlobKind::Data, plain })?;
         }
         Ok(ChunkRef { id, len })
     }
@@ -480,11 +390,7 @@ impl Walker<'_> {
         let id = self.repo.blob_id(&plain);
         if self.known.insert(id) {
             // A closed pipeline is reported by the writer's own error once the walk ends.
-            let _ = self.send(Job {
-                id,
-                kind: BlobKind::Tree,
-                plain,
-            });
+            let _ = self.send(Job { id, kind: BlobKind::Tree, plain });
         }
         id
     }
@@ -500,8 +406,7 @@ impl Walker<'_> {
     /// backup without a snapshot.
     fn note_unreadable(&mut self, path: String, why: String) -> Result<(), BackupError> {
         self.source.root_meta()?;
-        self.progress
-            .note(&format!("phonebak: cannot read {path}: {why} (skipped)"));
+        self.progress.note(&format!("phonebak: cannot read {path}: {why} (skipped)"));
         self.unreadable.push((path, why));
         Ok(())
     }

@@ -56,10 +56,9 @@ pub fn run(repo: &Repository, read_data: bool) -> Result<CheckReport, RepoError>
     }
     check_trees(repo, &snapshots, &locations, &damaged, &mut report);
     for tmp in repo.list_temp_files()? {
-        report.notes.push(format!(
-            "leftover temporary file {} (from an interrupted run; `prune` removes it)",
-            tmp.display()
-        ));
+        report
+            .notes
+            .push(format!("leftover temporary file {} (from an interrupted run; `prune` removes it)", tmp.display()));
     }
     report.damaged_blobs = damaged.into_iter().collect();
     report.damaged_blobs.sort();
@@ -75,24 +74,17 @@ fn check_packs(
     report.packs = on_disk.len();
     for (pack, entries) in by_pack {
         if !on_disk.contains_key(pack) {
-            report.errors.push(format!(
-                "pack {pack} is missing ({} blobs are lost with it)",
-                entries.len()
-            ));
+            report.errors.push(format!("pack {pack} is missing ({} blobs are lost with it)", entries.len()));
             continue;
         }
         match read_footer(repo, pack) {
             Ok(footer) => {
-                let in_footer: HashSet<(BlobId, u32, u32)> =
-                    footer.iter().map(|e| (e.id, e.offset, e.len)).collect();
-                let mismatched = entries
-                    .iter()
-                    .filter(|e| !in_footer.contains(&(e.id, e.offset, e.len)))
-                    .count();
+                let in_footer: HashSet<(BlobId, u32, u32)> = footer.iter().map(|e| (e.id, e.offset, e.len)).collect();
+                let mismatched = entries.iter().filter(|e| !in_footer.contains(&(e.id, e.offset, e.len))).count();
                 if mismatched > 0 {
-                    report.errors.push(format!(
-                        "pack {pack}: {mismatched} index entries do not match the pack's own list"
-                    ));
+                    report
+                        .errors
+                        .push(format!("pack {pack}: {mismatched} index entries do not match the pack's own list"));
                 }
             }
             Err(e) => report.errors.push(e.to_string()),
@@ -107,10 +99,7 @@ fn check_packs(
     Ok(())
 }
 
-fn load_snapshots(
-    repo: &Repository,
-    report: &mut CheckReport,
-) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
+fn load_snapshots(repo: &Repository, report: &mut CheckReport) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
     let mut snapshots = Vec::new();
     for id in snapshot::list_ids(repo)? {
         match snapshot::load(repo, &id) {
@@ -131,9 +120,7 @@ fn read_all_data(
     let packs: Mutex<Vec<(&PackId, &Vec<BlobLocation>)>> = Mutex::new(by_pack.iter().collect());
     let damaged = Mutex::new(HashSet::new());
     let errors = Mutex::new(Vec::new());
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {
@@ -148,43 +135,29 @@ fn read_all_data(
         }
     });
     progress.finish();
-    report
-        .errors
-        .extend(errors.into_inner().expect("error lock"));
+    report.errors.extend(errors.into_inner().expect("error lock"));
     damaged.into_inner().expect("damage lock")
 }
 
-fn verify_pack(
-    repo: &Repository,
-    pack: &PackId,
-    entries: &[BlobLocation],
-) -> (Vec<BlobId>, Option<String>) {
+fn verify_pack(repo: &Repository, pack: &PackId, entries: &[BlobLocation]) -> (Vec<BlobId>, Option<String>) {
     let bytes = match std::fs::read(repo.pack_path(pack)) {
         Ok(bytes) => bytes,
-        Err(e) => {
-            return (
-                entries.iter().map(|e| e.id).collect(),
-                Some(format!("pack {pack} cannot be read: {e}")),
-            )
-        }
+        Err(e) => return (entries.iter().map(|e| e.id).collect(), Some(format!("pack {pack} cannot be read: {e}"))),
     };
     let hash_ok = blake3::hash(&bytes).as_bytes() == &pack.0;
     let mut bad = Vec::new();
     for entry in entries {
         let range = entry.offset as usize..entry.offset as usize + entry.len as usize;
-        let ok = bytes.get(range).is_some_and(|stored| {
-            repo.decode_blob(entry.kind, &entry.id, entry.raw_len, stored)
-                .is_ok()
-        });
+        let ok = bytes
+            .get(range)
+            .is_some_and(|stored| repo.decode_blob(entry.kind, &entry.id, entry.raw_len, stored).is_ok());
         if !ok {
             bad.push(entry.id);
         }
     }
     let error = match (hash_ok, bad.len()) {
         (true, 0) => None,
-        (false, 0) => Some(format!(
-            "pack {pack}: content does not match its name (damage outside any blob)"
-        )),
+        (false, 0) => Some(format!("pack {pack}: content does not match its name (damage outside any blob)")),
         (_, n) => Some(format!("pack {pack}: {n} damaged blob(s)")),
     };
     (bad, error)
@@ -213,19 +186,9 @@ fn check_trees(
             &mut problems,
         );
         for (path, why) in problems {
-            let shown = if path.as_os_str().is_empty() {
-                "/".into()
-            } else {
-                path.display().to_string()
-            };
-            report.errors.push(format!(
-                "snapshot {} ({}): {shown}: {why}",
-                id.short(),
-                snapshot.device
-            ));
-            report
-                .damaged_paths
-                .push(format!("{}: {shown}", id.short()));
+            let shown = if path.as_os_str().is_empty() { "/".into() } else { path.display().to_string() };
+            report.errors.push(format!("snapshot {} ({}): {shown}: {why}", id.short(), snapshot.device));
+            report.damaged_paths.push(format!("{}: {shown}", id.short()));
         }
     }
 }
@@ -245,10 +208,7 @@ fn collect_tree_problems(
     }
     let mut found: Vec<(PathBuf, String)> = Vec::new();
     if !locations.contains_key(tree_id) {
-        found.push((
-            PathBuf::new(),
-            "folder listing is missing from the repository".into(),
-        ));
+        found.push((PathBuf::new(), "folder listing is missing from the repository".into()));
     } else if damaged.contains(tree_id) {
         found.push((PathBuf::new(), "folder listing is damaged".into()));
     } else {
@@ -260,28 +220,14 @@ fn collect_tree_problems(
                     match &entry.node {
                         Node::Dir { tree } => {
                             let mut below = Vec::new();
-                            collect_tree_problems(
-                                repo,
-                                tree,
-                                Path::new(""),
-                                locations,
-                                damaged,
-                                memo,
-                                &mut below,
-                            );
+                            collect_tree_problems(repo, tree, Path::new(""), locations, damaged, memo, &mut below);
                             found.extend(below.into_iter().map(|(p, why)| (name.join(p), why)));
                         }
                         Node::File { chunks, .. } => {
-                            let missing = chunks
-                                .iter()
-                                .filter(|c| !locations.contains_key(&c.id))
-                                .count();
+                            let missing = chunks.iter().filter(|c| !locations.contains_key(&c.id)).count();
                             let bad = chunks.iter().filter(|c| damaged.contains(&c.id)).count();
                             if missing > 0 {
-                                found.push((
-                                    name.clone(),
-                                    format!("{missing} chunk(s) missing from the repository"),
-                                ));
+                                found.push((name.clone(), format!("{missing} chunk(s) missing from the repository")));
                             }
                             if bad > 0 {
                                 found.push((name, format!("{bad} chunk(s) damaged")));

@@ -15,11 +15,7 @@ pub struct ChunkerParams {
 
 impl Default for ChunkerParams {
     fn default() -> Self {
-        ChunkerParams {
-            min_size: 256 * 1024,
-            avg_size: 1024 * 1024,
-            max_size: 4 * 1024 * 1024,
-        }
+        ChunkerParams { min_size: 256 * 1024, avg_size: 1024 * 1024, max_size: 4 * 1024 * 1024 }
     }
 }
 
@@ -35,21 +31,14 @@ impl ChunkerParams {
         if ok {
             Ok(())
         } else {
-            Err(format!(
-                "chunker sizes {}/{}/{} are out of range",
-                self.min_size, self.avg_size, self.max_size
-            ))
+            Err(format!("chunker sizes {}/{}/{} are out of range", self.min_size, self.avg_size, self.max_size))
         }
     }
 }
 
 /// Splits everything `reader` yields into chunks. Input shorter than `min_size` is one chunk
 /// read in one go, which is what most of a phone's files are.
-pub fn chunks<R: Read>(
-    reader: R,
-    params: ChunkerParams,
-    seed: u64,
-) -> impl Iterator<Item = std::io::Result<Vec<u8>>> {
+pub fn chunks<R: Read>(reader: R, params: ChunkerParams, seed: u64) -> impl Iterator<Item = std::io::Result<Vec<u8>>> {
     StreamCDC::with_level_and_seed(
         reader,
         params.min_size,
@@ -71,14 +60,8 @@ mod tests {
 
     #[test]
     fn chunks_cover_the_input_and_respect_sizes() {
-        let params = ChunkerParams {
-            min_size: 1024,
-            avg_size: 4096,
-            max_size: 16384,
-        };
-        let data: Vec<u8> = (0..200_000u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
+        let params = ChunkerParams { min_size: 1024, avg_size: 4096, max_size: 16384 };
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         let pieces: Vec<Vec<u8>> = chunks(&data[..], params, 42).map(|c| c.unwrap()).collect();
         assert!(pieces.len() > 10);
         assert_eq!(pieces.concat(), data);
@@ -89,18 +72,11 @@ mod tests {
 
     #[test]
     fn an_insertion_changes_only_nearby_chunks() {
-        let params = ChunkerParams {
-            min_size: 1024,
-            avg_size: 4096,
-            max_size: 16384,
-        };
-        let data: Vec<u8> = (0..300_000u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
-            .collect();
+        let params = ChunkerParams { min_size: 1024, avg_size: 4096, max_size: 16384 };
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
         let mut edited = data.clone();
         edited.splice(150_000..150_000, b"inserted bytes".iter().copied());
-        let a: std::collections::HashSet<Vec<u8>> =
-            chunks(&data[..], params, 1).map(|c| c.unwrap()).collect();
+        let a: std::collections::HashSet<Vec<u8>> = chunks(&data[..], params, 1).map(|c| c.unwrap()).collect();
         let b: Vec<Vec<u8>> = chunks(&edited[..], params, 1).map(|c| c.unwrap()).collect();
         let new = b.iter().filter(|c| !a.contains(*c)).count();
         assert!(new <= 3, "{new} new chunks after one small insertion");
@@ -108,13 +84,7 @@ mod tests {
 
     #[test]
     fn damaged_params_are_rejected() {
-        assert!(ChunkerParams {
-            min_size: 0,
-            avg_size: 1,
-            max_size: 2
-        }
-        .validate()
-        .is_err());
+        assert!(ChunkerParams { min_size: 0, avg_size: 1, max_size: 2 }.validate().is_err());
         assert!(ChunkerParams::default().validate().is_ok());
     }
 }

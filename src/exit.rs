@@ -44,9 +44,7 @@ pub fn for_error(error: &anyhow::Error) -> i32 {
         if let Some(BackupError::Repo(repo)) = cause.downcast_ref::<BackupError>() {
             return for_repo_error(repo);
         }
-        if let Some(BackupError::Source(SourceError::Vanished { .. })) =
-            cause.downcast_ref::<BackupError>()
-        {
+        if let Some(BackupError::Source(SourceError::Vanished { .. })) = cause.downcast_ref::<BackupError>() {
             return SOURCE_VANISHED;
         }
     }

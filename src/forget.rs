@@ -38,26 +38,17 @@ pub struct Decision {
 pub fn plan(snapshots: &[SnapshotInfo], policy: &Policy) -> Vec<Decision> {
     let mut by_device: BTreeMap<&str, Vec<&SnapshotInfo>> = BTreeMap::new();
     for info in snapshots {
-        by_device
-            .entry(&info.snapshot.device)
-            .or_default()
-            .push(info);
+        by_device.entry(&info.snapshot.device).or_default().push(info);
     }
     let mut decisions = Vec::new();
     for (_, mut list) in by_device {
-        list.sort_by(|a, b| (b.snapshot.time_ns, b.id).cmp(&(a.snapshot.time_ns, a.id)));
+        list.sort_by_key(|s| std::cmp::Reverse((s.snapshot.time_ns, s.id)));
         type Bucket = fn(&SnapshotInfo) -> String;
         let rules: [(&'static str, Option<u32>, Bucket); 4] = [
             ("last", policy.keep_last, |s| s.id.to_hex()),
-            ("daily", policy.keep_daily, |s| {
-                s.snapshot.local_time().format("%Y-%m-%d").to_string()
-            }),
-            ("weekly", policy.keep_weekly, |s| {
-                s.snapshot.local_time().format("%G-W%V").to_string()
-            }),
-            ("monthly", policy.keep_monthly, |s| {
-                s.snapshot.local_time().format("%Y-%m").to_string()
-            }),
+            ("daily", policy.keep_daily, |s| s.snapshot.local_time().format("%Y-%m-%d").to_string()),
+            ("weekly", policy.keep_weekly, |s| s.snapshot.local_time().format("%G-W%V").to_string()),
+            ("monthly", policy.keep_monthly, |s| s.snapshot.local_time().format("%Y-%m").to_string()),
         ];
         let mut kept: Vec<Vec<&'static str>> = vec![Vec::new(); list.len()];
         for (reason, limit, bucket) in rules {
@@ -73,11 +64,7 @@ pub fn plan(snapshots: &[SnapshotInfo], policy: &Policy) -> Vec<Decision> {
             }
         }
         for (info, reasons) in list.into_iter().zip(kept) {
-            decisions.push(Decision {
-                info: info.clone(),
-                keep: !reasons.is_empty(),
-                reasons,
-            });
+            decisions.push(Decision { info: info.clone(), keep: !reasons.is_empty(), reasons });
         }
     }
     decisions
@@ -92,17 +79,10 @@ pub fn run(
 ) -> Result<Vec<Decision>, RepoError> {
     let _lock = RepoLock::acquire(repo, LockKind::Exclusive, "forget")?;
     let all = snapshot::list(repo)?;
-    let chosen: Vec<SnapshotInfo> = all
-        .into_iter()
-        .filter(|s| device.is_none_or(|d| s.snapshot.device == d))
-        .collect();
+    let chosen: Vec<SnapshotInfo> = all.into_iter().filter(|s| device.is_none_or(|d| s.snapshot.device == d)).collect();
     let decisions = plan(&chosen, policy);
     if !dry_run {
-        let doomed: Vec<SnapshotId> = decisions
-            .iter()
-            .filter(|d| !d.keep)
-            .map(|d| d.info.id)
-            .collect();
+        let doomed: Vec<SnapshotId> = decisions.iter().filter(|d| !d.keep).map(|d| d.info.id).collect();
         for id in doomed {
             snapshot::remove(repo, &id)?;
         }
@@ -140,37 +120,16 @@ mod tests {
             at("a", 4, 2, 1),
             at("b", 5, 0, 1),
         ]);
-        let decisions = plan(
-            &list,
-            &Policy {
-                keep_daily: Some(2),
-                ..Policy::default()
-            },
-        );
-        let kept: HashSet<u8> = decisions
-            .iter()
-            .filter(|d| d.keep)
-            .map(|d| d.info.id.0[0])
-            .collect();
+        let decisions = plan(&list, &Policy { keep_daily: Some(2), ..Policy::default() });
+        let kept: HashSet<u8> = decisions.iter().filter(|d| d.keep).map(|d| d.info.id.0[0]).collect();
         assert_eq!(kept, HashSet::from([3, 4, 5]));
     }
 
     #[test]
     fn keep_last_and_monthly_combine() {
         let list = name_snapshots((0..10).map(|i| at("a", i, i as i64 * 10, 0)).collect());
-        let decisions = plan(
-            &list,
-            &Policy {
-                keep_last: Some(2),
-                keep_monthly: Some(3),
-                ..Policy::default()
-            },
-        );
-        let kept: Vec<u8> = decisions
-            .iter()
-            .filter(|d| d.keep)
-            .map(|d| d.info.id.0[0])
-            .collect();
+        let decisions = plan(&list, &Policy { keep_last: Some(2), keep_monthly: Some(3), ..Policy::default() });
+        let kept: Vec<u8> = decisions.iter().filter(|d| d.keep).map(|d| d.info.id.0[0]).collect();
         assert!(kept.contains(&9) && kept.contains(&8));
         assert!(kept.len() <= 5 && kept.len() >= 3, "{kept:?}");
     }

@@ -51,6 +51,9 @@ enum Command {
         /// zstd level, 0 (off) to 22.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=22))]
         compression: i32,
+        /// Target size of a pack file in MiB.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        pack_size_mib: u64,
     },
     /// Take a snapshot of a phone: SOURCE is a folder (`dir:PATH` or a plain path).
     Backup {
@@ -142,52 +145,26 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<i32> {
     let g = &cli.global;
     match cli.command {
-        Command::Init {
-            no_encryption,
-            compression,
-        } => cmd_init(g, no_encryption, compression),
-        Command::Backup {
-            device,
-            exclude,
-            include,
-            tag,
-            time,
-            force,
-            source,
-        } => {
-            let time_ns = time.as_deref().map(parse_time).transpose()?;
-            let options = BackupOptions {
-                device,
-                tags: tag,
-                filter: PathFilter::new(&exclude, &include)?,
-                time_ns,
-                force,
+        Command::Init { no_encryption, compression, pack_size_mib } => {
+            let options = InitOptions {
+                compression_level: compression,
+                pack_size: pack_size_mib << 20,
+                ..InitOptions::default()
             };
+            cmd_init(g, no_encryption, options)
+        }
+        Command::Backup { device, exclude, include, tag, time, force, source } => {
+            let time_ns = time.as_deref().map(parse_time).transpose()?;
+            let options =
+                BackupOptions { device, tags: tag, filter: PathFilter::new(&exclude, &include)?, time_ns, force };
             cmd_backup(g, &source, &options)
         }
         Command::Snapshots { device } => cmd_snapshots(g, device.as_deref()),
-        Command::Ls {
-            snapshot,
-            path,
-            long,
-        } => cmd_ls(g, &snapshot, path.as_deref(), long),
+        Command::Ls { snapshot, path, long } => cmd_ls(g, &snapshot, path.as_deref(), long),
         Command::Restore { snapshot, target } => cmd_restore(g, &snapshot, &target),
         Command::Check { read_data } => cmd_check(g, read_data),
-        Command::Forget {
-            device,
-            keep_last,
-            keep_daily,
-            keep_weekly,
-            keep_monthly,
-            dry_run,
-            prune,
-        } => {
-            let policy = Policy {
-                keep_last,
-                keep_daily,
-                keep_weekly,
-                keep_monthly,
-            };
+        Command::Forget { device, keep_last, keep_daily, keep_weekly, keep_monthly, dry_run, prune } => {
+            let policy = Policy { keep_last, keep_daily, keep_weekly, keep_monthly };
             cmd_forget(g, &policy, device.as_deref(), dry_run, prune)
         }
         Command::Prune => cmd_prune(g),
@@ -196,9 +173,7 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 fn repo_path(g: &Global) -> Result<&Path> {
-    g.repo
-        .as_deref()
-        .context("no repository given: use --repo REPO or set PHONEBAK_REPO")
+    g.repo.as_deref().context("no repository given: use --repo REPO or set PHONEBAK_REPO")
 }
 
 /// The password, from PHONEBAK_PASSWORD, a password file, or a prompt on a terminal.
@@ -207,10 +182,8 @@ fn password(g: &Global, prompt: &str) -> Result<Vec<u8>, RepoError> {
         return Ok(password.into_bytes());
     }
     if let Some(file) = &g.password_file {
-        let mut text = std::fs::read(file).map_err(|e| RepoError::Io {
-            context: format!("reading password file {}", file.display()),
-            source: e,
-        })?;
+        let mut text = std::fs::read(file)
+            .map_err(|e| RepoError::Io { context: format!("reading password file {}", file.display()), source: e })?;
         while text.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             text.pop();
         }
@@ -219,29 +192,21 @@ fn password(g: &Global, prompt: &str) -> Result<Vec<u8>, RepoError> {
     if std::io::stdin().is_terminal() {
         return rpassword::prompt_password(prompt)
             .map(String::into_bytes)
-            .map_err(|e| RepoError::Io {
-                context: "reading the password".into(),
-                source: e,
-            });
+            .map_err(|e| RepoError::Io { context: "reading the password".into(), source: e });
     }
     Err(RepoError::PasswordRequired)
 }
 
 fn open_repo(g: &Global) -> Result<Repository> {
     let path = repo_path(g)?;
-    Ok(Repository::open(path, || {
-        password(g, "repository password: ")
-    })?)
+    Ok(Repository::open(path, || password(g, "repository password: "))?)
 }
 
 fn print_json(value: serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&value).expect("json prints")
-    );
+    println!("{}", serde_json::to_string_pretty(&value).expect("json prints"));
 }
 
-fn cmd_init(g: &Global, no_encryption: bool, compression: i32) -> Result<i32> {
+fn cmd_init(g: &Global, no_encryption: bool, options: InitOptions) -> Result<i32> {
     let path = repo_path(g)?;
     let secret = if no_encryption {
         None
@@ -258,24 +223,13 @@ fn cmd_init(g: &Global, no_encryption: bool, compression: i32) -> Result<i32> {
         }
         Some(first)
     };
-    Repository::init(
-        path,
-        secret.as_deref(),
-        InitOptions {
-            compression_level: compression,
-            ..InitOptions::default()
-        },
-    )?;
+    Repository::init(path, secret.as_deref(), options)?;
     if g.json {
         print_json(json!({"repository": path, "encrypted": !no_encryption}));
     } else {
         println!(
             "created {} phonebak repository at {}",
-            if no_encryption {
-                "an unencrypted"
-            } else {
-                "an encrypted"
-            },
+            if no_encryption { "an unencrypted" } else { "an encrypted" },
             path.display()
         );
     }
@@ -284,16 +238,10 @@ fn cmd_init(g: &Global, no_encryption: bool, compression: i32) -> Result<i32> {
 
 fn parse_time(text: &str) -> Result<i64> {
     use chrono::{DateTime, Local, NaiveDateTime, TimeZone};
-    let parsed = DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_nanos_opt())
-        .or_else(|_| {
-            NaiveDateTime::parse_from_str(text, snapshot::TIME_FORMAT).map(|naive| {
-                Local
-                    .from_local_datetime(&naive)
-                    .earliest()
-                    .and_then(|t| t.timestamp_nanos_opt())
-            })
-        });
+    let parsed = DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_nanos_opt()).or_else(|_| {
+        NaiveDateTime::parse_from_str(text, snapshot::TIME_FORMAT)
+            .map(|naive| Local.from_local_datetime(&naive).earliest().and_then(|t| t.timestamp_nanos_opt()))
+    });
     match parsed {
         Ok(Some(ns)) => Ok(ns),
         _ => bail!("cannot read the time {text:?}: use 2026-11-21T08:00:00 or RFC 3339"),
@@ -305,11 +253,7 @@ fn cmd_backup(g: &Global, source_spec: &str, options: &BackupOptions) -> Result<
     let source = source::open_source(source_spec)?;
     let outcome = backup::run(&repo, source.as_ref(), options)?;
     let s = &outcome.snapshot;
-    let name = snapshot::list(&repo)?
-        .into_iter()
-        .find(|i| i.id == outcome.id)
-        .map(|i| i.name)
-        .unwrap_or_default();
+    let name = snapshot::list(&repo)?.into_iter().find(|i| i.id == outcome.id).map(|i| i.name).unwrap_or_default();
     if g.json {
         print_json(json!({
             "id": outcome.id.to_hex(), "device": s.device, "name": name, "parent": s.parent.map(|p| p.to_hex()),
@@ -336,10 +280,7 @@ fn cmd_backup(g: &Global, source_spec: &str, options: &BackupOptions) -> Result<
     if outcome.unreadable.is_empty() {
         return Ok(exit::OK);
     }
-    eprintln!(
-        "phonebak: {} path(s) could not be read and are not in the snapshot:",
-        outcome.unreadable.len()
-    );
+    eprintln!("phonebak: {} path(s) could not be read and are not in the snapshot:", outcome.unreadable.len());
     for (path, why) in &outcome.unreadable {
         eprintln!("  {path}: {why}");
     }
@@ -352,10 +293,8 @@ fn human(bytes: u64) -> String {
 
 fn cmd_snapshots(g: &Global, device: Option<&str>) -> Result<i32> {
     let repo = open_repo(g)?;
-    let list: Vec<SnapshotInfo> = snapshot::list(&repo)?
-        .into_iter()
-        .filter(|s| device.is_none_or(|d| s.snapshot.device == d))
-        .collect();
+    let list: Vec<SnapshotInfo> =
+        snapshot::list(&repo)?.into_iter().filter(|s| device.is_none_or(|d| s.snapshot.device == d)).collect();
     if g.json {
         let items: Vec<_> = list
             .iter()
@@ -369,10 +308,7 @@ fn cmd_snapshots(g: &Global, device: Option<&str>) -> Result<i32> {
         print_json(json!(items));
         return Ok(exit::OK);
     }
-    println!(
-        "{:<10} {:<20} {:<21} {:>10} {:>9}  tags",
-        "id", "device", "time", "size", "files"
-    );
+    println!("{:<10} {:<20} {:<21} {:>10} {:>9}  tags", "id", "device", "time", "size", "files");
     for i in &list {
         let s = &i.snapshot;
         println!(
@@ -412,11 +348,8 @@ fn cmd_ls(g: &Global, spec: &str, path: Option<&Path>, long: bool) -> Result<i32
                 Node::Symlink { target } => ('l', target.len() as u64),
             };
             let time =
-                chrono::DateTime::from_timestamp(entry.meta.mtime_sec, entry.meta.mtime_nsec)
-                    .unwrap_or_default();
-            let time = time
-                .with_timezone(&chrono::Local)
-                .format("%Y-%m-%d %H:%M:%S");
+                chrono::DateTime::from_timestamp(entry.meta.mtime_sec, entry.meta.mtime_nsec).unwrap_or_default();
+            let time = time.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S");
             write!(
                 out,
                 "{kind}{:04o} {:>6} {:>6} {:>12} {time} ",
@@ -432,9 +365,7 @@ fn cmd_ls(g: &Global, spec: &str, path: Option<&Path>, long: bool) -> Result<i32
         Ok(())
     };
     match &start.node {
-        Node::Dir { tree } => {
-            phonebak::tree::walk(&repo, tree, &mut |rel: &Path, e: &Entry| show(rel, e))?
-        }
+        Node::Dir { tree } => phonebak::tree::walk(&repo, tree, &mut |rel: &Path, e: &Entry| show(rel, e))?,
         _ => show(Path::new(""), &start)?,
     }
     out.flush()?;
@@ -446,10 +377,8 @@ fn cmd_restore(g: &Global, spec: &str, target: &Path) -> Result<i32> {
     let (info, _, entry) = find_entry(&repo, spec, None)?;
     let report = restore::run(&repo, &entry, target)?;
     if g.json {
-        print_json(
-            json!({"snapshot": info.id.to_hex(), "files": report.files, "dirs": report.dirs,
-                          "symlinks": report.symlinks, "bytes": report.bytes, "failed": report.failed}),
-        );
+        print_json(json!({"snapshot": info.id.to_hex(), "files": report.files, "dirs": report.dirs,
+                          "symlinks": report.symlinks, "bytes": report.bytes, "failed": report.failed}));
     } else {
         println!(
             "restored {} files, {} folders, {} symlinks ({}) from {}/{} into {}",
@@ -465,10 +394,7 @@ fn cmd_restore(g: &Global, spec: &str, target: &Path) -> Result<i32> {
     if report.failed.is_empty() {
         return Ok(exit::OK);
     }
-    eprintln!(
-        "phonebak: {} path(s) could not be restored because their data is damaged:",
-        report.failed.len()
-    );
+    eprintln!("phonebak: {} path(s) could not be restored because their data is damaged:", report.failed.len());
     for (path, why) in &report.failed {
         eprintln!("  {path}: {why}");
     }
@@ -479,12 +405,10 @@ fn cmd_check(g: &Global, read_data: bool) -> Result<i32> {
     let repo = open_repo(g)?;
     let report = check::run(&repo, read_data)?;
     if g.json {
-        print_json(
-            json!({"ok": report.is_ok(), "errors": report.errors, "notes": report.notes,
+        print_json(json!({"ok": report.is_ok(), "errors": report.errors, "notes": report.notes,
                           "snapshots": report.snapshots, "packs": report.packs, "blobs": report.blobs,
                           "damaged_blobs": report.damaged_blobs.iter().map(|b| b.to_hex()).collect::<Vec<_>>(),
-                          "damaged_paths": report.damaged_paths}),
-        );
+                          "damaged_paths": report.damaged_paths}));
     } else {
         for note in &report.notes {
             println!("note: {note}");
@@ -492,37 +416,19 @@ fn cmd_check(g: &Global, read_data: bool) -> Result<i32> {
         for error in &report.errors {
             println!("error: {error}");
         }
-        let what = if read_data {
-            "structure and data"
-        } else {
-            "structure"
-        };
+        let what = if read_data { "structure and data" } else { "structure" };
         println!(
             "checked {what} of {} snapshots, {} packs, {} blobs: {}",
             report.snapshots,
             report.packs,
             report.blobs,
-            if report.is_ok() {
-                "no errors".to_string()
-            } else {
-                format!("{} error(s)", report.errors.len())
-            }
+            if report.is_ok() { "no errors".to_string() } else { format!("{} error(s)", report.errors.len()) }
         );
     }
-    Ok(if report.is_ok() {
-        exit::OK
-    } else {
-        exit::CORRUPTION
-    })
+    Ok(if report.is_ok() { exit::OK } else { exit::CORRUPTION })
 }
 
-fn cmd_forget(
-    g: &Global,
-    policy: &Policy,
-    device: Option<&str>,
-    dry_run: bool,
-    then_prune: bool,
-) -> Result<i32> {
+fn cmd_forget(g: &Global, policy: &Policy, device: Option<&str>, dry_run: bool, then_prune: bool) -> Result<i32> {
     if policy.is_empty() {
         bail!("nothing to forget by: give at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly");
     }
@@ -537,23 +443,10 @@ fn cmd_forget(
         print_json(json!({"dry_run": dry_run, "snapshots": items}));
     } else {
         for d in &decisions {
-            let fate = if d.keep {
-                format!("keep ({})", d.reasons.join(", "))
-            } else {
-                "remove".into()
-            };
-            println!(
-                "{} {}/{}  {fate}",
-                d.info.id.short(),
-                d.info.snapshot.device,
-                d.info.name
-            );
+            let fate = if d.keep { format!("keep ({})", d.reasons.join(", ")) } else { "remove".into() };
+            println!("{} {}/{}  {fate}", d.info.id.short(), d.info.snapshot.device, d.info.name);
         }
-        println!(
-            "{} snapshot(s) {}removed",
-            removed,
-            if dry_run { "would be " } else { "" }
-        );
+        println!("{} snapshot(s) {}removed", removed, if dry_run { "would be " } else { "" });
     }
     if then_prune && !dry_run {
         return cmd_prune(g);
@@ -565,10 +458,8 @@ fn cmd_prune(g: &Global) -> Result<i32> {
     let repo = open_repo(g)?;
     let report = prune::run(&repo)?;
     if g.json {
-        print_json(
-            json!({"packs_deleted": report.packs_deleted, "packs_repacked": report.packs_repacked,
-                          "bytes_freed": report.bytes_freed, "blobs_kept": report.blobs_kept, "blobs_removed": report.blobs_removed}),
-        );
+        print_json(json!({"packs_deleted": report.packs_deleted, "packs_repacked": report.packs_repacked,
+                          "bytes_freed": report.bytes_freed, "blobs_kept": report.blobs_kept, "blobs_removed": report.blobs_removed}));
     } else {
         println!(
             "pruned: {} blobs removed, {} kept; {} packs deleted ({} repacked); {} freed",
@@ -588,29 +479,13 @@ fn cmd_stats(g: &Global) -> Result<i32> {
     if g.json {
         print_json(serde_json::to_value(&s).expect("stats serialize"));
     } else {
-        println!(
-            "snapshots:          {} of {} device(s)",
-            s.snapshots, s.devices
-        );
-        println!(
-            "raw bytes:          {} (all files of all snapshots)",
-            human(s.raw_bytes)
-        );
-        println!(
-            "unique bytes:       {} (after deduplication)",
-            human(s.unique_bytes)
-        );
-        println!(
-            "stored bytes:       {} in {} packs",
-            human(s.stored_bytes),
-            s.packs
-        );
+        println!("snapshots:          {} of {} device(s)", s.snapshots, s.devices);
+        println!("raw bytes:          {} (all files of all snapshots)", human(s.raw_bytes));
+        println!("unique bytes:       {} (after deduplication)", human(s.unique_bytes));
+        println!("stored bytes:       {} in {} packs", human(s.stored_bytes), s.packs);
         println!("dedup ratio:        {:.2}x", s.dedup_ratio);
         println!("compression ratio:  {:.2}x", s.compression_ratio);
-        println!(
-            "blobs:              {} data, {} trees",
-            s.data_blobs, s.tree_blobs
-        );
+        println!("blobs:              {} data, {} trees", s.data_blobs, s.tree_blobs);
     }
     Ok(exit::OK)
 }

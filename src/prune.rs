@@ -37,12 +37,7 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
         by_pack.entry(loc.pack).or_default().push(loc);
     })?;
     let on_disk: HashMap<PackId, u64> = repo.list_packs()?.into_iter().collect();
-    let missing: Vec<String> = used
-        .iter()
-        .filter(|id| !chosen.contains_key(id))
-        .map(|id| id.short())
-        .take(5)
-        .collect();
+    let missing: Vec<String> = used.iter().filter(|id| !chosen.contains_key(id)).map(|id| id.short()).take(5).collect();
     if !missing.is_empty() {
         return Err(RepoError::Corrupt(format!(
             "snapshots need blobs that are not stored ({}...): run `phonebak check`; nothing was pruned",
@@ -52,11 +47,7 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
 
     let mut report = PruneReport::default();
     let mut keep_packs: HashSet<PackId> = HashSet::new();
-    let mut drop_packs: Vec<PackId> = on_disk
-        .keys()
-        .filter(|p| !by_pack.contains_key(p))
-        .copied()
-        .collect();
+    let mut drop_packs: Vec<PackId> = on_disk.keys().filter(|p| !by_pack.contains_key(p)).copied().collect();
     let mut to_repack: Vec<BlobLocation> = Vec::new();
     for (pack, entries) in &by_pack {
         let is_live = |e: &&BlobLocation| used.contains(&e.id) && chosen.get(&e.id) == Some(pack);
@@ -98,13 +89,8 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
     fresh.for_each(|loc| {
         let from_repack = !by_pack.contains_key(&loc.pack);
         if keep_packs.contains(&loc.pack) || from_repack {
-            let entry = PackEntry {
-                id: loc.id,
-                kind: loc.kind,
-                offset: loc.offset,
-                len: loc.len,
-                raw_len: loc.raw_len,
-            };
+            let entry =
+                PackEntry { id: loc.id, kind: loc.kind, offset: loc.offset, len: loc.len, raw_len: loc.raw_len };
             kept_entries.entry(loc.pack).or_default().push(entry);
         }
     })?;
@@ -118,8 +104,7 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
         repo.remove_file(&repo.pack_path(pack))?;
         report.packs_deleted += 1;
     }
-    report.bytes_freed =
-        drop_packs.iter().map(|p| on_disk[p] as i64).sum::<i64>() - packed.added_bytes as i64;
+    report.bytes_freed = drop_packs.iter().map(|p| on_disk[p] as i64).sum::<i64>() - packed.added_bytes as i64;
     remove_old_temp_files(repo)?;
     Ok(report)
 }
@@ -128,10 +113,7 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
 /// it references is unknown, and deleting it could lose data.
 fn used_blobs(repo: &Repository) -> Result<HashSet<BlobId>, RepoError> {
     let mut used = HashSet::new();
-    let mut pending: Vec<BlobId> = snapshot::list(repo)?
-        .iter()
-        .map(|s| s.snapshot.root)
-        .collect();
+    let mut pending: Vec<BlobId> = snapshot::list(repo)?.iter().map(|s| s.snapshot.root).collect();
     while let Some(tree_id) = pending.pop() {
         if !used.insert(tree_id) {
             continue;

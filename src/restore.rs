@@ -51,9 +51,7 @@ pub fn run(repo: &Repository, entry: &Entry, target: &Path) -> Result<RestoreRep
     };
     let progress = Progress::bytes("restore", total);
     let report = Mutex::new(RestoreReport::default());
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let mut dirs = Vec::new();
     let (tx, rx) = sync_channel::<FileJob>(workers * 64);
     let rx = Mutex::new(rx);
@@ -73,21 +71,13 @@ pub fn run(repo: &Repository, entry: &Entry, target: &Path) -> Result<RestoreRep
                         report.bytes += bytes;
                     }
                     Err(why) => {
-                        progress.note(&format!(
-                            "phonebak: cannot restore {}: {why}",
-                            job.dest.display()
-                        ));
+                        progress.note(&format!("phonebak: cannot restore {}: {why}", job.dest.display()));
                         report.failed.push((job.dest.display().to_string(), why));
                     }
                 }
             });
         }
-        let mut planner = Planner {
-            repo,
-            jobs: tx,
-            dirs: &mut dirs,
-            report,
-        };
+        let mut planner = Planner { repo, jobs: tx, dirs: &mut dirs, report };
         match &entry.node {
             // The target folder keeps its own metadata: it is the user's, not the phone's.
             Node::Dir { tree } => planner.restore_dir(tree, target),
@@ -117,11 +107,7 @@ impl Planner<'_> {
         let tree = match load_tree(self.repo, tree) {
             Ok(tree) => tree,
             Err(e) if e.is_corruption() => {
-                self.report
-                    .lock()
-                    .expect("report lock")
-                    .failed
-                    .push((dest.display().to_string(), e.to_string()));
+                self.report.lock().expect("report lock").failed.push((dest.display().to_string(), e.to_string()));
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
@@ -142,30 +128,21 @@ impl Planner<'_> {
             }
             Node::Symlink { target } => {
                 remove_non_dir(dest)?;
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), dest)
-                    .map_err(target_error(dest))?;
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), dest).map_err(target_error(dest))?;
                 apply_meta(dest, &entry.meta, true).map_err(target_error(dest))?;
                 self.report.lock().expect("report lock").symlinks += 1;
                 Ok(())
             }
             Node::File { .. } => {
-                let job = FileJob {
-                    dest: dest.to_path_buf(),
-                    entry: entry.clone(),
-                };
-                self.jobs
-                    .send(job)
-                    .map_err(|_| target_error(dest)(io::Error::other("restore workers stopped")))
+                let job = FileJob { dest: dest.to_path_buf(), entry: entry.clone() };
+                self.jobs.send(job).map_err(|_| target_error(dest)(io::Error::other("restore workers stopped")))
             }
         }
     }
 }
 
 fn target_error(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
-    move |source| RestoreError::Target {
-        path: path.display().to_string(),
-        source,
-    }
+    move |source| RestoreError::Target { path: path.display().to_string(), source }
 }
 
 /// Makes `path` a real folder, replacing a file or symlink there (never following it).
@@ -188,19 +165,9 @@ fn remove_non_dir(path: &Path) -> Result<(), RestoreError> {
 
 /// Writes one file under a temporary name, then renames it into place. Returns its size, or why
 /// it could not be restored (damaged data, full disk).
-fn restore_file(
-    repo: &Repository,
-    entry: &Entry,
-    dest: &Path,
-    progress: &Progress,
-) -> Result<u64, String> {
-    let Node::File { size, chunks } = &entry.node else {
-        unreachable!("only files are queued")
-    };
-    let tmp = dest.with_file_name(format!(
-        ".{}.phonebak-restore",
-        String::from_utf8_lossy(&entry.name)
-    ));
+fn restore_file(repo: &Repository, entry: &Entry, dest: &Path, progress: &Progress) -> Result<u64, String> {
+    let Node::File { size, chunks } = &entry.node else { unreachable!("only files are queued") };
+    let tmp = dest.with_file_name(format!(".{}.phonebak-restore", String::from_utf8_lossy(&entry.name)));
     let write = || -> Result<(), String> {
         let _ = std::fs::remove_file(&tmp);
         let mut file = OpenOptions::new()
@@ -236,10 +203,7 @@ fn is_root() -> bool {
 }
 
 fn timespecs(meta: &Meta) -> [libc::timespec; 2] {
-    let time = libc::timespec {
-        tv_sec: meta.mtime_sec as libc::time_t,
-        tv_nsec: meta.mtime_nsec as libc::c_long,
-    };
+    let time = libc::timespec { tv_sec: meta.mtime_sec as libc::time_t, tv_nsec: meta.mtime_nsec as libc::c_long };
     [time, time]
 }
 
@@ -268,15 +232,7 @@ pub fn apply_meta(path: &Path, meta: &Meta, is_symlink: bool) -> io::Result<()> 
     let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let times = timespecs(meta);
     // SAFETY: c_path is NUL-terminated and `times` holds two valid timespecs.
-    if unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c_path.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    } != 0
-    {
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c_path.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -28,10 +28,7 @@ pub fn run(repo: &Repository) -> Result<RepoStats, RepoError> {
     let mut stats = RepoStats::default();
     let snapshots = snapshot::list(repo)?;
     stats.snapshots = snapshots.len() as u64;
-    let mut devices: Vec<&str> = snapshots
-        .iter()
-        .map(|s| s.snapshot.device.as_str())
-        .collect();
+    let mut devices: Vec<&str> = snapshots.iter().map(|s| s.snapshot.device.as_str()).collect();
     devices.sort();
     devices.dedup();
     stats.devices = devices.len() as u64;

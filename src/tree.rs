@@ -71,24 +71,17 @@ impl Tree {
     /// A tree that fails this is damage (or an attack), never something to act on.
     pub fn decode(bytes: &[u8]) -> Result<Tree, String> {
         let (tree, used): (Tree, usize) =
-            bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-                .map_err(|e| e.to_string())?;
+            bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map_err(|e| e.to_string())?;
         if used != bytes.len() {
             return Err("trailing bytes".into());
         }
         for entry in &tree.entries {
             if !is_valid_name(&entry.name) {
-                return Err(format!(
-                    "unsafe name {:?}",
-                    String::from_utf8_lossy(&entry.name)
-                ));
+                return Err(format!("unsafe name {:?}", String::from_utf8_lossy(&entry.name)));
             }
             if let Node::File { size, chunks } = &entry.node {
                 if chunks.iter().map(|c| c.len as u64).sum::<u64>() != *size {
-                    return Err(format!(
-                        "{:?}: size does not match its chunks",
-                        String::from_utf8_lossy(&entry.name)
-                    ));
+                    return Err(format!("{:?}: size does not match its chunks", String::from_utf8_lossy(&entry.name)));
                 }
             }
         }
@@ -99,10 +92,7 @@ impl Tree {
     }
 
     pub fn find(&self, name: &[u8]) -> Option<&Entry> {
-        self.entries
-            .binary_search_by(|e| e.name.as_slice().cmp(name))
-            .ok()
-            .map(|at| &self.entries[at])
+        self.entries.binary_search_by(|e| e.name.as_slice().cmp(name)).ok().map(|at| &self.entries[at])
     }
 }
 
@@ -122,14 +112,8 @@ pub enum PathError {
 /// Finds `path` (relative, `/`-separated; empty for the root) under the root tree. The root is
 /// returned as a directory entry with an empty name.
 pub fn lookup_path(repo: &Repository, root: &BlobId, path: &Path) -> Result<Entry, PathError> {
-    let mut current = Entry {
-        name: Vec::new(),
-        meta: Meta {
-            mode: 0o755,
-            ..Meta::default()
-        },
-        node: Node::Dir { tree: *root },
-    };
+    let mut current =
+        Entry { name: Vec::new(), meta: Meta { mode: 0o755, ..Meta::default() }, node: Node::Dir { tree: *root } };
     for component in path.components() {
         use std::path::Component;
         let name = match component {
@@ -141,10 +125,7 @@ pub fn lookup_path(repo: &Repository, root: &BlobId, path: &Path) -> Result<Entr
             return Err(PathError::NotFound(path.display().to_string()));
         };
         let tree = load_tree(repo, tree)?;
-        current = tree
-            .find(name)
-            .cloned()
-            .ok_or_else(|| PathError::NotFound(path.display().to_string()))?;
+        current = tree.find(name).cloned().ok_or_else(|| PathError::NotFound(path.display().to_string()))?;
     }
     Ok(current)
 }
@@ -185,48 +166,27 @@ mod tests {
         Entry {
             name: name.to_vec(),
             meta: Meta::default(),
-            node: Node::File {
-                size: len as u64,
-                chunks: vec![ChunkRef {
-                    id: Id([1; 32]),
-                    len,
-                }],
-            },
+            node: Node::File { size: len as u64, chunks: vec![ChunkRef { id: Id([1; 32]), len }] },
         }
     }
 
     #[test]
     fn round_trip_keeps_non_utf8_names() {
-        let tree = Tree {
-            entries: vec![file(b"a", 3), file(b"\xff\xfename", 5)],
-        };
+        let tree = Tree { entries: vec![file(b"a", 3), file(b"\xff\xfename", 5)] };
         assert_eq!(Tree::decode(&tree.encode()).unwrap(), tree);
     }
 
     #[test]
     fn hostile_trees_are_refused() {
         for bad in [&b".."[..], b"a/b", b"", b"x\0y", b"."] {
-            let tree = Tree {
-                entries: vec![file(bad, 1)],
-            };
+            let tree = Tree { entries: vec![file(bad, 1)] };
             assert!(Tree::decode(&tree.encode()).is_err(), "{bad:?}");
         }
-        let unsorted = Tree {
-            entries: vec![file(b"b", 1), file(b"a", 1)],
-        };
+        let unsorted = Tree { entries: vec![file(b"b", 1), file(b"a", 1)] };
         assert!(Tree::decode(&unsorted.encode()).is_err());
         let mut lying = file(b"a", 1);
-        lying.node = Node::File {
-            size: 99,
-            chunks: vec![],
-        };
-        assert!(Tree::decode(
-            &Tree {
-                entries: vec![lying]
-            }
-            .encode()
-        )
-        .is_err());
+        lying.node = Node::File { size: 99, chunks: vec![] };
+        assert!(Tree::decode(&Tree { entries: vec![lying] }.encode()).is_err());
         assert!(Tree::decode(b"\xff\xff\xff").is_err());
     }
 }

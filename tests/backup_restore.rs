@@ -27,7 +27,10 @@ fn restore_of_a_path_and_of_a_single_file() {
     assert_same_tree(&phone.join("DCIM/Camera"), &camera);
     let single = s.path("single");
     s.ok(&["restore", "latest:Documents/notes.txt", "--target", single.to_str().unwrap()]);
-    assert_eq!(std::fs::read(single.join("notes.txt")).unwrap(), std::fs::read(phone.join("Documents/notes.txt")).unwrap());
+    assert_eq!(
+        std::fs::read(single.join("notes.txt")).unwrap(),
+        std::fs::read(phone.join("Documents/notes.txt")).unwrap()
+    );
     let missing = s.run(&["restore", "latest:No/Such/Thing", "--target", single.to_str().unwrap()]);
     assert_eq!(code(&missing), 1);
     assert!(stderr(&missing).contains("No/Such/Thing is not in the snapshot"), "{}", stderr(&missing));

@@ -29,11 +29,7 @@ pub enum KeySlot {
     /// `init --no-encryption`: the keys are stored in the clear.
     None { keys: String },
     /// The master keys sealed with a key derived from the password.
-    Argon2idXchacha20poly1305 {
-        kdf: KdfParams,
-        salt: String,
-        sealed_keys: String,
-    },
+    Argon2idXchacha20poly1305 { kdf: KdfParams, salt: String, sealed_keys: String },
 }
 
 const KEYS_AAD: &[u8] = b"phonebak master keys";
@@ -49,21 +45,12 @@ impl Config {
         let probe: VersionProbe = serde_json::from_slice(bytes)
             .map_err(|e| RepoError::Corrupt(format!("config is not a phonebak config: {e}")))?;
         if probe.format_version > FORMAT_VERSION {
-            return Err(RepoError::NewerFormat {
-                found: probe.format_version,
-                supported: FORMAT_VERSION,
-            });
+            return Err(RepoError::NewerFormat { found: probe.format_version, supported: FORMAT_VERSION });
         }
-        let config: Config = serde_json::from_slice(bytes)
-            .map_err(|e| RepoError::Corrupt(format!("config: {e}")))?;
-        config
-            .chunker
-            .validate()
-            .map_err(|e| RepoError::Corrupt(format!("config: {e}")))?;
+        let config: Config = serde_json::from_slice(bytes).map_err(|e| RepoError::Corrupt(format!("config: {e}")))?;
+        config.chunker.validate().map_err(|e| RepoError::Corrupt(format!("config: {e}")))?;
         if !(0..=22).contains(&config.compression_level) || config.pack_size == 0 {
-            return Err(RepoError::Corrupt(
-                "config: compression level or pack size out of range".into(),
-            ));
+            return Err(RepoError::Corrupt("config: compression level or pack size out of range".into()));
         }
         Ok(config)
     }
@@ -72,51 +59,31 @@ impl Config {
         matches!(self.keys, KeySlot::Argon2idXchacha20poly1305 { .. })
     }
 
-    pub fn seal_keys(
-        keys: &MasterKeys,
-        password: Option<&[u8]>,
-        kdf: KdfParams,
-    ) -> Result<KeySlot, RepoError> {
+    pub fn seal_keys(keys: &MasterKeys, password: Option<&[u8]>, kdf: KdfParams) -> Result<KeySlot, RepoError> {
         let encoded = bincode::serde::encode_to_vec(keys, bincode::config::standard())
             .map_err(|e| RepoError::Corrupt(e.to_string()))?;
         Ok(match password {
-            None => KeySlot::None {
-                keys: hex::encode(encoded),
-            },
+            None => KeySlot::None { keys: hex::encode(encoded) },
             Some(password) => {
                 let salt: [u8; 16] = crypto::random_bytes();
-                let kek = crypto::derive_key(password, &salt, kdf)
-                    .map_err(|e| RepoError::Corrupt(e.to_string()))?;
+                let kek = crypto::derive_key(password, &salt, kdf).map_err(|e| RepoError::Corrupt(e.to_string()))?;
                 let sealed = Sealer::encrypted(&kek).seal(&encoded, KEYS_AAD);
-                KeySlot::Argon2idXchacha20poly1305 {
-                    kdf,
-                    salt: hex::encode(salt),
-                    sealed_keys: hex::encode(sealed),
-                }
+                KeySlot::Argon2idXchacha20poly1305 { kdf, salt: hex::encode(salt), sealed_keys: hex::encode(sealed) }
             }
         })
     }
 
     /// Opens the master keys; `password` is asked for only when the repository is encrypted.
-    pub fn open_keys(
-        &self,
-        password: impl FnOnce() -> Result<Vec<u8>, RepoError>,
-    ) -> Result<MasterKeys, RepoError> {
+    pub fn open_keys(&self, password: impl FnOnce() -> Result<Vec<u8>, RepoError>) -> Result<MasterKeys, RepoError> {
         let bad = |what: &str| RepoError::Corrupt(format!("config: damaged {what}"));
         let encoded = match &self.keys {
             KeySlot::None { keys } => hex::decode(keys).map_err(|_| bad("keys"))?,
-            KeySlot::Argon2idXchacha20poly1305 {
-                kdf,
-                salt,
-                sealed_keys,
-            } => {
+            KeySlot::Argon2idXchacha20poly1305 { kdf, salt, sealed_keys } => {
                 let salt = hex::decode(salt).map_err(|_| bad("salt"))?;
                 let sealed = hex::decode(sealed_keys).map_err(|_| bad("sealed keys"))?;
                 let kek = crypto::derive_key(&password()?, &salt, *kdf)
                     .map_err(|e| RepoError::Corrupt(format!("config: {e}")))?;
-                Sealer::encrypted(&kek)
-                    .open(&sealed, KEYS_AAD)
-                    .map_err(|_| RepoError::WrongPassword)?
+                Sealer::encrypted(&kek).open(&sealed, KEYS_AAD).map_err(|_| RepoError::WrongPassword)?
             }
         };
         bincode::serde::decode_from_slice(&encoded, bincode::config::standard())

@@ -39,11 +39,7 @@ pub struct MasterKeys {
 impl MasterKeys {
     pub fn random() -> Self {
         let mut rng = rand::thread_rng();
-        let mut keys = MasterKeys {
-            encryption: [0; 32],
-            blob_id: [0; 32],
-            chunker_seed: 0,
-        };
+        let mut keys = MasterKeys { encryption: [0; 32], blob_id: [0; 32], chunker_seed: 0 };
         rng.fill_bytes(&mut keys.encryption);
         rng.fill_bytes(&mut keys.blob_id);
         keys.chunker_seed = rng.next_u64();
@@ -62,35 +58,16 @@ pub struct KdfParams {
 impl Default for KdfParams {
     fn default() -> Self {
         // About 0.1 s on a small machine: every command pays it once.
-        KdfParams {
-            memory_kib: 64 * 1024,
-            iterations: 2,
-            parallelism: 1,
-        }
+        KdfParams { memory_kib: 64 * 1024, iterations: 2, parallelism: 1 }
     }
 }
 
-pub fn derive_key(
-    password: &[u8],
-    salt: &[u8],
-    params: KdfParams,
-) -> Result<[u8; 32], CryptoError> {
-    let argon_params = argon2::Params::new(
-        params.memory_kib,
-        params.iterations,
-        params.parallelism,
-        Some(32),
-    )
-    .map_err(|e| CryptoError::Kdf(e.to_string()))?;
-    let argon = argon2::Argon2::new(
-        argon2::Algorithm::Argon2id,
-        argon2::Version::V0x13,
-        argon_params,
-    );
-    let mut key = [0u8; 32];
-    argon
-        .hash_password_into(password, salt, &mut key)
+pub fn derive_key(password: &[u8], salt: &[u8], params: KdfParams) -> Result<[u8; 32], CryptoError> {
+    let argon_params = argon2::Params::new(params.memory_kib, params.iterations, params.parallelism, Some(32))
         .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon_params);
+    let mut key = [0u8; 32];
+    argon.hash_password_into(password, salt, &mut key).map_err(|e| CryptoError::Kdf(e.to_string()))?;
     Ok(key)
 }
 
@@ -134,11 +111,7 @@ impl Sealer {
                 out.extend_from_slice(&nonce);
                 parts.iter().for_each(|p| out.extend_from_slice(p));
                 let tag = cipher
-                    .encrypt_in_place_detached(
-                        XNonce::from_slice(&nonce),
-                        aad,
-                        &mut out[NONCE_LEN..],
-                    )
+                    .encrypt_in_place_detached(XNonce::from_slice(&nonce), aad, &mut out[NONCE_LEN..])
                     .expect("XChaCha20-Poly1305 accepts any message below 256 GiB");
                 out.extend_from_slice(&tag);
             }
@@ -161,12 +134,7 @@ impl Sealer {
                 let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
                 let mut plain = body.to_vec();
                 cipher
-                    .decrypt_in_place_detached(
-                        XNonce::from_slice(nonce),
-                        aad,
-                        &mut plain,
-                        Tag::from_slice(tag),
-                    )
+                    .decrypt_in_place_detached(XNonce::from_slice(nonce), aad, &mut plain, Tag::from_slice(tag))
                     .map_err(|_| CryptoError::Authentication)?;
                 Ok(plain)
             }
@@ -204,10 +172,7 @@ mod tests {
             let mut flipped = sealed.clone();
             flipped[sealed.len() / 2] ^= 1;
             assert!(sealer.open(&flipped, b"aad").is_err());
-            assert!(matches!(
-                sealer.open(&sealed[..3], b"aad"),
-                Err(CryptoError::Truncated(3))
-            ));
+            assert!(matches!(sealer.open(&sealed[..3], b"aad"), Err(CryptoError::Truncated(3))));
         }
     }
 

@@ -55,11 +55,7 @@ fn process_alive(pid: u32) -> bool {
 }
 
 impl RepoLock {
-    pub fn acquire(
-        repo: &Repository,
-        kind: LockKind,
-        command: &str,
-    ) -> Result<RepoLock, RepoError> {
+    pub fn acquire(repo: &Repository, kind: LockKind, command: &str) -> Result<RepoLock, RepoError> {
         let record = LockRecord {
             kind,
             hostname: hostname(),
@@ -68,16 +64,9 @@ impl RepoLock {
             time: chrono::Local::now().to_rfc3339(),
         };
         let own_name = Id::random().to_hex();
-        repo.write_file_atomic(
-            &format!("locks/{own_name}"),
-            &serde_json::to_vec(&record).expect("lock serializes"),
-        )?;
+        repo.write_file_atomic(&format!("locks/{own_name}"), &serde_json::to_vec(&record).expect("lock serializes"))?;
         let path = repo.path(&format!("locks/{own_name}"));
-        let lock = RepoLock {
-            path,
-            stop: Arc::new(AtomicBool::new(false)),
-            refresher: None,
-        };
+        let lock = RepoLock { path, stop: Arc::new(AtomicBool::new(false)), refresher: None };
         // Written first, checked second: of two racing lockers at least one sees the other.
         if let Some(conflict) = find_conflict(repo, kind, &own_name)? {
             return Err(RepoError::Locked(conflict)); // `lock` drops here and removes our file
@@ -115,11 +104,7 @@ impl Drop for RepoLock {
     }
 }
 
-fn find_conflict(
-    repo: &Repository,
-    kind: LockKind,
-    own_name: &str,
-) -> Result<Option<String>, RepoError> {
+fn find_conflict(repo: &Repository, kind: LockKind, own_name: &str) -> Result<Option<String>, RepoError> {
     let this_host = hostname();
     for path in read_dir_sorted(&repo.path("locks"))? {
         if path.file_name().and_then(|n| n.to_str()) == Some(own_name) {
@@ -128,11 +113,8 @@ fn find_conflict(
         let Ok(bytes) = std::fs::read(&path) else {
             continue;
         }; // removed meanwhile
-        let age = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .unwrap_or_default();
+        let age =
+            std::fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).unwrap_or_default();
         let Ok(other) = serde_json::from_slice::<LockRecord>(&bytes) else {
             if age > Duration::from_secs(60) {
                 eprintln!("phonebak: removing unreadable lock file {}", path.display());
@@ -142,11 +124,7 @@ fn find_conflict(
         };
         let dead = other.hostname == this_host && !process_alive(other.pid);
         if dead || age > STALE_AFTER {
-            let why = if dead {
-                "its process is gone"
-            } else {
-                "it has not been refreshed for 30 minutes"
-            };
+            let why = if dead { "its process is gone" } else { "it has not been refreshed for 30 minutes" };
             eprintln!(
                 "phonebak: removing stale lock of `{}` (pid {} on {}, since {}): {why}",
                 other.command, other.pid, other.hostname, other.time
@@ -160,11 +138,7 @@ fn find_conflict(
                 other.command,
                 other.pid,
                 other.hostname,
-                if other.kind == LockKind::Exclusive {
-                    "n exclusive"
-                } else {
-                    " shared"
-                },
+                if other.kind == LockKind::Exclusive { "n exclusive" } else { " shared" },
                 other.time
             )));
         }

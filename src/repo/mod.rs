@@ -157,11 +157,7 @@ pub struct Repository {
 }
 
 impl Repository {
-    pub fn init(
-        root: &Path,
-        password: Option<&[u8]>,
-        options: InitOptions,
-    ) -> Result<(), RepoError> {
+    pub fn init(root: &Path, password: Option<&[u8]>, options: InitOptions) -> Result<(), RepoError> {
         if root.join("config").exists() {
             return Err(RepoError::AlreadyExists(root.to_path_buf()));
         }
@@ -190,33 +186,21 @@ impl Repository {
     /// Is the repository at `root` encrypted? Lets the CLI ask for a password only when needed.
     pub fn read_config(root: &Path) -> Result<Config, RepoError> {
         let bytes = match std::fs::read(root.join("config")) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(RepoError::NotFound(root.to_path_buf()))
-            }
-            other => other.map_err(io_error(format!(
-                "reading {}",
-                root.join("config").display()
-            )))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RepoError::NotFound(root.to_path_buf())),
+            other => other.map_err(io_error(format!("reading {}", root.join("config").display())))?,
         };
         Config::parse(&bytes)
     }
 
-    pub fn open(
-        root: &Path,
-        password: impl FnOnce() -> Result<Vec<u8>, RepoError>,
-    ) -> Result<Repository, RepoError> {
+    pub fn open(root: &Path, password: impl FnOnce() -> Result<Vec<u8>, RepoError>) -> Result<Repository, RepoError> {
         let config = Self::read_config(root)?;
         let keys = config.open_keys(password)?;
-        let sealer = Arc::new(if config.is_encrypted() {
-            Sealer::encrypted(&keys.encryption)
-        } else {
-            Sealer::Plain
-        });
+        let sealer = Arc::new(if config.is_encrypted() { Sealer::encrypted(&keys.encryption) } else { Sealer::Plain });
         let mut repo = Repository {
             root: root.to_path_buf(),
             config,
             keys,
-            index: Index::empty(sealer.clone()),
+            index: Index::empty(sealer.clone(), root.join("index")),
             sealer,
             open_packs: Mutex::new(HashMap::new()),
         };
@@ -224,7 +208,7 @@ impl Repository {
         Ok(repo)
     }
 
-    /// Re-reads the list of index files (cheap: headers only), to see what others wrote.
+    /// Starts over with the index files on disk now (after a prune deleted some).
     pub fn reload_index(&mut self) -> Result<(), RepoError> {
         self.index = Index::open(self)?;
         Ok(())
@@ -272,27 +256,16 @@ impl Repository {
         };
         let aad = blob_aad(kind, id);
         match compressed {
-            Some(compressed) if compressed.len() < plain.len() => {
-                self.sealer.seal_parts(&[&[1], &compressed], &aad)
-            }
+            Some(compressed) if compressed.len() < plain.len() => self.sealer.seal_parts(&[&[1], &compressed], &aad),
             _ => self.sealer.seal_parts(&[&[0], plain], &aad),
         }
     }
 
     /// Opens, decompresses and verifies one stored blob: the bytes returned are exactly the ones
     /// whose keyed hash is `id`, or an error.
-    pub fn decode_blob(
-        &self,
-        kind: BlobKind,
-        id: &BlobId,
-        raw_len: u32,
-        stored: &[u8],
-    ) -> Result<Vec<u8>, RepoError> {
+    pub fn decode_blob(&self, kind: BlobKind, id: &BlobId, raw_len: u32, stored: &[u8]) -> Result<Vec<u8>, RepoError> {
         let damaged = |why: &str| RepoError::Corrupt(format!("blob {id}: {why}"));
-        let body = self
-            .sealer
-            .open(stored, &blob_aad(kind, id))
-            .map_err(|e| damaged(&e.to_string()))?;
+        let body = self.sealer.open(stored, &blob_aad(kind, id)).map_err(|e| damaged(&e.to_string()))?;
         let plain = match body.split_first() {
             Some((0, raw)) => raw.to_vec(),
             Some((1, compressed)) => DECOMPRESSOR
@@ -309,11 +282,7 @@ impl Repository {
     /// Loads a blob by id through the index.
     pub fn load_blob(&self, id: &BlobId) -> Result<Vec<u8>, RepoError> {
         let location = self.index.get(id)?.ok_or(RepoError::MissingBlob(*id))?;
-        let stored = self.read_pack_range(
-            &location.pack,
-            location.offset as u64,
-            location.len as usize,
-        )?;
+        let stored = self.read_pack_range(&location.pack, location.offset as u64, location.len as usize)?;
         self.decode_blob(location.kind, id, location.raw_len, &stored)
     }
 
@@ -322,21 +291,13 @@ impl Repository {
         self.root.join("data").join(&hex[..2]).join(hex)
     }
 
-    pub fn read_pack_range(
-        &self,
-        pack: &PackId,
-        offset: u64,
-        len: usize,
-    ) -> Result<Vec<u8>, RepoError> {
+    pub fn read_pack_range(&self, pack: &PackId, offset: u64, len: usize) -> Result<Vec<u8>, RepoError> {
         let file = self.open_pack(pack)?;
         let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => {
-                    RepoError::Corrupt(format!("pack {pack} is truncated"))
-                }
-                _ => io_error(format!("reading pack {pack}"))(e),
-            })?;
+        file.read_exact_at(&mut buf, offset).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => RepoError::Corrupt(format!("pack {pack} is truncated")),
+            _ => io_error(format!("reading pack {pack}"))(e),
+        })?;
         Ok(buf)
     }
 
@@ -364,14 +325,9 @@ impl Repository {
         let data = self.path("data");
         for sub in read_dir_sorted(&data)? {
             for file in read_dir_sorted(&sub)? {
-                let name = file
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default();
+                let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
                 if let Some(id) = Id::from_hex(name) {
-                    let size = std::fs::metadata(&file)
-                        .map_err(io_error(format!("reading {}", file.display())))?
-                        .len();
+                    let size = std::fs::metadata(&file).map_err(io_error(format!("reading {}", file.display())))?.len();
                     packs.push((id, size));
                 }
             }
@@ -386,9 +342,7 @@ impl Repository {
 
     pub fn remove_file(&self, path: &Path) -> Result<(), RepoError> {
         match std::fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(io_error(format!("removing {}", path.display()))(e))
-            }
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(format!("removing {}", path.display()))(e)),
             _ => Ok(()),
         }
     }
@@ -422,11 +376,7 @@ pub(crate) fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, RepoError> {
     let entries = std::fs::read_dir(dir).map_err(io_error(format!("listing {}", dir.display())))?;
     let mut paths = Vec::new();
     for entry in entries {
-        paths.push(
-            entry
-                .map_err(io_error(format!("listing {}", dir.display())))?
-                .path(),
-        );
+        paths.push(entry.map_err(io_error(format!("listing {}", dir.display())))?.path());
     }
     paths.sort();
     Ok(paths)

@@ -44,9 +44,7 @@ pub struct PackWriter {
 
 impl PackWriter {
     pub fn create(repo: &Repository) -> Result<PackWriter, RepoError> {
-        let tmp_path = repo
-            .path("tmp")
-            .join(format!("{}.pack", Id::random().to_hex()));
+        let tmp_path = repo.path("tmp").join(format!("{}.pack", Id::random().to_hex()));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -65,27 +63,14 @@ impl PackWriter {
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), RepoError> {
         let file = self.file.as_mut().expect("pack writer used after finish");
-        file.write_all(bytes)
-            .map_err(io_error("writing a pack file"))?;
+        file.write_all(bytes).map_err(io_error("writing a pack file"))?;
         self.hasher.update(bytes);
         self.offset += bytes.len() as u64;
         Ok(())
     }
 
-    pub fn add(
-        &mut self,
-        id: BlobId,
-        kind: BlobKind,
-        stored: &[u8],
-        raw_len: u32,
-    ) -> Result<(), RepoError> {
-        let entry = PackEntry {
-            id,
-            kind,
-            offset: self.offset as u32,
-            len: stored.len() as u32,
-            raw_len,
-        };
+    pub fn add(&mut self, id: BlobId, kind: BlobKind, stored: &[u8], raw_len: u32) -> Result<(), RepoError> {
+        let entry = PackEntry { id, kind, offset: self.offset as u32, len: stored.len() as u32, raw_len };
         self.write(stored)?;
         self.entries.push(entry);
         Ok(())
@@ -107,8 +92,7 @@ impl PackWriter {
     /// Writes the footer, syncs, and renames the pack to its final name.
     pub fn finish(mut self, repo: &Repository) -> Result<FinishedPack, RepoError> {
         let footer_plain =
-            bincode::serde::encode_to_vec(&self.entries, bincode::config::standard())
-                .expect("pack entries serialize");
+            bincode::serde::encode_to_vec(&self.entries, bincode::config::standard()).expect("pack entries serialize");
         let footer = repo.sealer().seal(&footer_plain, FOOTER_AAD);
         self.write(&footer)?;
         let mut trailer = [0u8; TRAILER_LEN];
@@ -116,18 +100,11 @@ impl PackWriter {
         trailer[4..].copy_from_slice(PACK_END);
         self.write(&trailer)?;
         let file = self.file.take().expect("pack writer used after finish");
-        let file = file
-            .into_inner()
-            .map_err(|e| io_error("writing a pack file")(e.into_error()))?;
+        let file = file.into_inner().map_err(|e| io_error("writing a pack file")(e.into_error()))?;
         file.sync_all().map_err(io_error("syncing a pack file"))?;
         let id = Id(*self.hasher.finalize().as_bytes());
-        fsutil::publish(&self.tmp_path, &repo.pack_path(&id))
-            .map_err(io_error("storing a pack file"))?;
-        Ok(FinishedPack {
-            id,
-            size: self.offset,
-            entries: std::mem::take(&mut self.entries),
-        })
+        fsutil::publish(&self.tmp_path, &repo.pack_path(&id)).map_err(io_error("storing a pack file"))?;
+        Ok(FinishedPack { id, size: self.offset, entries: std::mem::take(&mut self.entries) })
     }
 }
 
@@ -148,10 +125,7 @@ pub fn read_footer(repo: &Repository, pack: &PackId) -> Result<Vec<PackEntry>, R
         std::io::ErrorKind::NotFound => damaged("missing"),
         _ => io_error(format!("opening {}", path.display()))(e),
     })?;
-    let size = file
-        .metadata()
-        .map_err(io_error(format!("reading {}", path.display())))?
-        .len();
+    let size = file.metadata().map_err(io_error(format!("reading {}", path.display())))?.len();
     if size < (PACK_MAGIC.len() + TRAILER_LEN) as u64 {
         return Err(damaged("too short"));
     }
@@ -168,12 +142,8 @@ pub fn read_footer(repo: &Repository, pack: &PackId) -> Result<Vec<PackEntry>, R
     let mut footer = vec![0u8; footer_len as usize];
     file.read_exact_at(&mut footer, size - TRAILER_LEN as u64 - footer_len)
         .map_err(io_error(format!("reading {}", path.display())))?;
-    let plain = repo
-        .sealer()
-        .open(&footer, FOOTER_AAD)
-        .map_err(|e| damaged(&format!("footer: {e}")))?;
-    let (entries, _): (Vec<PackEntry>, usize) =
-        bincode::serde::decode_from_slice(&plain, bincode::config::standard())
-            .map_err(|_| damaged("footer does not decode"))?;
+    let plain = repo.sealer().open(&footer, FOOTER_AAD).map_err(|e| damaged(&format!("footer: {e}")))?;
+    let (entries, _): (Vec<PackEntry>, usize) = bincode::serde::decode_from_slice(&plain, bincode::config::standard())
+        .map_err(|_| damaged("footer does not decode"))?;
     Ok(entries)
 }

@@ -25,22 +25,10 @@ pub struct Packer<'a> {
 
 impl<'a> Packer<'a> {
     pub fn new(repo: &'a Repository) -> Packer<'a> {
-        Packer {
-            repo,
-            data: None,
-            trees: None,
-            unindexed: Vec::new(),
-            report: PackerReport::default(),
-        }
+        Packer { repo, data: None, trees: None, unindexed: Vec::new(), report: PackerReport::default() }
     }
 
-    pub fn add(
-        &mut self,
-        id: BlobId,
-        kind: BlobKind,
-        stored: &[u8],
-        raw_len: u32,
-    ) -> Result<(), RepoError> {
+    pub fn add(&mut self, id: BlobId, kind: BlobKind, stored: &[u8], raw_len: u32) -> Result<(), RepoError> {
         let slot = match kind {
             BlobKind::Data => &mut self.data,
             BlobKind::Tree => &mut self.trees,
@@ -71,10 +59,7 @@ impl<'a> Packer<'a> {
 
     fn write_index(&mut self) -> Result<(), RepoError> {
         if !self.unindexed.is_empty() {
-            write_index(
-                self.repo,
-                self.unindexed.iter().map(|p| (&p.id, p.entries.as_slice())),
-            )?;
+            write_index(self.repo, self.unindexed.iter().map(|p| (&p.id, p.entries.as_slice())))?;
             self.unindexed.clear();
         }
         Ok(())

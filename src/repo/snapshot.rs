@@ -66,14 +66,10 @@ impl Snapshot {
 
 /// A device name becomes a folder name in the mount: it must be one.
 pub fn validate_device_name(name: &str) -> Result<(), String> {
-    if name.is_empty()
-        || name == "."
-        || name == ".."
-        || name.contains('/')
-        || name.contains('\0')
-        || name.len() > 255
-    {
-        return Err(format!("{name:?} is not a usable device name (it becomes a folder name: no '/', not '.' or '..')"));
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') || name.len() > 255 {
+        return Err(format!(
+            "{name:?} is not a usable device name (it becomes a folder name: no '/', not '.' or '..')"
+        ));
     }
     Ok(())
 }
@@ -81,10 +77,7 @@ pub fn validate_device_name(name: &str) -> Result<(), String> {
 pub fn save(repo: &Repository, snapshot: &Snapshot) -> Result<SnapshotId, RepoError> {
     let plain = serde_json::to_vec(snapshot).expect("snapshot serializes");
     let id = Id::random();
-    repo.write_file_atomic(
-        &format!("snapshots/{}", id.to_hex()),
-        &repo.sealer().seal(&plain, SNAPSHOT_AAD),
-    )?;
+    repo.write_file_atomic(&format!("snapshots/{}", id.to_hex()), &repo.sealer().seal(&plain, SNAPSHOT_AAD))?;
     Ok(id)
 }
 
@@ -92,10 +85,7 @@ pub fn load(repo: &Repository, id: &SnapshotId) -> Result<Snapshot, RepoError> {
     let path = repo.path(&format!("snapshots/{}", id.to_hex()));
     let sealed = std::fs::read(&path).map_err(io_error(format!("reading {}", path.display())))?;
     let damaged = |why: String| RepoError::Corrupt(format!("snapshot {id}: {why}"));
-    let plain = repo
-        .sealer()
-        .open(&sealed, SNAPSHOT_AAD)
-        .map_err(|e| damaged(e.to_string()))?;
+    let plain = repo.sealer().open(&sealed, SNAPSHOT_AAD).map_err(|e| damaged(e.to_string()))?;
     serde_json::from_slice(&plain).map_err(|e| damaged(e.to_string()))
 }
 
@@ -106,14 +96,7 @@ pub fn remove(repo: &Repository, id: &SnapshotId) -> Result<(), RepoError> {
 
 pub fn list_ids(repo: &Repository) -> Result<Vec<SnapshotId>, RepoError> {
     let paths = read_dir_sorted(&repo.path("snapshots"))?;
-    Ok(paths
-        .iter()
-        .filter_map(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(Id::from_hex)
-        })
-        .collect())
+    Ok(paths.iter().filter_map(|p| p.file_name().and_then(|n| n.to_str()).and_then(Id::from_hex)).collect())
 }
 
 /// Every snapshot, oldest first.
@@ -128,51 +111,36 @@ pub fn list(repo: &Repository) -> Result<Vec<SnapshotInfo>, RepoError> {
 /// Orders snapshots by time and gives each its display name; a second snapshot of a device in
 /// the same second gets a `.2` suffix, and so on.
 pub fn name_snapshots(mut loaded: Vec<(SnapshotId, Snapshot)>) -> Vec<SnapshotInfo> {
-    loaded.sort_by(|a, b| (a.1.time_ns, a.0).cmp(&(b.1.time_ns, b.0)));
+    loaded.sort_by_key(|(id, s)| (s.time_ns, *id));
     let mut seen: HashMap<(String, String), u32> = HashMap::new();
     loaded
         .into_iter()
         .map(|(id, snapshot)| {
             let base = snapshot.local_time().format(TIME_FORMAT).to_string();
-            let count = seen
-                .entry((snapshot.device.clone(), base.clone()))
-                .or_insert(0);
+            let count = seen.entry((snapshot.device.clone(), base.clone())).or_insert(0);
             *count += 1;
-            let name = if *count == 1 {
-                base
-            } else {
-                format!("{base}.{count}")
-            };
+            let name = if *count == 1 { base } else { format!("{base}.{count}") };
             SnapshotInfo { id, name, snapshot }
         })
         .collect()
 }
 
 /// Resolves what a user typed to one snapshot.
-pub fn select<'a>(
-    snapshots: &'a [SnapshotInfo],
-    spec: &str,
-) -> Result<&'a SnapshotInfo, SelectError> {
+pub fn select<'a>(snapshots: &'a [SnapshotInfo], spec: &str) -> Result<&'a SnapshotInfo, SelectError> {
     let not_found = || SelectError::NotFound(spec.to_string());
     if spec == "latest" {
         return snapshots.last().ok_or_else(not_found);
     }
     if let Some((device, when)) = spec.split_once('/') {
-        let of_device = snapshots.iter().filter(|s| s.snapshot.device == device);
-        return if when == "latest" {
-            of_device.last()
-        } else {
-            of_device.filter(|s| s.name == when).last()
-        }
-        .ok_or_else(not_found);
+        let mut of_device = snapshots.iter().filter(|s| s.snapshot.device == device);
+        return if when == "latest" { of_device.next_back() } else { of_device.rfind(|s| s.name == when) }
+            .ok_or_else(not_found);
     }
     let prefix = spec.to_ascii_lowercase();
     if prefix.len() < 4 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(not_found());
     }
-    let mut matches = snapshots
-        .iter()
-        .filter(|s| s.id.to_hex().starts_with(&prefix));
+    let mut matches = snapshots.iter().filter(|s| s.id.to_hex().starts_with(&prefix));
     match (matches.next(), matches.next()) {
         (Some(one), None) => Ok(one),
         (Some(_), Some(_)) => Err(SelectError::Ambiguous(spec.to_string())),
@@ -182,7 +150,10 @@ pub fn select<'a>(
 
 /// Resolves `SNAPSHOT[:PATH]`. Snapshot names contain `:` themselves
 /// (`pixel/2026-11-21T08:00:00`), so the longest prefix that names a snapshot wins.
-pub fn select_with_path<'a, 's>(snapshots: &'a [SnapshotInfo], spec: &'s str) -> Result<(&'a SnapshotInfo, &'s str), SelectError> {
+pub fn select_with_path<'a, 's>(
+    snapshots: &'a [SnapshotInfo],
+    spec: &'s str,
+) -> Result<(&'a SnapshotInfo, &'s str), SelectError> {
     let first_error = match select(snapshots, spec) {
         Ok(info) => return Ok((info, "")),
         Err(e) => e,
@@ -220,21 +191,12 @@ mod tests {
         let a = Id([0xaa; 32]);
         let b = Id([0xab; 32]);
         let c = Id([0xcc; 32]);
-        let list = name_snapshots(vec![
-            (c, snap("tab", 50)),
-            (a, snap("pixel", 100)),
-            (b, snap("pixel", 100)),
-        ]);
+        let list = name_snapshots(vec![(c, snap("tab", 50)), (a, snap("pixel", 100)), (b, snap("pixel", 100))]);
         assert_eq!(list[1].name, list[2].name.trim_end_matches(".2"));
         assert!(list[2].name.ends_with(".2"));
         assert_eq!(select(&list, "latest").unwrap().id, b);
         assert_eq!(select(&list, "tab/latest").unwrap().id, c);
-        assert_eq!(
-            select(&list, &format!("pixel/{}", list[1].name))
-                .unwrap()
-                .id,
-            a
-        );
+        assert_eq!(select(&list, &format!("pixel/{}", list[1].name)).unwrap().id, a);
         assert_eq!(select(&list, "cccc").unwrap().id, c);
         assert!(select(&list, "aaaa").is_ok());
         let name = format!("pixel/{}", list[1].name);
@@ -245,18 +207,9 @@ mod tests {
         assert_eq!(select_with_path(&list, "latest:x").unwrap().1, "x");
         assert!(select_with_path(&list, "nope:x").is_err());
         assert!(matches!(select(&list, "aa"), Err(SelectError::NotFound(_))));
-        assert!(matches!(
-            select(&list, "nope/latest"),
-            Err(SelectError::NotFound(_))
-        ));
-        let ambiguous = name_snapshots(vec![
-            (Id([0xab; 32]), snap("x", 1)),
-            (Id([0xab; 32]), snap("x", 2)),
-        ]);
-        assert!(matches!(
-            select(&ambiguous, "abab"),
-            Err(SelectError::Ambiguous(_))
-        ));
+        assert!(matches!(select(&list, "nope/latest"), Err(SelectError::NotFound(_))));
+        let ambiguous = name_snapshots(vec![(Id([0xab; 32]), snap("x", 1)), (Id([0xab; 32]), snap("x", 2))]);
+        assert!(matches!(select(&ambiguous, "abab"), Err(SelectError::Ambiguous(_))));
     }
 
     #[test]

@@ -15,35 +15,22 @@ pub struct DirSource {
 
 impl DirSource {
     pub fn new(root: &Path) -> Result<DirSource, SourceError> {
-        let invalid = |why: String| SourceError::Invalid {
-            spec: root.display().to_string(),
-            why,
-        };
+        let invalid = |why: String| SourceError::Invalid { spec: root.display().to_string(), why };
         let meta = std::fs::metadata(root).map_err(|e| invalid(e.to_string()))?;
         if !meta.is_dir() {
             return Err(invalid("not a folder".into()));
         }
-        Ok(DirSource {
-            root: root.to_path_buf(),
-        })
+        Ok(DirSource { root: root.to_path_buf() })
     }
 
     /// Sorts an error into "this one file" or "the whole phone is gone".
     fn classify(&self, rel: &Path, error: io::Error) -> SourceError {
-        let gone = matches!(
-            error.raw_os_error(),
-            Some(libc::ENOTCONN) | Some(libc::ENODEV) | Some(libc::ENXIO)
-        ) || std::fs::symlink_metadata(&self.root).is_err();
+        let gone = matches!(error.raw_os_error(), Some(libc::ENOTCONN) | Some(libc::ENODEV) | Some(libc::ENXIO))
+            || std::fs::symlink_metadata(&self.root).is_err();
         if gone {
-            SourceError::Vanished {
-                source_name: self.root.display().to_string(),
-                cause: error,
-            }
+            SourceError::Vanished { source_name: self.root.display().to_string(), cause: error }
         } else {
-            SourceError::Unreadable {
-                path: rel.display().to_string(),
-                source: error,
-            }
+            SourceError::Unreadable { path: rel.display().to_string(), source: error }
         }
     }
 }
@@ -65,9 +52,7 @@ fn kind_of(path: &Path, meta: &Metadata) -> io::Result<SourceKind> {
     } else if file_type.is_dir() {
         SourceKind::Dir
     } else if file_type.is_symlink() {
-        SourceKind::Symlink {
-            target: std::fs::read_link(path)?.as_os_str().as_bytes().to_vec(),
-        }
+        SourceKind::Symlink { target: std::fs::read_link(path)?.as_os_str().as_bytes().to_vec() }
     } else {
         SourceKind::Special
     })
@@ -80,9 +65,7 @@ impl Source for DirSource {
     }
 
     fn root_meta(&self) -> Result<Meta, SourceError> {
-        std::fs::metadata(&self.root)
-            .map(|m| meta_of(&m))
-            .map_err(|e| self.classify(Path::new(""), e))
+        std::fs::metadata(&self.root).map(|m| meta_of(&m)).map_err(|e| self.classify(Path::new(""), e))
     }
 
     fn list(&self, dir: &Path) -> Result<Listing, SourceError> {
@@ -93,15 +76,10 @@ impl Source for DirSource {
             let item = item.map_err(|e| self.classify(dir, e))?;
             let name = item.file_name().as_bytes().to_vec();
             let path = item.path();
-            match item
-                .metadata()
-                .and_then(|meta| Ok((meta_of(&meta), kind_of(&path, &meta)?)))
-            {
+            match item.metadata().and_then(|meta| Ok((meta_of(&meta), kind_of(&path, &meta)?))) {
                 Ok((meta, kind)) => listing.entries.push(SourceEntry { name, meta, kind }),
                 Err(error) => match self.classify(&dir.join(item.file_name()), error) {
-                    SourceError::Unreadable { source, .. } => {
-                        listing.unreadable.push((name, source))
-                    }
+                    SourceError::Unreadable { source, .. } => listing.unreadable.push((name, source)),
                     other => return Err(other),
                 },
             }

@@ -45,10 +45,7 @@ pub enum SourceError {
     /// The whole source is gone (phone unplugged, MTP mount lost): the backup stops and writes
     /// no snapshot.
     #[error("the source {source_name} disappeared during the backup ({cause})")]
-    Vanished {
-        source_name: String,
-        cause: io::Error,
-    },
+    Vanished { source_name: String, cause: io::Error },
     #[error("cannot use {spec:?} as a source: {why}")]
     Invalid { spec: String, why: String },
 }
@@ -69,21 +66,14 @@ pub trait Source: Send + Sync {
 
 /// Parses a SOURCE argument: `dir:PATH` or a plain path.
 pub fn open_source(spec: &str) -> Result<Box<dyn Source>, SourceError> {
-    let invalid = |why: &str| SourceError::Invalid {
-        spec: spec.to_string(),
-        why: why.to_string(),
-    };
+    let invalid = |why: &str| SourceError::Invalid { spec: spec.to_string(), why: why.to_string() };
     if let Some((scheme, _)) = spec.split_once(':') {
         match scheme {
             "dir" => {}
             "adb" | "ios-backup" | "ab" | "tar" => {
-                return Err(invalid(&format!(
-                    "`{scheme}:` sources are not supported yet"
-                )))
+                return Err(invalid(&format!("`{scheme}:` sources are not supported yet")))
             }
-            _ if !Path::new(spec).exists() => {
-                return Err(invalid(&format!("unknown source kind `{scheme}:`")))
-            }
+            _ if !Path::new(spec).exists() => return Err(invalid(&format!("unknown source kind `{scheme}:`"))),
             _ => {}
         }
     }

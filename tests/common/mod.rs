@@ -35,7 +35,10 @@ impl Scratch {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_phonebak"));
-        cmd.args(args).env("PHONEBAK_REPO", &self.repo).env("PHONEBAK_PASSWORD", PASSWORD).env_remove("PHONEBAK_PASSWORD_FILE");
+        cmd.args(args)
+            .env("PHONEBAK_REPO", &self.repo)
+            .env("PHONEBAK_PASSWORD", PASSWORD)
+            .env_remove("PHONEBAK_PASSWORD_FILE");
         cmd
     }
 
@@ -46,7 +49,12 @@ impl Scratch {
     /// Runs and insists on exit 0; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "phonebak {args:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "phonebak {args:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -88,7 +96,8 @@ pub fn describe(root: &Path) -> BTreeMap<PathBuf, Observed> {
 }
 
 fn describe_into(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, Observed>) {
-    let mut names: Vec<_> = std::fs::read_dir(root.join(rel)).expect("readable").map(|e| e.unwrap().file_name()).collect();
+    let mut names: Vec<_> =
+        std::fs::read_dir(root.join(rel)).expect("readable").map(|e| e.unwrap().file_name()).collect();
     names.sort();
     for name in names {
         let path = rel.join(&name);

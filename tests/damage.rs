@@ -1,0 +1,87 @@
+//! Damage is found, named and contained: `check --read-data` names the damaged blobs' snapshots
+//! and files, and `restore` fails loudly for those files and restores the others.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+
+fn packs(repo: &std::path::Path) -> Vec<PathBuf> {
+    let mut all = Vec::new();
+    for sub in std::fs::read_dir(repo.join("data")).unwrap() {
+        for pack in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            all.push(pack.unwrap().path());
+        }
+    }
+    all.sort();
+    all
+}
+
+#[test]
+fn a_flipped_byte_in_a_pack_is_found_and_contained() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    write(&phone.join("DCIM/victim.jpg"), &bytes(1, 2_000_000, false));
+    write(&phone.join("Documents/fine.txt"), &bytes(2, 10_000, true));
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    assert!(s.run(&["check", "--read-data"]).status.success());
+
+    // The data pack is the big one; flip a byte in the middle of the photo's blob.
+    let pack = packs(&s.repo).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let mut content = std::fs::read(&pack).unwrap();
+    content[1_000_000] ^= 0x40;
+    std::fs::write(&pack, content).unwrap();
+
+    let quick = s.run(&["check"]);
+    assert!(quick.status.success(), "structure is intact: {}", String::from_utf8_lossy(&quick.stdout));
+    let check = s.run(&["check", "--read-data"]);
+    assert_eq!(code(&check), 13);
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(report.contains("1 damaged blob(s)"), "{report}");
+    assert!(report.contains("DCIM/victim.jpg: 1 chunk(s) damaged"), "{report}");
+    assert!(!report.contains("fine.txt"), "{report}");
+
+    let out = s.path("out");
+    let restore = s.run(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_eq!(code(&restore), 13);
+    assert!(stderr(&restore).contains("victim.jpg"), "{}", stderr(&restore));
+    assert!(!out.join("DCIM/victim.jpg").exists(), "no wrong bytes under the real name");
+    assert_eq!(std::fs::read_dir(out.join("DCIM")).unwrap().count(), 0, "no temp file left");
+    assert_eq!(std::fs::read(out.join("Documents/fine.txt")).unwrap(), bytes(2, 10_000, true));
+}
+
+#[test]
+fn a_truncated_pack_or_index_is_reported_not_a_panic() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    for pack in packs(&s.repo) {
+        let len = std::fs::metadata(&pack).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&pack).unwrap().set_len(len / 2).unwrap();
+    }
+    let check = s.run(&["check"]);
+    assert_eq!(code(&check), 13);
+    assert!(String::from_utf8_lossy(&check.stdout).contains("no end marker (truncated?)"));
+    let index = std::fs::read_dir(s.repo.join("index")).unwrap().next().unwrap().unwrap().path();
+    std::fs::write(&index, b"PBIDX001 short").unwrap();
+    let out = s.run(&["snapshots"]);
+    assert_eq!(code(&out), 13);
+    assert!(stderr(&out).contains("repository damaged: index file"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_missing_pack_is_named_by_check() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    for pack in packs(&s.repo) {
+        std::fs::remove_file(pack).unwrap();
+    }
+    let check = s.run(&["check"]);
+    assert_eq!(code(&check), 13);
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(report.contains("is missing"), "{report}");
+    assert!(report.contains("(p): /: repository damaged"), "the snapshot is named: {report}");
+}

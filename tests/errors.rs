@@ -1,0 +1,197 @@
+//! Bad input gets an exact message and a distinct exit code, and nothing is lost.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+
+#[test]
+fn missing_repository_exits_10() {
+    let s = Scratch::new();
+    let out = s.run(&["snapshots"]);
+    assert_eq!(code(&out), 10);
+    assert!(stderr(&out).contains("no phonebak repository at"), "{}", stderr(&out));
+}
+
+#[test]
+fn init_twice_is_refused() {
+    let s = Scratch::with_repo();
+    let out = s.run(&["init"]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("is already a phonebak repository"));
+}
+
+#[test]
+fn wrong_or_missing_password_exits_12() {
+    let s = Scratch::with_repo();
+    let out = s.command(&["snapshots"]).env("PHONEBAK_PASSWORD", "wrong").output().unwrap();
+    assert_eq!(code(&out), 12);
+    assert!(stderr(&out).contains("wrong password"), "{}", stderr(&out));
+    let out =
+        s.command(&["snapshots"]).env_remove("PHONEBAK_PASSWORD").stdin(std::process::Stdio::null()).output().unwrap();
+    assert_eq!(code(&out), 12);
+    assert!(stderr(&out).contains("this repository is encrypted"), "{}", stderr(&out));
+}
+
+#[test]
+fn password_file_works_and_unencrypted_needs_none() {
+    let s = Scratch::new();
+    let pw = s.path("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let out =
+        s.command(&["init", "--password-file", pw.to_str().unwrap()]).env_remove("PHONEBAK_PASSWORD").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    s.ok(&["snapshots"]); // PHONEBAK_PASSWORD is the same password
+    let plain = Scratch::new();
+    plain.command(&["init", "--no-encryption"]).env_remove("PHONEBAK_PASSWORD").output().unwrap();
+    let out = plain.command(&["snapshots"]).env_remove("PHONEBAK_PASSWORD").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn newer_format_is_refused_with_exit_14() {
+    let s = Scratch::with_repo();
+    let config_path = s.repo.join("config");
+    let text =
+        std::fs::read_to_string(&config_path).unwrap().replace("\"format_version\": 1", "\"format_version\": 99");
+    std::fs::write(&config_path, text).unwrap();
+    let out = s.run(&["snapshots"]);
+    assert_eq!(code(&out), 14);
+    assert!(
+        stderr(&out).contains("repository format 99 is newer than this phonebak understands (up to 1)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn damaged_config_is_corruption_not_a_panic() {
+    let s = Scratch::with_repo();
+    std::fs::write(s.repo.join("config"), b"\x00garbage").unwrap();
+    let out = s.run(&["snapshots"]);
+    assert_eq!(code(&out), 13);
+    assert!(stderr(&out).contains("config is not a phonebak config"), "{}", stderr(&out));
+}
+
+/// Writes a lock file as another live process would.
+fn fake_lock(s: &Scratch, kind: &str, pid: u32, host: &str) {
+    let record = serde_json::json!({"kind": kind, "hostname": host, "pid": pid, "command": "prune", "time": "2026-11-22T00:00:00+00:00"});
+    std::fs::write(s.repo.join("locks/other"), record.to_string()).unwrap();
+}
+
+fn this_host() -> String {
+    String::from_utf8(std::process::Command::new("hostname").output().unwrap().stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn locked_repository_exits_11_and_stale_locks_are_removed() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    write(&phone.join("a.txt"), b"a");
+    let mut holder = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    fake_lock(&s, "exclusive", holder.id(), &this_host());
+    let out = s.run(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    assert_eq!(code(&out), 11);
+    assert!(stderr(&out).contains("repository is locked: `prune`"), "{}", stderr(&out));
+    assert!(s.json(&["snapshots"]).as_array().unwrap().is_empty(), "no snapshot while locked");
+
+    // A shared lock held by a live backup does not stop another backup, but stops prune.
+    fake_lock(&s, "shared", holder.id(), &this_host());
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    assert_eq!(code(&s.run(&["prune"])), 11);
+
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let out = s.run(&["prune"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("removing stale lock"), "{}", stderr(&out));
+}
+
+#[test]
+fn unreadable_files_are_skipped_listed_and_exit_3() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    write(&phone.join("ok.txt"), b"fine");
+    write(&phone.join("secret/locked.txt"), b"no");
+    write(&phone.join("private.db"), b"no");
+    std::fs::set_permissions(phone.join("private.db"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    std::fs::set_permissions(phone.join("secret"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let mut cmd = s.command(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    if is_root() {
+        // root reads everything: run as nobody so the permissions bite.
+        for dir in [s.dir.path(), phone.as_path(), s.repo.as_path()] {
+            std::process::Command::new("chmod").args(["-R", "a+rwX"]).arg(dir).status().unwrap();
+        }
+        std::fs::set_permissions(phone.join("private.db"), std::fs::Permissions::from_mode(0o000)).unwrap();
+        std::fs::set_permissions(phone.join("secret"), std::fs::Permissions::from_mode(0o000)).unwrap();
+        let mut wrapped = std::process::Command::new("setpriv");
+        wrapped.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_phonebak")]);
+        wrapped.args(["backup", "--device", "p", phone.to_str().unwrap()]);
+        wrapped.env("PHONEBAK_REPO", &s.repo).env("PHONEBAK_PASSWORD", PASSWORD);
+        cmd = wrapped;
+    }
+    let out = cmd.output().unwrap();
+    std::fs::set_permissions(phone.join("secret"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("2 path(s) could not be read"), "{err}");
+    assert!(err.contains("private.db: Permission denied"), "{err}");
+    assert!(err.contains("secret: Permission denied"), "{err}");
+    let listed = s.ok(&["ls", "latest"]);
+    assert!(listed.contains("/ok.txt") && !listed.contains("private.db"), "{listed}");
+    let snaps = s.json(&["snapshots"]);
+    assert_eq!(snaps[0]["stats"]["unreadable"], 2);
+}
+
+#[test]
+fn a_full_disk_exits_15_and_leaves_the_repository_as_it_was() {
+    if !is_root() {
+        eprintln!("needs root to mount a small tmpfs; the CI runs as root");
+        return;
+    }
+    let s = Scratch::new();
+    std::fs::create_dir(&s.repo).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&s.repo)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(s.repo.clone());
+    s.ok(&["init"]);
+    let phone = s.path("phone");
+    write(&phone.join("small.txt"), b"small");
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    write(&phone.join("DCIM/big.mp4"), &bytes(5, 8 << 20, false));
+    let out = s.run(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    assert_eq!(code(&out), 15, "{}", stderr(&out));
+    assert!(stderr(&out).contains("no space left on the repository's disk"), "{}", stderr(&out));
+    assert_eq!(s.json(&["snapshots"]).as_array().unwrap().len(), 1, "no partial snapshot");
+    let check = s.run(&["check", "--read-data"]);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert_eq!(std::fs::read_dir(s.repo.join("tmp")).unwrap().count(), 0, "temp files left behind");
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let s = Scratch::with_repo();
+    assert_eq!(code(&s.run(&["backup", "--device", "p"])), 2);
+    let out = s.run(&["backup", "--device", "a/b", "."]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("is not a usable device name"), "{}", stderr(&out));
+    let out = s.run(&["backup", "--device", "p", "/no/such/folder"]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("cannot use \"/no/such/folder\" as a source"), "{}", stderr(&out));
+    let out = s.run(&["backup", "--device", "p", "--exclude", "a[", "."]);
+    assert!(stderr(&out).contains("invalid pattern"), "{}", stderr(&out));
+    let out = s.run(&["forget"]);
+    assert!(stderr(&out).contains("nothing to forget by"), "{}", stderr(&out));
+    let out = s.run(&["backup", "--device", "p", "--time", "yesterday", "."]);
+    assert!(stderr(&out).contains("cannot read the time"), "{}", stderr(&out));
+}

@@ -1,0 +1,165 @@
+//! Library-level tests: random trees round-trip exactly (proptest), and a phone that vanishes
+//! mid-backup leaves no snapshot.
+
+mod common;
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use phonebak::backup::{self, BackupError, BackupOptions, PathFilter};
+use phonebak::chunker::ChunkerParams;
+use phonebak::repo::crypto::KdfParams;
+use phonebak::repo::snapshot;
+use phonebak::repo::{InitOptions, Repository};
+use phonebak::source::{DirSource, Listing, Source, SourceError, SourceFile};
+use phonebak::tree::{lookup_path, Meta};
+use proptest::prelude::*;
+
+fn small_repo(root: &Path) -> Repository {
+    let options = InitOptions {
+        chunker: ChunkerParams { min_size: 1024, avg_size: 4096, max_size: 16384 },
+        kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
+        pack_size: 256 * 1024,
+        ..InitOptions::default()
+    };
+    Repository::init(root, Some(b"pw"), options).unwrap();
+    Repository::open(root, || Ok(b"pw".to_vec())).unwrap()
+}
+
+fn options(device: &str) -> BackupOptions {
+    BackupOptions { device: device.into(), tags: vec![], filter: PathFilter::default(), time_ns: None, force: false }
+}
+
+#[derive(Debug, Clone)]
+enum Item {
+    File { size: usize, seed: u64, compressible: bool },
+    Dir,
+    Symlink(Vec<u8>),
+}
+
+fn name() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0), 1..12)
+        .prop_filter("not . or ..", |n| n != b"." && n != b"..")
+}
+
+fn item() -> impl Strategy<Value = Item> {
+    prop_oneof![
+        4 => (0usize..60_000, any::<u64>(), any::<bool>()).prop_map(|(size, seed, compressible)| Item::File { size, seed, compressible }),
+        1 => Just(Item::Dir),
+        1 => name().prop_map(Item::Symlink),
+    ]
+}
+
+/// (path of up to three names, what it is, mode, mtime)
+type Planned = (Vec<Vec<u8>>, Item, u32, (i64, u32));
+
+fn tree() -> impl Strategy<Value = Vec<Planned>> {
+    proptest::collection::vec(
+        (proptest::collection::vec(name(), 1..4), item(), 0u32..0o7777, (0i64..2_000_000_000, 0u32..1_000_000_000)),
+        0..25,
+    )
+}
+
+fn build(root: &Path, entries: &[Planned]) {
+    std::fs::create_dir_all(root).unwrap();
+    for (names, item, mode, (sec, nsec)) in entries {
+        let path: PathBuf = names.iter().fold(root.to_path_buf(), |p, n| p.join(std::ffi::OsStr::from_bytes(n)));
+        // Skip a path whose parent is already a file or symlink, or which exists.
+        let parent_ok = path.parent().is_some_and(|p| std::fs::symlink_metadata(p).map(|m| m.is_dir()).unwrap_or(true));
+        if !parent_ok || std::fs::symlink_metadata(&path).is_ok() {
+            continue;
+        }
+        let parent = path.parent().unwrap();
+        if std::fs::create_dir_all(parent).is_err() {
+            continue;
+        }
+        match item {
+            Item::File { size, seed, compressible } => {
+                std::fs::write(&path, bytes(*seed, *size, *compressible)).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).unwrap();
+            }
+            Item::Dir => {
+                std::fs::create_dir(&path).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode | 0o700)).unwrap();
+            }
+            Item::Symlink(target) => std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &path).unwrap(),
+        }
+        set_mtime(&path, *sec, *nsec as i64);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, .. ProptestConfig::default() })]
+
+    #[test]
+    fn random_trees_round_trip_exactly(entries in tree()) {
+        let dir = tempfile::tempdir().unwrap();
+        let phone = dir.path().join("phone");
+        build(&phone, &entries);
+        let repo = small_repo(&dir.path().join("repo"));
+        let source = DirSource::new(&phone).unwrap();
+        let outcome = backup::run(&repo, &source, &options("p")).unwrap();
+        prop_assert!(outcome.unreadable.is_empty());
+        let root = lookup_path(&repo, &outcome.snapshot.root, Path::new("")).unwrap();
+        let out = dir.path().join("out");
+        let report = phonebak::restore::run(&repo, &root, &out).unwrap();
+        prop_assert!(report.failed.is_empty());
+        assert_same_tree(&phone, &out);
+        let check = phonebak::check::run(&repo, true).unwrap();
+        prop_assert!(check.is_ok(), "{:?}", check.errors);
+    }
+}
+
+/// Stands in for a phone that is unplugged mid-backup (there is no phone here): a real folder
+/// whose source reports the device gone after a few files, as an MTP mount does.
+struct VanishingPhone {
+    inner: DirSource,
+    opened: std::sync::atomic::AtomicUsize,
+}
+
+impl Source for VanishingPhone {
+    fn describe(&self) -> String {
+        "vanishing phone".into()
+    }
+    fn root_meta(&self) -> Result<Meta, SourceError> {
+        if self.opened.load(std::sync::atomic::Ordering::SeqCst) >= 3 {
+            return Err(SourceError::Vanished {
+                source_name: "phone".into(),
+                cause: std::io::Error::from_raw_os_error(libc::ENOTCONN),
+            });
+        }
+        self.inner.root_meta()
+    }
+    fn list(&self, dir: &Path) -> Result<Listing, SourceError> {
+        self.inner.list(dir)
+    }
+    fn open(&self, file: &Path) -> Result<Box<dyn SourceFile>, SourceError> {
+        if self.opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 3 {
+            return Err(SourceError::Unreadable {
+                path: file.display().to_string(),
+                source: std::io::Error::from_raw_os_error(libc::EIO),
+            });
+        }
+        self.inner.open(file)
+    }
+}
+
+#[test]
+fn a_phone_that_vanishes_mid_backup_leaves_no_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let phone = dir.path().join("phone");
+    for i in 0..10 {
+        write(&phone.join(format!("f{i}.txt")), &bytes(i, 5000, true));
+    }
+    let repo = small_repo(&dir.path().join("repo"));
+    let source = VanishingPhone { inner: DirSource::new(&phone).unwrap(), opened: Default::default() };
+    let result = backup::run(&repo, &source, &options("p"));
+    assert!(matches!(result, Err(BackupError::Source(SourceError::Vanished { .. }))), "{:?}", result.err());
+    let err = anyhow::Error::from(result.err().unwrap());
+    assert_eq!(phonebak::exit::for_error(&err), phonebak::exit::SOURCE_VANISHED);
+    assert!(err.to_string().contains("disappeared during the backup"));
+    assert!(snapshot::list(&repo).unwrap().is_empty(), "no partial snapshot");
+    assert!(phonebak::check::run(&repo, true).unwrap().is_ok());
+}
