@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs what is missing and runs every test: unit, integration (real files, real processes),
+# formatting and lints.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+need_rust
+# fuse3 for the mount tests; python3 for scripts/gen-phone; util-linux for setpriv; time and
+# coreutils are used by the tests and the benchmark.
+need_debs fuse3 python3 util-linux time coreutils
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+cargo test --all-targets
