@@ -1,92 +1,108 @@
 #!/usr/bin/env bash
 # Benchmark: phonebak side by side with restic and borg on the same generated phone, in one run.
 #
-#   scripts/bench.sh                 # about 1.5 GB, 24.5k files (BENCH_SCALE=1)
-#   BENCH_SCALE=0.1 scripts/bench.sh # a quick run
+#   scripts/bench.sh                                # ~1.5 GB, 24.5k files, 3 rounds
+#   BENCH_SCALE=0.1 BENCH_RUNS=1 scripts/bench.sh   # a quick look
 #
-# Every tool reads the same files from a warm page cache (each run is preceded by a read of the
-# whole phone), encrypts (phonebak and restic always; borg with repokey-blake2) and compresses
-# with zstd level 3 (restic: its "auto" mode, zstd). Times are wall-clock seconds; memory is
-# peak RSS. Figures go to stdout and to $BENCH_DIR/results.txt.
+# Each round gives every tool a fresh repository and measures: first backup, unchanged
+# re-backup, next-day backup (new photos, databases changed in place, deletions, a renamed
+# folder), restore of the latest snapshot, repository size, peak memory. The figures printed are
+# medians over the rounds (this machine is shared; single runs vary by up to 50%).
+# All tools read the same files from a warm page cache, encrypt (borg: repokey-blake2) and
+# compress with zstd level 3 (restic: its "auto" mode, zstd). Results: $BENCH_DIR/results.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 need_rust
-need_debs restic borgbackup python3 time
+need_debs restic borgbackup python3 time rsync
 
 scale=${BENCH_SCALE:-1}
+runs=${BENCH_RUNS:-3}
 work=${BENCH_DIR:-/tmp/phonebak-bench}
 cargo build --release --quiet
 phonebak=$PWD/target/release/phonebak
 
 rm -rf "$work"
 mkdir -p "$work"
-phone=$work/phone
 export PHONEBAK_PASSWORD=bench RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench
 export BORG_RELOCATED_REPO_ACCESS_IS_OK=yes BORG_BASE_DIR=$work/borg-home RESTIC_CACHE_DIR=$work/restic-cache
-results=$work/results.txt
-: > "$results"
+csv=$work/figures.csv
+: > "$csv"
 
 echo "generating the phone (scale $scale) ..."
-scripts/gen-phone "$phone" --scale "$scale"
-phone_bytes=$(du -sb "$phone" | cut -f1)
-phone_files=$(find "$phone" -type f | wc -l)
+scripts/gen-phone "$work/day1" --scale "$scale"
+cp -a "$work/day1" "$work/day2"
+scripts/gen-phone "$work/day2" --next-day --scale "$scale"
+phone=$work/phone
+mkdir -p "$phone"
 
+become() { rsync -a --delete "$work/$1/" "$phone/"; }
 warm() { tar cf - -C "$phone" . | cat > /dev/null; }
 
-# measure NAME COMMAND... : runs it and records "NAME seconds peak_kib".
+# measure TOOL STEP COMMAND... : runs it, records "step,tool,seconds,peak_mib".
 measure() {
-    local name=$1; shift
-    local log=$work/time.$$
-    /usr/bin/time -f "%e %M" -o "$log" "$@" > "$work/$name.out" 2> "$work/$name.err" || {
-        echo "$name failed:"; cat "$work/$name.err"; exit 1; }
+    local tool=$1 step=$2; shift 2
+    local log=$work/time.txt
+    /usr/bin/time -f "%e %M" -o "$log" "$@" > "$work/last.out" 2> "$work/last.err" || {
+        echo "$tool $step failed:"; cat "$work/last.err"; exit 1; }
     read -r secs kib < "$log"
-    printf '%-34s %8.2f s %8d MiB\n' "$name" "$secs" $((kib / 1024)) | tee -a "$results"
-    eval "T_${name//[^A-Za-z0-9]/_}=$secs M_${name//[^A-Za-z0-9]/_}=$((kib / 1024))"
+    printf '  %-9s %-10s %8.2f s %6d MiB\n' "$tool" "$step" "$secs" $((kib / 1024))
+    echo "$step,$tool,$secs,$((kib / 1024))" >> "$csv"
 }
 
-printf 'phone: %s bytes in %s files\n' "$phone_bytes" "$phone_files" | tee -a "$results"
-echo "--- first backup" | tee -a "$results"
-"$phonebak" init --repo "$work/pb" > /dev/null
-restic init -q -r "$work/restic"
-borg init -e repokey-blake2 "$work/borg" 2> /dev/null
-warm; measure phonebak_first "$phonebak" backup --repo "$work/pb" --device phone "$phone"
-warm; measure restic_first restic -r "$work/restic" backup -q "$phone"
-warm; measure borg_first borg create --compression zstd,3 "$work/borg::first" "$phone"
+backup() { # TOOL STEP REPO
+    case $1 in
+        phonebak) measure "$1" "$2" "$phonebak" backup --repo "$3" --device phone "$phone" ;;
+        restic) measure "$1" "$2" restic -r "$3" backup -q "$phone" ;;
+        borg) measure "$1" "$2" borg create --compression zstd,3 "$3::$2" "$phone" ;;
+    esac
+}
 
-echo "--- unchanged re-backup" | tee -a "$results"
-warm; measure phonebak_unchanged "$phonebak" backup --repo "$work/pb" --device phone "$phone"
-warm; measure restic_unchanged restic -r "$work/restic" backup -q "$phone"
-warm; measure borg_unchanged borg create --compression zstd,3 "$work/borg::unchanged" "$phone"
+for round in $(seq "$runs"); do
+    echo "round $round of $runs"
+    rm -rf "$work"/repo-*
+    become day1
+    "$phonebak" init --repo "$work/repo-phonebak" > /dev/null
+    restic init -q -r "$work/repo-restic"
+    borg init -e repokey-blake2 "$work/repo-borg" 2> /dev/null
+    for tool in phonebak restic borg; do warm; backup $tool first "$work/repo-$tool"; done
+    for tool in phonebak restic borg; do warm; backup $tool unchanged "$work/repo-$tool"; done
+    become day2
+    for tool in phonebak restic borg; do warm; backup $tool next-day "$work/repo-$tool"; done
+    out=$work/out-$round
+    measure phonebak restore "$phonebak" restore --repo "$work/repo-phonebak" latest --target "$out-phonebak"
+    measure restic restore restic -r "$work/repo-restic" restore latest --target "$out-restic"
+    mkdir -p "$out-borg"
+    measure borg restore bash -c "cd '$out-borg' && borg extract '$work/repo-borg::next-day'"
+    diff -r "$phone" "$out-phonebak" > /dev/null || { echo "phonebak restore differs from the phone"; exit 1; }
+    for tool in phonebak restic borg; do
+        echo "size,$tool,$(du -sb "$work/repo-$tool" | cut -f1),0" >> "$csv"
+    done
+done
 
-echo "--- next-day backup" | tee -a "$results"
-scripts/gen-phone "$phone" --next-day --scale "$scale"
-cp -a "$phone" "$work/phone-next-a"; cp -a "$phone" "$work/phone-next-b"
-warm; measure phonebak_next_day "$phonebak" backup --repo "$work/pb" --device phone "$phone"
-warm; measure restic_next_day restic -r "$work/restic" backup -q "$phone"
-warm; measure borg_next_day borg create --compression zstd,3 "$work/borg::next" "$phone"
-
-echo "--- restore of the latest snapshot" | tee -a "$results"
-restored_bytes=$(du -sb "$phone" | cut -f1)
-measure phonebak_restore "$phonebak" restore --repo "$work/pb" latest --target "$work/out-pb"
-measure restic_restore restic -r "$work/restic" restore latest --target "$work/out-restic"
-mkdir -p "$work/out-borg"
-measure borg_restore bash -c "cd '$work/out-borg' && borg extract '$work/borg::next'"
-diff -r "$phone" "$work/out-pb" > /dev/null && echo "phonebak restore verified identical" | tee -a "$results"
-
-echo "--- repository size" | tee -a "$results"
-size_pb=$(du -sb "$work/pb" | cut -f1); size_restic=$(du -sb "$work/restic" | cut -f1); size_borg=$(du -sb "$work/borg" | cut -f1)
-printf '%-34s %8d MiB\n' phonebak_repo $((size_pb >> 20)) restic_repo $((size_restic >> 20)) borg_repo $((size_borg >> 20)) | tee -a "$results"
-
-ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
-mbps() { python3 -c "print(f'{$restored_bytes / $1 / 1e6:.0f}')"; }
-verdict() { python3 -c "print('met' if $1 else 'NOT met')"; }
-{
-echo "--- ratios and targets (issue 2)"
-echo "first backup: restic/phonebak $(ratio "$T_restic_first" "$T_phonebak_first")x, borg/phonebak $(ratio "$T_borg_first" "$T_phonebak_first")x  (target >= 2x both: $(verdict "$T_restic_first >= 2 * $T_phonebak_first and $T_borg_first >= 2 * $T_phonebak_first"))"
-echo "unchanged re-backup: phonebak ${T_phonebak_unchanged} s, restic ${T_restic_unchanged} s, borg ${T_borg_unchanged} s"
-echo "next-day backup: phonebak ${T_phonebak_next_day} s, restic ${T_restic_next_day} s  (target < 1 s: $(verdict "$T_phonebak_next_day < 1"))"
-echo "restore: phonebak $(mbps "$T_phonebak_restore") MB/s, restic $(mbps "$T_restic_restore") MB/s, borg $(mbps "$T_borg_restore") MB/s  (target >= 2x restic: $(verdict "$T_restic_restore >= 2 * $T_phonebak_restore"))"
-echo "repository: phonebak/borg $(ratio "$size_pb" "$size_borg"), phonebak/restic $(ratio "$size_pb" "$size_restic")  (target <= borg: $(verdict "$size_pb <= $size_borg"))"
-echo "backup peak memory: phonebak ${M_phonebak_first} MiB first, ${M_phonebak_next_day} MiB next day  (target < 200 MiB: $(verdict "$M_phonebak_first < 200 and $M_phonebak_next_day < 200"))"
-} | tee -a "$results"
+python3 - "$csv" "$(du -sb "$phone" | cut -f1)" "$(find "$phone" -type f | wc -l)" <<'PY' | tee "$work/results.txt"
+import csv, statistics, sys
+rows = list(csv.reader(open(sys.argv[1])))
+phone_bytes, phone_files = int(sys.argv[2]), int(sys.argv[3])
+def med(step, tool, col=2):
+    return statistics.median(float(r[col]) for r in rows if r[0] == step and r[1] == tool)
+tools = ["phonebak", "restic", "borg"]
+print(f"phone (next day): {phone_bytes / 1e9:.2f} GB in {phone_files} files; medians of {len([r for r in rows if r[0] == 'first' and r[1] == 'phonebak'])} round(s)")
+print(f"{'':22}" + "".join(f"{t:>12}" for t in tools))
+for step in ["first", "unchanged", "next-day", "restore"]:
+    print(f"{step + ' (s)':22}" + "".join(f"{med(step, t):12.2f}" for t in tools))
+print(f"{'restore (MB/s)':22}" + "".join(f"{phone_bytes / med('restore', t) / 1e6:12.0f}" for t in tools))
+print(f"{'repository (MiB)':22}" + "".join(f"{med('size', t) / 2**20:12.0f}" for t in tools))
+for step in ["first", "next-day"]:
+    print(f"{'peak RSS ' + step + ' (MiB)':22}" + "".join(f"{med(step, t, 3):12.0f}" for t in tools))
+ok = lambda c: "met" if c else "NOT met"
+pb = lambda step: med(step, "phonebak")
+print("targets (issue 2):")
+print(f"  first backup >= 2x faster: restic/phonebak {med('first', 'restic') / pb('first'):.2f}x, borg/phonebak {med('first', 'borg') / pb('first'):.2f}x: "
+      + ok(med('first', 'restic') >= 2 * pb('first') and med('first', 'borg') >= 2 * pb('first')))
+print(f"  next-day backup < 1 s: {pb('next-day'):.2f} s (restic {med('next-day', 'restic'):.2f} s): " + ok(pb('next-day') < 1))
+print(f"  restore >= 2x restic: {med('restore', 'restic') / pb('restore'):.2f}x: " + ok(med('restore', 'restic') >= 2 * pb('restore')))
+print(f"  repository <= borg's: phonebak/borg {med('size', 'phonebak') / med('size', 'borg'):.3f}: " + ok(med('size', 'phonebak') <= med('size', 'borg')))
+peak = max(med('first', 'phonebak', 3), med('next-day', 'phonebak', 3))
+print(f"  backup peak memory < 200 MiB: {peak:.0f} MiB: " + ok(peak < 200))
+PY

@@ -128,8 +128,8 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
 
     let (walk_result, pack_result) = std::thread::scope(|scope| {
-        let (job_tx, job_rx) = sync_channel::<Job>(workers * 2);
-        let (enc_tx, enc_rx) = sync_channel::<Encoded>(workers * 2);
+        let (job_tx, job_rx) = sync_channel::<Vec<Job>>(workers * 2);
+        let (enc_tx, enc_rx) = sync_channel::<Vec<Encoded>>(workers * 2);
         let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
         for _ in 0..workers {
             let (job_rx, enc_tx) = (job_rx.clone(), enc_tx.clone());
@@ -145,13 +145,18 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
             seed: repo.chunker_seed(),
             known,
             jobs: job_tx,
+            batch: Vec::new(),
+            batch_bytes: 0,
             stats: SnapshotStats::default(),
             unreadable: Vec::new(),
             skipped: Vec::new(),
             progress: &progress,
             writer_stopped: false,
         };
-        let walked = walker.walk_root(parent_root.as_ref());
+        let walked = walker.walk_root(parent_root.as_ref()).and_then(|root| {
+            walker.flush().map_err(|_| BackupError::WriterStopped)?;
+            Ok(root)
+        });
         let Walker { stats, unreadable, skipped, jobs, .. } = walker;
         drop(jobs); // lets the workers, then the writer, finish
         let packed = writer.join().expect("pack writer does not panic");
@@ -178,27 +183,38 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
     Ok(BackupOutcome { id, snapshot, parent, unreadable, skipped })
 }
 
-fn encode_blobs(repo: &Repository, jobs: &std::sync::Mutex<Receiver<Job>>, out: SyncSender<Encoded>) {
+fn encode_blobs(repo: &Repository, jobs: &std::sync::Mutex<Receiver<Vec<Job>>>, out: SyncSender<Vec<Encoded>>) {
     loop {
-        let job = match jobs.lock().expect("job queue lock").recv() {
-            Ok(job) => job,
+        let batch = match jobs.lock().expect("job queue lock").recv() {
+            Ok(batch) => batch,
             Err(_) => return,
         };
-        let stored = repo.encode_blob(job.kind, &job.id, &job.plain);
-        let encoded = Encoded { id: job.id, kind: job.kind, stored, raw_len: job.plain.len() as u32 };
+        let encoded = batch
+            .into_iter()
+            .map(|job| Encoded {
+                stored: repo.encode_blob(job.kind, &job.id, &job.plain),
+                id: job.id,
+                kind: job.kind,
+                raw_len: job.plain.len() as u32,
+            })
+            .collect();
         if out.send(encoded).is_err() {
             return; // the writer failed; it reports why
         }
     }
 }
 
-fn pack_blobs(repo: &Repository, blobs: Receiver<Encoded>) -> Result<PackerReport, RepoError> {
+fn pack_blobs(repo: &Repository, batches: Receiver<Vec<Encoded>>) -> Result<PackerReport, RepoError> {
     let mut packer = Packer::new(repo);
-    for blob in blobs {
+    for blob in batches.into_iter().flatten() {
         packer.add(blob.id, blob.kind, &blob.stored, blob.raw_len)?;
     }
     packer.finish()
 }
+
+/// Small blobs travel in batches of about this many bytes: one hand-over per blob cost more
+/// than compressing a small file.
+const BATCH_BYTES: usize = 1 << 20;
 
 struct Walker<'a> {
     repo: &'a Repository,
@@ -207,7 +223,9 @@ struct Walker<'a> {
     params: ChunkerParams,
     seed: u64,
     known: HashSet<BlobId>,
-    jobs: SyncSender<Job>,
+    jobs: SyncSender<Vec<Job>>,
+    batch: Vec<Job>,
+    batch_bytes: usize,
     stats: SnapshotStats,
     unreadable: Vec<(String, String)>,
     skipped: Vec<String>,
@@ -357,16 +375,18 @@ impl Walker<'_> {
         let mut refs = Vec::new();
         let mut read = 0u64;
         // Most phone files are smaller than one chunk: read them in one go, without the chunker's
-        // max-size buffer.
-        let mut head = Vec::with_capacity(size.min(self.params.min_size as u64) as usize + 1);
-        (&mut file).take(self.params.min_size as u64 + 1).read_to_end(&mut head)?;
-        if head.len() <= self.params.min_size as usize {
+        // max-size buffer. The head also tells databases apart.
+        let head_len = self.params.min_size as u64 + 1;
+        let mut head = Vec::with_capacity(size.min(head_len) as usize);
+        (&mut file).take(head_len).read_to_end(&mut head)?;
+        let params = if is_database(&head) { ChunkerParams::DATABASE } else { self.params };
+        if head.len() <= params.min_size as usize {
             if !head.is_empty() {
                 read = head.len() as u64;
                 refs.push(self.store_chunk(head)?);
             }
         } else {
-            for chunk in chunks(Cursor::new(head).chain(&mut file), self.params, self.seed) {
+            for chunk in chunks(Cursor::new(head).chain(&mut file), params, self.seed) {
                 let chunk = chunk?;
                 read += chunk.len() as u64;
                 refs.push(self.store_chunk(chunk)?);
@@ -396,7 +416,20 @@ impl Walker<'_> {
     }
 
     fn send(&mut self, job: Job) -> std::io::Result<()> {
-        self.jobs.send(job).map_err(|_| {
+        self.batch_bytes += job.plain.len();
+        self.batch.push(job);
+        if self.batch_bytes >= BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.batch_bytes = 0;
+        self.jobs.send(std::mem::take(&mut self.batch)).map_err(|_| {
             self.writer_stopped = true;
             std::io::Error::other("the repository writer stopped")
         })
@@ -415,6 +448,12 @@ impl Walker<'_> {
 fn os_name(name: &[u8]) -> &std::ffi::OsStr {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::OsStr::from_bytes(name)
+}
+
+/// SQLite databases (messages, contacts, app state) change a few pages in place between
+/// backups; small chunks let a backup store about those pages instead of the whole file.
+fn is_database(head: &[u8]) -> bool {
+    head.starts_with(b"SQLite format 3\0")
 }
 
 fn same_mtime(a: &Meta, b: &Meta) -> bool {

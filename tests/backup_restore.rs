@@ -50,25 +50,37 @@ fn unchanged_phone_stores_almost_nothing_and_reads_nothing() {
     assert_eq!(second["parent"], first["id"]);
 }
 
+/// A real SQLite database, changed in place by SQLite itself: the second backup stores about the
+/// changed pages, not the whole file.
 #[test]
 fn a_database_with_a_few_changed_pages_stores_about_those_pages() {
     let s = Scratch::with_repo();
     let phone = s.path("phone");
     let db = phone.join("Android/data/com.whatsapp/databases/msgstore.db");
-    let mut content = bytes(7, 48 << 20, false);
-    write(&db, &content);
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    let sql = |script: &str| {
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()"])
+            .arg(&db)
+            .arg(script)
+            .output()
+            .expect("python3 runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    sql("PRAGMA page_size=4096; CREATE TABLE m (id INTEGER PRIMARY KEY, body BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 60000)
+         INSERT INTO m SELECT i, randomblob(500) FROM n;");
+    let size = std::fs::metadata(&db).unwrap().len();
+    assert!(size > 25 << 20, "a database of {size} bytes");
     s.ok(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
-    for page in [100usize, 4000, 9000] {
-        content[page * 4096..page * 4096 + 4096].copy_from_slice(&bytes(page as u64, 4096, false));
-    }
-    write(&db, &content);
+    sql("UPDATE m SET body = randomblob(500) WHERE id IN (17, 20000, 41000, 59000);");
     let second = s.json(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
     let new = second["stats"]["new_bytes"].as_u64().unwrap();
-    // Three changed pages touch at most a few chunks (1 MiB on average, 4 MiB at most).
-    assert!(new > 0 && new <= 3 * (4 << 20), "{new} new bytes for 3 changed pages of a 48 MiB file");
+    // Four rows on four pages (plus the header page): a few 64 KiB chunks, not the 29 MiB file.
+    assert!(new > 0 && new <= 8 * 256 * 1024, "{new} new bytes for 4 changed rows of a {size}-byte database");
     let out = s.path("out");
     s.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
-    assert_eq!(std::fs::read(out.join("Android/data/com.whatsapp/databases/msgstore.db")).unwrap(), content);
+    assert_same_tree(&phone, &out);
 }
 
 #[test]

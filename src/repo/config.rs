@@ -29,7 +29,7 @@ pub enum KeySlot {
     /// `init --no-encryption`: the keys are stored in the clear.
     None { keys: String },
     /// The master keys sealed with a key derived from the password.
-    Argon2idXchacha20poly1305 { kdf: KdfParams, salt: String, sealed_keys: String },
+    Argon2idAes256gcm { kdf: KdfParams, salt: String, sealed_keys: String },
 }
 
 const KEYS_AAD: &[u8] = b"phonebak master keys";
@@ -56,7 +56,7 @@ impl Config {
     }
 
     pub fn is_encrypted(&self) -> bool {
-        matches!(self.keys, KeySlot::Argon2idXchacha20poly1305 { .. })
+        matches!(self.keys, KeySlot::Argon2idAes256gcm { .. })
     }
 
     pub fn seal_keys(keys: &MasterKeys, password: Option<&[u8]>, kdf: KdfParams) -> Result<KeySlot, RepoError> {
@@ -68,7 +68,7 @@ impl Config {
                 let salt: [u8; 16] = crypto::random_bytes();
                 let kek = crypto::derive_key(password, &salt, kdf).map_err(|e| RepoError::Corrupt(e.to_string()))?;
                 let sealed = Sealer::encrypted(&kek).seal(&encoded, KEYS_AAD);
-                KeySlot::Argon2idXchacha20poly1305 { kdf, salt: hex::encode(salt), sealed_keys: hex::encode(sealed) }
+                KeySlot::Argon2idAes256gcm { kdf, salt: hex::encode(salt), sealed_keys: hex::encode(sealed) }
             }
         })
     }
@@ -78,7 +78,7 @@ impl Config {
         let bad = |what: &str| RepoError::Corrupt(format!("config: damaged {what}"));
         let encoded = match &self.keys {
             KeySlot::None { keys } => hex::decode(keys).map_err(|_| bad("keys"))?,
-            KeySlot::Argon2idXchacha20poly1305 { kdf, salt, sealed_keys } => {
+            KeySlot::Argon2idAes256gcm { kdf, salt, sealed_keys } => {
                 let salt = hex::decode(salt).map_err(|_| bad("salt"))?;
                 let sealed = hex::decode(sealed_keys).map_err(|_| bad("sealed keys"))?;
                 let kek = crypto::derive_key(&password()?, &salt, *kdf)

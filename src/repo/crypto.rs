@@ -1,16 +1,19 @@
 //! Key derivation and sealing of every stored byte.
 //!
 //! An encrypted repository seals each blob, index page, pack footer and snapshot record with
-//! XChaCha20-Poly1305 under a random master key; the master key itself is sealed with a key
-//! derived from the password by argon2id. An unencrypted repository still appends a BLAKE3
-//! checksum, so corruption is detected the same way in both.
+//! AES-256-GCM under a random master key; the master key itself is sealed with a key derived
+//! from the password by argon2id. AES-256-GCM runs at several GB/s with AES-NI, where
+//! XChaCha20-Poly1305 ran at under 1 GB/s here and was the backup's largest CPU cost. Nonces are
+//! random 96-bit values: safe for 2^32 sealings under one key, far beyond what a repository of
+//! 1 MiB chunks holds. An unencrypted repository still appends a BLAKE3 checksum, so corruption
+//! is detected the same way in both.
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-const NONCE_LEN: usize = 24;
+const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const CHECKSUM_LEN: usize = 16;
 
@@ -80,13 +83,13 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 /// Seals and opens stored bytes. `aad` binds the bytes to what they claim to be (a blob id,
 /// "snapshot", ...) so that a sealed record moved to another place does not open.
 pub enum Sealer {
-    Encrypted(Box<XChaCha20Poly1305>),
+    Encrypted(Box<Aes256Gcm>),
     Plain,
 }
 
 impl Sealer {
     pub fn encrypted(key: &[u8; 32]) -> Self {
-        Sealer::Encrypted(Box::new(XChaCha20Poly1305::new(key.into())))
+        Sealer::Encrypted(Box::new(Aes256Gcm::new(key.into())))
     }
 
     /// Bytes added to every sealed payload.
@@ -111,8 +114,8 @@ impl Sealer {
                 out.extend_from_slice(&nonce);
                 parts.iter().for_each(|p| out.extend_from_slice(p));
                 let tag = cipher
-                    .encrypt_in_place_detached(XNonce::from_slice(&nonce), aad, &mut out[NONCE_LEN..])
-                    .expect("XChaCha20-Poly1305 accepts any message below 256 GiB");
+                    .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut out[NONCE_LEN..])
+                    .expect("AES-GCM accepts any message below 64 GiB");
                 out.extend_from_slice(&tag);
             }
             Sealer::Plain => {
@@ -134,7 +137,7 @@ impl Sealer {
                 let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
                 let mut plain = body.to_vec();
                 cipher
-                    .decrypt_in_place_detached(XNonce::from_slice(nonce), aad, &mut plain, Tag::from_slice(tag))
+                    .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut plain, Tag::from_slice(tag))
                     .map_err(|_| CryptoError::Authentication)?;
                 Ok(plain)
             }

@@ -89,8 +89,8 @@ impl PackWriter {
         self.entries.len()
     }
 
-    /// Writes the footer, syncs, and renames the pack to its final name.
-    pub fn finish(mut self, repo: &Repository) -> Result<FinishedPack, RepoError> {
+    /// Writes the footer and flushes; the pack is complete but not yet durable nor in place.
+    pub fn seal(mut self, repo: &Repository) -> Result<SealedPack, RepoError> {
         let footer_plain =
             bincode::serde::encode_to_vec(&self.entries, bincode::config::standard()).expect("pack entries serialize");
         let footer = repo.sealer().seal(&footer_plain, FOOTER_AAD);
@@ -101,15 +101,44 @@ impl PackWriter {
         self.write(&trailer)?;
         let file = self.file.take().expect("pack writer used after finish");
         let file = file.into_inner().map_err(|e| io_error("writing a pack file")(e.into_error()))?;
-        file.sync_all().map_err(io_error("syncing a pack file"))?;
         let id = Id(*self.hasher.finalize().as_bytes());
-        fsutil::publish(&self.tmp_path, &repo.pack_path(&id)).map_err(io_error("storing a pack file"))?;
-        Ok(FinishedPack { id, size: self.offset, entries: std::mem::take(&mut self.entries) })
+        Ok(SealedPack {
+            file: Some(file),
+            tmp_path: std::mem::take(&mut self.tmp_path),
+            final_path: repo.pack_path(&id),
+            pack: FinishedPack { id, size: self.offset, entries: std::mem::take(&mut self.entries) },
+        })
     }
 }
 
 impl Drop for PackWriter {
     /// An abandoned pack (error, interrupted backup) leaves no temp file behind.
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+/// A complete pack in `tmp/`, waiting to be synced and renamed into place. Publishing is kept
+/// apart so that it can run on another thread while the next pack is written.
+pub struct SealedPack {
+    file: Option<File>,
+    tmp_path: PathBuf,
+    final_path: PathBuf,
+    pack: FinishedPack,
+}
+
+impl SealedPack {
+    pub fn publish(mut self) -> Result<FinishedPack, RepoError> {
+        let file = self.file.take().expect("published once");
+        file.sync_all().map_err(io_error("syncing a pack file"))?;
+        fsutil::publish(&self.tmp_path, &self.final_path).map_err(io_error("storing a pack file"))?;
+        Ok(FinishedPack { id: self.pack.id, size: self.pack.size, entries: std::mem::take(&mut self.pack.entries) })
+    }
+}
+
+impl Drop for SealedPack {
     fn drop(&mut self) {
         if self.file.is_some() {
             let _ = std::fs::remove_file(&self.tmp_path);

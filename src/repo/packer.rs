@@ -1,12 +1,18 @@
 //! Packs blobs as they come: data and trees in separate packs (so trees load from compact
 //! packs), each pack published when full, and an index written every few packs so an
-//! interrupted run leaves its work findable by the next one.
+//! interrupted run leaves its work findable by the next one. Full packs are synced on a
+//! background thread while the next one fills: the disk and the CPUs work at the same time.
+
+use std::collections::VecDeque;
+use std::thread::JoinHandle;
 
 use super::index::write_index;
 use super::pack::{FinishedPack, PackWriter};
 use super::{BlobId, BlobKind, RepoError, Repository};
 
 const PACKS_PER_INDEX: usize = 8;
+/// Packs being synced at once; more waits, which bounds memory and dirty pages.
+const SYNCING_AT_ONCE: usize = 2;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PackerReport {
@@ -19,13 +25,21 @@ pub struct Packer<'a> {
     repo: &'a Repository,
     data: Option<PackWriter>,
     trees: Option<PackWriter>,
+    syncing: VecDeque<JoinHandle<Result<FinishedPack, RepoError>>>,
     unindexed: Vec<FinishedPack>,
     report: PackerReport,
 }
 
 impl<'a> Packer<'a> {
     pub fn new(repo: &'a Repository) -> Packer<'a> {
-        Packer { repo, data: None, trees: None, unindexed: Vec::new(), report: PackerReport::default() }
+        Packer {
+            repo,
+            data: None,
+            trees: None,
+            syncing: VecDeque::new(),
+            unindexed: Vec::new(),
+            report: PackerReport::default(),
+        }
     }
 
     pub fn add(&mut self, id: BlobId, kind: BlobKind, stored: &[u8], raw_len: u32) -> Result<(), RepoError> {
@@ -47,17 +61,31 @@ impl<'a> Packer<'a> {
     }
 
     fn publish(&mut self, writer: PackWriter) -> Result<(), RepoError> {
-        let pack = writer.finish(self.repo)?;
-        self.report.added_bytes += pack.size;
-        self.report.packs += 1;
-        self.unindexed.push(pack);
+        let sealed = writer.seal(self.repo)?;
+        self.syncing.push_back(std::thread::spawn(move || sealed.publish()));
+        while self.syncing.len() > SYNCING_AT_ONCE {
+            self.wait_oldest()?;
+        }
         if self.unindexed.len() >= PACKS_PER_INDEX {
             self.write_index()?;
         }
         Ok(())
     }
 
+    fn wait_oldest(&mut self) -> Result<(), RepoError> {
+        let Some(handle) = self.syncing.pop_front() else { return Ok(()) };
+        let pack = handle.join().expect("pack sync thread does not panic")?;
+        self.report.added_bytes += pack.size;
+        self.report.packs += 1;
+        self.unindexed.push(pack);
+        Ok(())
+    }
+
+    /// Indexes every pack published so far; only durable packs are ever indexed.
     fn write_index(&mut self) -> Result<(), RepoError> {
+        while !self.syncing.is_empty() {
+            self.wait_oldest()?;
+        }
         if !self.unindexed.is_empty() {
             write_index(self.repo, self.unindexed.iter().map(|p| (&p.id, p.entries.as_slice())))?;
             self.unindexed.clear();
