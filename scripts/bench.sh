@@ -7,9 +7,11 @@
 # Each round gives every tool a fresh repository and measures: first backup, unchanged
 # re-backup, next-day backup (new photos, databases changed in place, deletions, a renamed
 # folder), restore of the latest snapshot, repository size, peak memory. The figures printed are
-# medians over the rounds (this machine is shared; single runs vary by up to 50%).
+# medians over the rounds (this machine is shared; single runs vary by up to 50%). As root, the
+# run happens on a fresh ext4 file system (a loop device), because ext4 slows down the creation of
+# files for minutes after many were deleted, which would favour whichever tool comes last.
 # All tools read the same files from a warm page cache, encrypt (borg: repokey-blake2) and
-# compress with zstd level 3 (restic: its "auto" mode, zstd). Results: $BENCH_DIR/results.txt.
+# compress with zstd level 3 (restic: its "auto" mode, zstd). Results: $BENCH_DIR.results.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -22,8 +24,20 @@ work=${BENCH_DIR:-/tmp/phonebak-bench}
 cargo build --release --quiet
 phonebak=$PWD/target/release/phonebak
 
-rm -rf "$work"
-mkdir -p "$work"
+fresh_filesystem() {
+    image=${work%/}.img
+    umount "$work" 2> /dev/null || true
+    for dev in $(losetup -j "$image" -O NAME -n 2> /dev/null); do losetup -d "$dev"; done
+    rm -rf "$work" "$image"
+    mkdir -p "$work"
+    [ "$(id -u)" = 0 ] || { echo "(not root: measuring on $work as it is)"; return; }
+    truncate -s "${BENCH_FS_SIZE:-60G}" "$image"
+    dev=$(losetup --show -f --direct-io=on "$image")
+    mkfs.ext4 -q -F "$dev"
+    mount "$dev" "$work"
+    echo "measuring on a fresh ext4 file system ($dev, backed by $image)"
+}
+fresh_filesystem
 export PHONEBAK_PASSWORD=bench RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench
 export BORG_RELOCATED_REPO_ACCESS_IS_OK=yes BORG_BASE_DIR=$work/borg-home RESTIC_CACHE_DIR=$work/restic-cache
 csv=$work/figures.csv
@@ -58,29 +72,35 @@ backup() { # TOOL STEP REPO
     esac
 }
 
+order=(phonebak restic borg)
 for round in $(seq "$runs"); do
     echo "round $round of $runs"
+    order=("${order[@]:1}" "${order[0]}")  # every tool takes every place in the order
     rm -rf "$work"/repo-*
     become day1
     "$phonebak" init --repo "$work/repo-phonebak" > /dev/null
     restic init -q -r "$work/repo-restic"
     borg init -e repokey-blake2 "$work/repo-borg" 2> /dev/null
-    for tool in phonebak restic borg; do warm; backup $tool first "$work/repo-$tool"; done
-    for tool in phonebak restic borg; do warm; backup $tool unchanged "$work/repo-$tool"; done
+    for tool in "${order[@]}"; do warm; backup "$tool" first "$work/repo-$tool"; done
+    for tool in "${order[@]}"; do warm; backup "$tool" unchanged "$work/repo-$tool"; done
     become day2
-    for tool in phonebak restic borg; do warm; backup $tool next-day "$work/repo-$tool"; done
+    for tool in "${order[@]}"; do warm; backup "$tool" next-day "$work/repo-$tool"; done
     out=$work/out-$round
-    measure phonebak restore "$phonebak" restore --repo "$work/repo-phonebak" latest --target "$out-phonebak"
-    measure restic restore restic -r "$work/repo-restic" restore latest --target "$out-restic"
-    mkdir -p "$out-borg"
-    measure borg restore bash -c "cd '$out-borg' && borg extract '$work/repo-borg::next-day'"
+    for tool in "${order[@]}"; do
+        case $tool in
+            phonebak) measure phonebak restore "$phonebak" restore --repo "$work/repo-phonebak" latest --target "$out-phonebak" ;;
+            restic) measure restic restore restic -r "$work/repo-restic" restore latest --target "$out-restic" ;;
+            borg) mkdir -p "$out-borg"
+                measure borg restore bash -c "cd '$out-borg' && borg extract '$work/repo-borg::next-day'" ;;
+        esac
+    done
     diff -r "$phone" "$out-phonebak" > /dev/null || { echo "phonebak restore differs from the phone"; exit 1; }
     for tool in phonebak restic borg; do
         echo "size,$tool,$(du -sb "$work/repo-$tool" | cut -f1),0" >> "$csv"
     done
 done
 
-python3 - "$csv" "$(du -sb "$phone" | cut -f1)" "$(find "$phone" -type f | wc -l)" <<'PY' | tee "$work/results.txt"
+python3 - "$csv" "$(du -sb "$phone" | cut -f1)" "$(find "$phone" -type f | wc -l)" <<'PY' | tee "${work%/}.results.txt"
 import csv, statistics, sys
 rows = list(csv.reader(open(sys.argv[1])))
 phone_bytes, phone_files = int(sys.argv[2]), int(sys.argv[3])
@@ -106,3 +126,7 @@ print(f"  repository <= borg's: phonebak/borg {med('size', 'phonebak') / med('si
 peak = max(med('first', 'phonebak', 3), med('next-day', 'phonebak', 3))
 print(f"  backup peak memory < 200 MiB: {peak:.0f} MiB: " + ok(peak < 200))
 PY
+
+if [ -z "${BENCH_KEEP:-}" ] && mountpoint -q "$work"; then
+    umount "$work" && losetup -j "${work%/}.img" -O NAME -n | xargs -r -n1 losetup -d && rm -f "${work%/}.img"
+fi
