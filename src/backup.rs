@@ -128,6 +128,10 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
 
     let (walk_result, pack_result) = std::thread::scope(|scope| {
+        if progress.is_visible() {
+            // Only for the bar's ETA: a second listing, worth it on a terminal only.
+            scope.spawn(|| progress.set_total(total_size(source, &options.filter, Path::new(""))));
+        }
         let (job_tx, job_rx) = sync_channel::<Vec<Job>>(workers * 2);
         let (enc_tx, enc_rx) = sync_channel::<Vec<Encoded>>(workers * 2);
         let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
@@ -448,6 +452,24 @@ impl Walker<'_> {
 fn os_name(name: &[u8]) -> &std::ffi::OsStr {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::OsStr::from_bytes(name)
+}
+
+/// Bytes below `dir` that a backup would take (unreadable parts count as nothing).
+fn total_size(source: &dyn Source, filter: &PathFilter, dir: &Path) -> u64 {
+    let Ok(listing) = source.list(dir) else { return 0 };
+    let mut total = 0;
+    for entry in listing.entries {
+        let path = dir.join(os_name(&entry.name));
+        if filter.excluded(&path) {
+            continue;
+        }
+        total += match entry.kind {
+            SourceKind::File { size } => size,
+            SourceKind::Dir => total_size(source, filter, &path),
+            _ => 0,
+        };
+    }
+    total
 }
 
 /// SQLite databases (messages, contacts, app state) change a few pages in place between

@@ -22,7 +22,8 @@ impl Default for ChunkerParams {
 impl ChunkerParams {
     /// For files recognised as databases (see `backup`): 16 KiB / 64 KiB / 256 KiB. Which sizes
     /// a file was cut with matters only for deduplication; any reader reads any chunk list.
-    pub const DATABASE: ChunkerParams = ChunkerParams { min_size: 16 * 1024, avg_size: 64 * 1024, max_size: 256 * 1024 };
+    pub const DATABASE: ChunkerParams =
+        ChunkerParams { min_size: 16 * 1024, avg_size: 64 * 1024, max_size: 256 * 1024 };
 
     /// FastCDC asserts on out-of-range sizes; a damaged config must be an error, not a panic.
     pub fn validate(&self) -> Result<(), String> {

@@ -374,8 +374,9 @@ fn cmd_ls(g: &Global, spec: &str, path: Option<&Path>, long: bool) -> Result<i32
 
 fn cmd_restore(g: &Global, spec: &str, target: &Path) -> Result<i32> {
     let repo = open_repo(g)?;
-    let (info, _, entry) = find_entry(&repo, spec, None)?;
-    let report = restore::run(&repo, &entry, target)?;
+    let (info, path, entry) = find_entry(&repo, spec, None)?;
+    let whole = path.as_os_str().is_empty().then_some(info.snapshot.stats.bytes);
+    let report = restore::run(&repo, &entry, target, whole)?;
     if g.json {
         print_json(json!({"snapshot": info.id.to_hex(), "files": report.files, "dirs": report.dirs,
                           "symlinks": report.symlinks, "bytes": report.bytes, "failed": report.failed}));
@@ -415,6 +416,12 @@ fn cmd_check(g: &Global, read_data: bool) -> Result<i32> {
         }
         for error in &report.errors {
             println!("error: {error}");
+        }
+        for blob in report.damaged_blobs.iter().take(20) {
+            println!("damaged blob {blob}");
+        }
+        if report.damaged_blobs.len() > 20 {
+            println!("... and {} more damaged blobs (--json lists them all)", report.damaged_blobs.len() - 20);
         }
         let what = if read_data { "structure and data" } else { "structure" };
         println!(

@@ -44,6 +44,10 @@ impl Progress {
         }
     }
 
+    pub fn is_visible(&self) -> bool {
+        !self.bar.is_hidden()
+    }
+
     pub fn add(&self, n: u64) {
         self.bar.inc(n);
     }

@@ -42,12 +42,18 @@ struct FileJob {
 }
 
 /// Restores `entry` (from `tree::lookup_path`) into `target`: a folder's contents go into
-/// `target`, a single file or symlink into `target/<name>`.
-pub fn run(repo: &Repository, entry: &Entry, target: &Path) -> Result<RestoreReport, RestoreError> {
+/// `target`, a single file or symlink into `target/<name>`. `total_bytes`, when known, gives the
+/// progress bar its end.
+pub fn run(
+    repo: &Repository,
+    entry: &Entry,
+    target: &Path,
+    total_bytes: Option<u64>,
+) -> Result<RestoreReport, RestoreError> {
     create_dir(target)?;
     let total = match &entry.node {
         Node::File { size, .. } => Some(*size),
-        _ => None,
+        _ => total_bytes,
     };
     let progress = Progress::bytes("restore", total);
     let report = Mutex::new(RestoreReport::default());

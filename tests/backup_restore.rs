@@ -60,7 +60,10 @@ fn a_database_with_a_few_changed_pages_stores_about_those_pages() {
     std::fs::create_dir_all(db.parent().unwrap()).unwrap();
     let sql = |script: &str| {
         let out = std::process::Command::new("python3")
-            .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()"])
+            .args([
+                "-c",
+                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()",
+            ])
             .arg(&db)
             .arg(script)
             .output()

@@ -37,7 +37,7 @@ fn a_flipped_byte_in_a_pack_is_found_and_contained() {
     let check = s.run(&["check", "--read-data"]);
     assert_eq!(code(&check), 13);
     let report = String::from_utf8_lossy(&check.stdout);
-    assert!(report.contains("1 damaged blob(s)"), "{report}");
+    assert!(report.contains("1 damaged blob(s)") && report.contains("damaged blob "), "{report}");
     assert!(report.contains("DCIM/victim.jpg: 1 chunk(s) damaged"), "{report}");
     assert!(!report.contains("fine.txt"), "{report}");
 

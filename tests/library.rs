@@ -104,7 +104,7 @@ proptest! {
         prop_assert!(outcome.unreadable.is_empty());
         let root = lookup_path(&repo, &outcome.snapshot.root, Path::new("")).unwrap();
         let out = dir.path().join("out");
-        let report = phonebak::restore::run(&repo, &root, &out).unwrap();
+        let report = phonebak::restore::run(&repo, &root, &out, None).unwrap();
         prop_assert!(report.failed.is_empty());
         assert_same_tree(&phone, &out);
         let check = phonebak::check::run(&repo, true).unwrap();
