@@ -7,8 +7,10 @@
 pub mod backup;
 pub mod check;
 pub mod chunker;
+pub mod cli;
 pub mod exit;
 pub mod forget;
+pub mod mount;
 pub mod progress;
 pub mod prune;
 pub mod repo;
@@ -16,3 +18,4 @@ pub mod restore;
 pub mod source;
 pub mod stats;
 pub mod tree;
+pub mod vfs;

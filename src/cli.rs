@@ -1,0 +1,533 @@
+//! The `phonebak` command line: one small function per subcommand; the work is in the library.
+//! Both binaries (`phonebak` and the mount(8) helper `mount.phonebak`) come here.
+
+use std::io::{IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use crate::backup::{self, BackupOptions, PathFilter};
+use crate::forget::Policy;
+use crate::repo::snapshot::{self, SnapshotInfo};
+use crate::repo::{InitOptions, RepoError, Repository};
+use crate::tree::{lookup_path, Entry, Node};
+use crate::{check, exit, forget, mount, prune, restore, source, stats};
+use std::ffi::OsString;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "phonebak",
+    version,
+    about = "Every backup of every phone in one deduplicated, encrypted, verified repository"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Global {
+    /// Repository folder.
+    #[arg(long, short = 'r', global = true, env = "PHONEBAK_REPO")]
+    repo: Option<PathBuf>,
+    /// Read the password from this file (or set PHONEBAK_PASSWORD).
+    #[arg(long, global = true, env = "PHONEBAK_PASSWORD_FILE")]
+    password_file: Option<PathBuf>,
+    /// Print a machine-readable JSON summary instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new repository.
+    Init {
+        /// Store data unencrypted (still checksummed).
+        #[arg(long)]
+        no_encryption: bool,
+        /// zstd level, 0 (off) to 22.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=22))]
+        compression: i32,
+        /// Target size of a pack file in MiB.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        pack_size_mib: u64,
+    },
+    /// Take a snapshot of a phone: SOURCE is a folder (`dir:PATH` or a plain path).
+    Backup {
+        /// Device name: snapshots are grouped by it (a folder name in the mount).
+        #[arg(long)]
+        device: String,
+        /// Leave out paths matching this glob (a pattern without `/` matches names at any depth).
+        #[arg(long)]
+        exclude: Vec<String>,
+        /// Take only paths matching this glob (and the folders leading to them).
+        #[arg(long)]
+        include: Vec<String>,
+        #[arg(long)]
+        tag: Vec<String>,
+        /// Record this time instead of now (`2026-11-21T08:00:00`, local time, or RFC 3339).
+        #[arg(long)]
+        time: Option<String>,
+        /// Read every file, even those unchanged since the last snapshot.
+        #[arg(long)]
+        force: bool,
+        source: String,
+    },
+    /// List snapshots.
+    Snapshots {
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// List the files of a snapshot.
+    Ls {
+        snapshot: String,
+        path: Option<PathBuf>,
+        /// Show type, mode, owner, size and time.
+        #[arg(long, short = 'l')]
+        long: bool,
+    },
+    /// Restore SNAPSHOT[:PATH] into a folder.
+    Restore {
+        snapshot: String,
+        #[arg(long)]
+        target: PathBuf,
+    },
+    /// Verify the repository; --read-data also reads and verifies every stored byte.
+    Check {
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Remove snapshots by a retention policy, per device.
+    Forget {
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        keep_last: Option<u32>,
+        #[arg(long)]
+        keep_daily: Option<u32>,
+        #[arg(long)]
+        keep_weekly: Option<u32>,
+        #[arg(long)]
+        keep_monthly: Option<u32>,
+        /// Only show what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Delete the data no remaining snapshot needs.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Delete data no snapshot needs.
+    Prune,
+    /// Sizes, deduplication and compression.
+    Stats,
+    /// Show every snapshot as a read-only folder: MOUNTPOINT/snapshots/<device>/<time>/.
+    Mount {
+        mountpoint: PathBuf,
+        /// Mount options, comma-separated: cache_size=256M, password_file=F, allow_other,
+        /// allow_root, uid=N, gid=N, threads=N, log=FILE, staging=DIR (and mount(8)'s generic ones).
+        #[arg(short = 'o', long = "options")]
+        options: Vec<String>,
+        /// Stay in the foreground (log to stderr) instead of returning once the mount is ready.
+        #[arg(long, short = 'f')]
+        foreground: bool,
+    },
+}
+
+/// Runs the command line `args` (program name first) and returns the exit code.
+pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE as u8 } else { 0 });
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(error) => {
+            eprintln!("phonebak: {error:#}");
+            ExitCode::from(exit::for_error(&error) as u8)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init { no_encryption, compression, pack_size_mib } => {
+            let options = InitOptions {
+                compression_level: compression,
+                pack_size: pack_size_mib << 20,
+                ..InitOptions::default()
+            };
+            cmd_init(g, no_encryption, options)
+        }
+        Command::Backup { device, exclude, include, tag, time, force, source } => {
+            let time_ns = time.as_deref().map(parse_time).transpose()?;
+            let options =
+                BackupOptions { device, tags: tag, filter: PathFilter::new(&exclude, &include)?, time_ns, force };
+            cmd_backup(g, &source, &options)
+        }
+        Command::Snapshots { device } => cmd_snapshots(g, device.as_deref()),
+        Command::Ls { snapshot, path, long } => cmd_ls(g, &snapshot, path.as_deref(), long),
+        Command::Restore { snapshot, target } => cmd_restore(g, &snapshot, &target),
+        Command::Check { read_data } => cmd_check(g, read_data),
+        Command::Forget { device, keep_last, keep_daily, keep_weekly, keep_monthly, dry_run, prune } => {
+            let policy = Policy { keep_last, keep_daily, keep_weekly, keep_monthly };
+            cmd_forget(g, &policy, device.as_deref(), dry_run, prune)
+        }
+        Command::Prune => cmd_prune(g),
+        Command::Stats => cmd_stats(g),
+        Command::Mount { mountpoint, options, foreground } => cmd_mount(g, &mountpoint, &options, foreground),
+    }
+}
+
+fn repo_path(g: &Global) -> Result<&Path> {
+    g.repo.as_deref().context("no repository given: use --repo REPO or set PHONEBAK_REPO")
+}
+
+/// The password, from PHONEBAK_PASSWORD, a password file, or a prompt on a terminal.
+fn password(g: &Global, prompt: &str) -> Result<Vec<u8>, RepoError> {
+    password_from(g.password_file.as_deref(), prompt)
+}
+
+fn password_from(password_file: Option<&Path>, prompt: &str) -> Result<Vec<u8>, RepoError> {
+    if let Ok(password) = std::env::var("PHONEBAK_PASSWORD") {
+        return Ok(password.into_bytes());
+    }
+    if let Some(file) = password_file {
+        let mut text = std::fs::read(file)
+            .map_err(|e| RepoError::Io { context: format!("reading password file {}", file.display()), source: e })?;
+        while text.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            text.pop();
+        }
+        return Ok(text);
+    }
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password(prompt)
+            .map(String::into_bytes)
+            .map_err(|e| RepoError::Io { context: "reading the password".into(), source: e });
+    }
+    Err(RepoError::PasswordRequired)
+}
+
+fn open_repo(g: &Global) -> Result<Repository> {
+    let path = repo_path(g)?;
+    Ok(Repository::open(path, || password(g, "repository password: "))?)
+}
+
+fn print_json(value: serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(&value).expect("json prints"));
+}
+
+fn cmd_init(g: &Global, no_encryption: bool, options: InitOptions) -> Result<i32> {
+    let path = repo_path(g)?;
+    let secret = if no_encryption {
+        None
+    } else {
+        let first = password(g, "new repository password: ")?;
+        if std::env::var_os("PHONEBAK_PASSWORD").is_none() && g.password_file.is_none() {
+            let again = password(g, "repeat the password: ")?;
+            if again != first {
+                bail!("the passwords do not match");
+            }
+        }
+        if first.is_empty() {
+            bail!("an empty password protects nothing: choose one, or use --no-encryption");
+        }
+        Some(first)
+    };
+    Repository::init(path, secret.as_deref(), options)?;
+    if g.json {
+        print_json(json!({"repository": path, "encrypted": !no_encryption}));
+    } else {
+        println!(
+            "created {} phonebak repository at {}",
+            if no_encryption { "an unencrypted" } else { "an encrypted" },
+            path.display()
+        );
+    }
+    Ok(exit::OK)
+}
+
+fn parse_time(text: &str) -> Result<i64> {
+    use chrono::{DateTime, Local, NaiveDateTime, TimeZone};
+    let parsed = DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_nanos_opt()).or_else(|_| {
+        NaiveDateTime::parse_from_str(text, snapshot::TIME_FORMAT)
+            .map(|naive| Local.from_local_datetime(&naive).earliest().and_then(|t| t.timestamp_nanos_opt()))
+    });
+    match parsed {
+        Ok(Some(ns)) => Ok(ns),
+        _ => bail!("cannot read the time {text:?}: use 2026-11-21T08:00:00 or RFC 3339"),
+    }
+}
+
+fn cmd_backup(g: &Global, source_spec: &str, options: &BackupOptions) -> Result<i32> {
+    let repo = open_repo(g)?;
+    let source = source::open_source(source_spec)?;
+    let outcome = backup::run(&repo, source.as_ref(), options)?;
+    let s = &outcome.snapshot;
+    let name = snapshot::list(&repo)?.into_iter().find(|i| i.id == outcome.id).map(|i| i.name).unwrap_or_default();
+    if g.json {
+        print_json(json!({
+            "id": outcome.id.to_hex(), "device": s.device, "name": name, "parent": s.parent.map(|p| p.to_hex()),
+            "stats": s.stats, "unreadable": outcome.unreadable, "skipped": outcome.skipped,
+        }));
+    } else {
+        println!(
+            "snapshot {} of {} saved as {}/{}\n  {} files, {} folders, {} in all; {} new, {} added to the repository, in {:.1} s",
+            outcome.id.short(),
+            s.source,
+            s.device,
+            name,
+            s.stats.files,
+            s.stats.dirs,
+            human(s.stats.bytes),
+            human(s.stats.new_bytes),
+            human(s.stats.added_bytes),
+            s.stats.duration_ms as f64 / 1000.0
+        );
+        for path in &outcome.skipped {
+            println!("  skipped special file {path}");
+        }
+    }
+    if outcome.unreadable.is_empty() {
+        return Ok(exit::OK);
+    }
+    eprintln!("phonebak: {} path(s) could not be read and are not in the snapshot:", outcome.unreadable.len());
+    for (path, why) in &outcome.unreadable {
+        eprintln!("  {path}: {why}");
+    }
+    Ok(exit::PARTIAL)
+}
+
+fn human(bytes: u64) -> String {
+    indicatif::BinaryBytes(bytes).to_string()
+}
+
+fn cmd_snapshots(g: &Global, device: Option<&str>) -> Result<i32> {
+    let repo = open_repo(g)?;
+    let list: Vec<SnapshotInfo> =
+        snapshot::list(&repo)?.into_iter().filter(|s| device.is_none_or(|d| s.snapshot.device == d)).collect();
+    if g.json {
+        let items: Vec<_> = list
+            .iter()
+            .map(|i| {
+                let s = &i.snapshot;
+                json!({"id": i.id.to_hex(), "short_id": i.id.short(), "device": s.device, "name": i.name,
+                       "time": s.local_time().to_rfc3339(), "hostname": s.hostname, "tags": s.tags, "source": s.source,
+                       "parent": s.parent.map(|p| p.to_hex()), "root": s.root.to_hex(), "stats": s.stats})
+            })
+            .collect();
+        print_json(json!(items));
+        return Ok(exit::OK);
+    }
+    println!("{:<10} {:<20} {:<21} {:>10} {:>9}  tags", "id", "device", "time", "size", "files");
+    for i in &list {
+        let s = &i.snapshot;
+        println!(
+            "{:<10} {:<20} {:<21} {:>10} {:>9}  {}",
+            i.id.short(),
+            s.device,
+            i.name,
+            human(s.stats.bytes),
+            s.stats.files,
+            s.tags.join(",")
+        );
+    }
+    println!("{} snapshot(s)", list.len());
+    Ok(exit::OK)
+}
+
+/// Splits `SNAPSHOT[:PATH]` (or takes PATH from `path`) and finds both.
+fn find_entry(repo: &Repository, spec: &str, path: Option<&Path>) -> Result<(SnapshotInfo, PathBuf, Entry)> {
+    let list = snapshot::list(repo)?;
+    let (info, inner) = snapshot::select_with_path(&list, spec)?;
+    let path = if inner.is_empty() { path.map(Path::to_path_buf).unwrap_or_default() } else { PathBuf::from(inner) };
+    let entry = lookup_path(repo, &info.snapshot.root, &path)?;
+    Ok((info.clone(), path, entry))
+}
+
+fn cmd_ls(g: &Global, spec: &str, path: Option<&Path>, long: bool) -> Result<i32> {
+    let repo = open_repo(g)?;
+    let (_, path, start) = find_entry(&repo, spec, path)?;
+    let base = PathBuf::from("/").join(path);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut show = |rel: &Path, entry: &Entry| -> Result<()> {
+        let full = base.join(rel);
+        if long {
+            let (kind, size) = match &entry.node {
+                Node::Dir { .. } => ('d', 0),
+                Node::File { size, .. } => ('-', *size),
+                Node::Symlink { target } => ('l', target.len() as u64),
+            };
+            let time =
+                chrono::DateTime::from_timestamp(entry.meta.mtime_sec, entry.meta.mtime_nsec).unwrap_or_default();
+            let time = time.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S");
+            write!(
+                out,
+                "{kind}{:04o} {:>6} {:>6} {:>12} {time} ",
+                entry.meta.mode, entry.meta.uid, entry.meta.gid, size
+            )?;
+        }
+        out.write_all(full.as_os_str().as_bytes())?;
+        if let (true, Node::Symlink { target }) = (long, &entry.node) {
+            out.write_all(b" -> ")?;
+            out.write_all(target)?;
+        }
+        out.write_all(b"\n")?;
+        Ok(())
+    };
+    match &start.node {
+        Node::Dir { tree } => crate::tree::walk(&repo, tree, &mut |rel: &Path, e: &Entry| show(rel, e))?,
+        _ => show(Path::new(""), &start)?,
+    }
+    out.flush()?;
+    Ok(exit::OK)
+}
+
+fn cmd_restore(g: &Global, spec: &str, target: &Path) -> Result<i32> {
+    let repo = open_repo(g)?;
+    let (info, path, entry) = find_entry(&repo, spec, None)?;
+    let whole = path.as_os_str().is_empty().then_some(info.snapshot.stats.bytes);
+    let report = restore::run(&repo, &entry, target, whole)?;
+    if g.json {
+        print_json(json!({"snapshot": info.id.to_hex(), "files": report.files, "dirs": report.dirs,
+                          "symlinks": report.symlinks, "bytes": report.bytes, "failed": report.failed}));
+    } else {
+        println!(
+            "restored {} files, {} folders, {} symlinks ({}) from {}/{} into {}",
+            report.files,
+            report.dirs,
+            report.symlinks,
+            human(report.bytes),
+            info.snapshot.device,
+            info.name,
+            target.display()
+        );
+    }
+    if report.failed.is_empty() {
+        return Ok(exit::OK);
+    }
+    eprintln!("phonebak: {} path(s) could not be restored because their data is damaged:", report.failed.len());
+    for (path, why) in &report.failed {
+        eprintln!("  {path}: {why}");
+    }
+    Ok(exit::CORRUPTION)
+}
+
+fn cmd_check(g: &Global, read_data: bool) -> Result<i32> {
+    let repo = open_repo(g)?;
+    let report = check::run(&repo, read_data)?;
+    if g.json {
+        print_json(json!({"ok": report.is_ok(), "errors": report.errors, "notes": report.notes,
+                          "snapshots": report.snapshots, "packs": report.packs, "blobs": report.blobs,
+                          "damaged_blobs": report.damaged_blobs.iter().map(|b| b.to_hex()).collect::<Vec<_>>(),
+                          "damaged_paths": report.damaged_paths}));
+    } else {
+        for note in &report.notes {
+            println!("note: {note}");
+        }
+        for error in &report.errors {
+            println!("error: {error}");
+        }
+        for blob in report.damaged_blobs.iter().take(20) {
+            println!("damaged blob {blob}");
+        }
+        if report.damaged_blobs.len() > 20 {
+            println!("... and {} more damaged blobs (--json lists them all)", report.damaged_blobs.len() - 20);
+        }
+        let what = if read_data { "structure and data" } else { "structure" };
+        println!(
+            "checked {what} of {} snapshots, {} packs, {} blobs: {}",
+            report.snapshots,
+            report.packs,
+            report.blobs,
+            if report.is_ok() { "no errors".to_string() } else { format!("{} error(s)", report.errors.len()) }
+        );
+    }
+    Ok(if report.is_ok() { exit::OK } else { exit::CORRUPTION })
+}
+
+fn cmd_forget(g: &Global, policy: &Policy, device: Option<&str>, dry_run: bool, then_prune: bool) -> Result<i32> {
+    if policy.is_empty() {
+        bail!("nothing to forget by: give at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly");
+    }
+    let repo = open_repo(g)?;
+    let decisions = forget::run(&repo, policy, device, dry_run)?;
+    let removed = decisions.iter().filter(|d| !d.keep).count();
+    if g.json {
+        let items: Vec<_> = decisions
+            .iter()
+            .map(|d| json!({"id": d.info.id.to_hex(), "device": d.info.snapshot.device, "name": d.info.name, "keep": d.keep, "reasons": d.reasons}))
+            .collect();
+        print_json(json!({"dry_run": dry_run, "snapshots": items}));
+    } else {
+        for d in &decisions {
+            let fate = if d.keep { format!("keep ({})", d.reasons.join(", ")) } else { "remove".into() };
+            println!("{} {}/{}  {fate}", d.info.id.short(), d.info.snapshot.device, d.info.name);
+        }
+        println!("{} snapshot(s) {}removed", removed, if dry_run { "would be " } else { "" });
+    }
+    if then_prune && !dry_run {
+        return cmd_prune(g);
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_prune(g: &Global) -> Result<i32> {
+    let repo = open_repo(g)?;
+    let report = prune::run(&repo)?;
+    if g.json {
+        print_json(json!({"packs_deleted": report.packs_deleted, "packs_repacked": report.packs_repacked,
+                          "bytes_freed": report.bytes_freed, "blobs_kept": report.blobs_kept, "blobs_removed": report.blobs_removed}));
+    } else {
+        println!(
+            "pruned: {} blobs removed, {} kept; {} packs deleted ({} repacked); {} freed",
+            report.blobs_removed,
+            report.blobs_kept,
+            report.packs_deleted,
+            report.packs_repacked,
+            human(report.bytes_freed.max(0) as u64)
+        );
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_stats(g: &Global) -> Result<i32> {
+    let repo = open_repo(g)?;
+    let s = stats::run(&repo)?;
+    if g.json {
+        print_json(serde_json::to_value(&s).expect("stats serialize"));
+    } else {
+        println!("snapshots:          {} of {} device(s)", s.snapshots, s.devices);
+        println!("raw bytes:          {} (all files of all snapshots)", human(s.raw_bytes));
+        println!("unique bytes:       {} (after deduplication)", human(s.unique_bytes));
+        println!("stored bytes:       {} in {} packs", human(s.stored_bytes), s.packs);
+        println!("dedup ratio:        {:.2}x", s.dedup_ratio);
+        println!("compression ratio:  {:.2}x", s.compression_ratio);
+        println!("blobs:              {} data, {} trees", s.data_blobs, s.tree_blobs);
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_mount(g: &Global, mountpoint: &Path, option_lists: &[String], foreground: bool) -> Result<i32> {
+    let options = mount::parse_options(option_lists)?;
+    let path = repo_path(g)?;
+    // `-o password_file=` (an fstab line) wins over the environment's password file.
+    let password_file = options.password_file.clone().or(g.password_file.clone());
+    let repo = Repository::open(path, || password_from(password_file.as_deref(), "repository password: "))?;
+    mount::check_mountpoint(mountpoint)?;
+    let log = mount::logger(foreground, options.log.clone());
+    if foreground {
+        mount::serve(repo, mountpoint, &options, log, |_| {})?;
+    } else {
+        mount::daemonize(|ready| mount::serve(repo, mountpoint, &options, log, ready))?;
+    }
+    Ok(exit::OK)
+}

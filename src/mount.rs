@@ -1,0 +1,320 @@
+//! Mounting: `-o` options as mount(8) passes them, the checks made before the mount (so their
+//! errors reach the user, not a daemon's log), daemonizing, and the FUSE session.
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::repo::Repository;
+use crate::vfs::fuse::FuseView;
+use crate::vfs::{View, ViewOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("unknown mount option {0:?}")]
+    UnknownOption(String),
+    #[error("mount option {option:?}: {why}")]
+    BadValue { option: String, why: String },
+    #[error("mountpoint {0}: {1}")]
+    Mountpoint(PathBuf, String),
+    #[error("mounting {0}: {1}")]
+    Mount(PathBuf, std::io::Error),
+    #[error("the mount daemon failed: {0}")]
+    Daemon(String),
+}
+
+/// What `-o` can say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountOptions {
+    pub cache_bytes: usize,
+    pub password_file: Option<PathBuf>,
+    /// Where `restore/` keeps staged files (used once staging exists).
+    pub staging: Option<PathBuf>,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub threads: usize,
+    /// A file for the daemon's log lines (damaged data, errors); syslog otherwise.
+    pub log: Option<PathBuf>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            cache_bytes: 256 << 20,
+            password_file: None,
+            staging: None,
+            allow_other: false,
+            allow_root: false,
+            uid: None,
+            gid: None,
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            log: None,
+        }
+    }
+}
+
+/// Options that mount(8) or fstab may pass and that mean nothing here (or are implied).
+const IGNORED: &[&str] = &[
+    "ro", "rw", "defaults", "auto", "noauto", "user", "users", "nouser", "owner", "group", "nofail", "_netdev",
+    "exec", "noexec", "suid", "nosuid", "dev", "nodev", "atime", "noatime", "relatime", "norelatime",
+    "strictatime", "sync", "async", "silent", "loud", "comment",
+];
+
+fn parse_size(option: &str, text: &str) -> Result<usize, MountError> {
+    let bad = |why: &str| MountError::BadValue { option: option.into(), why: why.into() };
+    let (digits, unit) = text.find(|c: char| !c.is_ascii_digit()).map_or((text, ""), |at| text.split_at(at));
+    let number: usize = digits.parse().map_err(|_| bad("expected a size such as 512M"))?;
+    let shift = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return Err(bad("the unit must be K, M or G")),
+    };
+    number.checked_mul(1 << shift).filter(|&n| n >= 1 << 20).ok_or_else(|| bad("must be at least 1M"))
+}
+
+fn parse_number<T: std::str::FromStr>(option: &str, text: &str) -> Result<T, MountError> {
+    text.parse().map_err(|_| MountError::BadValue { option: option.into(), why: format!("{text:?} is not a number") })
+}
+
+/// Parses `-o` lists (each may hold several comma-separated options).
+pub fn parse_options(lists: &[String]) -> Result<MountOptions, MountError> {
+    let mut options = MountOptions::default();
+    for item in lists.iter().flat_map(|list| list.split(',')).filter(|s| !s.is_empty()) {
+        let (key, value) = match item.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (item, None),
+        };
+        let value_of = || value.ok_or_else(|| MountError::BadValue { option: key.into(), why: "needs a value".into() });
+        match key {
+            "cache_size" => options.cache_bytes = parse_size(key, value_of()?)?,
+            "password_file" => options.password_file = Some(PathBuf::from(value_of()?)),
+            "staging" => options.staging = Some(PathBuf::from(value_of()?)),
+            "log" => options.log = Some(PathBuf::from(value_of()?)),
+            "uid" => options.uid = Some(parse_number(key, value_of()?)?),
+            "gid" => options.gid = Some(parse_number(key, value_of()?)?),
+            "threads" => {
+                options.threads = parse_number(key, value_of()?)?;
+                if !(1..=64).contains(&options.threads) {
+                    return Err(MountError::BadValue { option: key.into(), why: "must be 1 to 64".into() });
+                }
+            }
+            "allow_other" => options.allow_other = true,
+            "allow_root" => options.allow_root = true,
+            _ if IGNORED.contains(&key) || key.starts_with("x-") => {}
+            _ => return Err(MountError::UnknownOption(item.to_string())),
+        }
+    }
+    Ok(options)
+}
+
+/// The mountpoint must be an existing folder with nothing mounted on it.
+pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
+    let fail = |why: String| MountError::Mountpoint(path.to_path_buf(), why);
+    let meta = std::fs::metadata(path).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOTCONN) => fail("a mount whose daemon is gone is still there: run `fusermount3 -u` on it".into()),
+        _ => fail(e.to_string()),
+    })?;
+    if !meta.is_dir() {
+        return Err(fail("not a folder".into()));
+    }
+    let parent = std::fs::metadata(path.join("..")).map_err(|e| fail(e.to_string()))?;
+    if parent.dev() != meta.dev() || parent.ino() == meta.ino() {
+        return Err(fail("something is already mounted there".into()));
+    }
+    Ok(())
+}
+
+/// Where the daemon's log lines go.
+pub fn logger(foreground: bool, file: Option<PathBuf>) -> Box<dyn Fn(&str) + Send + Sync> {
+    if let Some(file) = file {
+        return Box::new(move |line| {
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&file) {
+                let _ = writeln!(f, "{} {line}", chrono::Local::now().format("%Y-%m-%dT%H:%M:%S"));
+            }
+        });
+    }
+    if foreground {
+        return Box::new(|line| eprintln!("{line}"));
+    }
+    Box::new(|line| {
+        if let Ok(text) = CString::new(line.replace('%', "%%")) {
+            // SAFETY: both strings are NUL-terminated; the format has one %s for one argument.
+            unsafe { libc::syslog(libc::LOG_ERR | libc::LOG_DAEMON, c"%s".as_ptr(), text.as_ptr()) };
+        }
+    })
+}
+
+/// Mounts and serves until unmounted (`umount`, `fusermount3 -u`, or SIGINT/SIGTERM/SIGHUP).
+/// `ready` is told once the mount exists, or why it could not be made.
+pub fn serve(
+    repo: Repository,
+    mountpoint: &Path,
+    options: &MountOptions,
+    log: Box<dyn Fn(&str) + Send + Sync>,
+    ready: impl FnOnce(Result<(), String>),
+) -> Result<(), MountError> {
+    let source = std::fs::canonicalize(repo.root()).unwrap_or_else(|_| repo.root().to_path_buf()).display().to_string();
+    let view_options = ViewOptions { cache_bytes: options.cache_bytes, uid: options.uid, gid: options.gid };
+    let view = Arc::new(View::new(Arc::new(repo), view_options, log));
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(source),
+        fuser::MountOption::Subtype("phonebak".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+    ];
+    config.acl = if options.allow_other {
+        fuser::SessionACL::All
+    } else if options.allow_root {
+        fuser::SessionACL::RootAndOwner
+    } else {
+        fuser::SessionACL::Owner
+    };
+    config.n_threads = Some(options.threads);
+    config.clone_fd = true;
+    block_stop_signals();
+    let mut session = match fuser::Session::new(FuseView::new(view), mountpoint, &config) {
+        Ok(session) => session,
+        Err(e) => {
+            ready(Err(e.to_string()));
+            return Err(MountError::Mount(mountpoint.to_path_buf(), e));
+        }
+    };
+    let mut unmounter = session.unmount_callable();
+    std::thread::spawn(move || {
+        wait_for_stop_signal();
+        let _ = unmounter.unmount();
+    });
+    ready(Ok(()));
+    session.run().map_err(|e| MountError::Mount(mountpoint.to_path_buf(), e))
+}
+
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: the set is initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        set
+    }
+}
+
+/// Blocked in every thread, so only the waiting thread receives them.
+fn block_stop_signals() {
+    let set = stop_signals();
+    // SAFETY: `set` is a valid signal set.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+fn wait_for_stop_signal() {
+    let set = stop_signals();
+    let mut signal = 0;
+    // SAFETY: `set` is valid and `signal` a valid out-pointer.
+    unsafe { libc::sigwait(&set, &mut signal) };
+}
+
+/// Forks: the parent waits until the child reports the mount ready (or why not) and returns;
+/// the child detaches and runs `work`, which must call its `ready` argument.
+/// Call before any thread is started: only the calling thread survives a fork.
+pub fn daemonize<W>(work: W) -> Result<(), MountError>
+where
+    W: FnOnce(Box<dyn FnOnce(Result<(), String>)>) -> Result<(), MountError>,
+{
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(MountError::Daemon(std::io::Error::last_os_error().to_string()));
+    }
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no other threads exist yet (see above); the child only continues this thread.
+    match unsafe { libc::fork() } {
+        -1 => Err(MountError::Daemon(std::io::Error::last_os_error().to_string())),
+        0 => {
+            drop(reader);
+            // SAFETY: setsid has no preconditions; it detaches from the terminal's session.
+            unsafe { libc::setsid() };
+            let mut writer = Some(std::fs::File::from(writer));
+            let ready = Box::new(move |outcome: Result<(), String>| {
+                if let Some(mut pipe) = writer.take() {
+                    let _ = pipe.write_all(match &outcome {
+                        Ok(()) => b"ok".to_vec(),
+                        Err(why) => why.as_bytes().to_vec(),
+                    }
+                    .as_slice());
+                }
+                if outcome.is_ok() {
+                    detach_stdio();
+                }
+            });
+            let code = if work(ready).is_ok() { 0 } else { 1 };
+            std::process::exit(code);
+        }
+        _child => {
+            drop(writer);
+            let mut answer = String::new();
+            let _ = std::fs::File::from(reader).read_to_string(&mut answer);
+            match answer.as_str() {
+                "ok" => Ok(()),
+                "" => Err(MountError::Daemon("it exited before the mount was ready".into())),
+                why => Err(MountError::Daemon(why.to_string())),
+            }
+        }
+    }
+}
+
+fn detach_stdio() {
+    let null = CString::new(Path::new("/dev/null").as_os_str().as_bytes()).expect("no NUL");
+    // SAFETY: opening /dev/null and duplicating it over 0, 1 and 2 is always valid.
+    unsafe {
+        let fd = libc::open(null.as_ptr(), libc::O_RDWR);
+        if fd >= 0 {
+            for target in 0..3 {
+                libc::dup2(fd, target);
+            }
+            if fd > 2 {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_as_mount_passes_them() {
+        let o = parse_options(&["rw,noauto,cache_size=512M,password_file=/etc/p.pw,uid=1000,x-systemd.automount".into(), "threads=4".into()]).unwrap();
+        assert_eq!(o.cache_bytes, 512 << 20);
+        assert_eq!(o.password_file, Some(PathBuf::from("/etc/p.pw")));
+        assert_eq!((o.uid, o.threads), (Some(1000), 4));
+        assert_eq!(parse_options(&["cache_size=2G".into()]).unwrap().cache_bytes, 2 << 30);
+        assert!(matches!(parse_options(&["frobnicate".into()]), Err(MountError::UnknownOption(_))));
+        assert!(matches!(parse_options(&["cache_size=lots".into()]), Err(MountError::BadValue { .. })));
+        assert!(matches!(parse_options(&["cache_size=10K".into()]), Err(MountError::BadValue { .. })));
+        assert!(matches!(parse_options(&["uid".into()]), Err(MountError::BadValue { .. })));
+        assert!(matches!(parse_options(&["threads=0".into()]), Err(MountError::BadValue { .. })));
+    }
+
+    #[test]
+    fn mountpoints_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_mountpoint(dir.path()).is_ok());
+        assert!(check_mountpoint(&dir.path().join("missing")).is_err());
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        assert!(check_mountpoint(&dir.path().join("file")).is_err());
+        assert!(check_mountpoint(Path::new("/proc")).is_err(), "/proc is a mount");
+    }
+}

@@ -1,0 +1,604 @@
+//! The mounted view of a repository, without FUSE types (`fuse.rs` adapts it):
+//!
+//! ```text
+//! /snapshots/<device>/<time>/...   every snapshot, read-only, exact metadata
+//! /snapshots/<device>/latest       a symlink to the newest
+//! ```
+//!
+//! Nothing proportional to the repository is loaded up front: the snapshot list is re-read when
+//! the repository's `snapshots/` folder changes, a folder's tree is decoded when first looked
+//! up, and file chunks are read when first read, through the byte-bounded chunk cache.
+//! Inode numbers are derived from (parent inode, name), so they stay the same for the life of a
+//! mount even after the kernel forgets an inode and looks it up again.
+
+pub mod cache;
+pub mod fuse;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use lru::LruCache;
+
+use crate::repo::snapshot::{self, SnapshotInfo};
+use crate::repo::{BlobId, RepoError, Repository};
+use crate::tree::{Entry, Node as TreeNode, Tree};
+use cache::ChunkCache;
+
+pub const ROOT_INO: u64 = 1;
+const SNAPSHOTS_INO: u64 = 2;
+/// Decoded trees kept for lookups and listings (shared between snapshots: an unchanged folder
+/// is one tree).
+const CACHED_TREES: usize = 4096;
+/// Chunks read ahead of a sequential reader.
+const READAHEAD_CHUNKS: usize = 4;
+const PREFETCH_THREADS: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VfsError {
+    #[error("no such file or folder")]
+    NotFound,
+    #[error("not a folder")]
+    NotDir,
+    #[error("not a symlink")]
+    NotSymlink,
+    #[error("is a folder")]
+    IsDir,
+    #[error("snapshots are read-only")]
+    ReadOnly,
+    #[error("unknown file handle")]
+    BadHandle,
+    #[error("{0}")]
+    Damaged(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl VfsError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            VfsError::NotFound => libc::ENOENT,
+            VfsError::NotDir => libc::ENOTDIR,
+            VfsError::NotSymlink => libc::EINVAL,
+            VfsError::IsDir => libc::EISDIR,
+            VfsError::ReadOnly => libc::EROFS,
+            VfsError::BadHandle => libc::EBADF,
+            VfsError::Damaged(_) | VfsError::Io(_) => libc::EIO,
+        }
+    }
+}
+
+impl From<RepoError> for VfsError {
+    fn from(e: RepoError) -> VfsError {
+        if e.is_corruption() {
+            VfsError::Damaged(e.to_string())
+        } else {
+            VfsError::Io(e.to_string())
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+}
+
+#[derive(Clone, Debug)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    /// How long the kernel may trust this: long inside snapshots (they never change), short for
+    /// the folders that list snapshots.
+    pub ttl: Duration,
+}
+
+/// What an inode is.
+#[derive(Clone)]
+enum Node {
+    Root,
+    Snapshots,
+    Device(String),
+    Latest(String),
+    Snapshot { name: String, root: BlobId, time_ns: i64 },
+    /// Entry `index` of `tree` (the tree is kept alive with it).
+    Entry { tree: Arc<Tree>, index: u32 },
+}
+
+impl Node {
+    fn name(&self) -> &[u8] {
+        match self {
+            Node::Root => b"",
+            Node::Snapshots => b"snapshots",
+            Node::Device(name) => name.as_bytes(),
+            Node::Latest(_) => b"latest",
+            Node::Snapshot { name, .. } => name.as_bytes(),
+            Node::Entry { tree, index } => &tree.entries[*index as usize].name,
+        }
+    }
+
+    fn entry(&self) -> Option<&Entry> {
+        match self {
+            Node::Entry { tree, index } => Some(&tree.entries[*index as usize]),
+            _ => None,
+        }
+    }
+}
+
+struct Inode {
+    parent: u64,
+    node: Node,
+    lookups: u64,
+}
+
+/// One listing row: the caller decides whether the kernel took it (`remember`).
+pub struct Child {
+    pub ino: u64,
+    pub name: Vec<u8>,
+    pub attr: Attr,
+    node: Node,
+}
+
+pub struct ViewOptions {
+    pub cache_bytes: usize,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+struct SnapshotList {
+    stamp: Option<SystemTime>,
+    checked: Option<Instant>,
+    list: Arc<Vec<SnapshotInfo>>,
+}
+
+struct OpenFile {
+    tree: Arc<Tree>,
+    index: u32,
+    /// Start offset of each chunk, for a binary search per read.
+    offsets: Vec<u64>,
+    path: String,
+    next_offset: AtomicU64,
+}
+
+pub struct View {
+    repo: Arc<Repository>,
+    options: ViewOptions,
+    owner: (u32, u32),
+    mounted_at: i64,
+    inodes: Mutex<HashMap<u64, Inode>>,
+    trees: Mutex<LruCache<BlobId, Arc<Tree>>>,
+    snapshots: Mutex<SnapshotList>,
+    chunks: Arc<ChunkCache>,
+    handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_handle: AtomicU64,
+    prefetch: SyncSender<BlobId>,
+    stored_bytes: Mutex<Option<(Instant, u64)>>,
+    log: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+impl View {
+    pub fn new(repo: Arc<Repository>, options: ViewOptions, log: Box<dyn Fn(&str) + Send + Sync>) -> View {
+        let chunks = Arc::new(ChunkCache::new(repo.clone(), options.cache_bytes));
+        let (prefetch, queue) = sync_channel::<BlobId>(64);
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..PREFETCH_THREADS {
+            let (queue, chunks) = (queue.clone(), chunks.clone());
+            std::thread::spawn(move || loop {
+                let next = queue.lock().expect("prefetch queue lock").recv();
+                match next {
+                    Ok(id) => {
+                        let _ = chunks.get(&id); // a failure is reported when the reader gets there
+                    }
+                    Err(_) => return,
+                }
+            });
+        }
+        let mut inodes = HashMap::new();
+        inodes.insert(ROOT_INO, Inode { parent: ROOT_INO, node: Node::Root, lookups: 1 });
+        inodes.insert(SNAPSHOTS_INO, Inode { parent: ROOT_INO, node: Node::Snapshots, lookups: 1 });
+        // SAFETY: getuid and getgid have no preconditions.
+        let owner = unsafe { (libc::getuid(), libc::getgid()) };
+        View {
+            repo,
+            owner: (options.uid.unwrap_or(owner.0), options.gid.unwrap_or(owner.1)),
+            options,
+            mounted_at: chrono::Utc::now().timestamp(),
+            inodes: Mutex::new(inodes),
+            trees: Mutex::new(LruCache::new(NonZeroUsize::new(CACHED_TREES).expect("nonzero"))),
+            snapshots: Mutex::new(SnapshotList { stamp: None, checked: None, list: Arc::new(Vec::new()) }),
+            chunks,
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            prefetch,
+            stored_bytes: Mutex::new(None),
+            log,
+        }
+    }
+
+    /// The snapshot list, re-read when the repository's `snapshots/` folder has changed (checked
+    /// at most every 200 ms), so backups made while mounted appear.
+    fn snapshot_list(&self) -> Result<Arc<Vec<SnapshotInfo>>, VfsError> {
+        let mut cached = self.snapshots.lock().expect("snapshot list lock");
+        if cached.checked.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+            return Ok(cached.list.clone());
+        }
+        let stamp = std::fs::metadata(self.repo.path("snapshots")).and_then(|m| m.modified()).ok();
+        if cached.checked.is_none() || stamp != cached.stamp {
+            cached.list = Arc::new(snapshot::list(&self.repo)?);
+            cached.stamp = stamp;
+        }
+        cached.checked = Some(Instant::now());
+        Ok(cached.list.clone())
+    }
+
+    fn tree(&self, id: &BlobId) -> Result<Arc<Tree>, VfsError> {
+        if let Some(tree) = self.trees.lock().expect("tree cache lock").get(id) {
+            return Ok(tree.clone());
+        }
+        let tree = Arc::new(crate::tree::load_tree(&self.repo, id)?);
+        self.trees.lock().expect("tree cache lock").put(*id, tree.clone());
+        Ok(tree)
+    }
+
+    fn node(&self, ino: u64) -> Result<(u64, Node), VfsError> {
+        let inodes = self.inodes.lock().expect("inode lock");
+        inodes.get(&ino).map(|i| (i.parent, i.node.clone())).ok_or(VfsError::NotFound)
+    }
+
+    /// The tree a folder node lists, if it is a tree-backed folder.
+    fn dir_tree(&self, node: &Node) -> Result<Option<Arc<Tree>>, VfsError> {
+        match node {
+            Node::Snapshot { root, .. } => self.tree(root).map(Some),
+            Node::Entry { .. } => match &node.entry().expect("entry node").node {
+                TreeNode::Dir { tree } => self.tree(tree).map(Some),
+                _ => Err(VfsError::NotDir),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    /// Everything in a folder, in listing order.
+    fn children(&self, parent: u64, node: &Node) -> Result<Vec<(Vec<u8>, Node)>, VfsError> {
+        if let Some(tree) = self.dir_tree(node)? {
+            let count = tree.entries.len() as u32;
+            return Ok((0..count)
+                .map(|index| (tree.entries[index as usize].name.clone(), Node::Entry { tree: tree.clone(), index }))
+                .collect());
+        }
+        let list = self.snapshot_list()?;
+        Ok(match node {
+            Node::Root => vec![(b"snapshots".to_vec(), Node::Snapshots)],
+            Node::Snapshots => {
+                let mut devices: Vec<&str> = list.iter().map(|s| s.snapshot.device.as_str()).collect();
+                devices.sort();
+                devices.dedup();
+                devices.into_iter().map(|d| (d.as_bytes().to_vec(), Node::Device(d.to_string()))).collect()
+            }
+            Node::Device(device) => {
+                let mut rows: Vec<(Vec<u8>, Node)> = list
+                    .iter()
+                    .filter(|s| &s.snapshot.device == device)
+                    .map(|s| {
+                        let node = Node::Snapshot { name: s.name.clone(), root: s.snapshot.root, time_ns: s.snapshot.time_ns };
+                        (s.name.as_bytes().to_vec(), node)
+                    })
+                    .collect();
+                if !rows.is_empty() {
+                    rows.push((b"latest".to_vec(), Node::Latest(device.clone())));
+                }
+                rows
+            }
+            _ => {
+                let _ = parent;
+                return Err(VfsError::NotDir);
+            }
+        })
+    }
+
+    fn find_child(&self, parent: u64, node: &Node, name: &[u8]) -> Result<Node, VfsError> {
+        if let Some(tree) = self.dir_tree(node)? {
+            let index = tree.entries.binary_search_by(|e| e.name.as_slice().cmp(name)).map_err(|_| VfsError::NotFound)?;
+            return Ok(Node::Entry { tree, index: index as u32 });
+        }
+        let children = self.children(parent, node)?;
+        children.into_iter().find(|(n, _)| n == name).map(|(_, node)| node).ok_or(VfsError::NotFound)
+    }
+
+    /// The inode number for `name` in `parent`: stable, derived from both, probing past the
+    /// (unlikely) collision with another live inode.
+    fn ino_for(&self, inodes: &HashMap<u64, Inode>, parent: u64, name: &[u8]) -> u64 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (parent, name).hash(&mut hasher);
+        let mut ino = (hasher.finish() >> 1).max(16);
+        while let Some(existing) = inodes.get(&ino) {
+            if existing.parent == parent && existing.node.name() == name {
+                break;
+            }
+            ino = ino.wrapping_add(1).max(16);
+        }
+        ino
+    }
+
+    fn attr(&self, ino: u64, node: &Node) -> Result<Attr, VfsError> {
+        let (uid, gid) = self.owner;
+        let synthetic_dir = |mtime_ns: i64, nlink: u32| Attr {
+            ino,
+            kind: Kind::Dir,
+            size: 0,
+            perm: 0o555,
+            nlink,
+            uid,
+            gid,
+            mtime_sec: mtime_ns.div_euclid(1_000_000_000),
+            mtime_nsec: mtime_ns.rem_euclid(1_000_000_000) as u32,
+            ttl: Duration::from_secs(1),
+        };
+        let list = self.snapshot_list()?;
+        let newest = |device: Option<&str>| {
+            list.iter()
+                .filter(|s| device.is_none_or(|d| s.snapshot.device == d))
+                .map(|s| s.snapshot.time_ns)
+                .max()
+                .unwrap_or(self.mounted_at * 1_000_000_000)
+        };
+        let devices = || {
+            let mut names: Vec<&str> = list.iter().map(|s| s.snapshot.device.as_str()).collect();
+            names.sort();
+            names.dedup();
+            names.len() as u32
+        };
+        Ok(match node {
+            Node::Root => synthetic_dir(newest(None), 3),
+            Node::Snapshots => synthetic_dir(newest(None), 2 + devices()),
+            Node::Device(d) => {
+                let snapshots = list.iter().filter(|s| &s.snapshot.device == d).count() as u32;
+                synthetic_dir(newest(Some(d)), 2 + snapshots)
+            }
+            Node::Latest(d) => {
+                let target = list.iter().rfind(|s| &s.snapshot.device == d).map(|s| s.name.len()).unwrap_or(0);
+                Attr { kind: Kind::Symlink, size: target as u64, perm: 0o777, nlink: 1, ..synthetic_dir(newest(Some(d)), 1) }
+            }
+            Node::Snapshot { root, time_ns, .. } => {
+                let subdirs = self.tree(root)?.entries.iter().filter(|e| matches!(e.node, TreeNode::Dir { .. })).count();
+                Attr { perm: 0o755, ttl: Duration::from_secs(3600), ..synthetic_dir(*time_ns, 2 + subdirs as u32) }
+            }
+            Node::Entry { .. } => self.entry_attr(ino, node.entry().expect("entry node"))?,
+        })
+    }
+
+    fn entry_attr(&self, ino: u64, entry: &Entry) -> Result<Attr, VfsError> {
+        let (kind, size, nlink) = match &entry.node {
+            TreeNode::File { size, .. } => (Kind::File, *size, 1),
+            TreeNode::Symlink { target } => (Kind::Symlink, target.len() as u64, 1),
+            TreeNode::Dir { tree } => {
+                let subdirs = self.tree(tree)?.entries.iter().filter(|e| matches!(e.node, TreeNode::Dir { .. })).count();
+                (Kind::Dir, 4096, 2 + subdirs as u32)
+            }
+        };
+        Ok(Attr {
+            ino,
+            kind,
+            size,
+            perm: if kind == Kind::Symlink { 0o777 } else { entry.meta.mode as u16 },
+            nlink,
+            uid: self.options.uid.unwrap_or(entry.meta.uid),
+            gid: self.options.gid.unwrap_or(entry.meta.gid),
+            mtime_sec: entry.meta.mtime_sec,
+            mtime_nsec: entry.meta.mtime_nsec,
+            ttl: Duration::from_secs(3600),
+        })
+    }
+
+    /// Looks `name` up in `parent` and counts one kernel reference to the result.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, VfsError> {
+        let (_, parent_node) = self.node(parent)?;
+        let node = self.find_child(parent, &parent_node, name)?;
+        let ino = self.ino_for(&self.inodes.lock().expect("inode lock"), parent, name);
+        let attr = self.attr(ino, &node)?;
+        self.remember_node(parent, ino, node);
+        Ok(attr)
+    }
+
+    fn remember_node(&self, parent: u64, ino: u64, node: Node) {
+        let mut inodes = self.inodes.lock().expect("inode lock");
+        inodes.entry(ino).or_insert(Inode { parent, node, lookups: 0 }).lookups += 1;
+    }
+
+    /// Counts a kernel reference to a row it took from `readdir_plus`.
+    pub fn remember(&self, parent: u64, child: Child) {
+        self.remember_node(parent, child.ino, child.node);
+    }
+
+    /// The kernel dropped `count` references: an inode nobody holds is dropped too (its number
+    /// comes back the same if it is looked up again).
+    pub fn forget(&self, ino: u64, count: u64) {
+        if ino == ROOT_INO || ino == SNAPSHOTS_INO {
+            return;
+        }
+        let mut inodes = self.inodes.lock().expect("inode lock");
+        if let Some(inode) = inodes.get_mut(&ino) {
+            inode.lookups = inode.lookups.saturating_sub(count);
+            if inode.lookups == 0 {
+                inodes.remove(&ino);
+            }
+        }
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr, VfsError> {
+        let (_, node) = self.node(ino)?;
+        self.attr(ino, &node)
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, VfsError> {
+        match self.node(ino)?.1 {
+            Node::Latest(device) => {
+                let list = self.snapshot_list()?;
+                list.iter().rfind(|s| s.snapshot.device == device).map(|s| s.name.clone().into_bytes()).ok_or(VfsError::NotFound)
+            }
+            node @ Node::Entry { .. } => match &node.entry().expect("entry node").node {
+                TreeNode::Symlink { target } => Ok(target.clone()),
+                _ => Err(VfsError::NotSymlink),
+            },
+            _ => Err(VfsError::NotSymlink),
+        }
+    }
+
+    /// The rows of folder `ino` from position `offset` on (`.` and `..` first). With `plus`,
+    /// each row carries its attributes, and the caller must `remember` the rows the kernel took.
+    pub fn readdir(&self, ino: u64, offset: usize, plus: bool) -> Result<Vec<Child>, VfsError> {
+        let (parent, node) = self.node(ino)?;
+        let mut rows = Vec::new();
+        let dots = [(b".".to_vec(), ino, node.clone()), (b"..".to_vec(), parent, node.clone())];
+        for (position, (name, dot_ino, dot_node)) in dots.into_iter().enumerate() {
+            if position >= offset {
+                let attr = if plus { self.attr(ino, &dot_node)? } else { placeholder_attr(dot_ino, Kind::Dir) };
+                rows.push(Child { ino: dot_ino, name, attr, node: dot_node });
+            }
+        }
+        let children = self.children(ino, &node)?;
+        let inodes = self.inodes.lock().expect("inode lock");
+        let numbered: Vec<(u64, Vec<u8>, Node)> = children
+            .into_iter()
+            .skip(offset.saturating_sub(2))
+            .map(|(name, child)| (self.ino_for(&inodes, ino, &name), name, child))
+            .collect();
+        drop(inodes);
+        for (child_ino, name, child) in numbered {
+            let attr = if plus { self.attr(child_ino, &child)? } else { placeholder_attr(child_ino, kind_of(&child)) };
+            rows.push(Child { ino: child_ino, name, attr, node: child });
+        }
+        Ok(rows)
+    }
+
+    /// Opens a file for reading; returns a handle for `read`.
+    pub fn open(&self, ino: u64, write: bool) -> Result<u64, VfsError> {
+        let (_, node) = self.node(ino)?;
+        let Node::Entry { tree, index } = &node else { return Err(VfsError::IsDir) };
+        let TreeNode::File { chunks, .. } = &tree.entries[*index as usize].node else {
+            return Err(VfsError::IsDir);
+        };
+        if write {
+            return Err(VfsError::ReadOnly);
+        }
+        let mut offsets = Vec::with_capacity(chunks.len());
+        let mut at = 0u64;
+        for chunk in chunks {
+            offsets.push(at);
+            at += chunk.len as u64;
+        }
+        let file = OpenFile {
+            tree: tree.clone(),
+            index: *index,
+            offsets,
+            path: self.path_of(ino),
+            next_offset: AtomicU64::new(0),
+        };
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().expect("handle lock").insert(handle, Arc::new(file));
+        Ok(handle)
+    }
+
+    pub fn release(&self, handle: u64) {
+        self.handles.lock().expect("handle lock").remove(&handle);
+    }
+
+    /// The mount-relative path of an inode, for log lines.
+    fn path_of(&self, mut ino: u64) -> String {
+        let inodes = self.inodes.lock().expect("inode lock");
+        let mut parts = Vec::new();
+        while ino != ROOT_INO {
+            let Some(inode) = inodes.get(&ino) else { break };
+            parts.push(String::from_utf8_lossy(inode.node.name()).into_owned());
+            ino = inode.parent;
+        }
+        parts.reverse();
+        PathBuf::from("/").join(parts.join("/")).display().to_string()
+    }
+
+    /// Reads up to `size` bytes at `offset`. Each chunk is located by binary search, served from
+    /// the cache or loaded and verified; a sequential reader gets the next chunks loaded ahead.
+    pub fn read(&self, handle: u64, offset: u64, size: u32) -> Result<Vec<u8>, VfsError> {
+        let file = self.handles.lock().expect("handle lock").get(&handle).cloned().ok_or(VfsError::BadHandle)?;
+        let TreeNode::File { size: file_size, chunks } = &file.tree.entries[file.index as usize].node else {
+            return Err(VfsError::BadHandle);
+        };
+        if offset >= *file_size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let want = (size as u64).min(file_size - offset) as usize;
+        let mut out = Vec::with_capacity(want);
+        let mut index = file.offsets.partition_point(|&start| start <= offset) - 1;
+        let sequential = file.next_offset.swap(offset + want as u64, Ordering::Relaxed) == offset;
+        while out.len() < want {
+            let chunk = self.chunks.get(&chunks[index].id).map_err(|e| {
+                (self.log)(&format!("phonebak: cannot read {}: {}", file.path, e.message));
+                if e.damaged {
+                    VfsError::Damaged(e.message)
+                } else {
+                    VfsError::Io(e.message)
+                }
+            })?;
+            let start = (offset + out.len() as u64 - file.offsets[index]) as usize;
+            let take = (chunk.len() - start).min(want - out.len());
+            out.extend_from_slice(&chunk[start..start + take]);
+            index += 1;
+        }
+        if sequential {
+            for next in chunks.iter().skip(index).take(READAHEAD_CHUNKS) {
+                if !self.chunks.contains(&next.id) && self.prefetch.try_send(next.id).is_err() {
+                    break; // the prefetchers are busy: they are ahead enough
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// (total bytes of the repository's packs, free bytes on its disk); the first is recounted
+    /// at most every 10 s.
+    pub fn space(&self) -> (u64, u64) {
+        let mut cached = self.stored_bytes.lock().expect("space lock");
+        let stored = match *cached {
+            Some((when, bytes)) if when.elapsed() < Duration::from_secs(10) => bytes,
+            _ => {
+                let bytes = self.repo.list_packs().map(|p| p.iter().map(|(_, s)| s).sum()).unwrap_or(0);
+                *cached = Some((Instant::now(), bytes));
+                bytes
+            }
+        };
+        (stored, self.repo.free_space().unwrap_or(0))
+    }
+
+    /// Whether `ino` lies inside a snapshot (everything the kernel may cache for long).
+    pub fn is_immutable(&self, ino: u64) -> bool {
+        matches!(self.node(ino), Ok((_, Node::Entry { .. } | Node::Snapshot { .. })))
+    }
+}
+
+fn kind_of(node: &Node) -> Kind {
+    match node {
+        Node::Latest(_) => Kind::Symlink,
+        Node::Entry { .. } => match &node.entry().expect("entry node").node {
+            TreeNode::File { .. } => Kind::File,
+            TreeNode::Dir { .. } => Kind::Dir,
+            TreeNode::Symlink { .. } => Kind::Symlink,
+        },
+        _ => Kind::Dir,
+    }
+}
+
+fn placeholder_attr(ino: u64, kind: Kind) -> Attr {
+    Attr { ino, kind, size: 0, perm: 0, nlink: 1, uid: 0, gid: 0, mtime_sec: 0, mtime_nsec: 0, ttl: Duration::ZERO }
+}
