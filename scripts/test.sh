@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 . scripts/deps.sh
 need_rust
 # fuse3 for the mount tests; python3 for scripts/gen-phone; util-linux for setpriv; time and
-# coreutils are used by the tests and the benchmark.
-need_debs fuse3 python3 util-linux time coreutils
+# coreutils are used by the tests and the benchmark; rsync by the mount tests.
+need_debs fuse3 python3 util-linux time coreutils rsync
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings

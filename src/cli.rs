@@ -6,16 +6,16 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
 use crate::backup::{self, BackupOptions, PathFilter};
 use crate::forget::Policy;
 use crate::repo::snapshot::{self, SnapshotInfo};
 use crate::repo::{InitOptions, RepoError, Repository};
 use crate::tree::{lookup_path, Entry, Node};
 use crate::{check, exit, forget, mount, prune, restore, source, stats};
-use std::ffi::OsString;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use std::ffi::OsString;
 
 #[derive(Parser)]
 #[command(

@@ -61,9 +61,34 @@ impl Default for MountOptions {
 
 /// Options that mount(8) or fstab may pass and that mean nothing here (or are implied).
 const IGNORED: &[&str] = &[
-    "ro", "rw", "defaults", "auto", "noauto", "user", "users", "nouser", "owner", "group", "nofail", "_netdev",
-    "exec", "noexec", "suid", "nosuid", "dev", "nodev", "atime", "noatime", "relatime", "norelatime",
-    "strictatime", "sync", "async", "silent", "loud", "comment",
+    "ro",
+    "rw",
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "users",
+    "nouser",
+    "owner",
+    "group",
+    "nofail",
+    "_netdev",
+    "exec",
+    "noexec",
+    "suid",
+    "nosuid",
+    "dev",
+    "nodev",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "sync",
+    "async",
+    "silent",
+    "loud",
+    "comment",
 ];
 
 fn parse_size(option: &str, text: &str) -> Result<usize, MountError> {
@@ -248,11 +273,13 @@ where
             let mut writer = Some(std::fs::File::from(writer));
             let ready = Box::new(move |outcome: Result<(), String>| {
                 if let Some(mut pipe) = writer.take() {
-                    let _ = pipe.write_all(match &outcome {
-                        Ok(()) => b"ok".to_vec(),
-                        Err(why) => why.as_bytes().to_vec(),
-                    }
-                    .as_slice());
+                    let _ = pipe.write_all(
+                        match &outcome {
+                            Ok(()) => b"ok".to_vec(),
+                            Err(why) => why.as_bytes().to_vec(),
+                        }
+                        .as_slice(),
+                    );
                 }
                 if outcome.is_ok() {
                     detach_stdio();
@@ -296,7 +323,11 @@ mod tests {
 
     #[test]
     fn options_as_mount_passes_them() {
-        let o = parse_options(&["rw,noauto,cache_size=512M,password_file=/etc/p.pw,uid=1000,x-systemd.automount".into(), "threads=4".into()]).unwrap();
+        let o = parse_options(&[
+            "rw,noauto,cache_size=512M,password_file=/etc/p.pw,uid=1000,x-systemd.automount".into(),
+            "threads=4".into(),
+        ])
+        .unwrap();
         assert_eq!(o.cache_bytes, 512 << 20);
         assert_eq!(o.password_file, Some(PathBuf::from("/etc/p.pw")));
         assert_eq!((o.uid, o.threads), (Some(1000), 4));

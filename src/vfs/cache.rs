@@ -68,10 +68,11 @@ impl ChunkCache {
             }
             return result.clone().expect("set before notify");
         }
-        let result = self.repo.load_blob(id).map(Arc::new).map_err(|e| LoadError {
-            damaged: e.is_corruption(),
-            message: e.to_string(),
-        });
+        let result = self
+            .repo
+            .load_blob(id)
+            .map(Arc::new)
+            .map_err(|e| LoadError { damaged: e.is_corruption(), message: e.to_string() });
         {
             let mut state = self.state.lock().expect("cache lock");
             state.loading.remove(id);

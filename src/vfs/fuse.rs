@@ -171,8 +171,14 @@ impl Filesystem for FuseView {
                 for (position, row) in rows.into_iter().enumerate() {
                     let next = offset + position as u64 + 1;
                     let attr = file_attr(&row.attr);
-                    if reply.add(INodeNo(row.ino), next, OsStr::from_bytes(&row.name), &row.attr.ttl, &attr, Generation(0))
-                    {
+                    if reply.add(
+                        INodeNo(row.ino),
+                        next,
+                        OsStr::from_bytes(&row.name),
+                        &row.attr.ttl,
+                        &attr,
+                        Generation(0),
+                    ) {
                         break;
                     }
                     // The kernel holds a reference to every row it took, except `.` and `..`.

@@ -113,9 +113,16 @@ enum Node {
     Snapshots,
     Device(String),
     Latest(String),
-    Snapshot { name: String, root: BlobId, time_ns: i64 },
+    Snapshot {
+        name: String,
+        root: BlobId,
+        time_ns: i64,
+    },
     /// Entry `index` of `tree` (the tree is kept alive with it).
-    Entry { tree: Arc<Tree>, index: u32 },
+    Entry {
+        tree: Arc<Tree>,
+        index: u32,
+    },
 }
 
 impl Node {
@@ -292,7 +299,8 @@ impl View {
                     .iter()
                     .filter(|s| &s.snapshot.device == device)
                     .map(|s| {
-                        let node = Node::Snapshot { name: s.name.clone(), root: s.snapshot.root, time_ns: s.snapshot.time_ns };
+                        let node =
+                            Node::Snapshot { name: s.name.clone(), root: s.snapshot.root, time_ns: s.snapshot.time_ns };
                         (s.name.as_bytes().to_vec(), node)
                     })
                     .collect();
@@ -310,7 +318,8 @@ impl View {
 
     fn find_child(&self, parent: u64, node: &Node, name: &[u8]) -> Result<Node, VfsError> {
         if let Some(tree) = self.dir_tree(node)? {
-            let index = tree.entries.binary_search_by(|e| e.name.as_slice().cmp(name)).map_err(|_| VfsError::NotFound)?;
+            let index =
+                tree.entries.binary_search_by(|e| e.name.as_slice().cmp(name)).map_err(|_| VfsError::NotFound)?;
             return Ok(Node::Entry { tree, index: index as u32 });
         }
         let children = self.children(parent, node)?;
@@ -369,10 +378,17 @@ impl View {
             }
             Node::Latest(d) => {
                 let target = list.iter().rfind(|s| &s.snapshot.device == d).map(|s| s.name.len()).unwrap_or(0);
-                Attr { kind: Kind::Symlink, size: target as u64, perm: 0o777, nlink: 1, ..synthetic_dir(newest(Some(d)), 1) }
+                Attr {
+                    kind: Kind::Symlink,
+                    size: target as u64,
+                    perm: 0o777,
+                    nlink: 1,
+                    ..synthetic_dir(newest(Some(d)), 1)
+                }
             }
             Node::Snapshot { root, time_ns, .. } => {
-                let subdirs = self.tree(root)?.entries.iter().filter(|e| matches!(e.node, TreeNode::Dir { .. })).count();
+                let subdirs =
+                    self.tree(root)?.entries.iter().filter(|e| matches!(e.node, TreeNode::Dir { .. })).count();
                 Attr { perm: 0o755, ttl: Duration::from_secs(3600), ..synthetic_dir(*time_ns, 2 + subdirs as u32) }
             }
             Node::Entry { .. } => self.entry_attr(ino, node.entry().expect("entry node"))?,
@@ -384,7 +400,8 @@ impl View {
             TreeNode::File { size, .. } => (Kind::File, *size, 1),
             TreeNode::Symlink { target } => (Kind::Symlink, target.len() as u64, 1),
             TreeNode::Dir { tree } => {
-                let subdirs = self.tree(tree)?.entries.iter().filter(|e| matches!(e.node, TreeNode::Dir { .. })).count();
+                let subdirs =
+                    self.tree(tree)?.entries.iter().filter(|e| matches!(e.node, TreeNode::Dir { .. })).count();
                 (Kind::Dir, 4096, 2 + subdirs as u32)
             }
         };
@@ -446,7 +463,10 @@ impl View {
         match self.node(ino)?.1 {
             Node::Latest(device) => {
                 let list = self.snapshot_list()?;
-                list.iter().rfind(|s| s.snapshot.device == device).map(|s| s.name.clone().into_bytes()).ok_or(VfsError::NotFound)
+                list.iter()
+                    .rfind(|s| s.snapshot.device == device)
+                    .map(|s| s.name.clone().into_bytes())
+                    .ok_or(VfsError::NotFound)
             }
             node @ Node::Entry { .. } => match &node.entry().expect("entry node").node {
                 TreeNode::Symlink { target } => Ok(target.clone()),

@@ -1,0 +1,326 @@
+//! The mount, for real: `phonebak mount` and `mount -t phonebak` on FUSE, read with real `cp`,
+//! `rsync`, `find`, `cat` and system calls. fuse3 is installed by scripts/test.sh.
+
+mod common;
+
+use common::*;
+use std::ffi::CString;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A mounted repository, unmounted (and its daemon checked gone) on drop.
+struct Mounted {
+    point: PathBuf,
+}
+
+impl Mounted {
+    fn new(s: &Scratch, extra: &[&str]) -> Mounted {
+        let point = s.path("mnt");
+        std::fs::create_dir_all(&point).unwrap();
+        let mut args = vec!["mount", point.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        s.ok(&args);
+        Mounted { point }
+    }
+
+    fn snapshots(&self) -> PathBuf {
+        self.point.join("snapshots")
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.point).status();
+    }
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &Path) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if cmdline.split(|b| *b == 0).any(|arg| arg == needle.as_os_str().as_bytes()) && pid != std::process::id() {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    assert!(Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success());
+}
+
+#[test]
+fn every_snapshot_is_an_exact_read_only_folder() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    s.ok(&["backup", "--device", "pixel", "--time", "2026-11-21T08:00:00", phone.to_str().unwrap()]);
+    let day1 = s.path("day1");
+    copy_tree(&phone, &day1);
+    write(&phone.join("DCIM/Camera/IMG_0003.jpg"), &bytes(30, 5_000_000, false));
+    std::fs::remove_file(phone.join("Documents/notes.txt")).unwrap();
+    s.ok(&["backup", "--device", "pixel", "--time", "2026-11-22T08:00:00", phone.to_str().unwrap()]);
+    s.ok(&["backup", "--device", "tablet", phone.to_str().unwrap()]);
+
+    let m = Mounted::new(&s, &[]);
+    assert_same_tree(&day1, &m.snapshots().join("pixel/2026-11-21T08:00:00"));
+    assert_same_tree(&phone, &m.snapshots().join("pixel/2026-11-22T08:00:00"));
+    let latest = std::fs::read_link(m.snapshots().join("pixel/latest")).unwrap();
+    assert_eq!(latest, PathBuf::from("2026-11-22T08:00:00"));
+    assert_same_tree(&phone, &m.snapshots().join("pixel/latest"));
+    let mut devices: Vec<_> = std::fs::read_dir(m.snapshots()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    devices.sort();
+    assert_eq!(devices, ["pixel", "tablet"]);
+
+    // Everything under snapshots/ is read-only.
+    let file = m.snapshots().join("pixel/latest/Documents/empty.txt");
+    for (what, result) in [
+        ("create", std::fs::write(m.snapshots().join("pixel/latest/new.txt"), b"x")),
+        ("overwrite", std::fs::write(&file, b"x")),
+        ("mkdir", std::fs::create_dir(m.snapshots().join("pixel/latest/newdir"))),
+        ("unlink", std::fs::remove_file(&file)),
+        ("rename", std::fs::rename(&file, m.snapshots().join("pixel/latest/moved"))),
+        ("chmod", std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o777))),
+        ("symlink", std::os::unix::fs::symlink("x", m.snapshots().join("pixel/latest/ln"))),
+    ] {
+        assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::EROFS), "{what}");
+    }
+
+    // Inode numbers stay the same, even after the kernel forgets them.
+    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let photo = m.snapshots().join("pixel/2026-11-21T08:00:00/DCIM/Camera/IMG_0001.jpg");
+    let before = ino(&photo);
+    std::fs::write("/proc/sys/vm/drop_caches", b"2").ok();
+    assert_eq!(ino(&photo), before);
+
+    // Extended attributes: none, answered properly.
+    let c = CString::new(photo.as_os_str().as_bytes()).unwrap();
+    let mut buf = [0u8; 64];
+    let got = unsafe { libc::getxattr(c.as_ptr(), c"user.x".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!((got, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::ENODATA)));
+    assert_eq!(unsafe { libc::listxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }, 0);
+    let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+    let point = CString::new(m.point.as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::statvfs(point.as_ptr(), &mut vfs) }, 0);
+    assert!(vfs.f_bavail > 0 && vfs.f_blocks >= vfs.f_bavail);
+}
+
+#[test]
+fn cp_rsync_and_find_work_on_the_mount() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    for i in 0..200 {
+        write(&phone.join(format!("Android/data/app/f{i}.json")), &bytes(i, 2_000 + i as usize * 13, true));
+    }
+    s.ok(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    let m = Mounted::new(&s, &["-o", "cache_size=16M"]);
+    let snap = m.snapshots().join("pixel/latest/");
+
+    let by_cp = s.path("by-cp");
+    copy_tree(&snap, &by_cp);
+    eprintln!("checking the cp copy");
+    assert_same_tree(&phone, &by_cp);
+    eprintln!("checking the rsync copy");
+    let by_rsync = s.path("by-rsync");
+    let rsync = Command::new("rsync").arg("-a").arg(&snap).arg(&by_rsync).status().unwrap();
+    assert!(rsync.success());
+    assert_same_tree(&phone, &by_rsync);
+
+    let count = |root: &Path| {
+        let out = Command::new("find").arg(root).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert_eq!(count(&snap), count(&phone));
+}
+
+#[test]
+fn many_concurrent_readers_get_exact_bytes() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    let big = bytes(77, 12 << 20, false);
+    write(&phone.join("big.mp4"), &big);
+    for i in 0..8 {
+        write(&phone.join(format!("f{i}.bin")), &bytes(i, 3 << 20, i % 2 == 0));
+    }
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    let m = Mounted::new(&s, &["-o", "cache_size=8M,threads=4"]);
+    let snap = m.snapshots().join("p/latest");
+    let expected = blake3::hash(&big);
+    std::thread::scope(|scope| {
+        for reader in 0..16 {
+            let snap = &snap;
+            scope.spawn(move || {
+                let (path, want) = if reader % 2 == 0 {
+                    (snap.join("big.mp4"), expected)
+                } else {
+                    let i = reader / 2;
+                    (snap.join(format!("f{i}.bin")), blake3::hash(&bytes(i, 3 << 20, i % 2 == 0)))
+                };
+                let mut content = Vec::new();
+                std::fs::File::open(&path).unwrap().read_to_end(&mut content).unwrap();
+                assert_eq!(blake3::hash(&content), want, "{}", path.display());
+            });
+        }
+        // Random reads in the middle of the big file, against the source.
+        scope.spawn(|| {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::File::open(snap.join("big.mp4")).unwrap();
+            let mut state = 12345u64;
+            for _ in 0..300 {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                let at = (state >> 20) as usize % (big.len() - 4096);
+                let mut buf = [0u8; 4096];
+                file.read_exact_at(&mut buf, at as u64).unwrap();
+                assert_eq!(&buf[..], &big[at..at + 4096]);
+            }
+        });
+    });
+}
+
+#[test]
+fn a_damaged_chunk_is_eio_for_its_file_only_and_logged() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    write(&phone.join("DCIM/victim.jpg"), &bytes(1, 2_000_000, false));
+    write(&phone.join("Documents/fine.txt"), &bytes(2, 10_000, true));
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    let mut packs = Vec::new();
+    for sub in std::fs::read_dir(s.repo.join("data")).unwrap() {
+        for pack in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            packs.push(pack.unwrap().path());
+        }
+    }
+    let pack = packs.into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let mut content = std::fs::read(&pack).unwrap();
+    content[1_000_000] ^= 1;
+    std::fs::write(&pack, content).unwrap();
+
+    let log = s.path("mount.log");
+    let m = Mounted::new(&s, &["-o", &format!("log={}", log.display())]);
+    let snap = m.snapshots().join("p/latest");
+    let err = std::fs::read(snap.join("DCIM/victim.jpg")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert_eq!(std::fs::read(snap.join("Documents/fine.txt")).unwrap(), bytes(2, 10_000, true));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("/snapshots/p/") && logged.contains("DCIM/victim.jpg"), "{logged}");
+}
+
+#[test]
+fn a_snapshot_made_while_mounted_appears() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    write(&phone.join("a.txt"), b"first");
+    s.ok(&["backup", "--device", "p", "--time", "2026-11-21T08:00:00", phone.to_str().unwrap()]);
+    let m = Mounted::new(&s, &[]);
+    let device = m.snapshots().join("p");
+    assert_eq!(std::fs::read_dir(&device).unwrap().count(), 2); // one snapshot and latest
+    write(&phone.join("a.txt"), b"second");
+    s.ok(&["backup", "--device", "p", "--time", "2026-11-22T08:00:00", phone.to_str().unwrap()]);
+    s.ok(&["backup", "--device", "newphone", phone.to_str().unwrap()]);
+    wait_until("the new snapshot", || device.join("2026-11-22T08:00:00").exists());
+    assert_eq!(std::fs::read(device.join("latest/a.txt")).unwrap(), b"second");
+    wait_until("the new device", || m.snapshots().join("newphone/latest/a.txt").exists());
+}
+
+#[test]
+fn unmount_ends_the_daemon_and_errors_come_before_the_mount() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    write(&phone.join("a.txt"), b"a");
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    let point = s.path("mnt");
+    std::fs::create_dir(&point).unwrap();
+
+    let wrong = s.command(&["mount", point.to_str().unwrap()]).env("PHONEBAK_PASSWORD", "nope").output().unwrap();
+    assert_eq!(code(&wrong), 12, "{}", stderr(&wrong));
+    let nothing = s.command(&["mount", point.to_str().unwrap()]).env("PHONEBAK_REPO", s.path("none")).output().unwrap();
+    assert_eq!(code(&nothing), 10);
+    let missing = s.run(&["mount", s.path("no-such-dir").to_str().unwrap()]);
+    assert!(stderr(&missing).contains("no-such-dir"), "{}", stderr(&missing));
+    let bad_option = s.run(&["mount", point.to_str().unwrap(), "-o", "cache_size=huge"]);
+    assert!(stderr(&bad_option).contains("mount option \"cache_size\""), "{}", stderr(&bad_option));
+
+    s.ok(&["mount", point.to_str().unwrap()]);
+    let daemons = processes_mentioning(&point);
+    assert_eq!(daemons.len(), 1, "one daemon: {daemons:?}");
+    let busy = s.run(&["mount", point.to_str().unwrap()]);
+    assert_eq!(code(&busy), 1);
+    assert!(stderr(&busy).contains("something is already mounted there"), "{}", stderr(&busy));
+
+    assert!(Command::new("fusermount3").arg("-u").arg(&point).status().unwrap().success());
+    wait_until("the daemon to exit", || processes_mentioning(&point).is_empty());
+    assert_eq!(std::fs::read_dir(&point).unwrap().count(), 0, "unmounted");
+}
+
+#[test]
+fn mount_t_phonebak_and_an_fstab_line_work() {
+    if !is_root() {
+        eprintln!("needs root to install /sbin/mount.phonebak and run mount(8); the CI runs as root");
+        return;
+    }
+    // mount(8) looks for /sbin/mount.<type>: point it at this build (scripts/install.sh installs
+    // the release build there for real use).
+    let helper = Path::new("/sbin/mount.phonebak");
+    let _ = std::fs::remove_file(helper);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_mount_phonebak"), helper).unwrap();
+
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    s.ok(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    let password_file = s.path("pw");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let point = s.path("mnt");
+    std::fs::create_dir(&point).unwrap();
+
+    let options =
+        format!("noauto,cache_size=64M,password_file={},x-systemd.automount,_netdev", password_file.display());
+    let mounted = Command::new("mount")
+        .args(["-t", "phonebak", "-o", &options])
+        .arg(&s.repo)
+        .arg(&point)
+        .env_remove("PHONEBAK_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(mounted.status.success(), "{}", stderr(&mounted));
+    assert_same_tree(&phone, &point.join("snapshots/pixel/latest"));
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let repo = std::fs::canonicalize(&s.repo).unwrap();
+    let line = format!("{} {} fuse", repo.display(), point.display());
+    assert!(mounts.lines().any(|l| l.starts_with(&line)), "the repository is the mount's source: {mounts}");
+    assert!(Command::new("umount").arg(&point).status().unwrap().success());
+    wait_until("the daemon to exit", || processes_mentioning(&point).is_empty());
+
+    // The same through an fstab line.
+    let fstab = s.path("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "{} {} phonebak noauto,password_file={} 0 0\n",
+            s.repo.display(),
+            point.display(),
+            password_file.display()
+        ),
+    )
+    .unwrap();
+    let mounted =
+        Command::new("mount").arg("-T").arg(&fstab).arg(&point).env_remove("PHONEBAK_PASSWORD").output().unwrap();
+    assert!(mounted.status.success(), "{}", stderr(&mounted));
+    assert!(point.join("snapshots/pixel/latest/DCIM/Camera/IMG_0001.jpg").exists());
+    assert!(Command::new("umount").arg(&point).status().unwrap().success());
+}
