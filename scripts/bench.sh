@@ -100,7 +100,64 @@ for round in $(seq "$runs"); do
     done
 done
 
-python3 - "$csv" "$(du -sb "$phone" | cut -f1)" "$(find "$phone" -type f | wc -l)" <<'PY' | tee "${work%/}.results.txt"
+# --- The mount (issue 3): every tool's mount of a repository of 20 snapshots, read cold (fresh
+# mount, page cache dropped) and warm, next to the same reads on the plain folder.
+echo "mount benchmarks: filling each repository up to 20 snapshots ..."
+for n in $(seq 4 20); do
+    "$phonebak" backup --repo "$work/repo-phonebak" --device phone "$phone" > /dev/null
+    restic -r "$work/repo-restic" backup -q "$phone" > /dev/null
+    borg create --compression zstd,3 "$work/repo-borg::extra-$n" "$phone" 2> /dev/null
+done
+mcsv=$work/mount.csv
+: > "$mcsv"
+can_drop=$([ "$(id -u)" = 0 ] && echo yes || echo no)
+drop_caches() { sync; [ "$can_drop" = yes ] && echo 3 > /proc/sys/vm/drop_caches || true; }
+seconds() { local t0 t1; t0=$(date +%s.%N); "$@" > /dev/null; t1=$(date +%s.%N); python3 -c "print(f'{$t1 - $t0:.3f}')"; }
+read_all() { tar cf - -C "$1" . | wc -c > /dev/null; }
+count_all() { find "$1" | wc -l > /dev/null; }
+record() { echo "$1,$2,$3" >> "$mcsv"; printf '  %-9s %-16s %s\n' "$1" "$2" "$3"; }
+
+# reads TOOL ROOT: the same reads on ROOT, cold then warm.
+reads() {
+    drop_caches; record "$1" find_cold "$(seconds count_all "$2")"
+    record "$1" find_warm "$(seconds count_all "$2")"
+    drop_caches; record "$1" tar_cold "$(seconds read_all "$2")"
+    record "$1" tar_warm "$(seconds read_all "$2")"
+    drop_caches; record "$1" random_per_s "$(python3 scripts/random-reads.py "$2")"
+}
+
+peak_rss() { awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$1/status" 2> /dev/null || echo 0; }
+wait_for() { for _ in $(seq 2000); do [ -e "$1" ] && return; sleep 0.01; done; echo "timed out waiting for $1"; exit 1; }
+
+reads plain "$phone"
+
+mnt=$work/mnt; mkdir -p "$mnt"
+start=$(date +%s.%N)
+"$phonebak" mount --repo "$work/repo-phonebak" "$mnt"
+ls "$mnt/snapshots/phone/latest/" > /dev/null
+record phonebak mount_s "$(python3 -c "print(f'{$(date +%s.%N) - $start:.3f}')")"
+reads phonebak "$mnt/snapshots/phone/latest/"
+record phonebak rss_mib "$(peak_rss "$(pgrep -f "phonebak mount --repo $work/repo-phonebak" | head -1)")"
+umount "$mnt"
+
+start=$(date +%s.%N)
+restic -r "$work/repo-restic" mount "$mnt" > /dev/null 2>&1 &
+restic_pid=$!
+wait_for "$mnt/snapshots/latest$phone"
+record restic mount_s "$(python3 -c "print(f'{$(date +%s.%N) - $start:.3f}')")"
+reads restic "$mnt/snapshots/latest$phone/"
+record restic rss_mib "$(peak_rss "$restic_pid")"
+umount "$mnt"; wait "$restic_pid" || true
+
+start=$(date +%s.%N)
+borg mount "$work/repo-borg" "$mnt"
+ls "$mnt/extra-20$phone/" > /dev/null
+record borg mount_s "$(python3 -c "print(f'{$(date +%s.%N) - $start:.3f}')")"
+reads borg "$mnt/extra-20$phone/"
+record borg rss_mib "$(peak_rss "$(pgrep -f "borg mount $work/repo-borg" | head -1)")"
+umount "$mnt"
+
+python3 - "$csv" "$(du -sb "$phone" | cut -f1)" "$(find "$phone" -type f | wc -l)" "$mcsv" "$can_drop" <<'PY' | tee "${work%/}.results.txt"
 import csv, statistics, sys
 rows = list(csv.reader(open(sys.argv[1])))
 phone_bytes, phone_files = int(sys.argv[2]), int(sys.argv[3])
@@ -125,6 +182,29 @@ print(f"  restore >= 2x restic: {med('restore', 'restic') / pb('restore'):.2f}x:
 print(f"  repository <= borg's: phonebak/borg {med('size', 'phonebak') / med('size', 'borg'):.3f}: " + ok(med('size', 'phonebak') <= med('size', 'borg')))
 peak = max(med('first', 'phonebak', 3), med('next-day', 'phonebak', 3))
 print(f"  backup peak memory < 200 MiB: {peak:.0f} MiB: " + ok(peak < 200))
+
+mrows = {(r[0], r[1]): float(r[2]) for r in csv.reader(open(sys.argv[4]))}
+m = lambda tool, what: mrows[(tool, what)]
+cold = "cold = fresh mount, page cache dropped" if sys.argv[5] == "yes" else "cold: page cache NOT dropped (not root)"
+print(f"\nmount of a 20-snapshot repository, reading the latest snapshot ({cold}):")
+tools4 = ["phonebak", "restic", "borg", "plain"]
+print(f"{'':22}" + "".join(f"{t:>12}" for t in tools4))
+print(f"{'mount ready (s)':22}" + "".join(f"{m(t, 'mount_s'):12.3f}" if t != "plain" else f"{'':>12}" for t in tools4))
+for what in ["find_cold", "find_warm"]:
+    print(f"{what.replace('_', ' ') + ' (s)':22}" + "".join(f"{m(t, what):12.2f}" for t in tools4))
+for what in ["tar_cold", "tar_warm"]:
+    print(f"{what.replace('_', ' ') + ' (MB/s)':22}" + "".join(f"{phone_bytes / m(t, what) / 1e6:12.0f}" for t in tools4))
+print(f"{'random 4K reads/s':22}" + "".join(f"{m(t, 'random_per_s'):12.0f}" for t in tools4))
+print(f"{'daemon peak RSS (MiB)':22}" + "".join(f"{m(t, 'rss_mib'):12.0f}" if t != "plain" else f"{'':>12}" for t in tools4))
+mbps = lambda t, what: phone_bytes / m(t, what) / 1e6
+print("targets (issue 3):")
+print(f"  mount ready < 100 ms: {m('phonebak', 'mount_s') * 1000:.0f} ms: " + ok(m('phonebak', 'mount_s') < 0.1))
+print(f"  cold read >= 5x restic mount: {mbps('phonebak', 'tar_cold') / mbps('restic', 'tar_cold'):.1f}x: " + ok(mbps('phonebak', 'tar_cold') >= 5 * mbps('restic', 'tar_cold')))
+print(f"  cold read >= 80% of the plain folder: {100 * mbps('phonebak', 'tar_cold') / mbps('plain', 'tar_cold'):.0f}%: " + ok(mbps('phonebak', 'tar_cold') >= 0.8 * mbps('plain', 'tar_cold')))
+print(f"  warm read >= 75% of the plain folder: {100 * mbps('phonebak', 'tar_warm') / mbps('plain', 'tar_warm'):.0f}%: " + ok(mbps('phonebak', 'tar_warm') >= 0.75 * mbps('plain', 'tar_warm')))
+print(f"  random 4K reads >= 10x restic mount: {m('phonebak', 'random_per_s') / m('restic', 'random_per_s'):.1f}x: " + ok(m('phonebak', 'random_per_s') >= 10 * m('restic', 'random_per_s')))
+print(f"  find within 2x of the plain folder: cold {m('phonebak', 'find_cold') / m('plain', 'find_cold'):.1f}x, warm {m('phonebak', 'find_warm') / m('plain', 'find_warm'):.1f}x: " + ok(m('phonebak', 'find_cold') <= 2 * m('plain', 'find_cold') and m('phonebak', 'find_warm') <= 2 * m('plain', 'find_warm')))
+print(f"  daemon peak RSS < cache_size (256 MiB) + 64 MiB: {m('phonebak', 'rss_mib'):.0f} MiB: " + ok(m('phonebak', 'rss_mib') < 320))
 PY
 
 if [ -z "${BENCH_KEEP:-}" ] && mountpoint -q "$work"; then

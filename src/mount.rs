@@ -186,6 +186,7 @@ pub fn serve(
     log: Box<dyn Fn(&str) + Send + Sync>,
     ready: impl FnOnce(Result<(), String>),
 ) -> Result<(), MountError> {
+    limit_allocator_caching();
     let source = std::fs::canonicalize(repo.root()).unwrap_or_else(|_| repo.root().to_path_buf()).display().to_string();
     let view_options = ViewOptions { cache_bytes: options.cache_bytes, uid: options.uid, gid: options.gid };
     let view = Arc::new(View::new(Arc::new(repo), view_options, log));
@@ -221,6 +222,17 @@ pub fn serve(
     });
     ready(Ok(()));
     session.run().map_err(|e| MountError::Mount(mountpoint.to_path_buf(), e))
+}
+
+/// Chunks are megabytes each and come and go all the time: with glibc's defaults, freed ones
+/// linger in per-thread arenas and the daemon's memory grows far past `cache_size`. Large
+/// buffers are mapped and unmapped instead, and arenas kept few.
+fn limit_allocator_caching() {
+    // SAFETY: mallopt only tunes the allocator; called before the daemon's threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
 }
 
 fn stop_signals() -> libc::sigset_t {

@@ -18,11 +18,15 @@ const BLOCK: u32 = 4096;
 
 pub struct FuseView {
     view: Arc<View>,
+    /// The kernel can do without OPEN (and RELEASE): it then keeps file pages cached across
+    /// opens by itself, and opening a file costs no round trip. (Not for folders: that would
+    /// also freeze the listings of `snapshots/`, which change.)
+    no_open: bool,
 }
 
 impl FuseView {
     pub fn new(view: Arc<View>) -> FuseView {
-        FuseView { view }
+        FuseView { view, no_open: false }
     }
 }
 
@@ -77,6 +81,7 @@ impl Filesystem for FuseView {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS;
         let _ = config.add_capabilities(wanted & config.capabilities());
+        self.no_open = config.capabilities().contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         Ok(())
     }
 
@@ -108,8 +113,10 @@ impl Filesystem for FuseView {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.view.open(ino.0, write) {
+            // From now on the kernel opens files without asking (writes still get EROFS).
+            Ok(()) if self.no_open => reply.error(Errno::ENOSYS),
             // Snapshot files never change: the kernel may keep their pages across opens.
-            Ok(handle) => reply.opened(FileHandle(handle), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -117,36 +124,27 @@ impl Filesystem for FuseView {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.view.read(fh.0, offset, size) {
+        match self.view.read(ino.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.view.release(fh.0);
-        reply.ok();
-    }
-
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let flags = if self.view.is_immutable(ino.0) { FopenFlags::FOPEN_CACHE_DIR } else { FopenFlags::empty() };
+        // A snapshot's folders never change: the kernel may cache their listings across opens.
+        let flags = if self.view.is_immutable(ino.0) {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
         reply.opened(FileHandle(0), flags);
     }
 

@@ -36,8 +36,8 @@ const SNAPSHOTS_INO: u64 = 2;
 /// is one tree).
 const CACHED_TREES: usize = 4096;
 /// Chunks read ahead of a sequential reader.
-const READAHEAD_CHUNKS: usize = 4;
-const PREFETCH_THREADS: usize = 2;
+const READAHEAD_CHUNKS: usize = 8;
+const PREFETCH_THREADS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfsError {
@@ -171,14 +171,23 @@ struct SnapshotList {
     list: Arc<Vec<SnapshotInfo>>,
 }
 
-struct OpenFile {
+/// What reading one file needs, made on its first read and kept while the kernel holds the
+/// inode. Reads are stateless per inode: the kernel need not open files (no-open mode).
+struct FileReader {
     tree: Arc<Tree>,
     index: u32,
     /// Start offset of each chunk, for a binary search per read.
     offsets: Vec<u64>,
     path: String,
+    /// Where the last read ended, and how many bytes in a row were read sequentially: readahead
+    /// starts only for a real sequential reader, not for the kernel's own readahead around a
+    /// random read.
     next_offset: AtomicU64,
+    streak: AtomicU64,
 }
+
+/// Sequential bytes after which the next chunks are loaded ahead.
+const STREAK_FOR_READAHEAD: u64 = 512 * 1024;
 
 pub struct View {
     repo: Arc<Repository>,
@@ -189,8 +198,7 @@ pub struct View {
     trees: Mutex<LruCache<BlobId, Arc<Tree>>>,
     snapshots: Mutex<SnapshotList>,
     chunks: Arc<ChunkCache>,
-    handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
-    next_handle: AtomicU64,
+    readers: Mutex<HashMap<u64, Arc<FileReader>>>,
     prefetch: SyncSender<BlobId>,
     stored_bytes: Mutex<Option<(Instant, u64)>>,
     log: Box<dyn Fn(&str) + Send + Sync>,
@@ -227,8 +235,7 @@ impl View {
             trees: Mutex::new(LruCache::new(NonZeroUsize::new(CACHED_TREES).expect("nonzero"))),
             snapshots: Mutex::new(SnapshotList { stamp: None, checked: None, list: Arc::new(Vec::new()) }),
             chunks,
-            handles: Mutex::new(HashMap::new()),
-            next_handle: AtomicU64::new(1),
+            readers: Mutex::new(HashMap::new()),
             prefetch,
             stored_bytes: Mutex::new(None),
             log,
@@ -450,6 +457,7 @@ impl View {
             inode.lookups = inode.lookups.saturating_sub(count);
             if inode.lookups == 0 {
                 inodes.remove(&ino);
+                self.readers.lock().expect("reader lock").remove(&ino);
             }
         }
     }
@@ -503,36 +511,40 @@ impl View {
         Ok(rows)
     }
 
-    /// Opens a file for reading; returns a handle for `read`.
-    pub fn open(&self, ino: u64, write: bool) -> Result<u64, VfsError> {
+    /// Checks that `ino` can be opened (a file; for reading only).
+    pub fn open(&self, ino: u64, write: bool) -> Result<(), VfsError> {
+        match kind_of(&self.node(ino)?.1) {
+            Kind::File if write => Err(VfsError::ReadOnly),
+            Kind::File => Ok(()),
+            _ => Err(VfsError::IsDir),
+        }
+    }
+
+    fn reader(&self, ino: u64) -> Result<Arc<FileReader>, VfsError> {
+        if let Some(reader) = self.readers.lock().expect("reader lock").get(&ino) {
+            return Ok(reader.clone());
+        }
         let (_, node) = self.node(ino)?;
         let Node::Entry { tree, index } = &node else { return Err(VfsError::IsDir) };
         let TreeNode::File { chunks, .. } = &tree.entries[*index as usize].node else {
             return Err(VfsError::IsDir);
         };
-        if write {
-            return Err(VfsError::ReadOnly);
-        }
         let mut offsets = Vec::with_capacity(chunks.len());
         let mut at = 0u64;
         for chunk in chunks {
             offsets.push(at);
             at += chunk.len as u64;
         }
-        let file = OpenFile {
+        let reader = Arc::new(FileReader {
             tree: tree.clone(),
             index: *index,
             offsets,
             path: self.path_of(ino),
             next_offset: AtomicU64::new(0),
-        };
-        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().expect("handle lock").insert(handle, Arc::new(file));
-        Ok(handle)
-    }
-
-    pub fn release(&self, handle: u64) {
-        self.handles.lock().expect("handle lock").remove(&handle);
+            streak: AtomicU64::new(0),
+        });
+        self.readers.lock().expect("reader lock").insert(ino, reader.clone());
+        Ok(reader)
     }
 
     /// The mount-relative path of an inode, for log lines.
@@ -548,12 +560,13 @@ impl View {
         PathBuf::from("/").join(parts.join("/")).display().to_string()
     }
 
-    /// Reads up to `size` bytes at `offset`. Each chunk is located by binary search, served from
-    /// the cache or loaded and verified; a sequential reader gets the next chunks loaded ahead.
-    pub fn read(&self, handle: u64, offset: u64, size: u32) -> Result<Vec<u8>, VfsError> {
-        let file = self.handles.lock().expect("handle lock").get(&handle).cloned().ok_or(VfsError::BadHandle)?;
+    /// Reads up to `size` bytes at `offset` of file `ino`. Each chunk is located by binary
+    /// search, served from the cache or loaded and verified; a sequential reader gets the next
+    /// chunks loaded ahead.
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, VfsError> {
+        let file = self.reader(ino)?;
         let TreeNode::File { size: file_size, chunks } = &file.tree.entries[file.index as usize].node else {
-            return Err(VfsError::BadHandle);
+            return Err(VfsError::IsDir);
         };
         if offset >= *file_size || size == 0 {
             return Ok(Vec::new());
@@ -561,7 +574,12 @@ impl View {
         let want = (size as u64).min(file_size - offset) as usize;
         let mut out = Vec::with_capacity(want);
         let mut index = file.offsets.partition_point(|&start| start <= offset) - 1;
-        let sequential = file.next_offset.swap(offset + want as u64, Ordering::Relaxed) == offset;
+        let streak = if file.next_offset.swap(offset + want as u64, Ordering::Relaxed) == offset {
+            file.streak.fetch_add(want as u64, Ordering::Relaxed) + want as u64
+        } else {
+            file.streak.store(want as u64, Ordering::Relaxed);
+            want as u64
+        };
         while out.len() < want {
             let chunk = self.chunks.get(&chunks[index].id).map_err(|e| {
                 (self.log)(&format!("phonebak: cannot read {}: {}", file.path, e.message));
@@ -576,7 +594,7 @@ impl View {
             out.extend_from_slice(&chunk[start..start + take]);
             index += 1;
         }
-        if sequential {
+        if streak >= STREAK_FOR_READAHEAD {
             for next in chunks.iter().skip(index).take(READAHEAD_CHUNKS) {
                 if !self.chunks.contains(&next.id) && self.prefetch.try_send(next.id).is_err() {
                     break; // the prefetchers are busy: they are ahead enough

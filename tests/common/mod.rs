@@ -75,7 +75,7 @@ pub fn stderr(out: &Output) -> String {
 
 /// Everything observable about one path: type, mode, owner, size, mtime (ns), link target and
 /// a hash of the content.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
     kind: char,
     mode: u32,
@@ -85,6 +85,16 @@ pub struct Observed {
     mtime: (i64, i64),
     target: Option<OsString>,
     content: Option<[u8; 32]>,
+}
+
+impl Observed {
+    pub fn is_file(&self) -> bool {
+        self.kind == 'f'
+    }
+
+    pub fn same_but_mtime(&self, other: &Observed) -> bool {
+        Observed { mtime: other.mtime, ..self.clone() } == *other
+    }
 }
 
 /// Describes a tree exactly; the root folder's own metadata is left out (a restore target keeps
