@@ -231,7 +231,7 @@ fn a_damaged_chunk_is_eio_for_its_file_only_and_logged() {
 }
 
 #[test]
-fn a_snapshot_made_while_mounted_appears() {
+fn snapshots_made_or_forgotten_while_mounted_show_up() {
     let s = Scratch::with_repo();
     let phone = s.path("phone");
     write(&phone.join("a.txt"), b"first");
@@ -245,6 +245,10 @@ fn a_snapshot_made_while_mounted_appears() {
     wait_until("the new snapshot", || device.join("2026-11-22T08:00:00").exists());
     assert_eq!(std::fs::read(device.join("latest/a.txt")).unwrap(), b"second");
     wait_until("the new device", || m.snapshots().join("newphone/latest/a.txt").exists());
+    s.ok(&["forget", "--device", "p", "--keep-last", "1"]);
+    wait_until("the forgotten snapshot to go", || !device.join("2026-11-21T08:00:00").exists());
+    let names: Vec<_> = std::fs::read_dir(&device).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
 }
 
 #[test]

@@ -18,9 +18,10 @@ const BLOCK: u32 = 4096;
 
 pub struct FuseView {
     view: Arc<View>,
-    /// The kernel can do without OPEN (and RELEASE): it then keeps file pages cached across
-    /// opens by itself, and opening a file costs no round trip. (Not for folders: that would
-    /// also freeze the listings of `snapshots/`, which change.)
+    /// The kernel can do without OPEN and OPENDIR (and their RELEASE): it then keeps file pages
+    /// and folder listings cached across opens by itself, and an open costs no round trip.
+    /// Cached listings of the folders that list snapshots are dropped when their mtime changes
+    /// (FUSE_AUTO_INVAL_DATA), which it does with every backup and forget.
     no_open: bool,
 }
 
@@ -79,9 +80,12 @@ impl Filesystem for FuseView {
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_AUTO_INVAL_DATA;
         let _ = config.add_capabilities(wanted & config.capabilities());
-        self.no_open = config.capabilities().contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        let no_open =
+            InitFlags::FUSE_NO_OPEN_SUPPORT | InitFlags::FUSE_NO_OPENDIR_SUPPORT | InitFlags::FUSE_AUTO_INVAL_DATA;
+        self.no_open = config.capabilities().contains(no_open);
         Ok(())
     }
 
@@ -139,6 +143,10 @@ impl Filesystem for FuseView {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_open {
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         // A snapshot's folders never change: the kernel may cache their listings across opens.
         let flags = if self.view.is_immutable(ino.0) {
             FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE

@@ -166,6 +166,9 @@ pub struct ViewOptions {
 }
 
 struct SnapshotList {
+    /// Modification time of the repository's `snapshots/` folder: it changes with every backup
+    /// and every forget, and is the mtime of the folders that list snapshots, so that the
+    /// kernel's cached listings of them are dropped when it changes.
     stamp: Option<SystemTime>,
     checked: Option<Instant>,
     list: Arc<Vec<SnapshotInfo>>,
@@ -256,6 +259,15 @@ impl View {
         }
         cached.checked = Some(Instant::now());
         Ok(cached.list.clone())
+    }
+
+    /// When the snapshot list last changed, in ns since the epoch (the mount time if unknown).
+    fn snapshots_changed_ns(&self) -> i64 {
+        let stamp = self.snapshots.lock().expect("snapshot list lock").stamp;
+        stamp
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(self.mounted_at * 1_000_000_000)
     }
 
     fn tree(&self, id: &BlobId) -> Result<Arc<Tree>, VfsError> {
@@ -363,13 +375,7 @@ impl View {
             ttl: Duration::from_secs(1),
         };
         let list = self.snapshot_list()?;
-        let newest = |device: Option<&str>| {
-            list.iter()
-                .filter(|s| device.is_none_or(|d| s.snapshot.device == d))
-                .map(|s| s.snapshot.time_ns)
-                .max()
-                .unwrap_or(self.mounted_at * 1_000_000_000)
-        };
+        let changed_ns = self.snapshots_changed_ns();
         let devices = || {
             let mut names: Vec<&str> = list.iter().map(|s| s.snapshot.device.as_str()).collect();
             names.sort();
@@ -377,26 +383,21 @@ impl View {
             names.len() as u32
         };
         Ok(match node {
-            Node::Root => synthetic_dir(newest(None), 3),
-            Node::Snapshots => synthetic_dir(newest(None), 2 + devices()),
+            Node::Root => synthetic_dir(changed_ns, 3),
+            Node::Snapshots => synthetic_dir(changed_ns, 2 + devices()),
             Node::Device(d) => {
                 let snapshots = list.iter().filter(|s| &s.snapshot.device == d).count() as u32;
-                synthetic_dir(newest(Some(d)), 2 + snapshots)
+                synthetic_dir(changed_ns, 2 + snapshots)
             }
             Node::Latest(d) => {
                 let target = list.iter().rfind(|s| &s.snapshot.device == d).map(|s| s.name.len()).unwrap_or(0);
-                Attr {
-                    kind: Kind::Symlink,
-                    size: target as u64,
-                    perm: 0o777,
-                    nlink: 1,
-                    ..synthetic_dir(newest(Some(d)), 1)
-                }
+                Attr { kind: Kind::Symlink, size: target as u64, perm: 0o777, nlink: 1, ..synthetic_dir(changed_ns, 1) }
             }
             Node::Snapshot { root, time_ns, .. } => {
                 let subdirs =
                     self.tree(root)?.entries.iter().filter(|e| matches!(e.node, TreeNode::Dir { .. })).count();
-                Attr { perm: 0o755, ttl: Duration::from_secs(3600), ..synthetic_dir(*time_ns, 2 + subdirs as u32) }
+                // Short-lived like its listing folder: a forgotten snapshot must go away.
+                Attr { perm: 0o755, ..synthetic_dir(*time_ns, 2 + subdirs as u32) }
             }
             Node::Entry { .. } => self.entry_attr(ino, node.entry().expect("entry node"))?,
         })
@@ -574,7 +575,12 @@ impl View {
         let want = (size as u64).min(file_size - offset) as usize;
         let mut out = Vec::with_capacity(want);
         let mut index = file.offsets.partition_point(|&start| start <= offset) - 1;
-        let streak = if file.next_offset.swap(offset + want as u64, Ordering::Relaxed) == offset {
+        // A reader that starts at the beginning of a file is taken to read on: most do.
+        let streak = if offset == 0 {
+            file.streak.store(STREAK_FOR_READAHEAD, Ordering::Relaxed);
+            file.next_offset.store(want as u64, Ordering::Relaxed);
+            STREAK_FOR_READAHEAD
+        } else if file.next_offset.swap(offset + want as u64, Ordering::Relaxed) == offset {
             file.streak.fetch_add(want as u64, Ordering::Relaxed) + want as u64
         } else {
             file.streak.store(want as u64, Ordering::Relaxed);
