@@ -75,7 +75,7 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
     for blob in &to_repack {
         let stored = repo.read_pack_range(&blob.pack, blob.offset as u64, blob.len as usize)?;
         // Never copy damage into a new pack.
-        repo.decode_blob(blob.kind, &blob.id, blob.raw_len, &stored)?;
+        repo.decode_blob(blob.kind, &blob.id, blob.raw_len, &mut stored.clone())?;
         packer.add(blob.id, blob.kind, &stored, blob.raw_len)?;
         progress.add(1);
     }

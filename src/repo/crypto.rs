@@ -129,25 +129,34 @@ impl Sealer {
     }
 
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut buffer = sealed.to_vec();
+        let plain = self.open_in_place(&mut buffer, aad)?;
+        buffer.truncate(plain.end);
+        buffer.drain(..plain.start);
+        Ok(buffer)
+    }
+
+    /// Opens `sealed` where it lies (no allocation) and returns where the plaintext is in it.
+    pub fn open_in_place(&self, sealed: &mut [u8], aad: &[u8]) -> Result<std::ops::Range<usize>, CryptoError> {
         if sealed.len() < self.overhead() {
             return Err(CryptoError::Truncated(sealed.len()));
         }
         match self {
             Sealer::Encrypted(cipher) => {
-                let (nonce, rest) = sealed.split_at(NONCE_LEN);
-                let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
-                let mut plain = body.to_vec();
+                let end = sealed.len() - TAG_LEN;
+                let tag = *Tag::from_slice(&sealed[end..]);
+                let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
                 cipher
-                    .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut plain, Tag::from_slice(tag))
+                    .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut rest[..end - NONCE_LEN], &tag)
                     .map_err(|_| CryptoError::Authentication)?;
-                Ok(plain)
+                Ok(NONCE_LEN..end)
             }
             Sealer::Plain => {
-                let (body, sum) = sealed.split_at(sealed.len() - CHECKSUM_LEN);
-                if checksum(body, aad) != sum {
+                let end = sealed.len() - CHECKSUM_LEN;
+                if checksum(&sealed[..end], aad) != sealed[end..] {
                     return Err(CryptoError::Authentication);
                 }
-                Ok(body.to_vec())
+                Ok(0..end)
             }
         }
     }

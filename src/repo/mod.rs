@@ -146,6 +146,9 @@ const SUBDIRS: [&str; 5] = ["data", "index", "snapshots", "locks", "tmp"];
 /// pay for a full zstd pass that cannot shrink them.
 const SAMPLE_FIRST_ABOVE: usize = 128 * 1024;
 const SAMPLE_LEN: usize = 64 * 1024;
+/// Blobs up to this size are read into a reused per-thread buffer; larger ones into their own
+/// (the allocator maps and unmaps those, so they leave no holes behind).
+const SCRATCH_MAX: usize = 256 * 1024;
 
 pub struct Repository {
     root: PathBuf,
@@ -153,7 +156,7 @@ pub struct Repository {
     keys: MasterKeys,
     sealer: Arc<Sealer>,
     index: Index,
-    open_packs: Mutex<HashMap<PackId, Arc<File>>>,
+    open_packs: Mutex<HashMap<PackId, Arc<OpenPack>>>,
 }
 
 impl Repository {
@@ -262,11 +265,19 @@ impl Repository {
     }
 
     /// Opens, decompresses and verifies one stored blob: the bytes returned are exactly the ones
-    /// whose keyed hash is `id`, or an error.
-    pub fn decode_blob(&self, kind: BlobKind, id: &BlobId, raw_len: u32, stored: &[u8]) -> Result<Vec<u8>, RepoError> {
+    /// whose keyed hash is `id`, or an error. `stored` is decrypted where it lies, so the only
+    /// allocation is the result (which matters for the mount's cache: no short-lived buffer
+    /// between long-lived ones).
+    pub fn decode_blob(
+        &self,
+        kind: BlobKind,
+        id: &BlobId,
+        raw_len: u32,
+        stored: &mut [u8],
+    ) -> Result<Vec<u8>, RepoError> {
         let damaged = |why: &str| RepoError::Corrupt(format!("blob {id}: {why}"));
-        let body = self.sealer.open(stored, &blob_aad(kind, id)).map_err(|e| damaged(&e.to_string()))?;
-        let plain = match body.split_first() {
+        let range = self.sealer.open_in_place(stored, &blob_aad(kind, id)).map_err(|e| damaged(&e.to_string()))?;
+        let plain = match stored[range].split_first() {
             Some((0, raw)) => raw.to_vec(),
             Some((1, compressed)) => DECOMPRESSOR
                 .with(|d| d.borrow_mut().decompress(compressed, raw_len as usize))
@@ -279,11 +290,20 @@ impl Repository {
         Ok(plain)
     }
 
-    /// Loads a blob by id through the index.
+    /// Loads a blob by id through the index, reading it into a per-thread scratch buffer.
     pub fn load_blob(&self, id: &BlobId) -> Result<Vec<u8>, RepoError> {
         let location = self.index.get(id)?.ok_or(RepoError::MissingBlob(*id))?;
-        let stored = self.read_pack_range(&location.pack, location.offset as u64, location.len as usize)?;
-        self.decode_blob(location.kind, id, location.raw_len, &stored)
+        let (pack, offset, len) = (&location.pack, location.offset as u64, location.len as usize);
+        if len > SCRATCH_MAX {
+            let mut stored = self.read_pack_range(pack, offset, len)?;
+            return self.decode_blob(location.kind, id, location.raw_len, &mut stored);
+        }
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.resize(len, 0);
+            self.read_pack_into(pack, offset, &mut scratch)?;
+            self.decode_blob(location.kind, id, location.raw_len, &mut scratch)
+        })
     }
 
     pub fn pack_path(&self, pack: &PackId) -> PathBuf {
@@ -292,16 +312,21 @@ impl Repository {
     }
 
     pub fn read_pack_range(&self, pack: &PackId, offset: u64, len: usize) -> Result<Vec<u8>, RepoError> {
-        let file = self.open_pack(pack)?;
         let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => RepoError::Corrupt(format!("pack {pack} is truncated")),
-            _ => io_error(format!("reading pack {pack}"))(e),
-        })?;
+        self.read_pack_into(pack, offset, &mut buf)?;
         Ok(buf)
     }
 
-    fn open_pack(&self, pack: &PackId) -> Result<Arc<File>, RepoError> {
+    fn read_pack_into(&self, pack: &PackId, offset: u64, buf: &mut [u8]) -> Result<(), RepoError> {
+        let open = self.open_pack(pack)?;
+        open.read_ahead_of(offset, buf.len());
+        open.file.read_exact_at(buf, offset).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => RepoError::Corrupt(format!("pack {pack} is truncated")),
+            _ => io_error(format!("reading pack {pack}"))(e),
+        })
+    }
+
+    fn open_pack(&self, pack: &PackId) -> Result<Arc<OpenPack>, RepoError> {
         let mut open = self.open_packs.lock().expect("pack table lock");
         if let Some(file) = open.get(pack) {
             return Ok(file.clone());
@@ -314,7 +339,7 @@ impl Repository {
         if open.len() >= 256 {
             open.clear(); // bound open descriptors; reopening is cheap
         }
-        let file = Arc::new(file);
+        let file = Arc::new(OpenPack { file, advised_until: std::sync::atomic::AtomicU64::new(0) });
         open.insert(*pack, file.clone());
         Ok(file)
     }
@@ -350,6 +375,33 @@ impl Repository {
     /// Bytes free on the repository's file system.
     pub fn free_space(&self) -> Option<u64> {
         fsutil::free_space(&self.root)
+    }
+}
+
+/// An open pack file. Blobs were packed in the order a backup walked the phone, which is the
+/// order a restore or a `cp -r` of the mount reads them in: small reads ask the kernel to read
+/// the next few MiB ahead, so that thousands of small files cost a few large disk reads.
+struct OpenPack {
+    file: File,
+    advised_until: std::sync::atomic::AtomicU64,
+}
+
+const PACK_READ_AHEAD: u64 = 4 << 20;
+
+impl OpenPack {
+    fn read_ahead_of(&self, offset: u64, len: usize) {
+        use std::os::fd::AsRawFd;
+        use std::sync::atomic::Ordering;
+        let end = offset + len as u64;
+        let advised = self.advised_until.load(Ordering::Relaxed);
+        if len as u64 >= PACK_READ_AHEAD || (offset < advised && end + PACK_READ_AHEAD / 2 <= advised) {
+            return;
+        }
+        self.advised_until.store(end + PACK_READ_AHEAD, Ordering::Relaxed);
+        // SAFETY: the descriptor is open for the call; fadvise only schedules reads.
+        unsafe {
+            libc::posix_fadvise(self.file.as_raw_fd(), end as i64, PACK_READ_AHEAD as i64, libc::POSIX_FADV_WILLNEED);
+        }
     }
 }
 
@@ -399,6 +451,8 @@ impl CachedCompressor {
 }
 
 thread_local! {
+    /// Where `load_blob` reads sealed blobs; reused, so loading allocates only the result.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static COMPRESSOR: RefCell<CachedCompressor> = const { RefCell::new(CachedCompressor { level: 0, inner: None }) };
     static DECOMPRESSOR: RefCell<zstd::bulk::Decompressor<'static>> =
         RefCell::new(zstd::bulk::Decompressor::new().expect("zstd decompressor"));

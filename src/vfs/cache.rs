@@ -10,6 +10,8 @@ use crate::repo::{BlobId, Repository};
 
 pub type Chunk = Arc<Vec<u8>>;
 
+const TRIM_EVERY: usize = 32 << 20;
+
 /// Why a chunk could not be had. Kept as text: one failure is handed to every waiter.
 #[derive(Clone, Debug)]
 pub struct LoadError {
@@ -26,6 +28,8 @@ struct Loading {
 struct State {
     chunks: LruCache<BlobId, Chunk>,
     bytes: usize,
+    /// Bytes evicted since the allocator last gave freed memory back (see `insert`).
+    evicted_since_trim: usize,
     loading: HashMap<BlobId, Arc<Loading>>,
 }
 
@@ -37,7 +41,7 @@ pub struct ChunkCache {
 
 impl ChunkCache {
     pub fn new(repo: Arc<Repository>, capacity: usize) -> ChunkCache {
-        let state = State { chunks: LruCache::unbounded(), bytes: 0, loading: HashMap::new() };
+        let state = State { chunks: LruCache::unbounded(), bytes: 0, evicted_since_trim: 0, loading: HashMap::new() };
         ChunkCache { repo, capacity, state: Mutex::new(state) }
     }
 
@@ -86,15 +90,31 @@ impl ChunkCache {
     }
 
     fn insert(&self, state: &mut State, id: BlobId, chunk: Chunk) {
-        state.bytes += chunk.len();
+        state.bytes += memory_of(&chunk);
         if let Some(old) = state.chunks.put(id, chunk) {
-            state.bytes -= old.len();
+            state.bytes -= memory_of(&old);
         }
         while state.bytes > self.capacity {
             match state.chunks.pop_lru() {
-                Some((_, evicted)) => state.bytes -= evicted.len(),
+                Some((_, evicted)) => {
+                    state.bytes -= memory_of(&evicted);
+                    state.evicted_since_trim += memory_of(&evicted);
+                }
                 None => break,
             }
         }
+        // Small chunks live in the allocator's heap, where evicted ones leave holes that it
+        // keeps: without this the daemon grows to about twice `cache_size`.
+        if state.evicted_since_trim > TRIM_EVERY {
+            state.evicted_since_trim = 0;
+            // SAFETY: malloc_trim only returns free memory to the system.
+            unsafe { libc::malloc_trim(0) };
+        }
     }
+}
+
+/// What a chunk really costs: the daemon has the allocator map every buffer of a page or more
+/// on its own pages (see `mount`), so sizes count in whole pages.
+fn memory_of(chunk: &Chunk) -> usize {
+    chunk.len().next_multiple_of(4096)
 }

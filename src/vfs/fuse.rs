@@ -77,6 +77,9 @@ impl Filesystem for FuseView {
         if let Err(nearest) = config.set_max_readahead(1 << 20) {
             let _ = config.set_max_readahead(nearest);
         }
+        if let Err(nearest) = config.set_max_write(1 << 20) {
+            let _ = config.set_max_write(nearest);
+        }
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
@@ -137,7 +140,7 @@ impl Filesystem for FuseView {
         reply: ReplyData,
     ) {
         match self.view.read(ino.0, offset, size) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => reply.data(data.bytes()),
             Err(e) => reply.error(errno(&e)),
         }
     }

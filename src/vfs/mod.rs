@@ -36,8 +36,8 @@ const SNAPSHOTS_INO: u64 = 2;
 /// is one tree).
 const CACHED_TREES: usize = 4096;
 /// Chunks read ahead of a sequential reader.
-const READAHEAD_CHUNKS: usize = 8;
-const PREFETCH_THREADS: usize = 4;
+const READAHEAD_CHUNKS: usize = 4;
+const PREFETCH_THREADS: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfsError {
@@ -564,16 +564,17 @@ impl View {
     /// Reads up to `size` bytes at `offset` of file `ino`. Each chunk is located by binary
     /// search, served from the cache or loaded and verified; a sequential reader gets the next
     /// chunks loaded ahead.
-    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, VfsError> {
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<ReadData, VfsError> {
         let file = self.reader(ino)?;
         let TreeNode::File { size: file_size, chunks } = &file.tree.entries[file.index as usize].node else {
             return Err(VfsError::IsDir);
         };
         if offset >= *file_size || size == 0 {
-            return Ok(Vec::new());
+            return Ok(ReadData::Copied(Vec::new()));
         }
         let want = (size as u64).min(file_size - offset) as usize;
-        let mut out = Vec::with_capacity(want);
+        let mut out = Vec::new();
+        let mut single = None;
         let mut index = file.offsets.partition_point(|&start| start <= offset) - 1;
         // A reader that starts at the beginning of a file is taken to read on: most do.
         let streak = if offset == 0 {
@@ -586,7 +587,8 @@ impl View {
             file.streak.store(want as u64, Ordering::Relaxed);
             want as u64
         };
-        while out.len() < want {
+        let mut done = 0;
+        while done < want {
             let chunk = self.chunks.get(&chunks[index].id).map_err(|e| {
                 (self.log)(&format!("phonebak: cannot read {}: {}", file.path, e.message));
                 if e.damaged {
@@ -595,9 +597,14 @@ impl View {
                     VfsError::Io(e.message)
                 }
             })?;
-            let start = (offset + out.len() as u64 - file.offsets[index]) as usize;
-            let take = (chunk.len() - start).min(want - out.len());
-            out.extend_from_slice(&chunk[start..start + take]);
+            let start = (offset + done as u64 - file.offsets[index]) as usize;
+            let take = (chunk.len() - start).min(want - done);
+            if done == 0 && take == want {
+                single = Some((chunk, start..start + take)); // the common case: no copy here
+            } else {
+                out.extend_from_slice(&chunk[start..start + take]);
+            }
+            done += take;
             index += 1;
         }
         if streak >= STREAK_FOR_READAHEAD {
@@ -607,7 +614,10 @@ impl View {
                 }
             }
         }
-        Ok(out)
+        Ok(match single {
+            Some((chunk, range)) => ReadData::InChunk(chunk, range),
+            None => ReadData::Copied(out),
+        })
     }
 
     /// (total bytes of the repository's packs, free bytes on its disk); the first is recounted
@@ -628,6 +638,22 @@ impl View {
     /// Whether `ino` lies inside a snapshot (everything the kernel may cache for long).
     pub fn is_immutable(&self, ino: u64) -> bool {
         matches!(self.node(ino), Ok((_, Node::Entry { .. } | Node::Snapshot { .. })))
+    }
+}
+
+/// What a read returns: usually a slice of one cached chunk (no copy), or bytes gathered from
+/// several chunks.
+pub enum ReadData {
+    InChunk(cache::Chunk, std::ops::Range<usize>),
+    Copied(Vec<u8>),
+}
+
+impl ReadData {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            ReadData::InChunk(chunk, range) => &chunk[range.clone()],
+            ReadData::Copied(bytes) => bytes,
+        }
     }
 }
 
