@@ -4,18 +4,6 @@
 mod common;
 
 use common::*;
-use std::path::PathBuf;
-
-fn packs(repo: &std::path::Path) -> Vec<PathBuf> {
-    let mut all = Vec::new();
-    for sub in std::fs::read_dir(repo.join("data")).unwrap() {
-        for pack in std::fs::read_dir(sub.unwrap().path()).unwrap() {
-            all.push(pack.unwrap().path());
-        }
-    }
-    all.sort();
-    all
-}
 
 #[test]
 fn a_flipped_byte_in_a_pack_is_found_and_contained() {
@@ -26,11 +14,8 @@ fn a_flipped_byte_in_a_pack_is_found_and_contained() {
     s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
     assert!(s.run(&["check", "--read-data"]).status.success());
 
-    // The data pack is the big one; flip a byte in the middle of the photo's blob.
-    let pack = packs(&s.repo).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
-    let mut content = std::fs::read(&pack).unwrap();
-    content[1_000_000] ^= 0x40;
-    std::fs::write(&pack, content).unwrap();
+    // The data pack is the big one; flip a bit in the middle of the photo's blob.
+    damage_largest_pack(&s.repo, 1_000_000);
 
     let quick = s.run(&["check"]);
     assert!(quick.status.success(), "structure is intact: {}", String::from_utf8_lossy(&quick.stdout));
@@ -56,7 +41,7 @@ fn a_truncated_pack_or_index_is_reported_not_a_panic() {
     let phone = s.path("phone");
     sample_phone(&phone);
     s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
-    for pack in packs(&s.repo) {
+    for pack in pack_files(&s.repo) {
         let len = std::fs::metadata(&pack).unwrap().len();
         std::fs::OpenOptions::new().write(true).open(&pack).unwrap().set_len(len / 2).unwrap();
     }
@@ -76,7 +61,7 @@ fn a_missing_pack_is_named_by_check() {
     let phone = s.path("phone");
     sample_phone(&phone);
     s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
-    for pack in packs(&s.repo) {
+    for pack in pack_files(&s.repo) {
         std::fs::remove_file(pack).unwrap();
     }
     let check = s.run(&["check"]);

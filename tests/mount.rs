@@ -209,16 +209,7 @@ fn a_damaged_chunk_is_eio_for_its_file_only_and_logged() {
     write(&phone.join("DCIM/victim.jpg"), &bytes(1, 2_000_000, false));
     write(&phone.join("Documents/fine.txt"), &bytes(2, 10_000, true));
     s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
-    let mut packs = Vec::new();
-    for sub in std::fs::read_dir(s.repo.join("data")).unwrap() {
-        for pack in std::fs::read_dir(sub.unwrap().path()).unwrap() {
-            packs.push(pack.unwrap().path());
-        }
-    }
-    let pack = packs.into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
-    let mut content = std::fs::read(&pack).unwrap();
-    content[1_000_000] ^= 1;
-    std::fs::write(&pack, content).unwrap();
+    damage_largest_pack(&s.repo, 1_000_000);
 
     let log = s.path("mount.log");
     let m = Mounted::new(&s, &["-o", &format!("log={}", log.display())]);

@@ -274,9 +274,31 @@ impl View {
         if let Some(tree) = self.trees.lock().expect("tree cache lock").get(id) {
             return Ok(tree.clone());
         }
-        let tree = Arc::new(crate::tree::load_tree(&self.repo, id)?);
+        // Through the chunk cache, so that trees loaded ahead (see `readdir`) are found there.
+        let bytes = self.chunks.get(id).map_err(|e| {
+            if e.damaged {
+                VfsError::Damaged(e.message)
+            } else {
+                VfsError::Io(e.message)
+            }
+        })?;
+        let tree = Tree::decode(&bytes).map_err(|why| VfsError::Damaged(format!("tree {id}: {why}")))?;
+        let tree = Arc::new(tree);
         self.trees.lock().expect("tree cache lock").put(*id, tree.clone());
         Ok(tree)
+    }
+
+    /// Loads the trees of the subfolders of a folder being listed, in the background: whoever
+    /// lists a folder (`find`, `cp -r`, a file manager) usually opens its subfolders next.
+    fn load_subtrees_ahead(&self, children: &[(Vec<u8>, Node)]) {
+        for (_, child) in children {
+            if let Some(TreeNode::Dir { tree }) = child.entry().map(|e| &e.node) {
+                let cached = self.trees.lock().expect("tree cache lock").contains(tree);
+                if !cached && !self.chunks.contains(tree) && self.prefetch.try_send(*tree).is_err() {
+                    break;
+                }
+            }
+        }
     }
 
     fn node(&self, ino: u64) -> Result<(u64, Node), VfsError> {
@@ -498,6 +520,9 @@ impl View {
             }
         }
         let children = self.children(ino, &node)?;
+        if offset == 0 {
+            self.load_subtrees_ahead(&children);
+        }
         let inodes = self.inodes.lock().expect("inode lock");
         let numbered: Vec<(u64, Vec<u8>, Node)> = children
             .into_iter()

@@ -211,3 +211,23 @@ impl FromBytesLossless for std::ffi::OsStr {
         std::ffi::OsStr::from_bytes(bytes)
     }
 }
+
+/// Every pack file of a repository, sorted.
+pub fn pack_files(repo: &Path) -> Vec<PathBuf> {
+    let mut all = Vec::new();
+    for sub in std::fs::read_dir(repo.join("data")).unwrap() {
+        for pack in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            all.push(pack.unwrap().path());
+        }
+    }
+    all.sort();
+    all
+}
+
+/// Flips one bit in the middle of the repository's largest pack (its data pack).
+pub fn damage_largest_pack(repo: &Path, at: usize) {
+    let pack = pack_files(repo).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let mut content = std::fs::read(&pack).unwrap();
+    content[at] ^= 0x40;
+    std::fs::write(&pack, content).unwrap();
+}
