@@ -319,7 +319,7 @@ impl View {
     }
 
     /// Everything in a folder, in listing order.
-    fn children(&self, parent: u64, node: &Node) -> Result<Vec<(Vec<u8>, Node)>, VfsError> {
+    fn children(&self, node: &Node) -> Result<Vec<(Vec<u8>, Node)>, VfsError> {
         if let Some(tree) = self.dir_tree(node)? {
             let count = tree.entries.len() as u32;
             return Ok((0..count)
@@ -350,20 +350,17 @@ impl View {
                 }
                 rows
             }
-            _ => {
-                let _ = parent;
-                return Err(VfsError::NotDir);
-            }
+            _ => return Err(VfsError::NotDir),
         })
     }
 
-    fn find_child(&self, parent: u64, node: &Node, name: &[u8]) -> Result<Node, VfsError> {
+    fn find_child(&self, node: &Node, name: &[u8]) -> Result<Node, VfsError> {
         if let Some(tree) = self.dir_tree(node)? {
             let index =
                 tree.entries.binary_search_by(|e| e.name.as_slice().cmp(name)).map_err(|_| VfsError::NotFound)?;
             return Ok(Node::Entry { tree, index: index as u32 });
         }
-        let children = self.children(parent, node)?;
+        let children = self.children(node)?;
         children.into_iter().find(|(n, _)| n == name).map(|(_, node)| node).ok_or(VfsError::NotFound)
     }
 
@@ -452,7 +449,7 @@ impl View {
     /// Looks `name` up in `parent` and counts one kernel reference to the result.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, VfsError> {
         let (_, parent_node) = self.node(parent)?;
-        let node = self.find_child(parent, &parent_node, name)?;
+        let node = self.find_child(&parent_node, name)?;
         let ino = self.ino_for(&self.inodes.lock().expect("inode lock"), parent, name);
         let attr = self.attr(ino, &node)?;
         self.remember_node(parent, ino, node);
@@ -519,7 +516,7 @@ impl View {
                 rows.push(Child { ino: dot_ino, name, attr, node: dot_node });
             }
         }
-        let children = self.children(ino, &node)?;
+        let children = self.children(&node)?;
         if offset == 0 {
             self.load_subtrees_ahead(&children);
         }
