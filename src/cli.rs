@@ -296,14 +296,19 @@ fn cmd_backup(g: &Global, source_spec: &str, options: &BackupOptions) -> Result<
             println!("  skipped special file {path}");
         }
     }
-    if outcome.unreadable.is_empty() {
-        return Ok(exit::OK);
+    Ok(report_paths(&outcome.unreadable, "could not be read and are not in the snapshot", exit::PARTIAL))
+}
+
+/// OK when `paths` is empty; otherwise lists them on stderr and gives `code`.
+fn report_paths(paths: &[(String, String)], what: &str, code: i32) -> i32 {
+    if paths.is_empty() {
+        return exit::OK;
     }
-    eprintln!("phonebak: {} path(s) could not be read and are not in the snapshot:", outcome.unreadable.len());
-    for (path, why) in &outcome.unreadable {
+    eprintln!("phonebak: {} path(s) {what}:", paths.len());
+    for (path, why) in paths {
         eprintln!("  {path}: {why}");
     }
-    Ok(exit::PARTIAL)
+    code
 }
 
 fn human(bytes: u64) -> String {
@@ -411,14 +416,7 @@ fn cmd_restore(g: &Global, spec: &str, target: &Path) -> Result<i32> {
             target.display()
         );
     }
-    if report.failed.is_empty() {
-        return Ok(exit::OK);
-    }
-    eprintln!("phonebak: {} path(s) could not be restored because their data is damaged:", report.failed.len());
-    for (path, why) in &report.failed {
-        eprintln!("  {path}: {why}");
-    }
-    Ok(exit::CORRUPTION)
+    Ok(report_paths(&report.failed, "could not be restored because their data is damaged", exit::CORRUPTION))
 }
 
 fn cmd_check(g: &Global, read_data: bool) -> Result<i32> {
