@@ -191,6 +191,8 @@ struct FileReader {
 
 /// Sequential bytes after which the next chunks are loaded ahead.
 const STREAK_FOR_READAHEAD: u64 = 512 * 1024;
+/// How far from the end of the last read a read still counts as sequential.
+const NEAR: u64 = 2 << 20;
 
 pub struct View {
     repo: Arc<Repository>,
@@ -603,7 +605,9 @@ impl View {
             file.streak.store(STREAK_FOR_READAHEAD, Ordering::Relaxed);
             file.next_offset.store(want as u64, Ordering::Relaxed);
             STREAK_FOR_READAHEAD
-        } else if file.next_offset.swap(offset + want as u64, Ordering::Relaxed) == offset {
+        } else if file.next_offset.swap(offset + want as u64, Ordering::Relaxed).abs_diff(offset) <= NEAR {
+            // Near the last read, not only right after it: the kernel's readahead requests
+            // arrive on several threads, slightly out of order.
             file.streak.fetch_add(want as u64, Ordering::Relaxed) + want as u64
         } else {
             file.streak.store(want as u64, Ordering::Relaxed);
