@@ -173,7 +173,9 @@ fn remove_non_dir(path: &Path) -> Result<(), RestoreError> {
 /// it could not be restored (damaged data, full disk).
 fn restore_file(repo: &Repository, entry: &Entry, dest: &Path, progress: &Progress) -> Result<u64, String> {
     let Node::File { size, chunks } = &entry.node else { unreachable!("only files are queued") };
-    let tmp = dest.with_file_name(format!(".{}.phonebak-restore", String::from_utf8_lossy(&entry.name)));
+    // Not derived from the name: names are bytes (two can look alike as text) of up to 255,
+    // and a longer temporary name would not fit.
+    let tmp = dest.with_file_name(format!(".phonebak-restore-{:016x}", rand::random::<u64>()));
     let write = || -> Result<(), String> {
         let _ = std::fs::remove_file(&tmp);
         let mut file = OpenOptions::new()

@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use std::path::Path;
 
 #[test]
 fn backup_then_restore_is_byte_and_metadata_exact() {
@@ -200,5 +199,25 @@ fn restore_overwrites_an_existing_target_exactly() {
     write(&out.join("Documents/notes.txt"), b"stale");
     s.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
     assert_same_tree(&phone, &out);
-    assert!(!Path::new(&out.join("Documents/.notes.txt.phonebak-restore")).exists());
+    let leftovers = std::fs::read_dir(out.join("Documents"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".phonebak-restore"));
+    assert_eq!(leftovers.count(), 0, "no temporary file left behind");
+}
+
+/// Names are bytes: many that are not UTF-8 look the same as text. Restoring them together
+/// (in parallel) once collided on a temporary name derived from that text.
+#[test]
+fn names_that_look_alike_as_text_restore_side_by_side() {
+    use std::os::unix::ffi::OsStrExt;
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    for second in 0x80u8..0xb0 {
+        let name = std::ffi::OsStr::from_bytes(&[0xff, second]).to_os_string();
+        write(&phone.join(name), &bytes(second as u64, 200_000, false));
+    }
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    let out = s.path("out");
+    s.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_same_tree(&phone, &out);
 }
