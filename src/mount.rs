@@ -187,6 +187,9 @@ pub fn serve(
     ready: impl FnOnce(Result<(), String>),
 ) -> Result<(), MountError> {
     limit_allocator_caching();
+    // Before any thread starts (the view's prefetchers too): every thread inherits the mask, so
+    // only the waiting thread below ever receives these signals.
+    block_stop_signals();
     let source = std::fs::canonicalize(repo.root()).unwrap_or_else(|_| repo.root().to_path_buf()).display().to_string();
     let view_options = ViewOptions { cache_bytes: options.cache_bytes, uid: options.uid, gid: options.gid };
     let view = Arc::new(View::new(Arc::new(repo), view_options, log));
@@ -207,7 +210,6 @@ pub fn serve(
     };
     config.n_threads = Some(options.threads);
     config.clone_fd = true;
-    block_stop_signals();
     let mut session = match fuser::Session::new(FuseView::new(view), mountpoint, &config) {
         Ok(session) => session,
         Err(e) => {

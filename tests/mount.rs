@@ -270,6 +270,13 @@ fn unmount_ends_the_daemon_and_errors_come_before_the_mount() {
     assert!(Command::new("fusermount3").arg("-u").arg(&point).status().unwrap().success());
     wait_until("the daemon to exit", || processes_mentioning(&point).is_empty());
     assert_eq!(std::fs::read_dir(&point).unwrap().count(), 0, "unmounted");
+
+    // SIGTERM (a shutdown) unmounts too, instead of leaving a dead mount behind.
+    s.ok(&["mount", point.to_str().unwrap()]);
+    let daemon = processes_mentioning(&point)[0];
+    assert!(Command::new("kill").arg("-TERM").arg(daemon.to_string()).status().unwrap().success());
+    wait_until("the daemon to exit", || processes_mentioning(&point).is_empty());
+    assert_eq!(std::fs::read_dir(&point).unwrap().count(), 0, "unmounted");
 }
 
 #[test]
