@@ -85,10 +85,6 @@ impl PackWriter {
         self.entries.is_empty()
     }
 
-    pub fn blob_count(&self) -> usize {
-        self.entries.len()
-    }
-
     /// Writes the footer and flushes; the pack is complete but not yet durable nor in place.
     pub fn seal(mut self, repo: &Repository) -> Result<SealedPack, RepoError> {
         let footer_plain =

@@ -73,6 +73,16 @@ impl VfsError {
     }
 }
 
+impl From<cache::LoadError> for VfsError {
+    fn from(e: cache::LoadError) -> VfsError {
+        if e.damaged {
+            VfsError::Damaged(e.message)
+        } else {
+            VfsError::Io(e.message)
+        }
+    }
+}
+
 impl From<RepoError> for VfsError {
     fn from(e: RepoError) -> VfsError {
         if e.is_corruption() {
@@ -277,13 +287,7 @@ impl View {
             return Ok(tree.clone());
         }
         // Through the chunk cache, so that trees loaded ahead (see `readdir`) are found there.
-        let bytes = self.chunks.get(id).map_err(|e| {
-            if e.damaged {
-                VfsError::Damaged(e.message)
-            } else {
-                VfsError::Io(e.message)
-            }
-        })?;
+        let bytes = self.chunks.get(id)?;
         let tree = Tree::decode(&bytes).map_err(|why| VfsError::Damaged(format!("tree {id}: {why}")))?;
         let tree = Arc::new(tree);
         self.trees.lock().expect("tree cache lock").put(*id, tree.clone());
@@ -617,11 +621,7 @@ impl View {
         while done < want {
             let chunk = self.chunks.get(&chunks[index].id).map_err(|e| {
                 (self.log)(&format!("phonebak: cannot read {}: {}", file.path, e.message));
-                if e.damaged {
-                    VfsError::Damaged(e.message)
-                } else {
-                    VfsError::Io(e.message)
-                }
+                VfsError::from(e)
             })?;
             let start = (offset + done as u64 - file.offsets[index]) as usize;
             let take = (chunk.len() - start).min(want - done);
