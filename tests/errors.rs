@@ -53,12 +53,12 @@ fn newer_format_is_refused_with_exit_14() {
     let s = Scratch::with_repo();
     let config_path = s.repo.join("config");
     let text =
-        std::fs::read_to_string(&config_path).unwrap().replace("\"format_version\": 1", "\"format_version\": 99");
+        std::fs::read_to_string(&config_path).unwrap().replace("\"format_version\": 2", "\"format_version\": 99");
     std::fs::write(&config_path, text).unwrap();
     let out = s.run(&["snapshots"]);
     assert_eq!(code(&out), 14);
     assert!(
-        stderr(&out).contains("repository format 99 is newer than this phonebak understands (up to 1)"),
+        stderr(&out).contains("repository format 99 is newer than this phonebak understands (up to 2)"),
         "{}",
         stderr(&out)
     );

@@ -163,3 +163,73 @@ fn a_phone_that_vanishes_mid_backup_leaves_no_snapshot() {
     assert!(snapshot::list(&repo).unwrap().is_empty(), "no partial snapshot");
     assert!(phonebak::check::run(&repo, true).unwrap().is_ok());
 }
+
+/// The file's chunk ids, from the latest snapshot of a one-file backup.
+fn chunks_of(repo: &Repository, phone: &Path, file: &str) -> Vec<phonebak::repo::BlobId> {
+    let outcome = backup::run(repo, &DirSource::new(phone).unwrap(), &options("p")).unwrap();
+    match lookup_path(repo, &outcome.snapshot.root, Path::new(file)).unwrap().node {
+        phonebak::tree::Node::File { chunks, .. } => chunks.iter().map(|c| c.id).collect(),
+        _ => panic!("{file} is not a file"),
+    }
+}
+
+/// Format 2 seals big uncompressed chunks in 64 KiB frames that open one by one (the mount's
+/// random reads); a damaged frame fails alone, and the whole chunk then fails too.
+#[test]
+fn big_raw_chunks_are_framed_and_frames_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let phone = dir.path().join("phone");
+    let photo = bytes(9, 300_000, false);
+    write(&phone.join("photo.jpg"), &photo);
+    let options =
+        InitOptions { kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 }, ..Default::default() };
+    Repository::init(&dir.path().join("repo"), Some(b"pw"), options).unwrap();
+    let repo = Repository::open(&dir.path().join("repo"), || Ok(b"pw".to_vec())).unwrap();
+    let ids = chunks_of(&repo, &phone, "photo.jpg");
+    assert_eq!(ids.len(), 1, "one chunk: the file is under the minimum chunk size");
+    let id = ids[0];
+    assert_eq!(repo.frames_of(&id).unwrap(), Some(5));
+    let mut joined = Vec::new();
+    for number in 0..5 {
+        let mut frame = Vec::new();
+        repo.load_frame(&id, number, &mut frame).unwrap();
+        joined.extend_from_slice(&frame);
+    }
+    assert_eq!(joined, photo);
+    assert_eq!(repo.load_blob(&id).unwrap(), photo);
+    assert!(repo.load_frame(&id, 5, &mut Vec::new()).is_err());
+
+    // Flip one byte in the middle of frame 2.
+    let location = repo.index().get(&id).unwrap().unwrap();
+    let pack = repo.pack_path(&location.pack);
+    let mut stored = std::fs::read(&pack).unwrap();
+    stored[location.offset as usize + 2 * (64 * 1024 + 28) + 1000] ^= 1;
+    std::fs::write(&pack, stored).unwrap();
+    for number in [0, 1, 3, 4] {
+        repo.load_frame(&id, number, &mut Vec::new()).unwrap();
+    }
+    assert!(repo.load_frame(&id, 2, &mut Vec::new()).unwrap_err().is_corruption());
+    assert!(repo.load_blob(&id).unwrap_err().is_corruption());
+    assert!(!phonebak::check::run(&repo, true).unwrap().is_ok());
+}
+
+/// A format 1 repository (made before frames) is read and written as format 1: whole chunks.
+#[test]
+fn format_1_repositories_keep_whole_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let phone = dir.path().join("phone");
+    let photo = bytes(3, 300_000, false);
+    write(&phone.join("photo.jpg"), &photo);
+    let root = dir.path().join("repo");
+    let options =
+        InitOptions { kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 }, ..Default::default() };
+    Repository::init(&root, None, options).unwrap();
+    let config = std::fs::read_to_string(root.join("config")).unwrap();
+    std::fs::write(root.join("config"), config.replace("\"format_version\": 2", "\"format_version\": 1")).unwrap();
+    let repo = Repository::open(&root, || Ok(Vec::new())).unwrap();
+    assert_eq!(repo.config().format_version, 1);
+    let ids = chunks_of(&repo, &phone, "photo.jpg");
+    assert_eq!(repo.frames_of(&ids[0]).unwrap(), None);
+    assert_eq!(repo.load_blob(&ids[0]).unwrap(), photo);
+    assert!(phonebak::check::run(&repo, true).unwrap().is_ok());
+}

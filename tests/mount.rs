@@ -164,6 +164,9 @@ fn many_concurrent_readers_get_exact_bytes() {
     let phone = s.path("phone");
     let big = bytes(77, 12 << 20, false);
     write(&phone.join("big.mp4"), &big);
+    // Only ever read at random: served frame by frame (64 KiB) instead of by whole chunks.
+    let clip = bytes(78, 6 << 20, false);
+    write(&phone.join("clip.mp4"), &clip);
     for i in 0..8 {
         write(&phone.join(format!("f{i}.bin")), &bytes(i, 3 << 20, i % 2 == 0));
     }
@@ -186,19 +189,23 @@ fn many_concurrent_readers_get_exact_bytes() {
                 assert_eq!(blake3::hash(&content), want, "{}", path.display());
             });
         }
-        // Random reads in the middle of the big file, against the source.
-        scope.spawn(|| {
-            use std::os::unix::fs::FileExt;
-            let file = std::fs::File::open(snap.join("big.mp4")).unwrap();
-            let mut state = 12345u64;
-            for _ in 0..300 {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
-                let at = (state >> 20) as usize % (big.len() - 4096);
-                let mut buf = [0u8; 4096];
-                file.read_exact_at(&mut buf, at as u64).unwrap();
-                assert_eq!(&buf[..], &big[at..at + 4096]);
-            }
-        });
+        // Random reads in the middle of files, against the source, some across frame edges.
+        for (name, content) in [("big.mp4", &big), ("clip.mp4", &clip)] {
+            let snap = &snap;
+            scope.spawn(move || {
+                use std::os::unix::fs::FileExt;
+                let file = std::fs::File::open(snap.join(name)).unwrap();
+                let mut state = 12345u64;
+                let edges = [65536 - 100, 3 * 65536 - 4095, 5 << 20];
+                for i in 0..300 {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    let at = edges.get(i).copied().unwrap_or((state >> 20) as usize % (content.len() - 4096));
+                    let mut buf = [0u8; 4096];
+                    file.read_exact_at(&mut buf, at as u64).unwrap();
+                    assert_eq!(&buf[..], &content[at..at + 4096], "{name} at {at}");
+                }
+            });
+        }
     });
 }
 

@@ -7,8 +7,9 @@ use super::crypto::{self, KdfParams, MasterKeys, Sealer};
 use super::RepoError;
 use crate::chunker::ChunkerParams;
 
-/// The on-disk format this build writes and the newest it reads (docs/FORMAT.md).
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format this build writes and the newest it reads (docs/FORMAT.md). Version 2
+/// added framed blobs; version 1 repositories are read and written as version 1.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 pub struct Config {

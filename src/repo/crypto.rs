@@ -8,7 +8,7 @@
 //! 1 MiB chunks holds. An unencrypted repository still appends a BLAKE3 checksum, so corruption
 //! is detected the same way in both.
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -90,7 +90,7 @@ pub enum Sealer {
 
 impl Sealer {
     pub fn encrypted(key: &[u8; 32]) -> Self {
-        Sealer::Encrypted(Box::new(Aes256Gcm::new(key.into())))
+        Sealer::Encrypted(Box::new(Aes256Gcm::new(&(*key).into())))
     }
 
     /// Bytes added to every sealed payload.
@@ -109,23 +109,29 @@ impl Sealer {
     pub fn seal_parts(&self, parts: &[&[u8]], aad: &[u8]) -> Vec<u8> {
         let plain_len: usize = parts.iter().map(|p| p.len()).sum();
         let mut out = Vec::with_capacity(plain_len + self.overhead());
+        self.seal_into(&mut out, parts, aad);
+        out
+    }
+
+    /// Appends one envelope sealing the concatenation of `parts` to `out`.
+    pub fn seal_into(&self, out: &mut Vec<u8>, parts: &[&[u8]], aad: &[u8]) {
+        let start = out.len();
         match self {
             Sealer::Encrypted(cipher) => {
                 let nonce: [u8; NONCE_LEN] = random_bytes();
                 out.extend_from_slice(&nonce);
                 parts.iter().for_each(|p| out.extend_from_slice(p));
                 let tag = cipher
-                    .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut out[NONCE_LEN..])
+                    .encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut out[start + NONCE_LEN..]).into())
                     .expect("AES-GCM accepts any message below 64 GiB");
                 out.extend_from_slice(&tag);
             }
             Sealer::Plain => {
                 parts.iter().for_each(|p| out.extend_from_slice(p));
-                let sum = checksum(&out, aad);
+                let sum = checksum(&out[start..], aad);
                 out.extend_from_slice(&sum);
             }
         }
-        out
     }
 
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
@@ -144,10 +150,11 @@ impl Sealer {
         match self {
             Sealer::Encrypted(cipher) => {
                 let end = sealed.len() - TAG_LEN;
-                let tag = *Tag::from_slice(&sealed[end..]);
+                let tag = Tag::try_from(&sealed[end..]).expect("tag length");
                 let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
+                let nonce = Nonce::try_from(&*nonce).expect("nonce length");
                 cipher
-                    .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut rest[..end - NONCE_LEN], &tag)
+                    .decrypt_inout_detached(&nonce, aad, (&mut rest[..end - NONCE_LEN]).into(), &tag)
                     .map_err(|_| CryptoError::Authentication)?;
                 Ok(NONCE_LEN..end)
             }

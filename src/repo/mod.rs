@@ -146,8 +146,12 @@ const SUBDIRS: [&str; 5] = ["data", "index", "snapshots", "locks", "tmp"];
 /// pay for a full zstd pass that cannot shrink them.
 const SAMPLE_FIRST_ABOVE: usize = 128 * 1024;
 const SAMPLE_LEN: usize = 64 * 1024;
-/// Blobs up to this size are read into a reused per-thread buffer; larger ones into their own
-/// (the allocator maps and unmaps those, so they leave no holes behind).
+/// Uncompressed blobs longer than this are sealed in frames of this many plain bytes (format 2),
+/// so that the mount can answer a small read of a photo or video by reading and opening one
+/// frame instead of a whole chunk of about 1 MiB.
+pub const FRAME_LEN: usize = 64 * 1024;
+/// Compressed blobs up to this size are read into a reused per-thread buffer; larger ones into
+/// their own (the allocator maps and unmaps those, so they leave no holes behind).
 const SCRATCH_MAX: usize = 256 * 1024;
 
 pub struct Repository {
@@ -260,14 +264,32 @@ impl Repository {
         let aad = blob_aad(kind, id);
         match compressed {
             Some(compressed) if compressed.len() < plain.len() => self.sealer.seal_parts(&[&[1], &compressed], &aad),
+            _ if self.config.format_version >= 2 && plain.len() > FRAME_LEN => {
+                let frames = plain.len().div_ceil(FRAME_LEN);
+                let mut out = Vec::with_capacity(plain.len() + frames * self.sealer.overhead());
+                for (number, frame) in plain.chunks(FRAME_LEN).enumerate() {
+                    self.sealer.seal_into(&mut out, &[frame], &frame_aad(kind, id, number));
+                }
+                out
+            }
             _ => self.sealer.seal_parts(&[&[0], plain], &aad),
         }
     }
 
+    /// How a blob of `raw_len` plain bytes stored in `len` bytes is laid out: the lengths (both in
+    /// the index and in pack footers) tell, because each layout adds a different overhead.
+    pub fn layout(&self, len: u32, raw_len: u32) -> Layout {
+        let (len, raw_len, overhead) = (len as usize, raw_len as usize, self.sealer.overhead());
+        let frames = raw_len.div_ceil(FRAME_LEN);
+        if frames > 1 && len == raw_len + frames * overhead {
+            Layout::Framed { frames: frames as u32 }
+        } else {
+            Layout::Whole { raw: len == raw_len + 1 + overhead }
+        }
+    }
+
     /// Opens, decompresses and verifies one stored blob: the bytes returned are exactly the ones
-    /// whose keyed hash is `id`, or an error. `stored` is decrypted where it lies, so the only
-    /// allocation is the result (which matters for the mount's cache: no short-lived buffer
-    /// between long-lived ones).
+    /// whose keyed hash is `id`, or an error. `stored` is decrypted where it lies.
     pub fn decode_blob(
         &self,
         kind: BlobKind,
@@ -275,35 +297,163 @@ impl Repository {
         raw_len: u32,
         stored: &mut [u8],
     ) -> Result<Vec<u8>, RepoError> {
-        let damaged = |why: &str| RepoError::Corrupt(format!("blob {id}: {why}"));
-        let range = self.sealer.open_in_place(stored, &blob_aad(kind, id)).map_err(|e| damaged(&e.to_string()))?;
-        let plain = match stored[range].split_first() {
-            Some((0, raw)) => raw.to_vec(),
-            Some((1, compressed)) => DECOMPRESSOR
-                .with(|d| d.borrow_mut().decompress(compressed, raw_len as usize))
-                .map_err(|e| damaged(&format!("cannot decompress: {e}")))?,
-            _ => return Err(damaged("unknown encoding")),
-        };
-        if plain.len() != raw_len as usize || self.blob_id(&plain) != *id {
-            return Err(damaged("content does not match its hash"));
+        let mut plain = Vec::new();
+        if let Layout::Framed { .. } = self.layout(stored.len() as u32, raw_len) {
+            let step = FRAME_LEN + self.sealer.overhead();
+            for (number, frame) in stored.chunks_mut(step).enumerate() {
+                let range = self.open_frame(kind, id, number, frame)?;
+                plain.extend_from_slice(&frame[range]);
+            }
+        } else {
+            let range = self.open_blob(kind, id, stored)?;
+            match stored[range.clone()].split_first() {
+                Some((0, raw)) => plain.extend_from_slice(raw),
+                _ => self.decompress_blob(id, &stored[range], raw_len, &mut plain)?,
+            }
         }
+        self.verify_blob(id, raw_len, &plain)?;
         Ok(plain)
     }
 
-    /// Loads a blob by id through the index, reading it into a per-thread scratch buffer.
-    pub fn load_blob(&self, id: &BlobId) -> Result<Vec<u8>, RepoError> {
+    /// Loads a blob by id through the index into `out` (replacing what it held, reusing its
+    /// memory), verified like `decode_blob`. A blob stored uncompressed is read straight into
+    /// `out` and opened there, so it costs no other buffer and no copy between buffers; this is
+    /// what lets the mount recycle its cache's buffers instead of mapping fresh memory per chunk.
+    pub fn load_blob_into(&self, id: &BlobId, out: &mut Vec<u8>) -> Result<(), RepoError> {
         let location = self.index.get(id)?.ok_or(RepoError::MissingBlob(*id))?;
         let (pack, offset, len) = (&location.pack, location.offset as u64, location.len as usize);
-        if len > SCRATCH_MAX {
-            let mut stored = self.read_pack_range(pack, offset, len)?;
-            return self.decode_blob(location.kind, id, location.raw_len, &mut stored);
+        match self.layout(location.len, location.raw_len) {
+            Layout::Whole { raw: false } => {
+                let mut read_compressed = |stored: &mut Vec<u8>| -> Result<(), RepoError> {
+                    stored.resize(len, 0);
+                    self.read_pack_into(pack, offset, stored)?;
+                    let range = self.open_blob(location.kind, id, stored)?;
+                    self.decompress_blob(id, &stored[range], location.raw_len, out)
+                };
+                if len > SCRATCH_MAX {
+                    read_compressed(&mut Vec::new())?;
+                } else {
+                    SCRATCH.with(|scratch| read_compressed(&mut scratch.borrow_mut()))?;
+                }
+            }
+            Layout::Whole { raw: true } => {
+                out.clear();
+                out.resize(len, 0);
+                self.read_pack_into(pack, offset, out)?;
+                let range = self.open_blob(location.kind, id, out)?;
+                if out[range.start] != 0 {
+                    return Err(RepoError::Corrupt(format!("blob {id}: encoding does not match its size")));
+                }
+                out.copy_within(range.start + 1..range.end, 0);
+                out.truncate(range.len() - 1);
+            }
+            Layout::Framed { .. } => {
+                out.clear();
+                out.resize(len, 0);
+                self.read_pack_into(pack, offset, out)?;
+                self.open_frames_in_place(location.kind, id, 0, out)?;
+            }
         }
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            scratch.resize(len, 0);
-            self.read_pack_into(pack, offset, &mut scratch)?;
-            self.decode_blob(location.kind, id, location.raw_len, &mut scratch)
+        self.verify_blob(id, location.raw_len, out)
+    }
+
+    /// How many frames blob `id` is stored in, if it is framed (see `FRAME_LEN`).
+    pub fn frames_of(&self, id: &BlobId) -> Result<Option<u32>, RepoError> {
+        let location = self.index.get(id)?.ok_or(RepoError::MissingBlob(*id))?;
+        Ok(match self.layout(location.len, location.raw_len) {
+            Layout::Framed { frames } => Some(frames),
+            Layout::Whole { .. } => None,
         })
+    }
+
+    /// Loads frame `number` of a framed blob (its plain bytes from `number * FRAME_LEN` on) into
+    /// `out`. The frame's envelope authenticates it as that frame of that blob; the hash of the
+    /// whole blob is checked when the whole blob is loaded (and by `check --read-data`).
+    pub fn load_frame(&self, id: &BlobId, number: u32, out: &mut Vec<u8>) -> Result<(), RepoError> {
+        let location = self.index.get(id)?.ok_or(RepoError::MissingBlob(*id))?;
+        let Layout::Framed { frames } = self.layout(location.len, location.raw_len) else {
+            return Err(RepoError::Corrupt(format!("blob {id} is not stored in frames")));
+        };
+        if number >= frames {
+            return Err(RepoError::Corrupt(format!("blob {id} has no frame {number}")));
+        }
+        let step = FRAME_LEN + self.sealer.overhead();
+        let start = number as usize * step;
+        out.clear();
+        out.resize(step.min(location.len as usize - start), 0);
+        self.read_pack_into(&location.pack, location.offset as u64 + start as u64, out)?;
+        self.open_frames_in_place(location.kind, id, number as usize, out)?;
+        let expected = FRAME_LEN.min(location.raw_len as usize - number as usize * FRAME_LEN);
+        if out.len() != expected {
+            return Err(RepoError::Corrupt(format!("blob {id}: frame {number} has the wrong length")));
+        }
+        Ok(())
+    }
+
+    /// Opens consecutive frames (the first being frame `first`) where they lie and moves their
+    /// plain bytes together to the front of `buffer`.
+    fn open_frames_in_place(
+        &self,
+        kind: BlobKind,
+        id: &BlobId,
+        first: usize,
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), RepoError> {
+        let step = FRAME_LEN + self.sealer.overhead();
+        let mut plain_end = 0;
+        for (at, number) in (0..buffer.len()).step_by(step).zip(first..) {
+            let end = (at + step).min(buffer.len());
+            let range = self.open_frame(kind, id, number, &mut buffer[at..end])?;
+            buffer.copy_within(at + range.start..at + range.end, plain_end);
+            plain_end += range.len();
+        }
+        buffer.truncate(plain_end);
+        Ok(())
+    }
+
+    fn open_frame(
+        &self,
+        kind: BlobKind,
+        id: &BlobId,
+        number: usize,
+        frame: &mut [u8],
+    ) -> Result<std::ops::Range<usize>, RepoError> {
+        self.sealer
+            .open_in_place(frame, &frame_aad(kind, id, number))
+            .map_err(|e| RepoError::Corrupt(format!("blob {id}, frame {number}: {e}")))
+    }
+
+    /// Loads a blob by id through the index.
+    pub fn load_blob(&self, id: &BlobId) -> Result<Vec<u8>, RepoError> {
+        let mut plain = Vec::new();
+        self.load_blob_into(id, &mut plain)?;
+        Ok(plain)
+    }
+
+    fn open_blob(&self, kind: BlobKind, id: &BlobId, stored: &mut [u8]) -> Result<std::ops::Range<usize>, RepoError> {
+        self.sealer
+            .open_in_place(stored, &blob_aad(kind, id))
+            .map_err(|e| RepoError::Corrupt(format!("blob {id}: {e}")))
+    }
+
+    /// Decompresses an opened blob (encoding byte first) into `out`.
+    fn decompress_blob(&self, id: &BlobId, opened: &[u8], raw_len: u32, out: &mut Vec<u8>) -> Result<(), RepoError> {
+        let Some((1, compressed)) = opened.split_first() else {
+            return Err(RepoError::Corrupt(format!("blob {id}: unknown encoding")));
+        };
+        out.clear();
+        out.reserve(raw_len as usize);
+        DECOMPRESSOR
+            .with(|d| d.borrow_mut().decompress_to_buffer(compressed, out))
+            .map_err(|e| RepoError::Corrupt(format!("blob {id}: cannot decompress: {e}")))?;
+        Ok(())
+    }
+
+    fn verify_blob(&self, id: &BlobId, raw_len: u32, plain: &[u8]) -> Result<(), RepoError> {
+        if plain.len() != raw_len as usize || self.blob_id(plain) != *id {
+            return Err(RepoError::Corrupt(format!("blob {id}: content does not match its hash")));
+        }
+        Ok(())
     }
 
     pub fn pack_path(&self, pack: &PackId) -> PathBuf {
@@ -410,6 +560,24 @@ fn blob_aad(kind: BlobKind, id: &BlobId) -> [u8; 33] {
     aad[0] = kind.tag();
     aad[1..].copy_from_slice(&id.0);
     aad
+}
+
+/// A frame's associated data: the blob's, then the frame number, so that frames cannot be
+/// swapped, moved to another blob or passed off as a whole blob.
+fn frame_aad(kind: BlobKind, id: &BlobId, number: usize) -> [u8; 37] {
+    let mut aad = [0u8; 37];
+    aad[..33].copy_from_slice(&blob_aad(kind, id));
+    aad[33..].copy_from_slice(&(number as u32).to_le_bytes());
+    aad
+}
+
+/// How a stored blob is laid out (see docs/FORMAT.md, "Blobs").
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Layout {
+    /// One envelope: an encoding byte (0 stored as is, 1 zstd) and the payload.
+    Whole { raw: bool },
+    /// `frames` envelopes of `FRAME_LEN` plain bytes each (the last one shorter).
+    Framed { frames: u32 },
 }
 
 /// Small blobs are always worth a try; big ones only when a sample of them shrinks.

@@ -1,5 +1,7 @@
 //! The mount's chunk cache: decoded, verified chunks kept in an LRU bounded in bytes. Concurrent
-//! requests for one chunk load it once; the others wait for that load.
+//! requests for one chunk load it once; the others wait for that load. The buffers of evicted
+//! chunks are loaded into again: fresh memory for every chunk cost more CPU (page faults, zeroing,
+//! unmapping) than decrypting and verifying it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -10,7 +12,15 @@ use crate::repo::{BlobId, Repository};
 
 pub type Chunk = Arc<Vec<u8>>;
 
+/// A whole chunk, or one frame of a framed chunk (see `repo::FRAME_LEN`).
+type Key = (BlobId, u32);
+const WHOLE: u32 = u32::MAX;
+
 const TRIM_EVERY: usize = 32 << 20;
+/// Buffers of evicted chunks kept for the next loads (they count against the capacity).
+const SPARE_BUFFERS: usize = 8;
+/// Buffers from this size up come from their own mapping (see `mount`) and are worth keeping.
+const REUSED_FROM: usize = 128 * 1024;
 
 /// Why a chunk could not be had. Kept as text: one failure is handed to every waiter.
 #[derive(Clone, Debug)]
@@ -26,11 +36,12 @@ struct Loading {
 }
 
 struct State {
-    chunks: LruCache<BlobId, Chunk>,
+    chunks: LruCache<Key, Chunk>,
     bytes: usize,
     /// Bytes evicted since the allocator last gave freed memory back (see `insert`).
     evicted_since_trim: usize,
-    loading: HashMap<BlobId, Arc<Loading>>,
+    loading: HashMap<Key, Arc<Loading>>,
+    spare: Vec<Vec<u8>>,
 }
 
 pub struct ChunkCache {
@@ -41,47 +52,70 @@ pub struct ChunkCache {
 
 impl ChunkCache {
     pub fn new(repo: Arc<Repository>, capacity: usize) -> ChunkCache {
-        let state = State { chunks: LruCache::unbounded(), bytes: 0, evicted_since_trim: 0, loading: HashMap::new() };
+        let state = State {
+            chunks: LruCache::unbounded(),
+            bytes: 0,
+            evicted_since_trim: 0,
+            loading: HashMap::new(),
+            spare: Vec::new(),
+        };
         ChunkCache { repo, capacity, state: Mutex::new(state) }
     }
 
+    /// Is the whole chunk cached or being loaded?
     pub fn contains(&self, id: &BlobId) -> bool {
         let state = self.state.lock().expect("cache lock");
-        state.chunks.contains(id) || state.loading.contains_key(id)
+        state.chunks.contains(&(*id, WHOLE)) || state.loading.contains_key(&(*id, WHOLE))
     }
 
+    /// The whole chunk, verified against its id.
     pub fn get(&self, id: &BlobId) -> Result<Chunk, LoadError> {
-        let (loading, is_loader) = {
+        self.get_key((*id, WHOLE))
+    }
+
+    /// Frame `number` of a framed chunk, authenticated as that frame.
+    pub fn get_frame(&self, id: &BlobId, number: u32) -> Result<Chunk, LoadError> {
+        self.get_key((*id, number))
+    }
+
+    fn get_key(&self, key: Key) -> Result<Chunk, LoadError> {
+        let (loading, buffer) = {
             let mut state = self.state.lock().expect("cache lock");
-            if let Some(chunk) = state.chunks.get(id) {
+            if let Some(chunk) = state.chunks.get(&key) {
                 return Ok(chunk.clone());
             }
-            match state.loading.get(id) {
-                Some(loading) => (loading.clone(), false),
+            match state.loading.get(&key) {
+                Some(loading) => (loading.clone(), None),
                 None => {
                     let loading = Arc::new(Loading::default());
-                    state.loading.insert(*id, loading.clone());
-                    (loading, true)
+                    state.loading.insert(key, loading.clone());
+                    let buffer = if key.1 == WHOLE { state.spare.pop().unwrap_or_default() } else { Vec::new() };
+                    state.bytes -= buffer.capacity().next_multiple_of(4096);
+                    (loading, Some(buffer))
                 }
             }
         };
-        if !is_loader {
+        let Some(mut buffer) = buffer else {
             let mut result = loading.result.lock().expect("load lock");
             while result.is_none() {
                 result = loading.done.wait(result).expect("load lock");
             }
             return result.clone().expect("set before notify");
-        }
-        let result = self
-            .repo
-            .load_blob(id)
-            .map(Arc::new)
-            .map_err(|e| LoadError { damaged: e.is_corruption(), message: e.to_string() });
+        };
+        let (id, frame) = key;
+        let loaded = match frame {
+            WHOLE => self.repo.load_blob_into(&id, &mut buffer),
+            number => self.repo.load_frame(&id, number, &mut buffer),
+        };
+        let result = match loaded {
+            Ok(()) => Ok(Arc::new(buffer)),
+            Err(e) => Err(LoadError { damaged: e.is_corruption(), message: e.to_string() }),
+        };
         {
             let mut state = self.state.lock().expect("cache lock");
-            state.loading.remove(id);
+            state.loading.remove(&key);
             if let Ok(chunk) = &result {
-                self.insert(&mut state, *id, chunk.clone());
+                self.insert(&mut state, key, chunk.clone());
             }
         }
         *loading.result.lock().expect("load lock") = Some(result.clone());
@@ -89,18 +123,28 @@ impl ChunkCache {
         result
     }
 
-    fn insert(&self, state: &mut State, id: BlobId, chunk: Chunk) {
+    fn insert(&self, state: &mut State, key: Key, chunk: Chunk) {
         state.bytes += memory_of(&chunk);
-        if let Some(old) = state.chunks.put(id, chunk) {
+        if let Some(old) = state.chunks.put(key, chunk) {
             state.bytes -= memory_of(&old);
         }
         while state.bytes > self.capacity {
-            match state.chunks.pop_lru() {
-                Some((_, evicted)) => {
-                    state.bytes -= memory_of(&evicted);
-                    state.evicted_since_trim += memory_of(&evicted);
+            let Some((_, evicted)) = state.chunks.pop_lru() else {
+                match state.spare.pop() {
+                    Some(buffer) => state.bytes -= buffer.capacity().next_multiple_of(4096),
+                    None => break,
                 }
-                None => break,
+                continue;
+            };
+            state.bytes -= memory_of(&evicted);
+            match Arc::try_unwrap(evicted) {
+                // Not still being sent to the kernel, and big: kept (and still counted).
+                Ok(buffer) if buffer.capacity() >= REUSED_FROM && state.spare.len() < SPARE_BUFFERS => {
+                    state.bytes += buffer.capacity().next_multiple_of(4096);
+                    state.spare.push(buffer);
+                }
+                Ok(buffer) if buffer.capacity() < REUSED_FROM => state.evicted_since_trim += buffer.capacity(),
+                _ => {}
             }
         }
         // Small chunks live in the allocator's heap, where evicted ones leave holes that it
@@ -113,8 +157,8 @@ impl ChunkCache {
     }
 }
 
-/// What a chunk really costs: the daemon has the allocator map every buffer of a page or more
-/// on its own pages (see `mount`), so sizes count in whole pages.
+/// What a chunk really costs: the daemon has the allocator map every big buffer on its own pages
+/// (see `mount`), so sizes count in whole pages, and a reused buffer counts all it holds.
 fn memory_of(chunk: &Chunk) -> usize {
-    chunk.len().next_multiple_of(4096)
+    chunk.capacity().next_multiple_of(4096)
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use lru::LruCache;
 
 use crate::repo::snapshot::{self, SnapshotInfo};
-use crate::repo::{BlobId, RepoError, Repository};
+use crate::repo::{BlobId, RepoError, Repository, FRAME_LEN};
 use crate::tree::{Entry, Node as TreeNode, Tree};
 use cache::ChunkCache;
 
@@ -603,7 +603,7 @@ impl View {
         let want = (size as u64).min(file_size - offset) as usize;
         let mut out = Vec::new();
         let mut single = None;
-        let mut index = file.offsets.partition_point(|&start| start <= offset) - 1;
+        let mut index = 0;
         // A reader that starts at the beginning of a file is taken to read on: most do.
         let streak = if offset == 0 {
             file.streak.store(STREAK_FOR_READAHEAD, Ordering::Relaxed);
@@ -619,22 +619,27 @@ impl View {
         };
         let mut done = 0;
         while done < want {
-            let chunk = self.chunks.get(&chunks[index].id).map_err(|e| {
-                (self.log)(&format!("phonebak: cannot read {}: {}", file.path, e.message));
-                VfsError::from(e)
+            let at = offset + done as u64;
+            index = file.offsets.partition_point(|&start| start <= at) - 1;
+            let in_chunk = (at - file.offsets[index]) as usize;
+            let (piece, piece_start) = self.piece(&chunks[index].id, in_chunk, streak).map_err(|e| {
+                (self.log)(&format!("phonebak: cannot read {}: {e}", file.path));
+                e
             })?;
-            let start = (offset + done as u64 - file.offsets[index]) as usize;
-            let take = (chunk.len() - start).min(want - done);
+            let start = in_chunk - piece_start;
+            let take = piece.len().saturating_sub(start).min(want - done);
+            if take == 0 {
+                return Err(VfsError::Damaged(format!("{}: a chunk is shorter than its file says", file.path)));
+            }
             if done == 0 && take == want {
-                single = Some((chunk, start..start + take)); // the common case: no copy here
+                single = Some((piece, start..start + take)); // the common case: no copy here
             } else {
-                out.extend_from_slice(&chunk[start..start + take]);
+                out.extend_from_slice(&piece[start..start + take]);
             }
             done += take;
-            index += 1;
         }
         if streak >= STREAK_FOR_READAHEAD {
-            for next in chunks.iter().skip(index).take(READAHEAD_CHUNKS) {
+            for next in chunks.iter().skip(index + 1).take(READAHEAD_CHUNKS) {
                 if !self.chunks.contains(&next.id) && self.prefetch.try_send(next.id).is_err() {
                     break; // the prefetchers are busy: they are ahead enough
                 }
@@ -644,6 +649,17 @@ impl View {
             Some((chunk, range)) => ReadData::InChunk(chunk, range),
             None => ReadData::Copied(out),
         })
+    }
+
+    /// What serves a read at `in_chunk` of chunk `id`: the whole chunk, or for a random read of a
+    /// framed chunk not in the cache just the frame holding it (64 KiB read and opened instead of
+    /// about 1 MiB). Returns the piece and where in the chunk it starts.
+    fn piece(&self, id: &BlobId, in_chunk: usize, streak: u64) -> Result<(cache::Chunk, usize), VfsError> {
+        if streak < STREAK_FOR_READAHEAD && !self.chunks.contains(id) && self.repo.frames_of(id)?.is_some() {
+            let number = in_chunk / FRAME_LEN;
+            return Ok((self.chunks.get_frame(id, number as u32)?, number * FRAME_LEN));
+        }
+        Ok((self.chunks.get(id)?, 0))
     }
 
     /// (total bytes of the repository's packs, free bytes on its disk); the first is recounted
