@@ -17,6 +17,11 @@ type Key = (BlobId, u32);
 const WHOLE: u32 = u32::MAX;
 
 const TRIM_EVERY: usize = 32 << 20;
+/// What the daemon may hold beyond `cache_size` (code, threads, trees, index pages, loads in
+/// flight, the allocator's slack) before the cache gives up room to stay within it.
+const HEADROOM: usize = 40 << 20;
+/// How often (in bytes inserted) the daemon's resident memory is looked at.
+const MEASURE_EVERY: usize = 8 << 20;
 /// Buffers of evicted chunks kept for the next loads (they count against the capacity).
 const SPARE_BUFFERS: usize = 8;
 /// Buffers from this size up come from their own mapping (see `mount`) and are worth keeping.
@@ -42,6 +47,10 @@ struct State {
     evicted_since_trim: usize,
     loading: HashMap<Key, Arc<Loading>>,
     spare: Vec<Vec<u8>>,
+    /// What the cache may hold now: `capacity`, less what the allocator keeps of freed small
+    /// chunks (heap holes it cannot return), measured from the process's resident memory.
+    budget: usize,
+    inserted_since_measure: usize,
 }
 
 pub struct ChunkCache {
@@ -58,6 +67,8 @@ impl ChunkCache {
             evicted_since_trim: 0,
             loading: HashMap::new(),
             spare: Vec::new(),
+            budget: capacity,
+            inserted_since_measure: 0,
         };
         ChunkCache { repo, capacity, state: Mutex::new(state) }
     }
@@ -125,10 +136,15 @@ impl ChunkCache {
 
     fn insert(&self, state: &mut State, key: Key, chunk: Chunk) {
         state.bytes += memory_of(&chunk);
+        state.inserted_since_measure += memory_of(&chunk);
         if let Some(old) = state.chunks.put(key, chunk) {
             state.bytes -= memory_of(&old);
         }
-        while state.bytes > self.capacity {
+        if state.inserted_since_measure >= MEASURE_EVERY {
+            state.inserted_since_measure = 0;
+            self.adjust_budget(state);
+        }
+        while state.bytes > state.budget {
             let Some((_, evicted)) = state.chunks.pop_lru() else {
                 match state.spare.pop() {
                     Some(buffer) => state.bytes -= buffer.capacity().next_multiple_of(4096),
@@ -155,6 +171,28 @@ impl ChunkCache {
             unsafe { libc::malloc_trim(0) };
         }
     }
+
+    /// Shrinks the budget when the daemon holds more than `capacity + HEADROOM`, and lets it grow
+    /// back slowly when it holds less: the allocator's holes are real memory that users counted
+    /// in `cache_size`.
+    fn adjust_budget(&self, state: &mut State) {
+        let Some(resident) = resident_bytes() else { return };
+        let limit = self.capacity + HEADROOM;
+        if resident > limit {
+            let floor = self.capacity / 2;
+            state.budget = state.budget.saturating_sub(resident - limit + MEASURE_EVERY).max(floor);
+            state.evicted_since_trim = TRIM_EVERY + 1; // trim after this round of evictions
+        } else if resident + 2 * MEASURE_EVERY < limit {
+            state.budget = (state.budget + MEASURE_EVERY / 2).min(self.capacity);
+        }
+    }
+}
+
+/// The process's resident memory, from /proc/self/statm.
+fn resident_bytes() -> Option<usize> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }
 
 /// What a chunk really costs: the daemon has the allocator map every big buffer on its own pages
