@@ -210,13 +210,18 @@ pub fn serve(
     };
     config.n_threads = Some(options.threads);
     config.clone_fd = true;
-    let mut session = match fuser::Session::new(FuseView::new(view), mountpoint, &config) {
+    let mut session = match fuser::Session::new(FuseView::new(view.clone()), mountpoint, &config) {
         Ok(session) => session,
         Err(e) => {
             ready(Err(e.to_string()));
             return Err(MountError::Mount(mountpoint.to_path_buf(), e));
         }
     };
+    let notifier = session.notifier();
+    // A push that fails (the kernel dropped the inode meanwhile) only means a read as usual.
+    view.set_pusher(Box::new(move |ino, data| {
+        let _ = notifier.store(fuser::INodeNo(ino), 0, data);
+    }));
     let mut unmounter = session.unmount_callable();
     std::thread::spawn(move || {
         wait_for_stop_signal();

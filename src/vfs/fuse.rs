@@ -177,6 +177,7 @@ impl Filesystem for FuseView {
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         match self.view.readdir(ino.0, offset as usize, true) {
             Ok(rows) => {
+                let mut pushes = Vec::new();
                 for (position, row) in rows.into_iter().enumerate() {
                     let next = offset + position as u64 + 1;
                     let attr = file_attr(&row.attr);
@@ -192,10 +193,12 @@ impl Filesystem for FuseView {
                     }
                     // The kernel holds a reference to every row it took, except `.` and `..`.
                     if row.name != b"." && row.name != b".." {
+                        pushes.extend(self.view.push_job(&row));
                         self.view.remember(ino.0, row);
                     }
                 }
                 reply.ok();
+                self.view.push_contents(pushes);
             }
             Err(e) => reply.error(errno(&e)),
         }

@@ -38,6 +38,16 @@ const CACHED_TREES: usize = 4096;
 /// Chunks read ahead of a sequential reader.
 const READAHEAD_CHUNKS: usize = 4;
 const PREFETCH_THREADS: usize = 2;
+/// Files up to this size are pushed into the kernel's page cache when their folder is listed
+/// (see `push_contents`), at most `PUSH_PER_LISTING` bytes per listing.
+const PUSH_FILES_UP_TO: u64 = 64 * 1024;
+const PUSH_PER_LISTING: u64 = 4 << 20;
+
+/// Puts a file's content into the kernel's page cache (FUSE_NOTIFY_STORE).
+pub type Pusher = Box<dyn Fn(u64, &[u8]) + Send + Sync>;
+
+/// A small file to push: (inode, its one chunk, its size).
+pub struct PushJob(u64, BlobId, u64);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfsError {
@@ -215,6 +225,12 @@ pub struct View {
     chunks: Arc<ChunkCache>,
     readers: Mutex<HashMap<u64, Arc<FileReader>>>,
     prefetch: SyncSender<BlobId>,
+    push: SyncSender<Vec<PushJob>>,
+    pusher: Arc<std::sync::OnceLock<Pusher>>,
+    /// When a file was last read (ms since `started`): listings are pushed only while someone
+    /// reads files, not for `find` or `ls -l` alone.
+    last_read_ms: AtomicU64,
+    started: Instant,
     stored_bytes: Mutex<Option<(Instant, u64)>>,
     log: Box<dyn Fn(&str) + Send + Sync>,
 }
@@ -236,6 +252,18 @@ impl View {
                 }
             });
         }
+        let pusher = Arc::new(std::sync::OnceLock::<Pusher>::new());
+        let (push, pushes) = sync_channel::<Vec<PushJob>>(256);
+        let (push_chunks, push_to) = (chunks.clone(), pusher.clone());
+        std::thread::spawn(move || {
+            for jobs in pushes {
+                for PushJob(ino, id, size) in jobs {
+                    if let (Some(push), Ok(chunk)) = (push_to.get(), push_chunks.get(&id)) {
+                        push(ino, &chunk[..(size as usize).min(chunk.len())]);
+                    }
+                }
+            }
+        });
         let mut inodes = HashMap::new();
         inodes.insert(ROOT_INO, Inode { parent: ROOT_INO, node: Node::Root, lookups: 1 });
         inodes.insert(SNAPSHOTS_INO, Inode { parent: ROOT_INO, node: Node::Snapshots, lookups: 1 });
@@ -252,6 +280,10 @@ impl View {
             chunks,
             readers: Mutex::new(HashMap::new()),
             prefetch,
+            push,
+            pusher,
+            last_read_ms: AtomicU64::new(0),
+            started: Instant::now(),
             stored_bytes: Mutex::new(None),
             log,
         }
@@ -467,6 +499,45 @@ impl View {
         inodes.entry(ino).or_insert(Inode { parent, node, lookups: 0 }).lookups += 1;
     }
 
+    /// Lets the view push file contents into the kernel's page cache (set once the session runs).
+    pub fn set_pusher(&self, pusher: Pusher) {
+        let _ = self.pusher.set(pusher);
+    }
+
+    /// Whether a listed row is a small file worth pushing (see `push_contents`).
+    pub fn push_job(&self, child: &Child) -> Option<PushJob> {
+        match child.node.entry().map(|e| &e.node) {
+            Some(TreeNode::File { size, chunks }) if *size > 0 && *size <= PUSH_FILES_UP_TO && chunks.len() == 1 => {
+                Some(PushJob(child.ino, chunks[0].id, *size))
+            }
+            _ => None,
+        }
+    }
+
+    /// Pushes the contents of small files just listed into the kernel's page cache, in the
+    /// background. Whoever lists a folder of small files (`tar`, `cp -r`, `rsync`, a file
+    /// manager making previews) usually reads them next, and each read would otherwise be a
+    /// round trip to this daemon; pushed, it is a page-cache hit. Best effort: a push that loses
+    /// the race with the kernel only leaves that file to be read as usual.
+    pub fn push_contents(&self, mut jobs: Vec<PushJob>) {
+        let last_read = self.last_read_ms.load(Ordering::Relaxed);
+        if self.pusher.get().is_none() || last_read == 0 || self.now_ms().saturating_sub(last_read) > 1000 {
+            return;
+        }
+        let mut total = 0;
+        jobs.retain(|PushJob(_, _, size)| {
+            total += size;
+            total <= PUSH_PER_LISTING
+        });
+        if !jobs.is_empty() {
+            let _ = self.push.try_send(jobs);
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
     /// Counts a kernel reference to a row it took from `readdir_plus`.
     pub fn remember(&self, parent: u64, child: Child) {
         self.remember_node(parent, child.ino, child.node);
@@ -593,6 +664,7 @@ impl View {
     /// search, served from the cache or loaded and verified; a sequential reader gets the next
     /// chunks loaded ahead.
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<ReadData, VfsError> {
+        self.last_read_ms.store(self.now_ms(), Ordering::Relaxed);
         let file = self.reader(ino)?;
         let TreeNode::File { size: file_size, chunks } = &file.tree.entries[file.index as usize].node else {
             return Err(VfsError::IsDir);
