@@ -200,6 +200,9 @@ pub fn serve(
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
+        // Read-only at the kernel too: writes fail there, and the kernel need not ask for a
+        // folder's attributes again after every listing (it would, to refresh atime).
+        fuser::MountOption::RO,
     ];
     config.acl = if options.allow_other {
         fuser::SessionACL::All

@@ -343,3 +343,44 @@ fn mount_t_phonebak_and_an_fstab_line_work() {
     assert!(point.join("snapshots/pixel/latest/DCIM/Camera/IMG_0001.jpg").exists());
     assert!(Command::new("umount").arg(&point).status().unwrap().success());
 }
+
+/// Pages of `path` in the kernel's page cache, from `fincore` (util-linux).
+fn cached_pages(path: &Path) -> u64 {
+    let out = Command::new("fincore").args(["-n", "-b", "-o", "PAGES"]).arg(path).output().unwrap();
+    assert!(out.status.success(), "fincore: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// While files are being read, listing a folder pushes its small files into the kernel's page
+/// cache (so reading them costs no round trip), with exactly the right bytes; `find` or `ls`
+/// alone (nobody reading) pushes nothing.
+#[test]
+fn small_files_of_a_listed_folder_are_pushed_while_someone_reads() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    write(&phone.join("start.txt"), &bytes(1, 5000, true));
+    for i in 0..20 {
+        write(&phone.join(format!("idle/f{i}.json")), &bytes(100 + i, 3000 + i as usize * 100, true));
+        write(&phone.join(format!("busy/f{i}.json")), &bytes(200 + i, 3000 + i as usize * 100, true));
+    }
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    let m = Mounted::new(&s, &[]);
+    let snap = m.snapshots().join("p/latest");
+
+    assert_eq!(Command::new("ls").arg("-l").arg(snap.join("idle")).output().unwrap().status.code(), Some(0));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(cached_pages(&snap.join("idle/f3.json")), 0, "listing alone pushes nothing");
+
+    assert_eq!(std::fs::read(snap.join("start.txt")).unwrap(), bytes(1, 5000, true));
+    assert_eq!(Command::new("ls").arg("-l").arg(snap.join("busy")).output().unwrap().status.code(), Some(0));
+    let pushed = |i: u64| cached_pages(&snap.join(format!("busy/f{i}.json"))) > 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(0..20).all(pushed) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!((0..20).all(pushed), "listed while reading: pushed");
+    for i in 0..20u64 {
+        let got = std::fs::read(snap.join(format!("busy/f{i}.json"))).unwrap();
+        assert_eq!(got, bytes(200 + i, 3000 + i as usize * 100, true), "busy/f{i}.json");
+    }
+}
