@@ -711,7 +711,14 @@ impl View {
             done += take;
         }
         if streak >= STREAK_FOR_READAHEAD {
-            for next in chunks.iter().skip(index + 1).take(READAHEAD_CHUNKS) {
+            // The next chunks of this file, then (near its end) the first ones of the files after
+            // it in its folder: `tar`, `cp -r` and `rsync` read folders file by file, in order.
+            let next_files = file.tree.entries[file.index as usize + 1..].iter().filter_map(|e| match &e.node {
+                TreeNode::File { chunks, .. } => Some(chunks.iter()),
+                _ => None,
+            });
+            let ahead = chunks[index + 1..].iter().chain(next_files.flatten()).take(READAHEAD_CHUNKS);
+            for next in ahead {
                 if !self.chunks.contains(&next.id) && self.prefetch.try_send(next.id).is_err() {
                     break; // the prefetchers are busy: they are ahead enough
                 }
