@@ -77,6 +77,14 @@ fn every_snapshot_is_an_exact_read_only_folder() {
     s.ok(&["backup", "--device", "tablet", phone.to_str().unwrap()]);
 
     let m = Mounted::new(&s, &[]);
+    // As root, the daemon raises the kernel's readahead for its mount to 4 MiB.
+    let device = Command::new("mountpoint").arg("-d").arg(&m.point).output().unwrap();
+    let device = String::from_utf8_lossy(&device.stdout).trim().to_string();
+    let readahead = std::fs::read_to_string(format!("/sys/class/bdi/{device}/read_ahead_kb")).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(readahead.trim(), "4096");
+    }
     assert_same_tree(&day1, &m.snapshots().join("pixel/2026-11-21T08:00:00"));
     assert_same_tree(&phone, &m.snapshots().join("pixel/2026-11-22T08:00:00"));
     let latest = std::fs::read_link(m.snapshots().join("pixel/latest")).unwrap();
