@@ -673,7 +673,8 @@ impl View {
             return Ok(ReadData::Copied(Vec::new()));
         }
         let want = (size as u64).min(file_size - offset) as usize;
-        let mut out = Vec::new();
+        let mut out = GATHERED.with(|buffer| std::mem::take(&mut *buffer.borrow_mut()));
+        out.clear();
         let mut single = None;
         let mut index = 0;
         // A reader that starts at the beginning of a file is taken to read on: most do.
@@ -776,6 +777,27 @@ impl ReadData {
             ReadData::Copied(bytes) => bytes,
         }
     }
+}
+
+impl Drop for ReadData {
+    /// Gives the gathering buffer back to this thread for its next read: replies of 1 MiB
+    /// gathered into fresh memory each time cost more (page faults, zeroing) than the copy.
+    fn drop(&mut self) {
+        if let ReadData::Copied(bytes) = self {
+            let bytes = std::mem::take(bytes);
+            GATHERED.with(|buffer| {
+                let mut buffer = buffer.borrow_mut();
+                if bytes.capacity() > buffer.capacity() {
+                    *buffer = bytes;
+                }
+            });
+        }
+    }
+}
+
+thread_local! {
+    /// Where a read spanning several chunks (or frames) is gathered; see `ReadData::drop`.
+    static GATHERED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn kind_of(node: &Node) -> Kind {
