@@ -129,33 +129,38 @@ reads() {
 peak_rss() { awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$1/status" 2> /dev/null || echo 0; }
 wait_for() { for _ in $(seq 2000); do [ -e "$1" ] && return; sleep 0.01; done; echo "timed out waiting for $1"; exit 1; }
 
-reads plain "$phone"
-
+# The mount figures are medians of as many rounds as the backup figures (single runs of a
+# mount vary even more than backups here).
 mnt=$work/mnt; mkdir -p "$mnt"
-start=$(date +%s.%N)
-"$phonebak" mount --repo "$work/repo-phonebak" "$mnt"
-ls "$mnt/snapshots/phone/latest/" > /dev/null
-record phonebak mount_s "$(python3 -c "print(f'{$(date +%s.%N) - $start:.3f}')")"
-reads phonebak "$mnt/snapshots/phone/latest/"
-record phonebak rss_mib "$(peak_rss "$(pgrep -f "phonebak mount --repo $work/repo-phonebak" | head -1)")"
-umount "$mnt"
+for round in $(seq "$runs"); do
+    echo "mount round $round of $runs"
+    reads plain "$phone"
 
-start=$(date +%s.%N)
-restic -r "$work/repo-restic" mount "$mnt" > /dev/null 2>&1 &
-restic_pid=$!
-wait_for "$mnt/snapshots/latest$phone"
-record restic mount_s "$(python3 -c "print(f'{$(date +%s.%N) - $start:.3f}')")"
-reads restic "$mnt/snapshots/latest$phone/"
-record restic rss_mib "$(peak_rss "$restic_pid")"
-umount "$mnt"; wait "$restic_pid" || true
+    start=$(date +%s.%N)
+    "$phonebak" mount --repo "$work/repo-phonebak" "$mnt"
+    ls "$mnt/snapshots/phone/latest/" > /dev/null
+    record phonebak mount_s "$(python3 -c "print(f'{$(date +%s.%N) - $start:.3f}')")"
+    reads phonebak "$mnt/snapshots/phone/latest/"
+    record phonebak rss_mib "$(peak_rss "$(pgrep -f "phonebak mount --repo $work/repo-phonebak" | head -1)")"
+    umount "$mnt"
 
-start=$(date +%s.%N)
-borg mount "$work/repo-borg" "$mnt"
-ls "$mnt/extra-20$phone/" > /dev/null
-record borg mount_s "$(python3 -c "print(f'{$(date +%s.%N) - $start:.3f}')")"
-reads borg "$mnt/extra-20$phone/"
-record borg rss_mib "$(peak_rss "$(pgrep -f "borg mount $work/repo-borg" | head -1)")"
-umount "$mnt"
+    start=$(date +%s.%N)
+    restic -r "$work/repo-restic" mount "$mnt" > /dev/null 2>&1 &
+    restic_pid=$!
+    wait_for "$mnt/snapshots/latest$phone"
+    record restic mount_s "$(python3 -c "print(f'{$(date +%s.%N) - $start:.3f}')")"
+    reads restic "$mnt/snapshots/latest$phone/"
+    record restic rss_mib "$(peak_rss "$restic_pid")"
+    umount "$mnt"; wait "$restic_pid" || true
+
+    start=$(date +%s.%N)
+    borg mount "$work/repo-borg" "$mnt"
+    ls "$mnt/extra-20$phone/" > /dev/null
+    record borg mount_s "$(python3 -c "print(f'{$(date +%s.%N) - $start:.3f}')")"
+    reads borg "$mnt/extra-20$phone/"
+    record borg rss_mib "$(peak_rss "$(pgrep -f "borg mount $work/repo-borg" | head -1)")"
+    umount "$mnt"
+done
 
 python3 - "$csv" "$(du -sb "$phone" | cut -f1)" "$(find "$phone" -type f | wc -l)" "$mcsv" "$can_drop" <<'PY' | tee "${work%/}.results.txt"
 import csv, statistics, sys
@@ -183,10 +188,12 @@ print(f"  repository <= borg's: phonebak/borg {med('size', 'phonebak') / med('si
 peak = max(med('first', 'phonebak', 3), med('next-day', 'phonebak', 3))
 print(f"  backup peak memory < 200 MiB: {peak:.0f} MiB: " + ok(peak < 200))
 
-mrows = {(r[0], r[1]): float(r[2]) for r in csv.reader(open(sys.argv[4]))}
-m = lambda tool, what: mrows[(tool, what)]
+mrows = {}
+for r in csv.reader(open(sys.argv[4])):
+    mrows.setdefault((r[0], r[1]), []).append(float(r[2]))
+m = lambda tool, what: statistics.median(mrows[(tool, what)])
 cold = "cold = fresh mount, page cache dropped" if sys.argv[5] == "yes" else "cold: page cache NOT dropped (not root)"
-print(f"\nmount of a 20-snapshot repository, reading the latest snapshot ({cold}):")
+print(f"\nmount of a 20-snapshot repository, reading the latest snapshot ({cold}); medians of {len(mrows[('phonebak', 'mount_s')])} round(s):")
 tools4 = ["phonebak", "restic", "borg", "plain"]
 print(f"{'':22}" + "".join(f"{t:>12}" for t in tools4))
 print(f"{'mount ready (s)':22}" + "".join(f"{m(t, 'mount_s'):12.3f}" if t != "plain" else f"{'':>12}" for t in tools4))

@@ -174,43 +174,45 @@ fn chunks_of(repo: &Repository, phone: &Path, file: &str) -> Vec<phonebak::repo:
 }
 
 /// Format 2 seals big uncompressed chunks in 64 KiB frames that open one by one (the mount's
-/// random reads); a damaged frame fails alone, and the whole chunk then fails too.
+/// random reads); a damaged frame fails alone, and the whole chunk then fails too. Encrypted
+/// (AES-GCM per frame) and unencrypted (a BLAKE3 checksum per frame) alike.
 #[test]
 fn big_raw_chunks_are_framed_and_frames_fail_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let phone = dir.path().join("phone");
-    let photo = bytes(9, 300_000, false);
-    write(&phone.join("photo.jpg"), &photo);
-    let options =
-        InitOptions { kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 }, ..Default::default() };
-    Repository::init(&dir.path().join("repo"), Some(b"pw"), options).unwrap();
-    let repo = Repository::open(&dir.path().join("repo"), || Ok(b"pw".to_vec())).unwrap();
-    let ids = chunks_of(&repo, &phone, "photo.jpg");
-    assert_eq!(ids.len(), 1, "one chunk: the file is under the minimum chunk size");
-    let id = ids[0];
-    assert_eq!(repo.frames_of(&id).unwrap(), Some(5));
-    let mut joined = Vec::new();
-    for number in 0..5 {
-        let mut frame = Vec::new();
-        repo.load_frame(&id, number, &mut frame).unwrap();
-        joined.extend_from_slice(&frame);
-    }
-    assert_eq!(joined, photo);
-    assert_eq!(repo.load_blob(&id).unwrap(), photo);
-    assert!(repo.load_frame(&id, 5, &mut Vec::new()).is_err());
+    for (password, overhead) in [(Some(b"pw".as_slice()), 28), (None, 16)] {
+        let dir = tempfile::tempdir().unwrap();
+        let phone = dir.path().join("phone");
+        let photo = bytes(9, 300_000, false);
+        write(&phone.join("photo.jpg"), &photo);
+        let kdf = KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 };
+        Repository::init(&dir.path().join("repo"), password, InitOptions { kdf, ..Default::default() }).unwrap();
+        let repo = Repository::open(&dir.path().join("repo"), || Ok(password.unwrap_or_default().to_vec())).unwrap();
+        let ids = chunks_of(&repo, &phone, "photo.jpg");
+        assert_eq!(ids.len(), 1, "one chunk: the file is under the minimum chunk size");
+        let id = ids[0];
+        assert_eq!(repo.frames_of(&id).unwrap(), Some(5));
+        let mut joined = Vec::new();
+        for number in 0..5 {
+            let mut frame = Vec::new();
+            repo.load_frame(&id, number, &mut frame).unwrap();
+            joined.extend_from_slice(&frame);
+        }
+        assert_eq!(joined, photo);
+        assert_eq!(repo.load_blob(&id).unwrap(), photo);
+        assert!(repo.load_frame(&id, 5, &mut Vec::new()).is_err());
 
-    // Flip one byte in the middle of frame 2.
-    let location = repo.index().get(&id).unwrap().unwrap();
-    let pack = repo.pack_path(&location.pack);
-    let mut stored = std::fs::read(&pack).unwrap();
-    stored[location.offset as usize + 2 * (64 * 1024 + 28) + 1000] ^= 1;
-    std::fs::write(&pack, stored).unwrap();
-    for number in [0, 1, 3, 4] {
-        repo.load_frame(&id, number, &mut Vec::new()).unwrap();
+        // Flip one byte in the middle of frame 2.
+        let location = repo.index().get(&id).unwrap().unwrap();
+        let pack = repo.pack_path(&location.pack);
+        let mut stored = std::fs::read(&pack).unwrap();
+        stored[location.offset as usize + 2 * (64 * 1024 + overhead) + 1000] ^= 1;
+        std::fs::write(&pack, stored).unwrap();
+        for number in [0, 1, 3, 4] {
+            repo.load_frame(&id, number, &mut Vec::new()).unwrap();
+        }
+        assert!(repo.load_frame(&id, 2, &mut Vec::new()).unwrap_err().is_corruption());
+        assert!(repo.load_blob(&id).unwrap_err().is_corruption());
+        assert!(!phonebak::check::run(&repo, true).unwrap().is_ok());
     }
-    assert!(repo.load_frame(&id, 2, &mut Vec::new()).unwrap_err().is_corruption());
-    assert!(repo.load_blob(&id).unwrap_err().is_corruption());
-    assert!(!phonebak::check::run(&repo, true).unwrap().is_ok());
 }
 
 /// A format 1 repository (made before frames) is read and written as format 1: whole chunks.
