@@ -392,3 +392,25 @@ fn small_files_of_a_listed_folder_are_pushed_while_someone_reads() {
         assert_eq!(got, bytes(200 + i, 3000 + i as usize * 100, true), "busy/f{i}.json");
     }
 }
+
+/// A prune while mounted moves the files still in use to new packs and deletes the old packs
+/// and index files: the mount reads the index again and follows them, instead of failing.
+#[test]
+fn reads_follow_a_prune_made_while_mounted() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    let keep = bytes(5, 3 << 20, false);
+    write(&phone.join("keep.mp4"), &keep);
+    write(&phone.join("gone.mp4"), &bytes(6, 6 << 20, false));
+    s.ok(&["backup", "--device", "p", "--time", "2026-11-21T08:00:00", phone.to_str().unwrap()]);
+    std::fs::remove_file(phone.join("gone.mp4")).unwrap();
+    s.ok(&["backup", "--device", "p", "--time", "2026-11-22T08:00:00", phone.to_str().unwrap()]);
+    let m = Mounted::new(&s, &[]);
+    let file = m.snapshots().join("p/2026-11-22T08:00:00/keep.mp4");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), keep.len() as u64);
+
+    s.ok(&["forget", "--keep-last", "1"]);
+    let report = s.json(&["prune"]);
+    assert_eq!(report["packs_repacked"], 1, "{report}");
+    assert_eq!(std::fs::read(&file).unwrap(), keep);
+}

@@ -117,6 +117,19 @@ impl Index {
         Ok(any)
     }
 
+    /// Starts over with the index files on disk now: a prune (run while this repository is
+    /// open, e.g. by a mount) replaces index files and moves blobs to new packs, and a deleted
+    /// index file still reads through the descriptor held open here.
+    pub fn resync(&self) -> Result<(), RepoError> {
+        let on_disk: HashSet<Id> = read_dir_sorted(&self.dir)?
+            .iter()
+            .filter_map(|path| path.file_name().and_then(|n| n.to_str()).and_then(Id::from_hex))
+            .collect();
+        self.files.write().expect("index lock").retain(|file| on_disk.contains(&file.id));
+        self.refresh()?;
+        Ok(())
+    }
+
     pub fn file_ids(&self) -> Vec<Id> {
         self.files.read().expect("index lock").iter().map(|f| f.id).collect()
     }

@@ -97,6 +97,8 @@ pub enum RepoError {
     Corrupt(String),
     #[error("repository damaged: blob {0} is not in the index")]
     MissingBlob(BlobId),
+    #[error("repository damaged: pack {0} is missing")]
+    MissingPack(PackId),
     #[error("no space left on the repository's disk while {0}")]
     NoSpace(String),
     #[error("{context}: {source}")]
@@ -106,7 +108,7 @@ pub enum RepoError {
 impl RepoError {
     /// Is this damage to stored data (as opposed to a problem reaching it)?
     pub fn is_corruption(&self) -> bool {
-        matches!(self, RepoError::Corrupt(_) | RepoError::MissingBlob(_))
+        matches!(self, RepoError::Corrupt(_) | RepoError::MissingBlob(_) | RepoError::MissingPack(_))
     }
 }
 
@@ -320,7 +322,28 @@ impl Repository {
     /// `out` and opened there, so it costs no other buffer and no copy between buffers; this is
     /// what lets the mount recycle its cache's buffers instead of mapping fresh memory per chunk.
     pub fn load_blob_into(&self, id: &BlobId, out: &mut Vec<u8>) -> Result<(), RepoError> {
-        let location = self.index.get(id)?.ok_or(RepoError::MissingBlob(*id))?;
+        self.at_location(id, |location| self.load_from(id, location, out))
+    }
+
+    /// Calls `read` with where blob `id` is stored. If its pack is gone, the index is read again
+    /// and `read` tried once more: a prune run while this repository is open (by a mount) moves
+    /// live blobs to new packs before it deletes the old ones.
+    fn at_location<T>(
+        &self,
+        id: &BlobId,
+        mut read: impl FnMut(&index::BlobLocation) -> Result<T, RepoError>,
+    ) -> Result<T, RepoError> {
+        let locate = || self.index.get(id)?.ok_or(RepoError::MissingBlob(*id));
+        match read(&locate()?) {
+            Err(RepoError::MissingPack(_)) => {
+                self.index.resync()?;
+                read(&locate()?)
+            }
+            other => other,
+        }
+    }
+
+    fn load_from(&self, id: &BlobId, location: &index::BlobLocation, out: &mut Vec<u8>) -> Result<(), RepoError> {
         let (pack, offset, len) = (&location.pack, location.offset as u64, location.len as usize);
         match self.layout(location.len, location.raw_len) {
             Layout::Whole { raw: false } => {
@@ -370,7 +393,16 @@ impl Repository {
     /// `out`. The frame's envelope authenticates it as that frame of that blob; the hash of the
     /// whole blob is checked when the whole blob is loaded (and by `check --read-data`).
     pub fn load_frame(&self, id: &BlobId, number: u32, out: &mut Vec<u8>) -> Result<(), RepoError> {
-        let location = self.index.get(id)?.ok_or(RepoError::MissingBlob(*id))?;
+        self.at_location(id, |location| self.frame_from(id, location, number, out))
+    }
+
+    fn frame_from(
+        &self,
+        id: &BlobId,
+        location: &index::BlobLocation,
+        number: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RepoError> {
         let Layout::Framed { frames } = self.layout(location.len, location.raw_len) else {
             return Err(RepoError::Corrupt(format!("blob {id} is not stored in frames")));
         };
@@ -483,7 +515,7 @@ impl Repository {
         }
         let path = self.pack_path(pack);
         let file = File::open(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => RepoError::Corrupt(format!("pack {pack} is missing")),
+            io::ErrorKind::NotFound => RepoError::MissingPack(*pack),
             _ => io_error(format!("opening {}", path.display()))(e),
         })?;
         if open.len() >= 256 {
