@@ -352,6 +352,13 @@ fn mount_t_phonebak_and_an_fstab_line_work() {
     assert!(Command::new("umount").arg(&point).status().unwrap().success());
 }
 
+/// Drops the kernel's page, dentry and inode caches (as root); false if it cannot.
+fn drop_caches() -> bool {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
 /// Pages of `path` in the kernel's page cache, from `fincore` (util-linux).
 fn cached_pages(path: &Path) -> u64 {
     let out = Command::new("fincore").args(["-n", "-b", "-o", "PAGES"]).arg(path).output().unwrap();
@@ -379,14 +386,23 @@ fn small_files_of_a_listed_folder_are_pushed_while_someone_reads() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(cached_pages(&snap.join("idle/f3.json")), 0, "listing alone pushes nothing");
 
-    assert_eq!(std::fs::read(snap.join("start.txt")).unwrap(), bytes(1, 5000, true));
-    assert_eq!(Command::new("ls").arg("-l").arg(snap.join("busy")).output().unwrap().status.code(), Some(0));
+    // Pushing is best effort (a push that beats the kernel's own setup of the inode is dropped),
+    // so on a busy machine a listing may need another try: caches are dropped between tries.
     let pushed = |i: u64| cached_pages(&snap.join(format!("busy/f{i}.json"))) > 0;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !(0..20).all(pushed) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    let mut all_pushed = false;
+    for _attempt in 0..5 {
+        assert_eq!(std::fs::read(snap.join("start.txt")).unwrap(), bytes(1, 5000, true));
+        assert_eq!(Command::new("ls").arg("-l").arg(snap.join("busy")).output().unwrap().status.code(), Some(0));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !(0..20).all(pushed) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        all_pushed = (0..20).all(pushed);
+        if all_pushed || !drop_caches() {
+            break;
+        }
     }
-    assert!((0..20).all(pushed), "listed while reading: pushed");
+    assert!(all_pushed, "listed while reading: pushed");
     for i in 0..20u64 {
         let got = std::fs::read(snap.join(format!("busy/f{i}.json"))).unwrap();
         assert_eq!(got, bytes(200 + i, 3000 + i as usize * 100, true), "busy/f{i}.json");

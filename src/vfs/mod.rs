@@ -257,6 +257,9 @@ impl View {
         let (push_chunks, push_to) = (chunks.clone(), pusher.clone());
         std::thread::spawn(move || {
             for jobs in pushes {
+                // The kernel sets up a listing's inodes after it has the reply, and drops a push
+                // for an inode it does not know yet: give it a moment.
+                std::thread::sleep(Duration::from_millis(2));
                 for PushJob(ino, id, size) in jobs {
                     if let (Some(push), Ok(chunk)) = (push_to.get(), push_chunks.get(&id)) {
                         push(ino, &chunk[..(size as usize).min(chunk.len())]);
