@@ -676,8 +676,7 @@ impl View {
             return Ok(ReadData::Copied(Vec::new()));
         }
         let want = (size as u64).min(file_size - offset) as usize;
-        let mut out = GATHERED.with(|buffer| std::mem::take(&mut *buffer.borrow_mut()));
-        out.clear();
+        let mut out = Vec::new();
         let mut single = None;
         let mut index = 0;
         // A reader that starts at the beginning of a file is taken to read on: most do.
@@ -710,6 +709,9 @@ impl View {
             if done == 0 && take == want {
                 single = Some((piece, start..start + take)); // the common case: no copy here
             } else {
+                if out.capacity() == 0 {
+                    out = gathering_buffer(); // only now: a read inside one chunk needs none
+                }
                 out.extend_from_slice(&piece[start..start + take]);
             }
             done += take;
@@ -717,7 +719,8 @@ impl View {
         if streak >= STREAK_FOR_READAHEAD {
             // The next chunks of this file, then (near its end) the first ones of the files after
             // it in its folder: `tar`, `cp -r` and `rsync` read folders file by file, in order.
-            let next_files = file.tree.entries[file.index as usize + 1..].iter().filter_map(|e| match &e.node {
+            let following = file.tree.entries[file.index as usize + 1..].iter().take(READAHEAD_CHUNKS);
+            let next_files = following.filter_map(|e| match &e.node {
                 TreeNode::File { chunks, .. } => Some(chunks.iter()),
                 _ => None,
             });
@@ -796,6 +799,13 @@ impl Drop for ReadData {
             });
         }
     }
+}
+
+/// This thread's buffer for gathering a read that spans chunks (or frames), emptied.
+fn gathering_buffer() -> Vec<u8> {
+    let mut buffer = GATHERED.with(|buffer| std::mem::take(&mut *buffer.borrow_mut()));
+    buffer.clear();
+    buffer
 }
 
 thread_local! {
