@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::repo::Repository;
 use crate::vfs::fuse::FuseView;
-use crate::vfs::{View, ViewOptions};
+use crate::vfs::{Staging, View, ViewOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -21,6 +21,8 @@ pub enum MountError {
     BadValue { option: String, why: String },
     #[error("mountpoint {0}: {1}")]
     Mountpoint(PathBuf, String),
+    #[error("staging folder {0}: {1}")]
+    Staging(PathBuf, std::io::Error),
     #[error("mounting {0}: {1}")]
     Mount(PathBuf, std::io::Error),
     #[error("the mount daemon failed: {0}")]
@@ -32,8 +34,10 @@ pub enum MountError {
 pub struct MountOptions {
     pub cache_bytes: usize,
     pub password_file: Option<PathBuf>,
-    /// Where `restore/` keeps staged files (used once staging exists).
+    /// Where `restore/` keeps staged files (`REPO/staging` if not given).
     pub staging: Option<PathBuf>,
+    /// `ro`: `restore/` refuses changes too, and the kernel mount is read-only.
+    pub read_only: bool,
     pub allow_other: bool,
     pub allow_root: bool,
     pub uid: Option<u32>,
@@ -49,6 +53,7 @@ impl Default for MountOptions {
             cache_bytes: 256 << 20,
             password_file: None,
             staging: None,
+            read_only: false,
             allow_other: false,
             allow_root: false,
             uid: None,
@@ -61,8 +66,6 @@ impl Default for MountOptions {
 
 /// Options that mount(8) or fstab may pass and that mean nothing here (or are implied).
 const IGNORED: &[&str] = &[
-    "ro",
-    "rw",
     "defaults",
     "auto",
     "noauto",
@@ -131,6 +134,8 @@ pub fn parse_options(lists: &[String]) -> Result<MountOptions, MountError> {
                     return Err(MountError::BadValue { option: key.into(), why: "must be 1 to 64".into() });
                 }
             }
+            "ro" => options.read_only = true,
+            "rw" => options.read_only = false,
             "allow_other" => options.allow_other = true,
             "allow_root" => options.allow_root = true,
             _ if IGNORED.contains(&key) || key.starts_with("x-") => {}
@@ -157,6 +162,23 @@ pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
+/// The staging folder behind `restore/`: `-o staging=DIR`, or `REPO/staging` (made on first
+/// use, mode 0700). A repository where it cannot be made (read-only media, another user's)
+/// is mounted without `restore/`, with a warning; a folder asked for must work.
+pub fn open_staging(repo: &Repository, options: &MountOptions) -> Result<Option<Staging>, MountError> {
+    if let Some(dir) = &options.staging {
+        return Staging::at(dir, options.read_only).map(Some).map_err(|e| MountError::Staging(dir.clone(), e));
+    }
+    let dir = repo.path("staging");
+    match Staging::at(&dir, options.read_only) {
+        Ok(staging) => Ok(Some(staging)),
+        Err(e) => {
+            eprintln!("phonebak: warning: mounting without restore/: staging folder {}: {e}", dir.display());
+            Ok(None)
+        }
+    }
+}
+
 /// Where the daemon's log lines go.
 pub fn logger(foreground: bool, file: Option<PathBuf>) -> Box<dyn Fn(&str) + Send + Sync> {
     if let Some(file) = file {
@@ -181,6 +203,7 @@ pub fn logger(foreground: bool, file: Option<PathBuf>) -> Box<dyn Fn(&str) + Sen
 /// `ready` is told once the mount exists, or why it could not be made.
 pub fn serve(
     repo: Repository,
+    staging: Option<Staging>,
     mountpoint: &Path,
     options: &MountOptions,
     log: Box<dyn Fn(&str) + Send + Sync>,
@@ -193,7 +216,7 @@ pub fn serve(
     let source = std::fs::canonicalize(repo.root()).unwrap_or_else(|_| repo.root().to_path_buf()).display().to_string();
     // Resolved before mounting: once mounted, looking at the mountpoint may wait for this daemon.
     let mountpoint_resolved = mountpoint.canonicalize().unwrap_or_else(|_| mountpoint.to_path_buf());
-    let view_options = ViewOptions { cache_bytes: options.cache_bytes, uid: options.uid, gid: options.gid };
+    let view_options = ViewOptions { cache_bytes: options.cache_bytes, uid: options.uid, gid: options.gid, staging };
     let view = Arc::new(View::new(Arc::new(repo), view_options, log));
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -202,9 +225,9 @@ pub fn serve(
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
-        // Read-only at the kernel too: writes fail there, and the kernel need not ask for a
-        // folder's attributes again after every listing (it would, to refresh atime).
-        fuser::MountOption::RO,
+        // No atime: the kernel would otherwise ask for a folder's attributes again after
+        // every listing, to refresh it.
+        if options.read_only { fuser::MountOption::RO } else { fuser::MountOption::NoAtime },
     ];
     config.acl = if options.allow_other {
         fuser::SessionACL::All

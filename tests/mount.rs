@@ -11,58 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A mounted repository, unmounted (and its daemon checked gone) on drop.
-struct Mounted {
-    point: PathBuf,
-}
-
-impl Mounted {
-    fn new(s: &Scratch, extra: &[&str]) -> Mounted {
-        let point = s.path("mnt");
-        std::fs::create_dir_all(&point).unwrap();
-        let mut args = vec!["mount", point.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        s.ok(&args);
-        Mounted { point }
-    }
-
-    fn snapshots(&self) -> PathBuf {
-        self.point.join("snapshots")
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.point).status();
-    }
-}
-
-/// Processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &Path) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            if cmdline.split(|b| *b == 0).any(|arg| arg == needle.as_os_str().as_bytes()) && pid != std::process::id() {
-                found.push(pid);
-            }
-        }
-    }
-    found
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    assert!(Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success());
-}
-
 #[test]
 fn every_snapshot_is_an_exact_read_only_folder() {
     let s = Scratch::with_repo();

@@ -1,5 +1,5 @@
 //! The thin adapter from fuser's `Filesystem` to the `View`: type conversions and errno, no
-//! logic. Every write-type request inside the mount answers EROFS.
+//! logic. Changes are passed on to the staging side (`restore/`); elsewhere they answer EROFS.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -12,7 +12,7 @@ use fuser::{
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 
-use super::{Attr, Kind, VfsError, View};
+use super::{is_staged, Attr, AttrChange, Caller, Kind, Staging, VfsError, View};
 
 const BLOCK: u32 = 4096;
 
@@ -28,6 +28,16 @@ pub struct FuseView {
 impl FuseView {
     pub fn new(view: Arc<View>) -> FuseView {
         FuseView { view, no_open: false }
+    }
+
+    /// The staging side, for a change to `ino` (or in folder `ino`): changes elsewhere are
+    /// refused, snapshots being read-only.
+    fn staging(&self, ino: u64) -> Result<&Staging, VfsError> {
+        if is_staged(ino) {
+            self.view.staged()
+        } else {
+            Err(VfsError::ReadOnly)
+        }
     }
 }
 
@@ -61,6 +71,52 @@ fn file_attr(attr: &Attr) -> FileAttr {
         rdev: 0,
         blksize: BLOCK,
         flags: 0,
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid() }
+}
+
+fn timespec(time: TimeOrNow) -> libc::timespec {
+    match time {
+        TimeOrNow::Now => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+        TimeOrNow::SpecificTime(time) => {
+            let (sec, nsec) = match time.duration_since(UNIX_EPOCH) {
+                Ok(after) => (after.as_secs() as i64, after.subsec_nanos()),
+                Err(before) => {
+                    let before = before.duration();
+                    let sec = -(before.as_secs() as i64);
+                    if before.subsec_nanos() == 0 {
+                        (sec, 0)
+                    } else {
+                        (sec - 1, 1_000_000_000 - before.subsec_nanos())
+                    }
+                }
+            };
+            libc::timespec { tv_sec: sec, tv_nsec: nsec as libc::c_long }
+        }
+    }
+}
+
+fn entry(reply: ReplyEntry, made: Result<Attr, VfsError>) {
+    match made {
+        Ok(attr) => reply.entry(&attr.ttl, &file_attr(&attr), Generation(0)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn empty_dir(reply: ReplyDirectory, done: Result<(), VfsError>) {
+    match done {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn empty(reply: ReplyEmpty, done: Result<(), VfsError>) {
+    match done {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
     }
 }
 
@@ -122,6 +178,7 @@ impl Filesystem for FuseView {
         match self.view.open(ino.0, write) {
             // From now on the kernel opens files without asking (writes still get EROFS).
             Ok(()) if self.no_open => reply.error(Errno::ENOSYS),
+            Ok(()) if is_staged(ino.0) => reply.opened(FileHandle(0), FopenFlags::empty()),
             // Snapshot files never change: the kernel may keep their pages across opens.
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
@@ -160,6 +217,14 @@ impl Filesystem for FuseView {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        if is_staged(ino.0) {
+            let listed = self.view.staged().and_then(|staging| {
+                staging.readdir(ino.0, offset, |row| {
+                    reply.add(INodeNo(row.ino), row.next, file_type(row.kind), OsStr::from_bytes(&row.name))
+                })
+            });
+            return empty_dir(reply, listed);
+        }
         match self.view.readdir(ino.0, offset as usize, false) {
             Ok(rows) => {
                 for (position, row) in rows.iter().enumerate() {
@@ -175,6 +240,32 @@ impl Filesystem for FuseView {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        if is_staged(ino.0) {
+            let listed = self.view.staged().and_then(|staging| {
+                staging.readdir(ino.0, offset, |row| {
+                    let dot = row.name == b"." || row.name == b"..";
+                    // Every other row the kernel takes counts as a lookup.
+                    let found = if dot { staging.getattr(ino.0) } else { staging.lookup(ino.0, &row.name) };
+                    let Ok(attr) = found else { return false }; // gone since the listing: skip it
+                    let full = reply.add(
+                        INodeNo(attr.ino),
+                        row.next,
+                        OsStr::from_bytes(&row.name),
+                        &attr.ttl,
+                        &file_attr(&attr),
+                        Generation(0),
+                    );
+                    if full && !dot {
+                        staging.forget(attr.ino, 1);
+                    }
+                    full
+                })
+            });
+            return match listed {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
         match self.view.readdir(ino.0, offset as usize, true) {
             Ok(rows) => {
                 let mut pushes = Vec::new();
@@ -204,8 +295,8 @@ impl Filesystem for FuseView {
         }
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let (stored, free) = self.view.space();
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let (stored, free) = self.view.space(ino.0);
         let blocks = (stored + free) / BLOCK as u64;
         let free_blocks = free / BLOCK as u64;
         reply.statfs(blocks, free_blocks, free_blocks, 0, 0, BLOCK, 255, BLOCK);
@@ -228,24 +319,24 @@ impl Filesystem for FuseView {
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         match self.view.getattr(ino.0) {
-            Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(Errno::EROFS),
+            Ok(_) if mask.contains(AccessFlags::W_OK) && !is_staged(ino.0) => reply.error(Errno::EROFS),
             Ok(_) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    // Everything that would change the tree: read-only.
+    // Changes: passed on to the staging folder inside `restore/`, refused in snapshots.
 
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -254,97 +345,152 @@ impl Filesystem for FuseView {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(Errno::EROFS);
+        let change = AttrChange { mode, uid, gid, size, atime: atime.map(timespec), mtime: mtime.map(timespec) };
+        match self.staging(ino.0).and_then(|s| s.setattr(ino.0, &change)) {
+            Ok(attr) => reply.attr(&attr.ttl, &file_attr(&attr)),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
-    fn mknod(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let made =
+            self.staging(parent.0).and_then(|s| s.mknod(parent.0, name.as_bytes(), mode & !umask, rdev, caller(req)));
+        entry(reply, made);
     }
 
-    fn mkdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
-        reply.error(Errno::EROFS);
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        entry(
+            reply,
+            self.staging(parent.0).and_then(|s| s.mkdir(parent.0, name.as_bytes(), mode & !umask, caller(req))),
+        );
     }
 
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.staging(parent.0).and_then(|s| s.unlink(parent.0, name.as_bytes(), false)));
     }
 
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.staging(parent.0).and_then(|s| s.unlink(parent.0, name.as_bytes(), true)));
     }
 
-    fn symlink(&self, _req: &Request, _parent: INodeNo, _link: &OsStr, _target: &std::path::Path, reply: ReplyEntry) {
-        reply.error(Errno::EROFS);
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        let target = target.as_os_str().as_bytes();
+        entry(
+            reply,
+            self.staging(parent.0).and_then(|s| s.symlink(parent.0, link_name.as_bytes(), target, caller(req))),
+        );
     }
 
     fn rename(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: fuser::RenameFlags,
+        parent: INodeNo,
+        name: &OsStr,
+        new_parent: INodeNo,
+        new_name: &OsStr,
+        flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        let renamed = self.staging(parent.0).and_then(|s| {
+            if !is_staged(new_parent.0) {
+                return Err(VfsError::Os(libc::EXDEV)); // out of restore/ into a snapshot
+            }
+            s.rename(parent.0, name.as_bytes(), new_parent.0, new_name.as_bytes(), flags.bits())
+        });
+        empty(reply, renamed);
     }
 
-    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
-        reply.error(Errno::EROFS);
+    fn link(&self, _req: &Request, ino: INodeNo, new_parent: INodeNo, new_name: &OsStr, reply: ReplyEntry) {
+        let linked = self.staging(new_parent.0).and_then(|s| {
+            if !is_staged(ino.0) {
+                return Err(VfsError::Os(libc::EXDEV)); // a snapshot's file: copy it instead
+            }
+            s.link(ino.0, new_parent.0, new_name.as_bytes())
+        });
+        entry(reply, linked);
     }
 
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        offset: u64,
+        data: &[u8],
         _write_flags: fuser::WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(Errno::EROFS);
+        match self.staging(ino.0).and_then(|s| s.write(ino.0, offset, data)) {
+            Ok(written) => reply.written(written),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        if let Ok(staging) = self.staging(ino.0) {
+            staging.flush(ino.0);
+        }
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        match self.staging(ino.0) {
+            Ok(staging) => empty(reply, staging.fsync(ino.0, datasync)),
+            Err(_) => reply.ok(), // snapshots are always on disk
+        }
+    }
+
+    fn fsyncdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        self.fsync(req, ino, fh, datasync, reply);
     }
 
     fn create(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _flags: i32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(Errno::EROFS);
+        let made =
+            self.staging(parent.0).and_then(|s| s.create(parent.0, name.as_bytes(), mode & !umask, flags, caller(req)));
+        match made {
+            Ok(attr) => reply.created(&attr.ttl, &file_attr(&attr), Generation(0), FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
+    fn destroy(&mut self) {
+        if let Ok(staging) = self.view.staged() {
+            staging.sync();
+        }
+    }
+
+    /// Extended attributes are not kept: phones' storage has none to give back.
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _name: &OsStr,
         _value: &[u8],
         _flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        match self.staging(ino.0) {
+            Ok(_) => reply.error(Errno::EOPNOTSUPP),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+    fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        match self.staging(ino.0) {
+            Ok(_) => reply.error(Errno::ENODATA),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 }

@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -230,4 +232,60 @@ pub fn damage_largest_pack(repo: &Path, at: usize) {
     let mut content = std::fs::read(&pack).unwrap();
     content[at] ^= 0x40;
     std::fs::write(&pack, content).unwrap();
+}
+
+/// A mounted repository, unmounted (and its daemon checked gone) on drop.
+pub struct Mounted {
+    pub point: PathBuf,
+}
+
+impl Mounted {
+    pub fn new(s: &Scratch, extra: &[&str]) -> Mounted {
+        let point = s.path("mnt");
+        std::fs::create_dir_all(&point).unwrap();
+        let mut args = vec!["mount", point.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        s.ok(&args);
+        Mounted { point }
+    }
+
+    pub fn snapshots(&self) -> PathBuf {
+        self.point.join("snapshots")
+    }
+
+    pub fn restore(&self) -> PathBuf {
+        self.point.join("restore")
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.point).status();
+    }
+}
+
+/// Processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &Path) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if cmdline.split(|b| *b == 0).any(|arg| arg == needle.as_os_str().as_bytes()) && pid != std::process::id() {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn copy_tree(from: &Path, to: &Path) {
+    assert!(Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success());
 }
