@@ -8,10 +8,11 @@ use std::process::ExitCode;
 
 use crate::backup::{self, BackupOptions, PathFilter};
 use crate::forget::Policy;
+use crate::push::{OnConflict, PushOptions, PushReport, Source as PushSource};
 use crate::repo::snapshot::{self, SnapshotInfo};
 use crate::repo::{InitOptions, RepoError, Repository};
 use crate::tree::{lookup_path, Entry, Node};
-use crate::{check, exit, forget, mount, prune, restore, source, stats};
+use crate::{check, device, exit, forget, mount, prune, push, restore, source, stats};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -125,17 +126,47 @@ enum Command {
     Prune,
     /// Sizes, deduplication and compression.
     Stats,
+    /// Put staged files (the mount's restore/ folder) or a snapshot back on a phone, verified.
+    Push {
+        /// Where to: dir:PATH (a phone mounted over MTP, or any folder) or adb[:SERIAL][:/sdcard].
+        #[arg(long)]
+        device: String,
+        /// Push SNAPSHOT[:PATH] straight from the repository instead of the staging folder.
+        #[arg(long)]
+        from: Option<String>,
+        /// The staging folder, if the mount was given -o staging=DIR (default: REPO/staging).
+        #[arg(long)]
+        staging: Option<PathBuf>,
+        /// Show what would be pushed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// What to do where the phone already has a different file of the same name.
+        #[arg(long, value_enum, default_value = "skip")]
+        on_conflict: Conflict,
+        /// Leave pushed files in the staging folder.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Show every snapshot as a read-only folder: MOUNTPOINT/snapshots/<device>/<time>/.
     Mount {
         mountpoint: PathBuf,
         /// Mount options, comma-separated: cache_size=256M, password_file=F, allow_other,
-        /// allow_root, uid=N, gid=N, threads=N, log=FILE, staging=DIR (and mount(8)'s generic ones).
+        /// allow_root, uid=N, gid=N, threads=N, log=FILE, staging=DIR, ro (and mount(8)'s generic ones).
         #[arg(short = 'o', long = "options")]
         options: Vec<String>,
         /// Stay in the foreground (log to stderr) instead of returning once the mount is ready.
         #[arg(long, short = 'f')]
         foreground: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Conflict {
+    /// Leave the phone's file alone; the staged one stays staged.
+    Skip,
+    Overwrite,
+    /// Push under a free name: "IMG_1 (1).jpg".
+    Rename,
 }
 
 /// Runs the command line `args` (program name first) and returns the exit code.
@@ -183,6 +214,15 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Prune => cmd_prune(g),
         Command::Stats => cmd_stats(g),
+        Command::Push { device, from, staging, dry_run, on_conflict, keep } => {
+            let on_conflict = match on_conflict {
+                Conflict::Skip => OnConflict::Skip,
+                Conflict::Overwrite => OnConflict::Overwrite,
+                Conflict::Rename => OnConflict::Rename,
+            };
+            let options = PushOptions { dry_run, on_conflict, keep };
+            cmd_push(g, &device, from.as_deref(), staging.as_deref(), &options)
+        }
         Command::Mount { mountpoint, options, foreground } => cmd_mount(g, &mountpoint, &options, foreground),
     }
 }
@@ -512,6 +552,80 @@ fn cmd_stats(g: &Global) -> Result<i32> {
         println!("blobs:              {} data, {} trees", s.data_blobs, s.tree_blobs);
     }
     Ok(exit::OK)
+}
+
+fn cmd_push(
+    g: &Global,
+    device_spec: &str,
+    from: Option<&str>,
+    staging: Option<&Path>,
+    options: &PushOptions,
+) -> Result<i32> {
+    let root = repo_path(g)?;
+    let device = device::open(device_spec)?;
+    let repo;
+    let source = match from {
+        Some(spec) => {
+            repo = open_repo(g)?;
+            let (info, path, entry) = find_entry(&repo, spec, None)?;
+            let label = format!("{}/{}:{}", info.snapshot.device, info.name, path.display());
+            PushSource::Snapshot { repo: &repo, entry, base: path, label }
+        }
+        None => {
+            // No password needed: staged files are plain files; this only checks it is a repository.
+            Repository::read_config(root)?;
+            let dir = staging.map(Path::to_path_buf).unwrap_or_else(|| root.join("staging"));
+            if !dir.is_dir() {
+                bail!("nothing is staged: {} does not exist (copy files into the mount's restore/ folder first, or use --from SNAPSHOT)", dir.display());
+            }
+            PushSource::Staging { root: dir }
+        }
+    };
+    let started = std::time::Instant::now();
+    let outcome = push::run(&source, device.as_ref(), &root.join("push-journal"), options);
+    let r = &outcome.report;
+    let attempted = r.pushed + r.already + r.would_push > 0 || !r.failed.is_empty() || !r.conflicts.is_empty();
+    if outcome.stopped.is_none() || attempted {
+        print_push_report(g, r, &device.describe(), options, started.elapsed());
+    }
+    if let Some(error) = outcome.stopped {
+        let error = anyhow::Error::new(error);
+        eprintln!("phonebak: {error:#}");
+        if outcome.report.pushed > 0 {
+            eprintln!("phonebak: run the same command again to resume: finished files are not pushed again");
+        }
+        return Ok(exit::for_error(&error));
+    }
+    for path in &outcome.report.conflicts {
+        eprintln!("phonebak: skipped {path}: the device has a different file there (see --on-conflict)");
+    }
+    Ok(report_paths(&outcome.report.failed, "could not be pushed", exit::PARTIAL))
+}
+
+fn print_push_report(g: &Global, r: &PushReport, device: &str, options: &PushOptions, took: std::time::Duration) {
+    if g.json {
+        print_json(json!({"device": device, "dry_run": options.dry_run, "pushed": r.pushed, "bytes": r.bytes,
+                          "folders": r.dirs, "already_there": r.already, "conflicts": r.conflicts,
+                          "failed": r.failed, "would_push": r.would_push, "would_push_bytes": r.would_bytes}));
+    } else if options.dry_run {
+        println!(
+            "would push {} files ({}) to {device}; {} already there, {} conflicting",
+            r.would_push,
+            human(r.would_bytes),
+            r.already,
+            r.conflicts.len()
+        );
+    } else {
+        println!(
+            "pushed {} files ({}) to {device} in {:.1} s; {} already there, {} skipped (conflicts), {} failed",
+            r.pushed,
+            human(r.bytes),
+            took.as_secs_f64(),
+            r.already,
+            r.conflicts.len(),
+            r.failed.len()
+        );
+    }
 }
 
 fn cmd_mount(g: &Global, mountpoint: &Path, option_lists: &[String], foreground: bool) -> Result<i32> {

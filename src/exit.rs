@@ -1,6 +1,8 @@
 //! Exit codes (documented in the README): scripts and schedulers act on them.
 
 use crate::backup::BackupError;
+use crate::device::DeviceError;
+use crate::push::PushError;
 use crate::repo::RepoError;
 use crate::source::SourceError;
 
@@ -19,6 +21,17 @@ pub const NEWER_FORMAT: i32 = 14;
 pub const NO_SPACE: i32 = 15;
 /// The source disappeared during a backup (phone unplugged): no snapshot was written.
 pub const SOURCE_VANISHED: i32 = 16;
+/// A push target cannot be used: missing, read-only, not connected, gone during the push, or
+/// `adb` is not installed. Nothing staged was lost; a rerun resumes.
+pub const DEVICE: i32 = 17;
+
+fn for_device_error(error: &DeviceError) -> i32 {
+    match error {
+        DeviceError::Full { .. } => NO_SPACE,
+        DeviceError::File { .. } => PARTIAL,
+        DeviceError::Unavailable { .. } | DeviceError::AdbMissing | DeviceError::Vanished { .. } => DEVICE,
+    }
+}
 
 pub fn for_repo_error(error: &RepoError) -> i32 {
     match error {
@@ -40,6 +53,14 @@ pub fn for_error(error: &anyhow::Error) -> i32 {
         }
         if let Some(SourceError::Vanished { .. }) = cause.downcast_ref::<SourceError>() {
             return SOURCE_VANISHED;
+        }
+        if let Some(device) = cause.downcast_ref::<DeviceError>() {
+            return for_device_error(device);
+        }
+        match cause.downcast_ref::<PushError>() {
+            Some(PushError::Device(device)) => return for_device_error(device),
+            Some(PushError::Repo(repo)) => return for_repo_error(repo),
+            _ => {}
         }
         if let Some(BackupError::Repo(repo)) = cause.downcast_ref::<BackupError>() {
             return for_repo_error(repo);

@@ -1,18 +1,21 @@
 //! phonebak: every backup of every phone in one deduplicated, compressed, encrypted, verified
 //! repository.
 //!
-//! Data flows one way: `source` -> `backup` -> `repo` <- readers (`restore`, `check`, the mount).
+//! Data flows one way: `source` -> `backup` -> `repo` <- readers (`restore`, `check`, the mount);
+//! staged files (the mount's `restore/`) -> `push` -> `device`.
 //! The repository knows nothing of phones; sources know nothing of the repository.
 
 pub mod backup;
 pub mod check;
 pub mod chunker;
 pub mod cli;
+pub mod device;
 pub mod exit;
 pub mod forget;
 pub mod mount;
 pub mod progress;
 pub mod prune;
+pub mod push;
 pub mod repo;
 pub mod restore;
 pub mod source;

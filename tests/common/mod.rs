@@ -94,6 +94,11 @@ impl Observed {
         self.kind == 'f'
     }
 
+    /// What any device keeps: type, size, mtime, content, link target (not mode or owner).
+    pub fn content_and_mtime(&self) -> Observed {
+        Observed { mode: 0, uid: 0, gid: 0, ..self.clone() }
+    }
+
     pub fn same_but_mtime(&self, other: &Observed) -> bool {
         Observed { mtime: other.mtime, ..self.clone() } == *other
     }
@@ -143,6 +148,16 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
     let (a, b) = (describe(expected), describe(actual));
     for (path, want) in &a {
         assert_eq!(b.get(path), Some(want), "{} differs", path.display());
+    }
+    assert_eq!(a.len(), b.len(), "extra paths in {}", actual.display());
+}
+
+/// Like `assert_same_tree`, but owners may differ (a phone's files belong to the phone).
+pub fn assert_same_tree_but_owner(expected: &Path, actual: &Path) {
+    let (a, b) = (describe(expected), describe(actual));
+    for (path, want) in &a {
+        let got = b.get(path).unwrap_or_else(|| panic!("{} is missing from {}", path.display(), actual.display()));
+        assert_eq!(Observed { uid: want.uid, gid: want.gid, ..got.clone() }, *want, "{} differs", path.display());
     }
     assert_eq!(a.len(), b.len(), "extra paths in {}", actual.display());
 }

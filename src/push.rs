@@ -1,0 +1,586 @@
+//! Push: what the user staged (the mount's `restore/` folder), or a snapshot, onto a phone.
+//!
+//! Each file is written under a temporary name next to its place, read back and hashed on the
+//! device, given its mtime and mode, and only then renamed into place: the device never holds a
+//! half-written or unverified file under its real name. A journal (one line per verified file)
+//! lets an interrupted push resume without redoing finished files; pushed files leave the
+//! staging folder unless `--keep`. A file already on the device with the same content is not
+//! pushed again; a different one is a conflict, settled by `--on-conflict`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufRead, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::device::{Device, DeviceError, Found, HashKind, Hasher};
+use crate::progress::Progress;
+use crate::repo::{RepoError, Repository};
+use crate::tree::{self, ChunkRef, Entry, Meta, Node};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnConflict {
+    /// Leave the device's file alone (and the staged one staged).
+    Skip,
+    Overwrite,
+    /// Push under a free name: `IMG_1.jpg` becomes `IMG_1 (1).jpg`.
+    Rename,
+}
+
+pub struct PushOptions {
+    pub dry_run: bool,
+    pub on_conflict: OnConflict,
+    /// Leave pushed files in the staging folder.
+    pub keep: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// One file could not be pushed; the others go on.
+    #[error("{path}: {why}")]
+    Item { path: String, why: String },
+    #[error("staging folder {path}: {source}")]
+    Staging { path: String, source: io::Error },
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("push journal {path}: {source}")]
+    Journal { path: String, source: io::Error },
+}
+
+impl PushError {
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            PushError::Device(e) => e.is_fatal(),
+            PushError::Item { .. } => false,
+            _ => true,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct PushReport {
+    pub pushed: u64,
+    pub bytes: u64,
+    pub dirs: u64,
+    /// Files the device already had, byte for byte.
+    pub already: u64,
+    /// Different files already on the device, left alone (`--on-conflict skip`).
+    pub conflicts: Vec<String>,
+    pub failed: Vec<(String, String)>,
+    /// With `--dry-run`: what would be pushed.
+    pub would_push: u64,
+    pub would_bytes: u64,
+}
+
+/// How a push ended: its report, and the error that stopped it early, if one did.
+pub struct PushOutcome {
+    pub report: PushReport,
+    pub stopped: Option<PushError>,
+}
+
+/// What is pushed: the staging folder, or (part of) a snapshot.
+pub enum Source<'a> {
+    Staging {
+        root: PathBuf,
+    },
+    /// `entry` is at `base` in its snapshot, and goes to the same place on the device.
+    Snapshot {
+        repo: &'a Repository,
+        entry: Entry,
+        base: PathBuf,
+        label: String,
+    },
+}
+
+pub enum ItemKind {
+    Dir,
+    File { size: u64 },
+    Symlink(Vec<u8>),
+}
+
+/// One thing to push, at `path` relative to the device's root.
+pub struct Item {
+    pub path: PathBuf,
+    pub kind: ItemKind,
+    pub meta: Meta,
+    chunks: Vec<ChunkRef>,
+}
+
+fn meta_of(meta: &std::fs::Metadata) -> Meta {
+    Meta {
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime_sec: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec() as u32,
+    }
+}
+
+impl Source<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Source::Staging { root } => format!("staging:{}", root.display()),
+            Source::Snapshot { label, .. } => format!("snapshot:{label}"),
+        }
+    }
+
+    /// Everything to push, folders before their contents.
+    fn items(&self, failed: &mut Vec<(String, String)>) -> Result<Vec<Item>, PushError> {
+        let mut items = Vec::new();
+        match self {
+            Source::Staging { root } => walk_staging(root, Path::new(""), &mut items, failed)?,
+            Source::Snapshot { repo, entry, base, .. } => {
+                if let Node::Dir { tree } = &entry.node {
+                    if !base.as_os_str().is_empty() {
+                        items.push(item_of(base, entry));
+                    }
+                    tree::walk(repo, tree, &mut |path: &Path, entry: &Entry| -> Result<(), PushError> {
+                        items.push(item_of(&base.join(path), entry));
+                        Ok(())
+                    })?;
+                } else {
+                    items.push(item_of(base, entry));
+                }
+            }
+        }
+        Ok(items)
+    }
+
+    fn open(&self, item: &Item) -> io::Result<Box<dyn Read + '_>> {
+        match self {
+            Source::Staging { root } => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(root.join(&item.path))?;
+                Ok(Box::new(file))
+            }
+            Source::Snapshot { repo, .. } => {
+                Ok(Box::new(ChunkReader { repo, chunks: item.chunks.clone(), next: 0, current: Vec::new(), at: 0 }))
+            }
+        }
+    }
+
+    /// The item as a local file, when it is one (adb pushes it as it is).
+    fn local(&self, item: &Item) -> Option<PathBuf> {
+        match self {
+            Source::Staging { root } => Some(root.join(&item.path)),
+            Source::Snapshot { .. } => None,
+        }
+    }
+
+    /// The item is on the device: it leaves the staging folder, unless it changed meanwhile.
+    fn pushed(&self, item: &Item, options: &PushOptions) {
+        let Source::Staging { root } = self else { return };
+        if options.keep {
+            return;
+        }
+        let path = root.join(&item.path);
+        if let Ok(now) = std::fs::symlink_metadata(&path) {
+            let same_size = !matches!(item.kind, ItemKind::File { size } if size != now.len());
+            if same_size
+                && meta_of(&now).mtime_sec == item.meta.mtime_sec
+                && meta_of(&now).mtime_nsec == item.meta.mtime_nsec
+            {
+                remove_keeping_folder_time(&path);
+            }
+        }
+    }
+
+    /// Staged folders emptied by the push go too (deepest first; never the staging folder).
+    fn tidy(&self, items: &[Item], options: &PushOptions) {
+        let Source::Staging { root } = self else { return };
+        if options.keep {
+            return;
+        }
+        for item in items.iter().rev().filter(|i| matches!(i.kind, ItemKind::Dir)) {
+            let _ = std::fs::remove_dir(root.join(&item.path)); // fails while anything is left
+        }
+    }
+}
+
+/// Removes a staged file and gives its folder back its mtime: the folder's own time is still
+/// to be pushed (by a rerun, if this push stops early).
+fn remove_keeping_folder_time(path: &Path) {
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let before = std::fs::metadata(folder).and_then(|m| Ok((m.accessed()?, m.modified()?)));
+    if std::fs::remove_file(path).is_ok() {
+        if let Ok((accessed, modified)) = before {
+            let times = std::fs::FileTimes::new().set_accessed(accessed).set_modified(modified);
+            let _ = File::open(folder).and_then(|f| f.set_times(times));
+        }
+    }
+}
+
+fn item_of(path: &Path, entry: &Entry) -> Item {
+    let (kind, chunks) = match &entry.node {
+        Node::Dir { .. } => (ItemKind::Dir, Vec::new()),
+        Node::File { size, chunks } => (ItemKind::File { size: *size }, chunks.clone()),
+        Node::Symlink { target } => (ItemKind::Symlink(target.clone()), Vec::new()),
+    };
+    Item { path: path.to_path_buf(), kind, meta: entry.meta.clone(), chunks }
+}
+
+fn walk_staging(
+    root: &Path,
+    rel: &Path,
+    items: &mut Vec<Item>,
+    failed: &mut Vec<(String, String)>,
+) -> Result<(), PushError> {
+    let staging_error = |source| PushError::Staging { path: root.join(rel).display().to_string(), source };
+    let mut names: Vec<_> = std::fs::read_dir(root.join(rel))
+        .map_err(staging_error)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(staging_error)?;
+    names.sort();
+    for name in names {
+        let path = rel.join(&name);
+        let meta = match std::fs::symlink_metadata(root.join(&path)) {
+            Ok(meta) => meta,
+            Err(e) => {
+                failed.push((path.display().to_string(), e.to_string()));
+                continue;
+            }
+        };
+        let kind = if meta.is_dir() {
+            ItemKind::Dir
+        } else if meta.is_file() {
+            ItemKind::File { size: meta.len() }
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(root.join(&path)).map_err(staging_error)?;
+            ItemKind::Symlink(target.as_os_str().as_bytes().to_vec())
+        } else {
+            failed.push((path.display().to_string(), "not a file, folder or symlink".into()));
+            continue;
+        };
+        let is_dir = matches!(kind, ItemKind::Dir);
+        items.push(Item { path: path.clone(), kind, meta: meta_of(&meta), chunks: Vec::new() });
+        if is_dir {
+            walk_staging(root, &path, items, failed)?;
+        }
+    }
+    Ok(())
+}
+
+/// A snapshot's file as a stream, chunk by chunk (each verified as it is loaded).
+struct ChunkReader<'a> {
+    repo: &'a Repository,
+    chunks: Vec<ChunkRef>,
+    next: usize,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl Read for ChunkReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.current.len() {
+            let Some(chunk) = self.chunks.get(self.next) else { return Ok(0) };
+            self.current = self.repo.load_blob(&chunk.id).map_err(io::Error::other)?;
+            self.next += 1;
+            self.at = 0;
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Hashes what passes through (the digest the device must read back) and counts progress.
+struct Hashing<'a> {
+    inner: Box<dyn Read + 'a>,
+    hasher: Hasher,
+    progress: &'a Progress,
+}
+
+impl Read for Hashing<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.progress.add(n as u64);
+        Ok(n)
+    }
+}
+
+/// One line per verified file: where it went and what it was, so that a rerun skips it.
+struct Journal {
+    path: PathBuf,
+    done: HashMap<Vec<u8>, Done>,
+    file: File,
+}
+
+struct Done {
+    dest: PathBuf,
+    size: u64,
+    mtime: (i64, u32),
+}
+
+impl Journal {
+    fn open(dir: &Path, key: &str) -> Result<Journal, PushError> {
+        let path = dir.join(format!("{key}.journal"));
+        let error = |source| PushError::Journal { path: path.display().to_string(), source };
+        std::fs::create_dir_all(dir).map_err(error)?;
+        let mut done = HashMap::new();
+        if let Ok(existing) = File::open(&path) {
+            // A line torn by a crash does not parse and is ignored: that file is pushed again.
+            for line in io::BufReader::new(existing).split(b'\n').map_while(Result::ok) {
+                if let Some((path, entry)) = Self::parse(&line) {
+                    done.insert(path, entry);
+                }
+            }
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(error)?;
+        Ok(Journal { path, done, file })
+    }
+
+    fn parse(line: &[u8]) -> Option<(Vec<u8>, Done)> {
+        let text = std::str::from_utf8(line).ok()?;
+        let mut fields = text.split('\t');
+        let path = hex::decode(fields.next()?).ok()?;
+        let dest = PathBuf::from(std::ffi::OsStr::from_bytes(&hex::decode(fields.next()?).ok()?));
+        let size = fields.next()?.parse().ok()?;
+        let (sec, nsec) = fields.next()?.split_once('.')?;
+        Some((path, Done { dest, size, mtime: (sec.parse().ok()?, nsec.parse().ok()?) }))
+    }
+
+    fn record(&mut self, item: &Item, dest: &Path, size: u64) -> Result<(), PushError> {
+        let line = format!(
+            "{}\t{}\t{size}\t{}.{}\n",
+            hex::encode(item.path.as_os_str().as_bytes()),
+            hex::encode(dest.as_os_str().as_bytes()),
+            item.meta.mtime_sec,
+            item.meta.mtime_nsec
+        );
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|source| PushError::Journal { path: self.path.display().to_string(), source })
+    }
+
+    /// Where an earlier run put this very file (same size and mtime), if it did.
+    fn earlier(&self, item: &Item, size: u64) -> Option<&Path> {
+        let done = self.done.get(item.path.as_os_str().as_bytes())?;
+        (done.size == size && done.mtime == (item.meta.mtime_sec, item.meta.mtime_nsec)).then_some(done.dest.as_path())
+    }
+}
+
+/// The temporary name a file is written under, next to its place: hidden (Android's media
+/// scanner skips it), and the same on every run, so a rerun replaces a leftover.
+fn temp_name(dest: &Path) -> PathBuf {
+    let hash = blake3::hash(dest.as_os_str().as_bytes()).to_hex();
+    dest.with_file_name(format!(".phonebak-part-{}", &hash[..16]))
+}
+
+struct Pusher<'a> {
+    source: &'a Source<'a>,
+    device: &'a dyn Device,
+    options: &'a PushOptions,
+    journal: Option<Journal>,
+    progress: Progress,
+    report: PushReport,
+}
+
+/// Pushes `source` onto `device`. The journal of an unfinished push lives in `journal_dir`.
+pub fn run(source: &Source, device: &dyn Device, journal_dir: &Path, options: &PushOptions) -> PushOutcome {
+    let progress = Progress::bytes("push", None);
+    let mut pusher = Pusher { source, device, options, journal: None, progress, report: PushReport::default() };
+    let stopped = pusher.push_all(journal_dir).err();
+    pusher.progress.finish();
+    if let Some(journal) = pusher.journal.take() {
+        let _ = journal.file.sync_all();
+        let complete = stopped.is_none() && pusher.report.failed.is_empty() && pusher.report.conflicts.is_empty();
+        if complete {
+            let _ = std::fs::remove_file(&journal.path);
+        }
+    }
+    let mut report = pusher.report;
+    report.failed.sort();
+    PushOutcome { report, stopped }
+}
+
+impl Pusher<'_> {
+    fn push_all(&mut self, journal_dir: &Path) -> Result<(), PushError> {
+        self.device.check()?;
+        let items = self.source.items(&mut self.report.failed)?;
+        let total = items.iter().map(|i| if let ItemKind::File { size } = i.kind { size } else { 0 }).sum();
+        self.progress.set_total(total);
+        if !self.options.dry_run {
+            let key =
+                blake3::hash(format!("{}\n{}", self.device.describe(), self.source.describe()).as_bytes()).to_hex();
+            self.journal = Some(Journal::open(journal_dir, &key[..16])?);
+        }
+        for item in &items {
+            let done = match &item.kind {
+                ItemKind::Dir => self.push_dir(item),
+                ItemKind::File { size } => self.push_file(item, *size),
+                ItemKind::Symlink(target) => self.push_symlink(item, target),
+            };
+            match done {
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => {
+                    self.progress.note(&format!("phonebak: cannot push {e}"));
+                    self.report.failed.push((item.path.display().to_string(), failure_reason(e)));
+                }
+                Ok(()) => {}
+            }
+        }
+        if !self.options.dry_run {
+            // Folder times last, deepest first: writing into a folder changes its mtime.
+            for item in items.iter().rev().filter(|i| matches!(i.kind, ItemKind::Dir)) {
+                self.device.set_meta(&item.path, &item.meta, false);
+            }
+            self.source.tidy(&items, self.options);
+        }
+        Ok(())
+    }
+
+    fn push_dir(&mut self, item: &Item) -> Result<(), PushError> {
+        if !self.options.dry_run {
+            self.device.make_dirs(&item.path)?;
+        }
+        self.report.dirs += 1;
+        Ok(())
+    }
+
+    fn push_file(&mut self, item: &Item, size: u64) -> Result<(), PushError> {
+        self.progress.message(item.path.display().to_string());
+        let journal = self.journal.as_ref();
+        if let Some(dest) = journal.and_then(|j| j.earlier(item, size)) {
+            if self.device.stat(dest)? == Some(Found::File { size }) {
+                return self.already_there(item, size);
+            }
+        }
+        let mut dest = item.path.clone();
+        let mut replace = false;
+        match self.device.stat(&dest)? {
+            None => {}
+            Some(Found::File { size: there }) if there == size && self.same_content(item, &dest)? => {
+                self.journal_record(item, &dest, size)?;
+                return self.already_there(item, size);
+            }
+            Some(found) => match self.options.on_conflict {
+                OnConflict::Skip => {
+                    self.report.conflicts.push(item.path.display().to_string());
+                    self.progress.add(size);
+                    return Ok(());
+                }
+                OnConflict::Overwrite if matches!(found, Found::File { .. }) => replace = true,
+                OnConflict::Overwrite => return Err(self.item_error(item, "a folder on the device is in the way")),
+                OnConflict::Rename => dest = self.free_name(&dest)?,
+            },
+        }
+        if self.options.dry_run {
+            self.report.would_push += 1;
+            self.report.would_bytes += size;
+            return Ok(());
+        }
+        let temp = temp_name(&dest);
+        let written = self.write_verified(item, size, &temp);
+        if let Err(e) = written.and_then(|()| Ok(self.device.rename(&temp, &dest, replace)?)) {
+            let _ = self.device.remove(&temp);
+            return Err(match e {
+                // Name the file, not its temporary name.
+                PushError::Device(DeviceError::Full { device, .. }) => {
+                    PushError::Device(DeviceError::Full { device, path: item.path.display().to_string() })
+                }
+                other => other,
+            });
+        }
+        self.journal_record(item, &dest, size)?;
+        self.report.pushed += 1;
+        self.report.bytes += size;
+        self.source.pushed(item, self.options);
+        Ok(())
+    }
+
+    /// Writes the file as `temp`, reads it back on the device and compares, sets its times.
+    fn write_verified(&mut self, item: &Item, size: u64, temp: &Path) -> Result<(), PushError> {
+        let inner = self.source.open(item).map_err(|e| self.item_error(item, &format!("cannot read it: {e}")))?;
+        let mut reader = Hashing { inner, hasher: Hasher::new(self.device.hash_kind()), progress: &self.progress };
+        let written = self.device.write(temp, &mut reader, self.source.local(item).as_deref())?;
+        let sent = std::mem::replace(&mut reader.hasher, Hasher::new(HashKind::Blake3)).finish();
+        if written != size {
+            return Err(
+                self.item_error(item, &format!("it changed while being pushed ({written} bytes, {size} listed)"))
+            );
+        }
+        if self.device.digest(temp)? != sent {
+            return Err(self.item_error(item, "what the device holds differs from what was sent"));
+        }
+        self.device.set_meta(temp, &item.meta, false);
+        Ok(())
+    }
+
+    fn push_symlink(&mut self, item: &Item, target: &[u8]) -> Result<(), PushError> {
+        if self.device.stat(&item.path)?.is_some() {
+            self.report.conflicts.push(item.path.display().to_string());
+            return Ok(());
+        }
+        if self.options.dry_run {
+            self.report.would_push += 1;
+            return Ok(());
+        }
+        let temp = temp_name(&item.path);
+        let _ = self.device.remove(&temp);
+        self.device.symlink(target, &temp)?;
+        self.device.set_meta(&temp, &item.meta, true);
+        self.device.rename(&temp, &item.path, false)?;
+        self.report.pushed += 1;
+        self.source.pushed(item, self.options);
+        Ok(())
+    }
+
+    fn same_content(&self, item: &Item, dest: &Path) -> Result<bool, PushError> {
+        let kind = self.device.hash_kind();
+        let mut content = self.source.open(item).map_err(|e| self.item_error(item, &format!("cannot read it: {e}")))?;
+        let ours = crate::device::digest_of(kind, &mut content)
+            .map_err(|e| self.item_error(item, &format!("cannot read it: {e}")))?;
+        Ok(self.device.digest(dest)? == ours)
+    }
+
+    fn already_there(&mut self, item: &Item, size: u64) -> Result<(), PushError> {
+        self.report.already += 1;
+        self.progress.add(size);
+        self.source.pushed(item, self.options);
+        Ok(())
+    }
+
+    fn journal_record(&mut self, item: &Item, dest: &Path, size: u64) -> Result<(), PushError> {
+        match &mut self.journal {
+            Some(journal) => journal.record(item, dest, size),
+            None => Ok(()),
+        }
+    }
+
+    /// `NAME (N).EXT` with the first N not taken on the device.
+    fn free_name(&self, dest: &Path) -> Result<PathBuf, PushError> {
+        let name = dest.file_name().unwrap_or_default().as_bytes();
+        let (stem, ext) = match name.iter().rposition(|&b| b == b'.') {
+            Some(dot) if dot > 0 => name.split_at(dot),
+            _ => (name, &b""[..]),
+        };
+        for n in 1.. {
+            let candidate = [stem, format!(" ({n})").as_bytes(), ext].concat();
+            let candidate = dest.with_file_name(std::ffi::OsStr::from_bytes(&candidate));
+            if self.device.stat(&candidate)?.is_none() {
+                return Ok(candidate);
+            }
+        }
+        unreachable!("some number is free")
+    }
+
+    fn item_error(&self, item: &Item, why: &str) -> PushError {
+        PushError::Item { path: item.path.display().to_string(), why: why.to_string() }
+    }
+}
+
+/// The reason alone (the path is listed beside it).
+fn failure_reason(e: PushError) -> String {
+    match e {
+        PushError::Item { why, .. } | PushError::Device(DeviceError::File { why, .. }) => why,
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,296 @@
+//! `phonebak push`: staged files (copied into a real mount's `restore/`) or a snapshot onto a
+//! device, checked byte for byte and mtime for mtime. There is no phone here: `dir:` devices
+//! are local folders (small tmpfs mounts for a full or read-only device), and the adb backend
+//! runs against tests/fake-adb/adb, a stand-in for `adb` written for these tests that works on
+//! a local folder.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A repository with the sample phone backed up, mounted.
+fn mounted_phone(s: &Scratch) -> (PathBuf, Mounted) {
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    s.ok(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    let m = Mounted::new(s, &[]);
+    (phone, m)
+}
+
+fn cp_a(from: &Path, to: &Path) {
+    assert!(Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success());
+}
+
+fn push(s: &Scratch, device: &Path, extra: &[&str]) -> std::process::Output {
+    let spec = format!("dir:{}", device.display());
+    let mut args = vec!["push", "--device", spec.as_str()];
+    args.extend_from_slice(extra);
+    s.run(&args)
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut all: Vec<_> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    all.sort();
+    all
+}
+
+/// Files anywhere below `dir` whose name is a push's temporary name.
+fn leftovers(dir: &Path) -> Vec<String> {
+    let out = Command::new("find").arg(dir).arg("-name").arg(".phonebak-part-*").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn staged_files_reach_a_dir_device_exactly_and_leave_staging() {
+    let s = Scratch::with_repo();
+    let (phone, m) = mounted_phone(&s);
+    let latest = m.snapshots().join("pixel/latest");
+    for folder in ["DCIM", "Documents", "Download"] {
+        cp_a(&latest.join(folder), &m.restore());
+    }
+    let device = s.path("new-phone");
+    std::fs::create_dir(&device).unwrap();
+
+    let dry = push(&s, &device, &["--dry-run"]);
+    assert_eq!(code(&dry), 0, "{}", stderr(&dry));
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("would push 7 files"), "{dry:?}");
+    assert!(names(&device).is_empty(), "a dry run writes nothing");
+
+    let out = push(&s, &device, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("pushed 7 files"), "{said}");
+    for folder in ["DCIM", "Documents", "Download"] {
+        assert_same_tree_but_owner(&phone.join(folder), &device.join(folder));
+    }
+    assert!(leftovers(&device).is_empty());
+    // Pushed files left the staging folder, seen through the mount too.
+    assert!(names(&s.repo.join("staging")).is_empty(), "{:?}", names(&s.repo.join("staging")));
+    assert!(names(&m.restore()).is_empty());
+    assert!(names(&s.repo.join("push-journal")).is_empty(), "a finished push leaves no journal");
+
+    // The same files staged again are already there: not pushed again, and unstaged.
+    cp_a(&latest.join("DCIM"), &m.restore());
+    let again = push(&s, &device, &["--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!((report["pushed"].as_u64(), report["already_there"].as_u64()), (Some(0), Some(2)), "{report}");
+    assert!(names(&m.restore()).is_empty());
+
+    // --keep leaves them staged.
+    cp_a(&latest.join("Documents"), &m.restore());
+    std::fs::remove_dir_all(device.join("Documents")).unwrap();
+    assert_eq!(code(&push(&s, &device, &["--keep"])), 0);
+    assert_same_tree_but_owner(&phone.join("Documents"), &device.join("Documents"));
+    assert_same_tree(&phone.join("Documents"), &m.restore().join("Documents"));
+}
+
+#[test]
+fn a_different_file_on_the_device_is_skipped_renamed_or_overwritten() {
+    let s = Scratch::with_repo();
+    let (_phone, m) = mounted_phone(&s);
+    let device = s.path("phone-now");
+    write(&device.join("Documents/notes.txt"), b"edited on the phone since");
+    let staged = m.restore().join("Documents/notes.txt");
+    write(&staged, b"the backed up version");
+
+    let skipped = push(&s, &device, &[]);
+    assert_eq!(code(&skipped), 0);
+    assert!(stderr(&skipped).contains("skipped Documents/notes.txt"), "{}", stderr(&skipped));
+    assert_eq!(std::fs::read(device.join("Documents/notes.txt")).unwrap(), b"edited on the phone since");
+    assert_eq!(std::fs::read(&staged).unwrap(), b"the backed up version", "still staged");
+
+    assert_eq!(code(&push(&s, &device, &["--on-conflict", "rename", "--keep"])), 0);
+    assert_eq!(std::fs::read(device.join("Documents/notes (1).txt")).unwrap(), b"the backed up version");
+    assert_eq!(std::fs::read(device.join("Documents/notes.txt")).unwrap(), b"edited on the phone since");
+
+    assert_eq!(code(&push(&s, &device, &["--on-conflict", "overwrite"])), 0);
+    assert_eq!(std::fs::read(device.join("Documents/notes.txt")).unwrap(), b"the backed up version");
+    assert!(!staged.exists());
+    assert!(leftovers(&device).is_empty());
+}
+
+#[test]
+fn a_whole_snapshot_or_one_folder_of_it_goes_straight_to_a_new_phone() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    s.ok(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+
+    let new_phone = s.path("new-phone");
+    std::fs::create_dir(&new_phone).unwrap();
+    let out = push(&s, &new_phone, &["--from", "pixel/latest"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_same_tree_but_owner(&phone, &new_phone);
+
+    // SNAPSHOT:PATH goes to the same place on the device.
+    let other = s.path("other-phone");
+    std::fs::create_dir(&other).unwrap();
+    assert_eq!(code(&push(&s, &other, &["--from", "latest:DCIM/Camera"])), 0);
+    assert_eq!(names(&other), ["DCIM"]);
+    assert_same_tree_but_owner(&phone.join("DCIM/Camera"), &other.join("DCIM/Camera"));
+}
+
+#[test]
+fn an_interrupted_push_resumes_and_nothing_staged_is_lost() {
+    let s = Scratch::with_repo();
+    let (_phone, m) = mounted_phone(&s);
+    let originals = s.path("originals");
+    for i in 0..600u64 {
+        write(
+            &originals.join(format!("DCIM/{:02}/IMG_{i:04}.jpg", i % 7)),
+            &bytes(i, 20_000 + (i as usize * 977) % 30_000, false),
+        );
+    }
+    cp_a(&originals.join("DCIM"), &m.restore());
+    let device = s.path("device");
+    std::fs::create_dir(&device).unwrap();
+
+    let spec = format!("dir:{}", device.display());
+    let mut child = s.command(&["push", "--device", &spec]).spawn().unwrap();
+    let start = Instant::now();
+    let journal_lines = || -> usize {
+        std::fs::read_dir(s.repo.join("push-journal"))
+            .map(|dir| {
+                dir.flatten()
+                    .map(|e| std::fs::read(e.path()).unwrap_or_default().split(|b| *b == b'\n').count() - 1)
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    while journal_lines() < 40 {
+        assert!(child.try_wait().unwrap().is_none(), "the push ended before it could be interrupted");
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL, mid-push
+    child.wait().unwrap();
+
+    // Every file is still staged, or on the device whole under its real name; none is lost.
+    let mut on_device = 0;
+    for i in 0..600u64 {
+        let rel = format!("DCIM/{:02}/IMG_{i:04}.jpg", i % 7);
+        let want = std::fs::read(originals.join(&rel)).unwrap();
+        let staged = std::fs::read(s.repo.join("staging").join(&rel)).ok();
+        let pushed = std::fs::read(device.join(&rel)).ok();
+        assert!(staged.as_ref() == Some(&want) || pushed.as_ref() == Some(&want), "{rel} lost");
+        if let Some(pushed) = pushed {
+            assert_eq!(pushed, want, "{rel} is on the device, whole");
+            on_device += 1;
+        }
+    }
+    assert!((40..600).contains(&on_device), "interrupted mid-way: {on_device}");
+
+    let resumed = s.run(&["push", "--device", &spec, "--json"]);
+    assert_eq!(code(&resumed), 0, "{}", stderr(&resumed));
+    let report: serde_json::Value = serde_json::from_slice(&resumed.stdout).unwrap();
+    let (pushed, already) = (report["pushed"].as_u64().unwrap(), report["already_there"].as_u64().unwrap());
+    assert!(pushed + already + on_device as u64 >= 600 && pushed < 600 - 39, "{report}");
+    assert_same_tree_but_owner(&originals.join("DCIM"), &device.join("DCIM"));
+    assert!(leftovers(&device).is_empty(), "{:?}", leftovers(&device));
+    assert!(names(&m.restore()).is_empty());
+}
+
+/// A small tmpfs, unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn new(path: PathBuf, options: &str) -> SmallDisk {
+        std::fs::create_dir_all(&path).unwrap();
+        let status = Command::new("mount").args(["-t", "tmpfs", "-o", options, "tmpfs"]).arg(&path).status().unwrap();
+        assert!(status.success());
+        SmallDisk(path)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_or_unusable_device_fails_cleanly_and_keeps_everything_staged() {
+    let s = Scratch::with_repo();
+    let (_phone, m) = mounted_phone(&s);
+    write(&m.restore().join("a.txt"), &bytes(1, 10_000, true));
+    write(&m.restore().join("b-video.mp4"), &bytes(2, 3_000_000, false));
+    write(&m.restore().join("c.txt"), &bytes(3, 10_000, true));
+
+    let missing = push(&s, &s.path("unplugged"), &[]);
+    assert_eq!(code(&missing), 17);
+    assert!(stderr(&missing).contains("no such folder (is the phone mounted?)"), "{}", stderr(&missing));
+    let not_a_folder = push(&s, &m.restore().join("a.txt"), &[]);
+    assert_eq!(code(&not_a_folder), 17);
+    assert!(stderr(&not_a_folder).contains("not a folder"), "{}", stderr(&not_a_folder));
+    let adb_missing = s.command(&["push", "--device", "adb"]).env("PATH", "/nonexistent").output().unwrap();
+    assert_eq!(code(&adb_missing), 17);
+    assert!(stderr(&adb_missing).contains("apt install adb"), "{}", stderr(&adb_missing));
+    let nothing =
+        s.command(&["push", "--device", "dir:/tmp"]).env("PHONEBAK_REPO", s.path("no-repo")).output().unwrap();
+    assert_eq!(code(&nothing), 10, "{}", stderr(&nothing));
+
+    if !is_root() {
+        eprintln!("needs root to mount the small and read-only tmpfs devices; the CI runs as root");
+        return;
+    }
+    let read_only = SmallDisk::new(s.path("read-only"), "ro,size=1m");
+    let refused = push(&s, &read_only.0, &[]);
+    assert_eq!(code(&refused), 17);
+    assert!(stderr(&refused).contains("read-only"), "{}", stderr(&refused));
+
+    let small = SmallDisk::new(s.path("small"), "size=1m");
+    let full = push(&s, &small.0, &[]);
+    assert_eq!(code(&full), 15, "{}", stderr(&full));
+    assert!(stderr(&full).contains("is full: b-video.mp4 did not fit"), "{}", stderr(&full));
+    assert_eq!(names(&small.0), ["a.txt"], "no partial file, no temporary file");
+    assert_eq!(names(&m.restore()), ["b-video.mp4", "c.txt"], "what was not pushed stays staged");
+    assert_eq!(std::fs::read(m.restore().join("b-video.mp4")).unwrap(), bytes(2, 3_000_000, false));
+}
+
+fn fake_adb(s: &Scratch, args: &[&str], phone: &Path) -> std::process::Output {
+    let path = format!("{}/tests/fake-adb:{}", env!("CARGO_MANIFEST_DIR"), std::env::var("PATH").unwrap());
+    s.command(args).env("PATH", path).env("FAKE_ADB_ROOT", phone).output().unwrap()
+}
+
+#[test]
+fn the_adb_backend_pushes_verifies_and_resumes_after_an_unplug() {
+    // tests/fake-adb/adb stands in for adb: there is no phone here.
+    let s = Scratch::with_repo();
+    let (phone, m) = mounted_phone(&s);
+    let latest = m.snapshots().join("pixel/latest");
+    cp_a(&latest.join("DCIM"), &m.restore());
+    cp_a(&latest.join("Documents"), &m.restore());
+    let fake = s.path("fake-phone");
+    std::fs::create_dir_all(fake.join("sdcard")).unwrap();
+
+    let wrong = fake_adb(&s, &["push", "--device", "adb:NOSUCH"], &fake);
+    assert_eq!(code(&wrong), 17);
+    assert!(stderr(&wrong).contains("device 'NOSUCH' not found"), "{}", stderr(&wrong));
+
+    // Unplugged after two files: the push stops, and a rerun finishes the job.
+    std::fs::write(fake.join(".pushes-left"), "2").unwrap();
+    let cut = fake_adb(&s, &["push", "--device", "adb:FAKE0001"], &fake);
+    assert_eq!(code(&cut), 17, "{}", stderr(&cut));
+    assert!(stderr(&cut).contains("went away during the push"), "{}", stderr(&cut));
+    std::fs::remove_file(fake.join(".unplugged")).unwrap();
+    std::fs::remove_file(fake.join(".pushes-left")).unwrap();
+    let resumed = fake_adb(&s, &["push", "--device", "adb:FAKE0001:/sdcard"], &fake);
+    assert_eq!(code(&resumed), 0, "{}", stderr(&resumed));
+
+    let sdcard = fake.join("sdcard");
+    for folder in ["DCIM", "Documents"] {
+        let (want, got) = (describe(&phone.join(folder)), describe(&sdcard.join(folder)));
+        assert_eq!(want.keys().collect::<Vec<_>>(), got.keys().collect::<Vec<_>>());
+        for (path, observed) in &want {
+            // Android's storage keeps content and mtime, not modes or owners.
+            let there = &got[path];
+            assert_eq!(observed.content_and_mtime(), there.content_and_mtime(), "{}", path.display());
+        }
+    }
+    assert!(leftovers(&fake).is_empty());
+    assert!(names(&m.restore()).is_empty());
+}
