@@ -264,6 +264,7 @@ fn the_adb_backend_pushes_verifies_and_resumes_after_an_unplug() {
     let latest = m.snapshots().join("pixel/latest");
     cp_a(&latest.join("DCIM"), &m.restore());
     cp_a(&latest.join("Documents"), &m.restore());
+    write(&m.restore().join("Documents/meeting 10:30.txt"), b"minutes");
     let fake = s.path("fake-phone");
     std::fs::create_dir_all(fake.join("sdcard")).unwrap();
 
@@ -279,7 +280,14 @@ fn the_adb_backend_pushes_verifies_and_resumes_after_an_unplug() {
     std::fs::remove_file(fake.join(".unplugged")).unwrap();
     std::fs::remove_file(fake.join(".pushes-left")).unwrap();
     let resumed = fake_adb(&s, &["push", "--device", "adb:FAKE0001:/sdcard"], &fake);
-    assert_eq!(code(&resumed), 0, "{}", stderr(&resumed));
+    // The name the phone refuses is reported (exit 3, partial), and stays staged.
+    assert_eq!(code(&resumed), 3, "{}", stderr(&resumed));
+    assert!(stderr(&resumed).contains("1 path(s) could not be pushed"), "{}", stderr(&resumed));
+    assert!(stderr(&resumed).contains("Documents/meeting 10:30.txt: "), "{}", stderr(&resumed));
+    assert!(stderr(&resumed).contains("Invalid argument"), "{}", stderr(&resumed));
+    assert_eq!(names(&m.restore()), ["Documents"]);
+    assert_eq!(names(&m.restore().join("Documents")), ["meeting 10:30.txt"]);
+    std::fs::remove_file(m.restore().join("Documents/meeting 10:30.txt")).unwrap();
 
     let sdcard = fake.join("sdcard");
     for folder in ["DCIM", "Documents"] {
@@ -292,5 +300,5 @@ fn the_adb_backend_pushes_verifies_and_resumes_after_an_unplug() {
         }
     }
     assert!(leftovers(&fake).is_empty());
-    assert!(names(&m.restore()).is_empty());
+    assert!(names(&m.restore().join("Documents")).is_empty(), "only the refused file was left");
 }
