@@ -27,8 +27,7 @@ pub const RESTORE_INO: u64 = 3;
 /// snapshot side's numbers (derived from hashes shifted right by one).
 const STAGED_BIT: u64 = 1 << 63;
 /// The kernel may not cache what it is told about staged files: `phonebak push` removes them
-/// behind the mount's back, and `rsync` and `cp` decide from a folder's attributes whether
-/// to fix its mtime, so these must be current, as on a local disk.
+/// behind the mount's back, and the mount must show that at once, as a local folder would.
 const TTL: Duration = Duration::ZERO;
 
 pub fn is_staged(ino: u64) -> bool {
@@ -69,6 +68,10 @@ pub struct StagedRow {
 
 pub struct Staging {
     inodes: Mutex<HashMap<u64, StagedInode>>,
+    /// With the kernel's writeback cache, writes reach us late (when pages are flushed, up to
+    /// 1 MiB at a time) and the kernel keeps files' mtimes itself, sending them as SETATTR: a
+    /// late write must not move the file's mtime on disk (`cp -a` set it before closing).
+    kernel_keeps_mtime: std::sync::atomic::AtomicBool,
     root_dev: u64,
     read_only: bool,
     as_root: bool,
@@ -137,7 +140,8 @@ impl Staging {
         inodes.insert(RESTORE_INO, StagedInode { path_fd, kind: Kind::Dir, lookups: 1, io: None });
         // SAFETY: geteuid has no preconditions.
         let as_root = unsafe { libc::geteuid() } == 0;
-        Ok(Staging { inodes: Mutex::new(inodes), root_dev, read_only, as_root })
+        let kernel_keeps_mtime = std::sync::atomic::AtomicBool::new(false);
+        Ok(Staging { inodes: Mutex::new(inodes), kernel_keeps_mtime, root_dev, read_only, as_root })
     }
 
     /// Runs `f` with the descriptor that names inode `ino`.
@@ -322,6 +326,11 @@ impl Staging {
         Ok(shared)
     }
 
+    /// The descriptor kept for file `ino` since its creation, if any.
+    pub fn open_file(&self, ino: u64) -> Option<Arc<File>> {
+        self.inodes.lock().expect("staging lock").get(&ino).and_then(|i| i.io.as_ref()).map(|io| io.file.clone())
+    }
+
     /// Checks that `ino` may be opened as asked.
     pub fn open(&self, ino: u64, write: bool) -> Result<(), VfsError> {
         if write {
@@ -348,8 +357,27 @@ impl Staging {
 
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32, VfsError> {
         self.writable()?;
-        self.io(ino, true)?.write_all_at(data, offset).map_err(os_error)?;
+        let file = self.io(ino, true)?;
+        let keep_mtime = self.kernel_keeps_mtime.load(std::sync::atomic::Ordering::Relaxed);
+        let mtime = if keep_mtime { Some(fstat(file.as_raw_fd())?) } else { None };
+        file.write_all_at(data, offset).map_err(os_error)?;
+        if let Some(before) = mtime {
+            let omit = libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT };
+            let mtime = libc::timespec { tv_sec: before.st_mtime, tv_nsec: before.st_mtime_nsec };
+            // SAFETY: `file` is open; `times` holds two timespecs.
+            check(unsafe { libc::futimens(file.as_raw_fd(), [omit, mtime].as_ptr()) })?;
+        }
         Ok(data.len() as u32)
+    }
+
+    /// Whether changes may be cached by the kernel (writeback): not on a read-only mount.
+    pub fn wants_writeback(&self) -> bool {
+        !self.read_only
+    }
+
+    /// The kernel caches writes and keeps mtimes (see `kernel_keeps_mtime`).
+    pub fn set_writeback(&self) {
+        self.kernel_keeps_mtime.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A file was closed: its kept descriptor goes (the next request opens a new one).
