@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A first look at phonebak: builds it, makes a sample phone, backs it up twice (the second time
-# after a day of changes), shows the snapshots and their files, and mounts the repository so that
-# every snapshot is a folder.
+# after a day of changes), shows the snapshots and their files, mounts the repository so that
+# every snapshot is a folder, stages a folder of photos in the mount's restore/ folder and pushes
+# it to a sample device folder (a new phone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -41,6 +42,22 @@ say "find $mnt/snapshots -maxdepth 4 | head -20"
 find "$mnt/snapshots" -maxdepth 4 | head -20
 say "head -c 300 $mnt/snapshots/pixel-7/latest/Android/data/com.app0.mobile/cache/d0/f00000.json"
 head -c 300 "$mnt/snapshots/pixel-7/latest/Android/data/com.app0.mobile/cache/d0/f00000.json"; echo
+
+echo; echo "A new phone: pick the camera photos and the documents in restore/, then push them ..."
+run mkdir -p "$mnt/restore/DCIM"
+run cp -a "$mnt/snapshots/pixel-7/latest/DCIM/Camera" "$mnt/restore/DCIM/"
+run cp -a "$mnt/snapshots/pixel-7/latest/Documents" "$mnt/restore/"
+say "ls $mnt/restore/ $mnt/restore/DCIM/Camera | head"
+ls "$mnt/restore/" "$mnt/restore/DCIM/Camera" | head
+new_phone=$work/new-phone
+mkdir -p "$new_phone"
+run "$phonebak" push --device "dir:$new_phone" --dry-run
+run "$phonebak" push --device "dir:$new_phone"
+say "ls $new_phone $new_phone/DCIM/Camera | head"
+ls "$new_phone" "$new_phone/DCIM/Camera" | head
+run diff -r "$mnt/snapshots/pixel-7/latest/DCIM/Camera" "$new_phone/DCIM/Camera"
+say "ls -A $mnt/restore/   # pushed files leave the staging folder"
+ls -A "$mnt/restore/"
 run umount "$mnt"
 echo
 echo "Done. The repository is $PHONEBAK_REPO (password: $PHONEBAK_PASSWORD)."

@@ -38,8 +38,9 @@ pub struct FuseView {
 }
 
 impl FuseView {
-    pub fn new(view: Arc<View>) -> FuseView {
-        FuseView { view, no_opendir: false, no_open: false, passthrough: false, backing: Default::default() }
+    /// `passthrough`: whether staged files may use kernel passthrough (when root).
+    pub fn new(view: Arc<View>, passthrough: bool) -> FuseView {
+        FuseView { view, no_opendir: false, no_open: false, passthrough, backing: Default::default() }
     }
 
     /// Opens a staged file: passthrough when possible.
@@ -84,7 +85,8 @@ impl FuseView {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         let passthrough = InitFlags::FUSE_PASSTHROUGH;
-        if root && config.capabilities().contains(passthrough) && config.set_max_stack_depth(1).is_ok() {
+        let wanted = std::mem::take(&mut self.passthrough);
+        if wanted && root && config.capabilities().contains(passthrough) && config.set_max_stack_depth(1).is_ok() {
             self.passthrough = config.add_capabilities(passthrough).is_ok();
         }
         let writeback = InitFlags::FUSE_WRITEBACK_CACHE;

@@ -119,7 +119,7 @@ fn describe_into(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, Observed>)
     for name in names {
         let path = rel.join(&name);
         let full = root.join(&path);
-        let meta = std::fs::symlink_metadata(&full).expect("lstat");
+        let meta = std::fs::symlink_metadata(&full).unwrap_or_else(|e| panic!("lstat {}: {e}", full.display()));
         let kind = if meta.is_dir() {
             'd'
         } else if meta.file_type().is_symlink() {
