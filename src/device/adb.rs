@@ -234,6 +234,10 @@ impl Device for AdbDevice {
         self.shell(to, &script).map(|_| ())
     }
 
+    fn sync(&self) -> Result<(), DeviceError> {
+        self.shell(Path::new(""), b"sync").map(|_| ())
+    }
+
     fn remove(&self, path: &Path) -> Result<(), DeviceError> {
         self.shell(path, &[b"rm -f ".as_slice(), &quote(&self.remote(path))].concat()).map(|_| ())
     }

@@ -137,17 +137,7 @@ impl DirDevice {
             file.write_all(&buffer[..n])?;
             written += n as u64;
         }
-        file.sync_data()?;
         Ok(written)
-    }
-
-    fn sync_folder(&self, path: &Path) -> io::Result<()> {
-        let folder = open_beneath(self.root.as_raw_fd(), path.parent().unwrap_or(Path::new("")), libc::O_RDONLY, 0)?;
-        match File::from(folder).sync_all() {
-            // Some filesystems (MTP over FUSE) cannot sync a folder; the rename is theirs to keep.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::ENOSYS) => Ok(()),
-            other => other,
-        }
     }
 
     fn rename_file(&self, from: &Path, to: &Path, replace: bool) -> io::Result<()> {
@@ -169,7 +159,7 @@ impl DirDevice {
                 other?;
             }
         }
-        self.sync_folder(to)
+        Ok(())
     }
 
     fn stat_at(&self, dir: &OwnedFd, name: &CString) -> io::Result<Option<Found>> {
@@ -271,6 +261,15 @@ impl Device for DirDevice {
 
     fn rename(&self, from: &Path, to: &Path, replace: bool) -> Result<(), DeviceError> {
         self.rename_file(from, to, replace).map_err(|e| self.fail(to, e))
+    }
+
+    fn sync(&self) -> Result<(), DeviceError> {
+        let sync = || -> io::Result<()> {
+            let root = open_beneath(self.root.as_raw_fd(), Path::new(""), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            // SAFETY: `root` is an open descriptor.
+            check(unsafe { libc::syncfs(root.as_raw_fd()) }).map(|_| ())
+        };
+        sync().map_err(|e| self.fail(&self.path, e))
     }
 
     fn remove(&self, path: &Path) -> Result<(), DeviceError> {

@@ -110,8 +110,8 @@ pub trait Device: Send + Sync {
     fn stat(&self, path: &Path) -> Result<Option<Found>, DeviceError>;
     /// Makes a folder and its missing parents.
     fn make_dirs(&self, path: &Path) -> Result<(), DeviceError>;
-    /// Writes `content` to `path` (replacing what is there) and makes it durable. `local` is
-    /// the same content as a local file, when there is one. Returns the bytes written.
+    /// Writes `content` to `path` (replacing what is there). `local` is the same content as a
+    /// local file, when there is one. Returns the bytes written.
     fn write(&self, path: &Path, content: &mut dyn Read, local: Option<&Path>) -> Result<u64, DeviceError>;
     /// Reads `path` back and hashes it (`hash_kind`).
     fn digest(&self, path: &Path) -> Result<String, DeviceError>;
@@ -121,6 +121,8 @@ pub trait Device: Send + Sync {
     fn set_meta(&self, path: &Path, meta: &Meta, is_symlink: bool);
     /// Renames `from` to `to`; without `replace`, an existing `to` is an error.
     fn rename(&self, from: &Path, to: &Path, replace: bool) -> Result<(), DeviceError>;
+    /// Makes everything written and renamed so far durable.
+    fn sync(&self) -> Result<(), DeviceError>;
     fn remove(&self, path: &Path) -> Result<(), DeviceError>;
     fn symlink(&self, target: &[u8], path: &Path) -> Result<(), DeviceError>;
 }

@@ -288,8 +288,19 @@ impl Staging {
         let c = c_name(name)?;
         let flags = flags & (libc::O_ACCMODE | libc::O_EXCL | libc::O_TRUNC | libc::O_APPEND) | libc::O_CREAT;
         let (file, path_fd) = self.with_fd(parent, |dir, _| {
-            let file = open_at(dir, name, flags & !libc::O_APPEND, mode as libc::mode_t)?;
-            self.own(dir, &c, caller);
+            // Made here, or (lost a race) opened as it is, never following a symlink; only a
+            // file made here gets the caller as owner.
+            let flags = (flags | libc::O_NOFOLLOW) & !libc::O_APPEND;
+            let file = match open_at(dir, name, flags | libc::O_EXCL, mode as libc::mode_t) {
+                Ok(file) => {
+                    self.own(dir, &c, caller);
+                    file
+                }
+                Err(VfsError::Os(libc::EEXIST)) if flags & libc::O_EXCL == 0 => {
+                    open_at(dir, name, flags & !libc::O_CREAT, 0)?
+                }
+                Err(e) => return Err(e),
+            };
             let path_fd = open_at(libc::AT_FDCWD, proc_path(file.as_raw_fd()).as_bytes(), libc::O_PATH, 0)?;
             Ok((File::from(file), path_fd))
         })?;
