@@ -215,6 +215,7 @@ pub fn serve(
     ready: impl FnOnce(Result<(), String>),
 ) -> Result<(), MountError> {
     limit_allocator_caching();
+    raise_open_files_limit();
     // Before any thread starts (the view's prefetchers too): every thread inherits the mask, so
     // only the waiting thread below ever receives these signals.
     block_stop_signals();
@@ -264,6 +265,28 @@ pub fn serve(
     });
     ready(Ok(()));
     session.run().map_err(|e| MountError::Mount(mountpoint.to_path_buf(), e))
+}
+
+/// Every file under `restore/` the kernel knows is an open descriptor here, and the kernel
+/// keeps tens of thousands of them after a big copy: the soft limit (often 1024) goes up to the
+/// hard one, and as root the hard one up to the system's maximum.
+fn raise_open_files_limit() {
+    // SAFETY: getrlimit and setrlimit are given a valid rlimit; failures leave the limit as is.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let system_max = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok());
+        if let Some(max) = system_max.filter(|&max: &libc::rlim_t| max > limit.rlim_max) {
+            let raised = libc::rlimit { rlim_cur: max, rlim_max: max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return;
+            }
+        }
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
 }
 
 /// The kernel reads ahead of a sequential reader by at most its `read_ahead_kb` for this mount

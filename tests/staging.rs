@@ -244,3 +244,26 @@ fn staging_folder_option_and_a_read_only_mount() {
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("staging folder"), "{}", stderr(&out));
 }
+
+#[test]
+fn thousands_of_staged_files_fit_in_a_low_open_files_limit() {
+    // Each staged file the kernel knows is an open descriptor in the daemon: the daemon raises
+    // its limit from the 256 it is started with here.
+    let s = Scratch::with_repo();
+    backed_up_phone(&s);
+    let point = s.path("mnt");
+    std::fs::create_dir(&point).unwrap();
+    let mut mount = Command::new("prlimit");
+    mount.args(["--nofile=256:4096", "--", env!("CARGO_BIN_EXE_phonebak"), "mount"]).arg(&point);
+    mount.env("PHONEBAK_REPO", &s.repo).env("PHONEBAK_PASSWORD", PASSWORD);
+    assert!(mount.status().unwrap().success());
+    let m = Mounted { point };
+    let folder = m.restore().join("many");
+    std::fs::create_dir(&folder).unwrap();
+    let open: Vec<_> = (0..1500).map(|i| std::fs::File::create(folder.join(format!("f{i}"))).unwrap()).collect();
+    drop(open);
+    for i in 0..1500 {
+        assert!(std::fs::metadata(folder.join(format!("f{i}"))).unwrap().is_file());
+    }
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 1500);
+}

@@ -6,9 +6,10 @@
 //! Each inode the kernel knows holds an `O_PATH` descriptor of its file on disk (as virtiofsd
 //! and libfuse's passthrough_hp do): a rename elsewhere or an unlink of an open file does not
 //! lose it, and its inode number cannot be reused while the kernel still knows it. Reads and
-//! writes are stateless per inode, because the kernel may open files without telling us (the
-//! mount's no-open mode is connection-wide): a writable descriptor is kept from the create or
-//! first write until the file is closed (FLUSH).
+//! writes that reach this daemon are stateless per inode, because without passthrough the
+//! kernel opens files without telling us (the mount's no-open mode is connection-wide): a
+//! descriptor is kept from the create or first write until the file is closed (FLUSH). With
+//! passthrough (see `fuse.rs`) the kernel reads and writes staged files itself.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -95,6 +96,15 @@ fn check(result: libc::c_int) -> Result<libc::c_int, VfsError> {
 
 fn c_name(name: &[u8]) -> Result<CString, VfsError> {
     CString::new(name).map_err(|_| VfsError::Os(libc::EINVAL))
+}
+
+/// A name inside a folder: never `.`, `..` or a path (the kernel sends none, and one must not
+/// lead outside the staging folder).
+fn entry_name(name: &[u8]) -> Result<CString, VfsError> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(VfsError::Os(libc::EINVAL));
+    }
+    c_name(name)
 }
 
 fn proc_path(fd: RawFd) -> CString {
@@ -193,6 +203,7 @@ impl Staging {
 
     /// Looks `name` up in folder `parent` and counts one kernel reference to it.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, VfsError> {
+        entry_name(name)?;
         let fd = self.with_fd(parent, |dir, _| open_at(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0))?;
         self.adopt(fd, None)
     }
@@ -234,7 +245,7 @@ impl Staging {
 
     pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, caller: Caller) -> Result<Attr, VfsError> {
         self.writable()?;
-        let c = c_name(name)?;
+        let c = entry_name(name)?;
         self.with_fd(parent, |dir, _| {
             // SAFETY: `c` is NUL-terminated.
             check(unsafe { libc::mkdirat(dir, c.as_ptr(), mode as libc::mode_t) })?;
@@ -246,7 +257,7 @@ impl Staging {
 
     pub fn mknod(&self, parent: u64, name: &[u8], mode: u32, rdev: u32, caller: Caller) -> Result<Attr, VfsError> {
         self.writable()?;
-        let c = c_name(name)?;
+        let c = entry_name(name)?;
         self.with_fd(parent, |dir, _| {
             // SAFETY: `c` is NUL-terminated.
             check(unsafe { libc::mknodat(dir, c.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) })?;
@@ -258,7 +269,7 @@ impl Staging {
 
     pub fn symlink(&self, parent: u64, name: &[u8], target: &[u8], caller: Caller) -> Result<Attr, VfsError> {
         self.writable()?;
-        let (c, target) = (c_name(name)?, c_name(target)?);
+        let (c, target) = (entry_name(name)?, c_name(target)?);
         self.with_fd(parent, |dir, _| {
             // SAFETY: both strings are NUL-terminated.
             check(unsafe { libc::symlinkat(target.as_ptr(), dir, c.as_ptr()) })?;
@@ -270,7 +281,7 @@ impl Staging {
 
     pub fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr, VfsError> {
         self.writable()?;
-        let c = c_name(new_name)?;
+        let c = entry_name(new_name)?;
         self.with_fd(ino, |fd, _| {
             self.with_fd(new_parent, |dir, _| {
                 let from = proc_path(fd);
@@ -285,7 +296,7 @@ impl Staging {
     /// Creates and opens a file; the descriptor is kept for the writes that follow.
     pub fn create(&self, parent: u64, name: &[u8], mode: u32, flags: i32, caller: Caller) -> Result<Attr, VfsError> {
         self.writable()?;
-        let c = c_name(name)?;
+        let c = entry_name(name)?;
         let flags = flags & (libc::O_ACCMODE | libc::O_EXCL | libc::O_TRUNC | libc::O_APPEND) | libc::O_CREAT;
         let (file, path_fd) = self.with_fd(parent, |dir, _| {
             // Made here, or (lost a race) opened as it is, never following a symlink; only a
@@ -451,7 +462,7 @@ impl Staging {
 
     pub fn unlink(&self, parent: u64, name: &[u8], folder: bool) -> Result<(), VfsError> {
         self.writable()?;
-        let c = c_name(name)?;
+        let c = entry_name(name)?;
         let flags = if folder { libc::AT_REMOVEDIR } else { 0 };
         // SAFETY: `c` is NUL-terminated.
         self.with_fd(parent, |dir, _| check(unsafe { libc::unlinkat(dir, c.as_ptr(), flags) }).map(|_| ()))
@@ -466,7 +477,7 @@ impl Staging {
         flags: u32,
     ) -> Result<(), VfsError> {
         self.writable()?;
-        let (from, to) = (c_name(name)?, c_name(new_name)?);
+        let (from, to) = (entry_name(name)?, entry_name(new_name)?);
         self.with_fd(parent, |old_dir, _| {
             self.with_fd(new_parent, |new_dir, _| {
                 // SAFETY: both names are NUL-terminated.
