@@ -445,10 +445,12 @@ impl Pusher<'_> {
             };
             match done {
                 Err(e) if e.is_fatal() => {
-                    // What was written before still gets its name if the device allows (full).
+                    // What was written before still gets its name if the device allows (full);
+                    // if not, its temporary files go (a rerun would replace them anyway).
+                    let temps: Vec<PathBuf> = self.written.iter().map(|file| file.temp.clone()).collect();
                     if self.commit().is_err() {
-                        for file in std::mem::take(&mut self.written) {
-                            let _ = self.device.remove(&file.temp);
+                        for temp in temps {
+                            let _ = self.device.remove(&temp);
                         }
                     }
                     return Err(e);
