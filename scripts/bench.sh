@@ -178,9 +178,11 @@ for round in $(seq "$runs"); do
     timed stage_copy "$(seconds cp -a "$mnt/snapshots/phone/latest/DCIM" "$mnt/restore/")"
     umount "$mnt"
     rm -rf "$work/device-cp" "$work/device-push"; mkdir -p "$work/device-cp" "$work/device-push"; sync
+    read_all "$work/repo-phonebak/staging/DCIM"  # all three read the staged files from the page cache
     timed cp "$(seconds cp -a "$work/repo-phonebak/staging/DCIM" "$work/device-cp/")"
-    sync; rm -rf "$work/device-cp"; mkdir "$work/device-cp"; sync
+    sync; rm -rf "$work/device-cp"; mkdir "$work/device-cp"; sync; read_all "$work/repo-phonebak/staging/DCIM"
     timed cp_sync "$(seconds sh -c "cp -a '$work/repo-phonebak/staging/DCIM' '$work/device-cp/' && sync")"
+    sync; read_all "$work/repo-phonebak/staging/DCIM"
     timed push "$(seconds "$phonebak" push --repo "$work/repo-phonebak" --device "dir:$work/device-push" --keep)"
     diff -r "$work/device-cp/DCIM" "$work/device-push/DCIM" > /dev/null || { echo "push differs from cp -a"; exit 1; }
     rm -rf "$work/local-copy" "$work/device-cp" "$work/device-push" "$work/repo-phonebak/staging"

@@ -38,9 +38,11 @@ pub struct MountOptions {
     pub staging: Option<PathBuf>,
     /// `ro`: `restore/` refuses changes too, and the kernel mount is read-only.
     pub read_only: bool,
-    /// `no_passthrough`: staged files go through the daemon (with the kernel's writeback
-    /// cache) even where kernel passthrough is available.
-    pub no_passthrough: bool,
+    /// `passthrough`: the kernel reads and writes files in `restore/` itself (needs root).
+    /// Copies into `restore/` run at disk speed, but every open of any file then costs a round
+    /// trip (see `vfs/fuse.rs`), which halves warm reads of folders of small files; without it,
+    /// the kernel's writeback cache serves `restore/`.
+    pub passthrough: bool,
     pub allow_other: bool,
     pub allow_root: bool,
     pub uid: Option<u32>,
@@ -57,7 +59,7 @@ impl Default for MountOptions {
             password_file: None,
             staging: None,
             read_only: false,
-            no_passthrough: false,
+            passthrough: false,
             allow_other: false,
             allow_root: false,
             uid: None,
@@ -139,7 +141,7 @@ pub fn parse_options(lists: &[String]) -> Result<MountOptions, MountError> {
                 }
             }
             "ro" => options.read_only = true,
-            "no_passthrough" => options.no_passthrough = true,
+            "passthrough" => options.passthrough = true,
             "rw" => options.read_only = false,
             "allow_other" => options.allow_other = true,
             "allow_root" => options.allow_root = true,
@@ -244,14 +246,13 @@ pub fn serve(
     };
     config.n_threads = Some(options.threads);
     config.clone_fd = true;
-    let mut session =
-        match fuser::Session::new(FuseView::new(view.clone(), !options.no_passthrough), mountpoint, &config) {
-            Ok(session) => session,
-            Err(e) => {
-                ready(Err(e.to_string()));
-                return Err(MountError::Mount(mountpoint.to_path_buf(), e));
-            }
-        };
+    let mut session = match fuser::Session::new(FuseView::new(view.clone(), options.passthrough), mountpoint, &config) {
+        Ok(session) => session,
+        Err(e) => {
+            ready(Err(e.to_string()));
+            return Err(MountError::Mount(mountpoint.to_path_buf(), e));
+        }
+    };
     raise_kernel_readahead(&mountpoint_resolved);
     let notifier = session.notifier();
     // A push that fails (the kernel does not know the inode) only means a read as usual.

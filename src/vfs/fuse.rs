@@ -72,11 +72,11 @@ impl FuseView {
         }
     }
 
-    /// Copies into `restore/` at close to local speed. Best: passthrough (needs root and a
-    /// kernel with it), where the kernel writes new files' data straight to the staging
-    /// folder. Else the writeback cache: the kernel gathers writes and sends them 1 MiB at a
-    /// time (`cp` writes 128 KiB at a time, and a round trip each made staging a third of local
-    /// copy speed). The two cannot be combined.
+    /// Copies into `restore/` at close to local speed. By default the writeback cache: the
+    /// kernel gathers writes and sends them 1 MiB at a time (`cp` writes 128 KiB at a time, and
+    /// a round trip each made staging a third of local copy speed). With `-o passthrough` (and
+    /// root, and a kernel with it), the kernel writes staged files' data straight to the
+    /// staging folder instead; the two cannot be combined.
     fn speed_up_staging(&mut self, config: &mut KernelConfig) {
         let Ok(staging) = self.view.staged() else { return };
         if !staging.wants_writeback() {
