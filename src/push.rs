@@ -312,7 +312,14 @@ impl Read for Hashing<'_> {
 struct Journal {
     path: PathBuf,
     done: HashMap<Vec<u8>, Done>,
+    /// Each staged folder's mtime as the first run saw it.
+    folders: HashMap<Vec<u8>, (i64, u32)>,
     file: File,
+}
+
+enum Line {
+    File(Vec<u8>, Done),
+    Folder(Vec<u8>, (i64, u32)),
 }
 
 struct Done {
@@ -326,27 +333,64 @@ impl Journal {
         let path = dir.join(format!("{key}.journal"));
         let error = |source| PushError::Journal { path: path.display().to_string(), source };
         std::fs::create_dir_all(dir).map_err(error)?;
-        let mut done = HashMap::new();
+        let (mut done, mut folders) = (HashMap::new(), HashMap::new());
         if let Ok(existing) = File::open(&path) {
             // A line torn by a crash does not parse and is ignored: that file is pushed again.
             for line in io::BufReader::new(existing).split(b'\n').map_while(Result::ok) {
-                if let Some((path, entry)) = Self::parse(&line) {
-                    done.insert(path, entry);
+                match Self::parse(&line) {
+                    Some(Line::File(path, entry)) => {
+                        done.insert(path, entry);
+                    }
+                    Some(Line::Folder(path, time)) => {
+                        folders.entry(path).or_insert(time);
+                    }
+                    None => {}
                 }
             }
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(error)?;
-        Ok(Journal { path, done, file })
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(error)?;
+        // A torn last line ends here, so that the next line does not join it.
+        if std::fs::read(&path).map_err(error)?.last().is_some_and(|&b| b != b'\n') {
+            file.write_all(b"\n").map_err(error)?;
+        }
+        Ok(Journal { path, done, folders, file })
     }
 
-    fn parse(line: &[u8]) -> Option<(Vec<u8>, Done)> {
+    fn parse(line: &[u8]) -> Option<Line> {
         let text = std::str::from_utf8(line).ok()?;
-        let mut fields = text.split('\t');
-        let path = hex::decode(fields.next()?).ok()?;
-        let dest = PathBuf::from(std::ffi::OsStr::from_bytes(&hex::decode(fields.next()?).ok()?));
-        let size = fields.next()?.parse().ok()?;
-        let (sec, nsec) = fields.next()?.split_once('.')?;
-        Some((path, Done { dest, size, mtime: (sec.parse().ok()?, nsec.parse().ok()?) }))
+        let fields: Vec<&str> = text.split('\t').collect();
+        let path = hex::decode(fields.first()?).ok()?;
+        let time = |text: &str| -> Option<(i64, u32)> {
+            let (sec, nsec) = text.split_once('.')?;
+            Some((sec.parse().ok()?, nsec.parse().ok()?))
+        };
+        match fields[..] {
+            [_, mtime] => Some(Line::Folder(path, time(mtime)?)),
+            [_, dest, size, mtime] => {
+                let dest = PathBuf::from(std::ffi::OsStr::from_bytes(&hex::decode(dest).ok()?));
+                Some(Line::File(path, Done { dest, size: size.parse().ok()?, mtime: time(mtime)? }))
+            }
+            _ => None,
+        }
+    }
+
+    /// A staged folder's mtime as the first run of this push saw it: pushing files out of a
+    /// folder changes its mtime, and a rerun after a `kill -9` (which can come between removing
+    /// a file and putting the folder's time back) must not give that time to the phone.
+    fn folder_time(&mut self, item: &Item) -> Result<(i64, u32), PushError> {
+        let key = item.path.as_os_str().as_bytes();
+        if let Some(time) = self.folders.get(key) {
+            return Ok(*time);
+        }
+        let time = (item.meta.mtime_sec, item.meta.mtime_nsec);
+        let line = format!("{}\t{}.{}\n", hex::encode(key), time.0, time.1);
+        self.file.write_all(line.as_bytes()).map_err(|source| self.error(source))?;
+        self.folders.insert(key.to_vec(), time);
+        Ok(time)
+    }
+
+    fn error(&self, source: io::Error) -> PushError {
+        PushError::Journal { path: self.path.display().to_string(), source }
     }
 
     fn record(&mut self, item: &Item, dest: &Path, size: u64) -> Result<(), PushError> {
@@ -357,9 +401,7 @@ impl Journal {
             item.meta.mtime_sec,
             item.meta.mtime_nsec
         );
-        self.file
-            .write_all(line.as_bytes())
-            .map_err(|source| PushError::Journal { path: self.path.display().to_string(), source })
+        self.file.write_all(line.as_bytes()).map_err(|source| self.error(source))
     }
 
     /// Where an earlier run put this very file (same size and mtime), if it did.
@@ -429,13 +471,18 @@ pub fn run(source: &Source, device: &dyn Device, journal_dir: &Path, options: &P
 impl Pusher<'_> {
     fn push_all(&mut self, journal_dir: &Path) -> Result<(), PushError> {
         self.device.check()?;
-        let items = self.source.items(&mut self.report.failed)?;
+        let mut items = self.source.items(&mut self.report.failed)?;
         let total = items.iter().map(|i| if let ItemKind::File { size } = i.kind { size } else { 0 }).sum();
         self.progress.set_total(total);
         if !self.options.dry_run {
             let key =
                 blake3::hash(format!("{}\n{}", self.device.describe(), self.source.describe()).as_bytes()).to_hex();
-            self.journal = Some(Journal::open(journal_dir, &key[..16])?);
+            let mut journal = Journal::open(journal_dir, &key[..16])?;
+            for folder in items.iter_mut().filter(|i| matches!(i.kind, ItemKind::Dir)) {
+                (folder.meta.mtime_sec, folder.meta.mtime_nsec) = journal.folder_time(folder)?;
+            }
+            journal.file.sync_data().map_err(|source| journal.error(source))?;
+            self.journal = Some(journal);
         }
         for item in &items {
             let done = match &item.kind {
@@ -651,5 +698,35 @@ fn failure_reason(e: PushError) -> String {
     match e {
         PushError::Item { why, .. } | PushError::Device(DeviceError::File { why, .. }) => why,
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder(path: &str, mtime_sec: i64) -> Item {
+        let meta = Meta { mode: 0o755, uid: 0, gid: 0, mtime_sec, mtime_nsec: 7 };
+        Item { path: PathBuf::from(path), kind: ItemKind::Dir, meta, chunks: Vec::new() }
+    }
+
+    #[test]
+    fn a_rerun_keeps_the_folder_times_the_first_run_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = Journal::open(dir.path(), "k").unwrap();
+        assert_eq!(first.folder_time(&folder("DCIM", 1_700_000_000)).unwrap(), (1_700_000_000, 7));
+        first.record(&folder("DCIM/a.jpg", 5), Path::new("DCIM/a (1).jpg"), 42).unwrap();
+        drop(first);
+        // Killed mid-line; meanwhile the staged folder's mtime moved.
+        let mut journal = std::fs::OpenOptions::new().append(true).open(dir.path().join("k.journal")).unwrap();
+        journal.write_all(b"torn\t12").unwrap();
+        let mut second = Journal::open(dir.path(), "k").unwrap();
+        assert_eq!(second.folder_time(&folder("DCIM", 1_800_000_000)).unwrap(), (1_700_000_000, 7));
+        assert_eq!(second.earlier(&folder("DCIM/a.jpg", 5), 42), Some(Path::new("DCIM/a (1).jpg")));
+        assert_eq!(second.earlier(&folder("DCIM/a.jpg", 6), 42), None, "changed since");
+        second.record(&folder("DCIM/b.jpg", 5), Path::new("DCIM/b.jpg"), 1).unwrap();
+        drop(second);
+        let third = Journal::open(dir.path(), "k").unwrap();
+        assert_eq!(third.earlier(&folder("DCIM/b.jpg", 5), 1), Some(Path::new("DCIM/b.jpg")), "after a torn line");
     }
 }
