@@ -302,3 +302,53 @@ fn the_adb_backend_pushes_verifies_and_resumes_after_an_unplug() {
     assert!(leftovers(&fake).is_empty());
     assert!(names(&m.restore().join("Documents")).is_empty(), "only the refused file was left");
 }
+
+#[test]
+fn a_phone_mount_that_dies_mid_push_stops_it_and_a_rerun_finishes() {
+    // The device is a FUSE mount, like a phone over MTP (jmtpfs and simple-mtpfs are FUSE):
+    // here, the restore/ folder of a second phonebak mount, whose daemon is killed mid-push.
+    let s = Scratch::with_repo();
+    let (_phone, m) = mounted_phone(&s);
+    let originals = s.path("originals");
+    for i in 0..600u64 {
+        write(
+            &originals.join(format!("DCIM/{:02}/IMG_{i:04}.jpg", i % 7)),
+            &bytes(i, 20_000 + (i as usize * 977) % 30_000, false),
+        );
+    }
+    cp_a(&originals.join("DCIM"), &m.restore());
+    let phone_repo = Scratch::with_repo();
+    let phone = Mounted::new(&phone_repo, &[]);
+
+    let spec = format!("dir:{}", phone.restore().display());
+    let mut child = s.command(&["push", "--device", &spec]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let start = Instant::now();
+    let journal_lines = || -> usize {
+        std::fs::read_dir(s.repo.join("push-journal"))
+            .map(|dir| {
+                dir.flatten()
+                    .map(|e| std::fs::read(e.path()).unwrap_or_default().split(|b| *b == b'\n').count() - 1)
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    while journal_lines() < 40 {
+        assert!(child.try_wait().unwrap().is_none(), "the push ended before the phone could go away");
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let daemon = processes_mentioning(&phone.point)[0];
+    assert!(Command::new("kill").arg("-KILL").arg(daemon.to_string()).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 17, "{}", stderr(&out));
+    assert!(stderr(&out).contains("went away during the push"), "{}", stderr(&out));
+
+    // Plugged in again: the rerun finishes, and everything is there exactly.
+    let _ = Command::new("fusermount3").arg("-u").arg(&phone.point).status();
+    let phone = Mounted::new(&phone_repo, &[]);
+    let resumed = s.run(&["push", "--device", &spec]);
+    assert_eq!(code(&resumed), 0, "{}", stderr(&resumed));
+    assert_same_tree_but_owner(&originals.join("DCIM"), &phone.restore().join("DCIM"));
+    assert!(leftovers(&phone.restore()).is_empty());
+    assert!(names(&m.restore()).is_empty());
+}
