@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::device::{Device, DeviceError, Found, Hasher};
@@ -111,16 +111,6 @@ pub struct Item {
     chunks: Vec<ChunkRef>,
 }
 
-fn meta_of(meta: &std::fs::Metadata) -> Meta {
-    Meta {
-        mode: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        mtime_sec: meta.mtime(),
-        mtime_nsec: meta.mtime_nsec() as u32,
-    }
-}
-
 impl Source<'_> {
     fn describe(&self) -> String {
         match self {
@@ -184,8 +174,8 @@ impl Source<'_> {
         if let Ok(now) = std::fs::symlink_metadata(&path) {
             let same_size = !matches!(item.kind, ItemKind::File { size } if size != now.len());
             if same_size
-                && meta_of(&now).mtime_sec == item.meta.mtime_sec
-                && meta_of(&now).mtime_nsec == item.meta.mtime_nsec
+                && Meta::of(&now).mtime_sec == item.meta.mtime_sec
+                && Meta::of(&now).mtime_nsec == item.meta.mtime_nsec
             {
                 remove_keeping_folder_time(&path);
             }
@@ -260,7 +250,7 @@ fn walk_staging(
             continue;
         };
         let is_dir = matches!(kind, ItemKind::Dir);
-        items.push(Item { path: path.clone(), kind, meta: meta_of(&meta), chunks: Vec::new() });
+        items.push(Item { path: path.clone(), kind, meta: Meta::of(&meta), chunks: Vec::new() });
         if is_dir {
             walk_staging(root, &path, items, failed)?;
         }

@@ -20,6 +20,20 @@ pub struct Meta {
     pub mtime_nsec: u32,
 }
 
+impl Meta {
+    /// The metadata a tree keeps of a local file, folder or symlink.
+    pub fn of(meta: &std::fs::Metadata) -> Meta {
+        use std::os::unix::fs::MetadataExt;
+        Meta {
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mtime_sec: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec() as u32,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRef {
     pub id: BlobId,

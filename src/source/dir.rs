@@ -3,7 +3,7 @@
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::{Listing, Source, SourceEntry, SourceError, SourceFile, SourceKind};
@@ -35,16 +35,6 @@ impl DirSource {
     }
 }
 
-pub fn meta_of(meta: &Metadata) -> Meta {
-    Meta {
-        mode: meta.permissions().mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        mtime_sec: meta.mtime(),
-        mtime_nsec: meta.mtime_nsec() as u32,
-    }
-}
-
 fn kind_of(path: &Path, meta: &Metadata) -> io::Result<SourceKind> {
     let file_type = meta.file_type();
     Ok(if file_type.is_file() {
@@ -65,7 +55,7 @@ impl Source for DirSource {
     }
 
     fn root_meta(&self) -> Result<Meta, SourceError> {
-        std::fs::metadata(&self.root).map(|m| meta_of(&m)).map_err(|e| self.classify(Path::new(""), e))
+        std::fs::metadata(&self.root).map(|m| Meta::of(&m)).map_err(|e| self.classify(Path::new(""), e))
     }
 
     fn list(&self, dir: &Path) -> Result<Listing, SourceError> {
@@ -76,7 +66,7 @@ impl Source for DirSource {
             let item = item.map_err(|e| self.classify(dir, e))?;
             let name = item.file_name().as_bytes().to_vec();
             let path = item.path();
-            match item.metadata().and_then(|meta| Ok((meta_of(&meta), kind_of(&path, &meta)?))) {
+            match item.metadata().and_then(|meta| Ok((Meta::of(&meta), kind_of(&path, &meta)?))) {
                 Ok((meta, kind)) => listing.entries.push(SourceEntry { name, meta, kind }),
                 Err(error) => match self.classify(&dir.join(item.file_name()), error) {
                     SourceError::Unreadable { source, .. } => listing.unreadable.push((name, source)),
