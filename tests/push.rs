@@ -138,34 +138,13 @@ fn a_whole_snapshot_or_one_folder_of_it_goes_straight_to_a_new_phone() {
 fn an_interrupted_push_resumes_and_nothing_staged_is_lost() {
     let s = Scratch::with_repo();
     let (_phone, m) = mounted_phone(&s);
-    let originals = s.path("originals");
-    for i in 0..600u64 {
-        write(
-            &originals.join(format!("DCIM/{:02}/IMG_{i:04}.jpg", i % 7)),
-            &bytes(i, 20_000 + (i as usize * 977) % 30_000, false),
-        );
-    }
-    cp_a(&originals.join("DCIM"), &m.restore());
+    let originals = stage_600_photos(&s, &m);
     let device = s.path("device");
     std::fs::create_dir(&device).unwrap();
 
     let spec = format!("dir:{}", device.display());
     let mut child = s.command(&["push", "--device", &spec]).spawn().unwrap();
-    let start = Instant::now();
-    let journal_lines = || -> usize {
-        std::fs::read_dir(s.repo.join("push-journal"))
-            .map(|dir| {
-                dir.flatten()
-                    .map(|e| std::fs::read(e.path()).unwrap_or_default().split(|b| *b == b'\n').count() - 1)
-                    .sum()
-            })
-            .unwrap_or(0)
-    };
-    while journal_lines() < 40 {
-        assert!(child.try_wait().unwrap().is_none(), "the push ended before it could be interrupted");
-        assert!(start.elapsed() < Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_journal_lines(&s, &mut child, 40);
     child.kill().unwrap(); // SIGKILL, mid-push
     child.wait().unwrap();
 
@@ -192,6 +171,32 @@ fn an_interrupted_push_resumes_and_nothing_staged_is_lost() {
     assert_same_tree_but_owner(&originals.join("DCIM"), &device.join("DCIM"));
     assert!(leftovers(&device).is_empty(), "{:?}", leftovers(&device));
     assert!(names(&m.restore()).is_empty());
+}
+
+/// 600 photos of 20-50 KB in seven folders, copied into the mount's restore/ folder; returns
+/// where the originals are.
+fn stage_600_photos(s: &Scratch, m: &Mounted) -> PathBuf {
+    let originals = s.path("originals");
+    for i in 0..600u64 {
+        let rel = format!("DCIM/{:02}/IMG_{i:04}.jpg", i % 7);
+        write(&originals.join(rel), &bytes(i, 20_000 + (i as usize * 977) % 30_000, false));
+    }
+    cp_a(&originals.join("DCIM"), &m.restore());
+    originals
+}
+
+/// Waits until the running push has journaled `lines` files: mid-push, the moment to break it.
+fn wait_for_journal_lines(s: &Scratch, push: &mut std::process::Child, lines: usize) {
+    let start = Instant::now();
+    let journaled = || -> usize {
+        let Ok(dir) = std::fs::read_dir(s.repo.join("push-journal")) else { return 0 };
+        dir.flatten().map(|e| std::fs::read(e.path()).unwrap_or_default().split(|b| *b == b'\n').count() - 1).sum()
+    };
+    while journaled() < lines {
+        assert!(push.try_wait().unwrap().is_none(), "the push ended before it could be interrupted");
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// A small tmpfs, unmounted on drop.
@@ -309,34 +314,13 @@ fn a_phone_mount_that_dies_mid_push_stops_it_and_a_rerun_finishes() {
     // here, the restore/ folder of a second phonebak mount, whose daemon is killed mid-push.
     let s = Scratch::with_repo();
     let (_phone, m) = mounted_phone(&s);
-    let originals = s.path("originals");
-    for i in 0..600u64 {
-        write(
-            &originals.join(format!("DCIM/{:02}/IMG_{i:04}.jpg", i % 7)),
-            &bytes(i, 20_000 + (i as usize * 977) % 30_000, false),
-        );
-    }
-    cp_a(&originals.join("DCIM"), &m.restore());
+    let originals = stage_600_photos(&s, &m);
     let phone_repo = Scratch::with_repo();
     let phone = Mounted::new(&phone_repo, &[]);
 
     let spec = format!("dir:{}", phone.restore().display());
     let mut child = s.command(&["push", "--device", &spec]).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let start = Instant::now();
-    let journal_lines = || -> usize {
-        std::fs::read_dir(s.repo.join("push-journal"))
-            .map(|dir| {
-                dir.flatten()
-                    .map(|e| std::fs::read(e.path()).unwrap_or_default().split(|b| *b == b'\n').count() - 1)
-                    .sum()
-            })
-            .unwrap_or(0)
-    };
-    while journal_lines() < 40 {
-        assert!(child.try_wait().unwrap().is_none(), "the push ended before the phone could go away");
-        assert!(start.elapsed() < Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_journal_lines(&s, &mut child, 40);
     let daemon = processes_mentioning(&phone.point)[0];
     assert!(Command::new("kill").arg("-KILL").arg(daemon.to_string()).status().unwrap().success());
     let out = child.wait_with_output().unwrap();
