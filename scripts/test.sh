@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 . scripts/deps.sh
 need_rust
 # fuse3 for the mount tests; python3 for scripts/gen-phone; util-linux for setpriv; time and
-# coreutils are used by the tests and the benchmark; rsync by the mount tests.
-need_debs fuse3 python3 util-linux time coreutils rsync
+# coreutils are used by the tests and the benchmark; rsync by the mount tests; bindfs (a FUSE
+# filesystem) stands for a phone mounted over MTP in the push tests.
+need_debs fuse3 python3 util-linux time coreutils rsync bindfs
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings

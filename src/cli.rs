@@ -635,7 +635,7 @@ fn cmd_mount(g: &Global, mountpoint: &Path, option_lists: &[String], foreground:
     let password_file = options.password_file.clone().or(g.password_file.clone());
     let repo = Repository::open(path, || password_from(password_file.as_deref(), "repository password: "))?;
     mount::check_mountpoint(mountpoint)?;
-    let staging = mount::open_staging(&repo, &options)?;
+    let staging = mount::find_staging(&repo, &options)?;
     let log = mount::logger(foreground, options.log.clone());
     if foreground {
         mount::serve(repo, staging, mountpoint, &options, log, |_| {})?;

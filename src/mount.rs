@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::repo::Repository;
 use crate::vfs::fuse::FuseView;
-use crate::vfs::{Staging, View, ViewOptions};
+use crate::vfs::{View, ViewOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -34,15 +34,10 @@ pub enum MountError {
 pub struct MountOptions {
     pub cache_bytes: usize,
     pub password_file: Option<PathBuf>,
-    /// Where `restore/` keeps staged files (`REPO/staging` if not given).
+    /// The folder `restore/` links to (`REPO/staging` if not given).
     pub staging: Option<PathBuf>,
-    /// `ro`: `restore/` refuses changes too, and the kernel mount is read-only.
+    /// `ro`: no `restore/` either, nothing in the mount leads to a writable folder.
     pub read_only: bool,
-    /// `passthrough`: the kernel reads and writes files in `restore/` itself (needs root).
-    /// Copies into `restore/` run at disk speed, but every open of any file then costs a round
-    /// trip (see `vfs/fuse.rs`), which halves warm reads of folders of small files; without it,
-    /// the kernel's writeback cache serves `restore/`.
-    pub passthrough: bool,
     pub allow_other: bool,
     pub allow_root: bool,
     pub uid: Option<u32>,
@@ -59,7 +54,6 @@ impl Default for MountOptions {
             password_file: None,
             staging: None,
             read_only: false,
-            passthrough: false,
             allow_other: false,
             allow_root: false,
             uid: None,
@@ -141,7 +135,6 @@ pub fn parse_options(lists: &[String]) -> Result<MountOptions, MountError> {
                 }
             }
             "ro" => options.read_only = true,
-            "passthrough" => options.passthrough = true,
             "rw" => options.read_only = false,
             "allow_other" => options.allow_other = true,
             "allow_root" => options.allow_root = true,
@@ -169,21 +162,43 @@ pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
-/// The staging folder behind `restore/`: `-o staging=DIR`, or `REPO/staging` (made on first
-/// use, mode 0700). A repository where it cannot be made (read-only media, another user's)
-/// is mounted without `restore/`, with a warning; a folder asked for must work.
-pub fn open_staging(repo: &Repository, options: &MountOptions) -> Result<Option<Staging>, MountError> {
+/// The staging folder that `restore/` links to, as an absolute path: `-o staging=DIR`, or
+/// `REPO/staging` (made on first use, mode 0700). A repository where it cannot be made
+/// (read-only media, another user's) is mounted without `restore/`, with a warning; a folder
+/// asked for must work. `-o ro` mounts without `restore/`.
+pub fn find_staging(repo: &Repository, options: &MountOptions) -> Result<Option<PathBuf>, MountError> {
+    if options.read_only {
+        return Ok(None);
+    }
     if let Some(dir) = &options.staging {
-        return Staging::at(dir, options.read_only).map(Some).map_err(|e| MountError::Staging(dir.clone(), e));
+        return usable_staging(dir).map(Some).map_err(|e| MountError::Staging(dir.clone(), e));
     }
     let dir = repo.path("staging");
-    match Staging::at(&dir, options.read_only) {
-        Ok(staging) => Ok(Some(staging)),
+    match usable_staging(&dir) {
+        Ok(dir) => Ok(Some(dir)),
         Err(e) => {
             eprintln!("phonebak: warning: mounting without restore/: staging folder {}: {e}", dir.display());
             Ok(None)
         }
     }
+}
+
+/// `dir`, made if missing, checked to be a folder this user can write in, and resolved (the
+/// link in the mount must not depend on the daemon's working directory).
+fn usable_staging(dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new().mode(0o700).recursive(true).create(dir)?;
+    }
+    if !std::fs::metadata(dir)?.is_dir() {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOTDIR));
+    }
+    let path = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: `path` is NUL-terminated.
+    if unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    std::fs::canonicalize(dir)
 }
 
 /// Where the daemon's log lines go.
@@ -210,14 +225,13 @@ pub fn logger(foreground: bool, file: Option<PathBuf>) -> Box<dyn Fn(&str) + Sen
 /// `ready` is told once the mount exists, or why it could not be made.
 pub fn serve(
     repo: Repository,
-    staging: Option<Staging>,
+    staging: Option<PathBuf>,
     mountpoint: &Path,
     options: &MountOptions,
     log: Box<dyn Fn(&str) + Send + Sync>,
     ready: impl FnOnce(Result<(), String>),
 ) -> Result<(), MountError> {
     limit_allocator_caching();
-    raise_open_files_limit();
     // Before any thread starts (the view's prefetchers too): every thread inherits the mask, so
     // only the waiting thread below ever receives these signals.
     block_stop_signals();
@@ -233,9 +247,10 @@ pub fn serve(
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
-        // No atime: the kernel would otherwise ask for a folder's attributes again after
-        // every listing, to refresh it.
-        if options.read_only { fuser::MountOption::RO } else { fuser::MountOption::NoAtime },
+        // Read-only at the kernel: besides refusing changes itself, the kernel then keeps
+        // cached attributes after reads and listings (on a writable FUSE mount it drops each
+        // inode's atime and asks again on the next stat, which made `find` 2.4x slower).
+        fuser::MountOption::RO,
     ];
     config.acl = if options.allow_other {
         fuser::SessionACL::All
@@ -246,7 +261,7 @@ pub fn serve(
     };
     config.n_threads = Some(options.threads);
     config.clone_fd = true;
-    let mut session = match fuser::Session::new(FuseView::new(view.clone(), options.passthrough), mountpoint, &config) {
+    let mut session = match fuser::Session::new(FuseView::new(view.clone()), mountpoint, &config) {
         Ok(session) => session,
         Err(e) => {
             ready(Err(e.to_string()));
@@ -266,28 +281,6 @@ pub fn serve(
     });
     ready(Ok(()));
     session.run().map_err(|e| MountError::Mount(mountpoint.to_path_buf(), e))
-}
-
-/// Every file under `restore/` the kernel knows is an open descriptor here, and the kernel
-/// keeps tens of thousands of them after a big copy: the soft limit (often 1024) goes up to the
-/// hard one, and as root the hard one up to the system's maximum.
-fn raise_open_files_limit() {
-    // SAFETY: getrlimit and setrlimit are given a valid rlimit; failures leave the limit as is.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
-        }
-        let system_max = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok());
-        if let Some(max) = system_max.filter(|&max: &libc::rlim_t| max > limit.rlim_max) {
-            let raised = libc::rlimit { rlim_cur: max, rlim_max: max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return;
-            }
-        }
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
 }
 
 /// The kernel reads ahead of a sequential reader by at most its `read_ahead_kb` for this mount

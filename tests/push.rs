@@ -31,13 +31,6 @@ fn push(s: &Scratch, device: &Path, extra: &[&str]) -> std::process::Output {
     s.run(&args)
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut all: Vec<_> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    all.sort();
-    all
-}
-
 /// Files anywhere below `dir` whose name is a push's temporary name.
 fn leftovers(dir: &Path) -> Vec<String> {
     let out = Command::new("find").arg(dir).arg("-name").arg(".phonebak-part-*").output().unwrap();
@@ -311,14 +304,15 @@ fn the_adb_backend_pushes_verifies_and_resumes_after_an_unplug() {
 #[test]
 fn a_phone_mount_that_dies_mid_push_stops_it_and_a_rerun_finishes() {
     // The device is a FUSE mount, like a phone over MTP (jmtpfs and simple-mtpfs are FUSE):
-    // here, the restore/ folder of a second phonebak mount, whose daemon is killed mid-push.
+    // here bindfs over a local folder, whose daemon is killed mid-push as an unplug kills jmtpfs.
     let s = Scratch::with_repo();
     let (_phone, m) = mounted_phone(&s);
     let originals = stage_600_photos(&s, &m);
-    let phone_repo = Scratch::with_repo();
-    let phone = Mounted::new(&phone_repo, &[]);
+    let storage = s.path("phone-storage");
+    std::fs::create_dir(&storage).unwrap();
+    let phone = FuseFolder::new(&storage, &s.path("phone-mount"));
 
-    let spec = format!("dir:{}", phone.restore().display());
+    let spec = format!("dir:{}", phone.point.display());
     let mut child = s.command(&["push", "--device", &spec]).stderr(std::process::Stdio::piped()).spawn().unwrap();
     wait_for_journal_lines(&s, &mut child, 40);
     let daemon = processes_mentioning(&phone.point)[0];
@@ -329,10 +323,30 @@ fn a_phone_mount_that_dies_mid_push_stops_it_and_a_rerun_finishes() {
 
     // Plugged in again: the rerun finishes, and everything is there exactly.
     let _ = Command::new("fusermount3").arg("-u").arg(&phone.point).status();
-    let phone = Mounted::new(&phone_repo, &[]);
+    let phone = FuseFolder::new(&storage, &phone.point);
     let resumed = s.run(&["push", "--device", &spec]);
     assert_eq!(code(&resumed), 0, "{}", stderr(&resumed));
-    assert_same_tree_but_owner(&originals.join("DCIM"), &phone.restore().join("DCIM"));
-    assert!(leftovers(&phone.restore()).is_empty());
+    assert_same_tree_but_owner(&originals.join("DCIM"), &phone.point.join("DCIM"));
+    assert!(leftovers(&phone.point).is_empty());
     assert!(names(&m.restore()).is_empty());
+}
+
+/// A local folder seen through bindfs, a FUSE filesystem; unmounted when dropped.
+struct FuseFolder {
+    point: PathBuf,
+}
+
+impl FuseFolder {
+    fn new(folder: &Path, point: &Path) -> FuseFolder {
+        std::fs::create_dir_all(point).unwrap();
+        let status = Command::new("bindfs").arg(folder).arg(point).status().expect("bindfs (scripts/test.sh installs it)");
+        assert!(status.success(), "bindfs: {status}");
+        FuseFolder { point: point.to_path_buf() }
+    }
+}
+
+impl Drop for FuseFolder {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.point).stderr(std::process::Stdio::null()).status();
+    }
 }

@@ -246,12 +246,13 @@ impl Device for DirDevice {
 
     fn set_meta(&self, path: &Path, meta: &Meta, is_symlink: bool) {
         let Ok((dir, name)) = self.parent(path) else { return };
-        let omit = libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT };
         let mtime = libc::timespec { tv_sec: meta.mtime_sec as libc::time_t, tv_nsec: meta.mtime_nsec as libc::c_long };
         // SAFETY: `name` is NUL-terminated; `times` holds two timespecs. Failures are fine: not
         // every device keeps modes and times.
         unsafe {
-            let times = [omit, mtime];
+            // The atime too (snapshots do not keep one): some FUSE filesystems (bindfs 1.14)
+            // ignore the mtime when the atime is UTIME_OMIT.
+            let times = [mtime, mtime];
             if !is_symlink {
                 libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), meta.mode & 0o7777, 0);
             }

@@ -13,11 +13,11 @@
 
 pub mod cache;
 pub mod fuse;
-pub mod staging;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -30,7 +30,6 @@ use crate::repo::snapshot::{self, SnapshotInfo};
 use crate::repo::{BlobId, RepoError, Repository, FRAME_LEN};
 use crate::tree::{Entry, Node as TreeNode, Tree};
 use cache::ChunkCache;
-pub use staging::{is_staged, AttrChange, Caller, Staging, RESTORE_INO};
 
 pub const ROOT_INO: u64 = 1;
 const SNAPSHOTS_INO: u64 = 2;
@@ -69,9 +68,6 @@ pub enum VfsError {
     Damaged(String),
     #[error("{0}")]
     Io(String),
-    /// An error of the staging folder's filesystem, passed on as it is.
-    #[error("{}", std::io::Error::from_raw_os_error(*.0))]
-    Os(i32),
 }
 
 impl VfsError {
@@ -84,7 +80,6 @@ impl VfsError {
             VfsError::ReadOnly => libc::EROFS,
             VfsError::BadHandle => libc::EBADF,
             VfsError::Damaged(_) | VfsError::Io(_) => libc::EIO,
-            VfsError::Os(errno) => *errno,
         }
     }
 }
@@ -137,7 +132,8 @@ pub struct Attr {
 enum Node {
     Root,
     Snapshots,
-    /// `restore/`: its inodes live in `Staging`.
+    /// `restore/`: a link to the staging folder, where copies land at local disk speed and
+    /// with the local filesystem's full behaviour.
     Restore,
     Device(String),
     Latest(String),
@@ -192,8 +188,8 @@ pub struct ViewOptions {
     pub cache_bytes: usize,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
-    /// The folder behind `restore/`; without it the mount has no `restore/`.
-    pub staging: Option<Staging>,
+    /// The staging folder (absolute) that `restore/` links to; without it there is no `restore/`.
+    pub staging: Option<PathBuf>,
 }
 
 struct SnapshotList {
@@ -227,7 +223,7 @@ const NEAR: u64 = 2 << 20;
 
 pub struct View {
     repo: Arc<Repository>,
-    staging: Option<Staging>,
+    staging: Option<PathBuf>,
     options: ViewOptions,
     owner: (u32, u32),
     mounted_at: i64,
@@ -425,9 +421,6 @@ impl View {
     /// The inode number for `name` in `parent`: stable, derived from both, probing past the
     /// (unlikely) collision with another live inode.
     fn ino_for(&self, inodes: &HashMap<u64, Inode>, parent: u64, name: &[u8]) -> u64 {
-        if parent == ROOT_INO && name == b"restore" && self.staging.is_some() {
-            return RESTORE_INO;
-        }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (parent, name).hash(&mut hasher);
         let mut ino = (hasher.finish() >> 1).max(16);
@@ -463,8 +456,11 @@ impl View {
             names.len() as u32
         };
         Ok(match node {
-            Node::Root => synthetic_dir(changed_ns, 3 + self.staging.is_some() as u32),
-            Node::Restore => self.staged()?.getattr(RESTORE_INO)?,
+            Node::Root => synthetic_dir(changed_ns, 3),
+            Node::Restore => {
+                let target = self.staging.as_ref().map_or(0, |dir| dir.as_os_str().len());
+                Attr { kind: Kind::Symlink, size: target as u64, perm: 0o777, nlink: 1, ..synthetic_dir(changed_ns, 1) }
+            }
             Node::Snapshots => synthetic_dir(changed_ns, 2 + devices()),
             Node::Device(d) => {
                 let snapshots = list.iter().filter(|s| &s.snapshot.device == d).count() as u32;
@@ -510,14 +506,8 @@ impl View {
 
     /// Looks `name` up in `parent` and counts one kernel reference to the result.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, VfsError> {
-        if is_staged(parent) {
-            return self.staged()?.lookup(parent, name);
-        }
         let (_, parent_node) = self.node(parent)?;
         let node = self.find_child(&parent_node, name)?;
-        if let Node::Restore = node {
-            return self.staged()?.getattr(RESTORE_INO); // never forgotten: not counted
-        }
         let ino = self.ino_for(&self.inodes.lock().expect("inode lock"), parent, name);
         let attr = self.attr(ino, &node)?;
         self.remember_node(parent, ino, node);
@@ -525,9 +515,6 @@ impl View {
     }
 
     fn remember_node(&self, parent: u64, ino: u64, node: Node) {
-        if let Node::Restore = node {
-            return;
-        }
         let mut inodes = self.inodes.lock().expect("inode lock");
         inodes.entry(ino).or_insert(Inode { parent, node, lookups: 0 }).lookups += 1;
     }
@@ -579,9 +566,6 @@ impl View {
     /// The kernel dropped `count` references: an inode nobody holds is dropped too (its number
     /// comes back the same if it is looked up again).
     pub fn forget(&self, ino: u64, count: u64) {
-        if let (true, Some(staging)) = (is_staged(ino), &self.staging) {
-            return staging.forget(ino, count);
-        }
         if ino == ROOT_INO || ino == SNAPSHOTS_INO {
             return;
         }
@@ -596,17 +580,11 @@ impl View {
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr, VfsError> {
-        if is_staged(ino) {
-            return self.staged()?.getattr(ino);
-        }
         let (_, node) = self.node(ino)?;
         self.attr(ino, &node)
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, VfsError> {
-        if is_staged(ino) {
-            return self.staged()?.readlink(ino);
-        }
         match self.node(ino)?.1 {
             Node::Latest(device) => {
                 let list = self.snapshot_list()?;
@@ -614,6 +592,9 @@ impl View {
                     .rfind(|s| s.snapshot.device == device)
                     .map(|s| s.name.clone().into_bytes())
                     .ok_or(VfsError::NotFound)
+            }
+            Node::Restore => {
+                Ok(self.staging.as_ref().map(|dir| dir.as_os_str().as_bytes().to_vec()).unwrap_or_default())
             }
             node @ Node::Entry { .. } => match &node.entry().expect("entry node").node {
                 TreeNode::Symlink { target } => Ok(target.clone()),
@@ -655,9 +636,6 @@ impl View {
 
     /// Checks that `ino` can be opened (a file; for reading only).
     pub fn open(&self, ino: u64, write: bool) -> Result<(), VfsError> {
-        if is_staged(ino) {
-            return self.staged()?.open(ino, write);
-        }
         match kind_of(&self.node(ino)?.1) {
             Kind::File if write => Err(VfsError::ReadOnly),
             Kind::File => Ok(()),
@@ -709,9 +687,6 @@ impl View {
     /// search, served from the cache or loaded and verified; a sequential reader gets the next
     /// chunks loaded ahead.
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<ReadData, VfsError> {
-        if is_staged(ino) {
-            return self.staged()?.read(ino, offset, size).map(ReadData::Copied);
-        }
         self.last_read_ms.store(self.now_ms(), Ordering::Relaxed);
         let file = self.reader(ino)?;
         let TreeNode::File { size: file_size, chunks } = &file.tree.entries[file.index as usize].node else {
@@ -795,10 +770,7 @@ impl View {
 
     /// (total bytes of the repository's packs, free bytes on its disk); the first is recounted
     /// at most every 10 s.
-    pub fn space(&self, ino: u64) -> (u64, u64) {
-        if let (true, Some(staging)) = (is_staged(ino), &self.staging) {
-            return staging.space().unwrap_or((0, 0));
-        }
+    pub fn space(&self) -> (u64, u64) {
         let mut cached = self.stored_bytes.lock().expect("space lock");
         let stored = match *cached {
             Some((when, bytes)) if when.elapsed() < Duration::from_secs(10) => bytes,
@@ -809,11 +781,6 @@ impl View {
             }
         };
         (stored, self.repo.free_space().unwrap_or(0))
-    }
-
-    /// The staging side of the mount (`restore/`), if it has one.
-    pub fn staged(&self) -> Result<&Staging, VfsError> {
-        self.staging.as_ref().ok_or(VfsError::NotFound)
     }
 
     /// Whether `ino` lies inside a snapshot (everything the kernel may cache for long).
@@ -868,7 +835,7 @@ thread_local! {
 
 fn kind_of(node: &Node) -> Kind {
     match node {
-        Node::Latest(_) => Kind::Symlink,
+        Node::Latest(_) | Node::Restore => Kind::Symlink,
         Node::Entry { .. } => match &node.entry().expect("entry node").node {
             TreeNode::File { .. } => Kind::File,
             TreeNode::Dir { .. } => Kind::Dir,

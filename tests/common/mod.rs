@@ -279,6 +279,14 @@ impl Drop for Mounted {
     }
 }
 
+/// The names in folder `dir`, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut all: Vec<_> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    all.sort();
+    all
+}
+
 /// Processes whose command line mentions `needle`.
 pub fn processes_mentioning(needle: &Path) -> Vec<u32> {
     let mut found = Vec::new();
