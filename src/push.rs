@@ -420,9 +420,38 @@ struct Written {
 const BATCH_FILES: usize = 64;
 const BATCH_BYTES: u64 = 256 << 20;
 
+/// Device syncs run on their own thread, so that the next batch is written (and hashed, and
+/// read back) while the disk makes the last one durable.
+struct Syncer {
+    requests: std::sync::mpsc::Sender<()>,
+    results: std::sync::mpsc::Receiver<Result<(), DeviceError>>,
+    in_flight: bool,
+    device: String,
+}
+
+impl Syncer {
+    fn start(&mut self) {
+        self.in_flight = self.requests.send(()).is_ok();
+    }
+
+    fn wait(&mut self) -> Result<(), DeviceError> {
+        if !std::mem::take(&mut self.in_flight) {
+            return Ok(());
+        }
+        let stopped = || DeviceError::Vanished { device: self.device.clone(), why: "its sync thread stopped".into() };
+        self.results.recv().unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
 struct Pusher<'a> {
     source: &'a Source<'a>,
+    /// Files of the batch being written, verified under their temporary names.
     written: Vec<Written>,
+    /// The last batch: its data is being made durable by the sync in flight.
+    syncing: Vec<Written>,
+    /// The batch before: renamed, the renames being made durable by the sync in flight.
+    renamed: Vec<Written>,
+    syncer: Syncer,
     batch_bytes: u64,
     device: &'a dyn Device,
     options: &'a PushOptions,
@@ -433,10 +462,35 @@ struct Pusher<'a> {
 
 /// Pushes `source` onto `device`. The journal of an unfinished push lives in `journal_dir`.
 pub fn run(source: &Source, device: &dyn Device, journal_dir: &Path, options: &PushOptions) -> PushOutcome {
+    let (requests, asked) = std::sync::mpsc::channel::<()>();
+    let (answer, results) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for () in asked {
+                if answer.send(device.sync()).is_err() {
+                    break;
+                }
+            }
+        });
+        let syncer = Syncer { requests, results, in_flight: false, device: device.describe() };
+        push_with(source, device, syncer, journal_dir, options)
+    })
+}
+
+fn push_with(
+    source: &Source,
+    device: &dyn Device,
+    syncer: Syncer,
+    journal_dir: &Path,
+    options: &PushOptions,
+) -> PushOutcome {
     let progress = Progress::bytes("push", None);
     let mut pusher = Pusher {
         source,
         written: Vec::new(),
+        syncing: Vec::new(),
+        renamed: Vec::new(),
+        syncer,
         batch_bytes: 0,
         device,
         options,
@@ -484,8 +538,9 @@ impl Pusher<'_> {
                 Err(e) if e.is_fatal() => {
                     // What was written before still gets its name if the device allows (full);
                     // if not, its temporary files go (a rerun would replace them anyway).
-                    let temps: Vec<PathBuf> = self.written.iter().map(|file| file.temp.clone()).collect();
-                    if self.commit().is_err() {
+                    let temps: Vec<PathBuf> =
+                        self.written.iter().chain(&self.syncing).map(|file| file.temp.clone()).collect();
+                    if self.commit_all().is_err() {
                         for temp in temps {
                             let _ = self.device.remove(&temp);
                         }
@@ -496,7 +551,7 @@ impl Pusher<'_> {
                 Ok(()) => {}
             }
         }
-        self.commit()?;
+        self.commit_all()?;
         if !self.options.dry_run {
             // Folder times last, deepest first: writing into a folder changes its mtime.
             for item in items.iter().rev().filter(|i| matches!(i.kind, ItemKind::Dir)) {
@@ -566,20 +621,21 @@ impl Pusher<'_> {
         Ok(())
     }
 
-    /// Gives the files written so far their real names. One device sync before (their data is
-    /// durable before any has its name) and one after (their names are durable before their
-    /// staged copies go) serve a whole batch: a sync per file made pushing 4x slower.
+    /// Moves every batch one step on. A file's data is durable before it gets its real name,
+    /// and its name is durable before it is journaled and its staged copy goes; each device
+    /// sync serves two batches (the data of one, the names of the one before), and runs while
+    /// the next batch is written. A sync per file made pushing 4x slower.
     fn commit(&mut self) -> Result<(), PushError> {
-        if self.written.is_empty() {
-            return Ok(());
+        self.syncer.wait()?;
+        for file in std::mem::take(&mut self.renamed) {
+            self.journal_record(&file.item, &file.dest, file.size)?;
+            self.report.pushed += 1;
+            self.report.bytes += file.size;
+            self.source.pushed(&file.item, self.options);
         }
-        let batch = std::mem::take(&mut self.written);
-        self.batch_bytes = 0;
-        self.device.sync()?;
-        let mut renamed = Vec::new();
-        for file in batch {
+        for file in std::mem::take(&mut self.syncing) {
             match self.device.rename(&file.temp, &file.dest, file.replace) {
-                Ok(()) => renamed.push(file),
+                Ok(()) => self.renamed.push(file),
                 Err(e) if !e.is_fatal() => {
                     let _ = self.device.remove(&file.temp);
                     self.note_failure(&file.item, e.into());
@@ -587,14 +643,20 @@ impl Pusher<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.device.sync()?;
-        for file in renamed {
-            self.journal_record(&file.item, &file.dest, file.size)?;
-            self.report.pushed += 1;
-            self.report.bytes += file.size;
-            self.source.pushed(&file.item, self.options);
+        self.syncing = std::mem::take(&mut self.written);
+        self.batch_bytes = 0;
+        if !self.syncing.is_empty() || !self.renamed.is_empty() {
+            self.syncer.start();
         }
         Ok(())
+    }
+
+    /// Commits until every written file is journaled.
+    fn commit_all(&mut self) -> Result<(), PushError> {
+        while !(self.written.is_empty() && self.syncing.is_empty() && self.renamed.is_empty()) {
+            self.commit()?;
+        }
+        self.syncer.wait().map_err(PushError::from)
     }
 
     fn note_failure(&mut self, item: &Item, e: PushError) {

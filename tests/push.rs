@@ -319,6 +319,7 @@ fn a_phone_mount_that_dies_mid_push_stops_it_and_a_rerun_finishes() {
     assert!(Command::new("kill").arg("-KILL").arg(daemon.to_string()).status().unwrap().success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(code(&out), 17, "{}", stderr(&out));
+    assert!(!stderr(&out).contains("cannot push"), "no file is blamed: {}", stderr(&out));
     assert!(stderr(&out).contains("went away during the push"), "{}", stderr(&out));
 
     // Plugged in again: the rerun finishes, and everything is there exactly.
@@ -339,7 +340,8 @@ struct FuseFolder {
 impl FuseFolder {
     fn new(folder: &Path, point: &Path) -> FuseFolder {
         std::fs::create_dir_all(point).unwrap();
-        let status = Command::new("bindfs").arg(folder).arg(point).status().expect("bindfs (scripts/test.sh installs it)");
+        let status =
+            Command::new("bindfs").arg(folder).arg(point).status().expect("bindfs (scripts/test.sh installs it)");
         assert!(status.success(), "bindfs: {status}");
         FuseFolder { point: point.to_path_buf() }
     }

@@ -96,7 +96,8 @@ impl DirDevice {
         match e.raw_os_error() {
             Some(libc::ENOSPC | libc::EDQUOT) => DeviceError::Full { device, path: path_text },
             Some(libc::EROFS) => DeviceError::Unavailable { device, why: "it is read-only".into() },
-            Some(libc::ENOTCONN | libc::ENODEV | libc::ENXIO | libc::ESHUTDOWN) => {
+            // ECONNABORTED: the request in flight when a FUSE daemon (jmtpfs...) died.
+            Some(libc::ENOTCONN | libc::ECONNABORTED | libc::ENODEV | libc::ENXIO | libc::ESHUTDOWN) => {
                 DeviceError::Vanished { device, why: e.to_string() }
             }
             _ if !self.still_there() => DeviceError::Vanished { device, why: e.to_string() },
