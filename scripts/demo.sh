@@ -36,6 +36,8 @@ run "$phonebak" restore pixel-7/latest:Documents --target "$work/restored-docume
 mnt=$work/mnt
 mkdir -p "$mnt"
 run "$phonebak" mount "$mnt"
+say "ls -l $mnt   # restore/ leads to the staging folder on disk"
+ls -l "$mnt"
 say "ls -l $mnt/snapshots/pixel-7/"
 ls -l "$mnt/snapshots/pixel-7/"
 say "find $mnt/snapshots -maxdepth 4 | head -20"
