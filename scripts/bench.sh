@@ -168,8 +168,8 @@ done
 # restore/ leads to the staging folder on disk). Then `phonebak push` of what was staged to a
 # dir: device on the same disk, against `cp -a` of the same folder there, alone (its data is then
 # only in the page cache) and followed by `sync` (push makes every file durable, and reads it
-# back to verify it). Push and `cp -a && sync` alternate three times a round: single runs of
-# either vary by 3x on this machine.
+# back to verify it). The three take turns three times a round: single runs of each vary by 3x
+# on this machine, and the first write after a large delete is often the slow one.
 scsv=$work/staging.csv; : > "$scsv"
 timed() { printf '  %-12s %s\n' "$1" "$2"; echo "$1,$2" >> "$scsv"; }
 staged=$work/repo-phonebak/staging
@@ -184,9 +184,9 @@ for round in $(seq "$runs"); do
     rm -rf "$mnt/restore/DCIM"; drop_caches
     timed stage_copy "$(seconds cp -a "$mnt/snapshots/phone/latest/DCIM" "$mnt/restore/")"
     umount "$mnt"
-    fresh_devices
-    timed cp "$(seconds cp -a "$staged/DCIM" "$work/device-cp/")"
     for pair in 1 2 3; do
+        fresh_devices
+        timed cp "$(seconds cp -a "$staged/DCIM" "$work/device-cp/")"
         fresh_devices
         timed cp_sync "$(seconds sh -c "cp -a '$staged/DCIM' '$work/device-cp/' && sync")"
         fresh_devices
@@ -252,7 +252,7 @@ for r in csv.reader(open(sys.argv[6])):
     srows.setdefault(r[0], []).append(float(r[1]))
 s = lambda what: statistics.median(srows[what])
 dcim = int(sys.argv[7])
-print(f"\nstaging and push of DCIM ({dcim / 1e9:.2f} GB); medians of {len(srows['local_copy'])} round(s), push and cp -a && sync of {len(srows['push'])} runs:")
+print(f"\nstaging and push of DCIM ({dcim / 1e9:.2f} GB); medians of {len(srows['local_copy'])} round(s), the last three lines of {len(srows['push'])} runs:")
 for what, label in [("local_copy", "cp -a local folder to local folder (cold)"), ("stage_local", "cp -a local folder into restore/ (cold)"),
                     ("stage_copy", "cp -a snapshot into restore/ (cold)"),
                     ("cp", "cp -a staged folder to a device folder"), ("cp_sync", "cp -a ... && sync"), ("push", "phonebak push to dir:")]:

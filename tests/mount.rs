@@ -73,6 +73,8 @@ fn every_snapshot_is_an_exact_read_only_folder() {
     let point = CString::new(m.point.as_os_str().as_bytes()).unwrap();
     assert_eq!(unsafe { libc::statvfs(point.as_ptr(), &mut vfs) }, 0);
     assert!(vfs.f_bavail > 0 && vfs.f_blocks >= vfs.f_bavail);
+    // Read-only at the kernel (so it keeps cached attributes after reads and listings).
+    assert_ne!(vfs.f_flag & libc::ST_RDONLY, 0);
 }
 
 #[test]
