@@ -223,7 +223,6 @@ const NEAR: u64 = 2 << 20;
 
 pub struct View {
     repo: Arc<Repository>,
-    staging: Option<PathBuf>,
     options: ViewOptions,
     owner: (u32, u32),
     mounted_at: i64,
@@ -244,8 +243,7 @@ pub struct View {
 }
 
 impl View {
-    pub fn new(repo: Arc<Repository>, mut options: ViewOptions, log: Box<dyn Fn(&str) + Send + Sync>) -> View {
-        let staging = options.staging.take();
+    pub fn new(repo: Arc<Repository>, options: ViewOptions, log: Box<dyn Fn(&str) + Send + Sync>) -> View {
         let chunks = Arc::new(ChunkCache::new(repo.clone(), options.cache_bytes));
         let (prefetch, queue) = sync_channel::<BlobId>(64);
         let queue = Arc::new(Mutex::new(queue));
@@ -283,7 +281,6 @@ impl View {
         let owner = unsafe { (libc::getuid(), libc::getgid()) };
         View {
             repo,
-            staging,
             owner: (options.uid.unwrap_or(owner.0), options.gid.unwrap_or(owner.1)),
             options,
             mounted_at: chrono::Utc::now().timestamp(),
@@ -379,7 +376,7 @@ impl View {
         }
         let list = self.snapshot_list()?;
         Ok(match node {
-            Node::Root if self.staging.is_some() => {
+            Node::Root if self.options.staging.is_some() => {
                 vec![(b"restore".to_vec(), Node::Restore), (b"snapshots".to_vec(), Node::Snapshots)]
             }
             Node::Root => vec![(b"snapshots".to_vec(), Node::Snapshots)],
@@ -458,7 +455,7 @@ impl View {
         Ok(match node {
             Node::Root => synthetic_dir(changed_ns, 3),
             Node::Restore => {
-                let target = self.staging.as_ref().map_or(0, |dir| dir.as_os_str().len());
+                let target = self.restore_target().len();
                 Attr { kind: Kind::Symlink, size: target as u64, perm: 0o777, nlink: 1, ..synthetic_dir(changed_ns, 1) }
             }
             Node::Snapshots => synthetic_dir(changed_ns, 2 + devices()),
@@ -593,9 +590,7 @@ impl View {
                     .map(|s| s.name.clone().into_bytes())
                     .ok_or(VfsError::NotFound)
             }
-            Node::Restore => {
-                Ok(self.staging.as_ref().map(|dir| dir.as_os_str().as_bytes().to_vec()).unwrap_or_default())
-            }
+            Node::Restore => Ok(self.restore_target().to_vec()),
             node @ Node::Entry { .. } => match &node.entry().expect("entry node").node {
                 TreeNode::Symlink { target } => Ok(target.clone()),
                 _ => Err(VfsError::NotSymlink),
@@ -781,6 +776,11 @@ impl View {
             }
         };
         (stored, self.repo.free_space().unwrap_or(0))
+    }
+
+    /// Where `restore/` leads: the staging folder.
+    fn restore_target(&self) -> &[u8] {
+        self.options.staging.as_ref().map_or(&[][..], |dir| dir.as_os_str().as_bytes())
     }
 
     /// Whether `ino` lies inside a snapshot (everything the kernel may cache for long).
