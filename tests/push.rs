@@ -302,6 +302,33 @@ fn the_adb_backend_pushes_verifies_and_resumes_after_an_unplug() {
 }
 
 #[test]
+fn a_file_that_reads_back_wrong_keeps_its_name_free_and_stays_staged() {
+    // tests/fake-adb/adb stands in for adb: there is no phone here. It stores one file damaged.
+    let s = Scratch::with_repo();
+    let (phone, m) = mounted_phone(&s);
+    cp_a(&m.snapshots().join("pixel/latest/Documents"), &m.restore());
+    let fake = s.path("fake-phone");
+    std::fs::create_dir_all(fake.join("sdcard")).unwrap();
+    std::fs::write(fake.join(".flip-next"), "").unwrap();
+
+    let first = fake_adb(&s, &["push", "--device", "adb:FAKE0001"], &fake);
+    assert_eq!(code(&first), 3, "{}", stderr(&first));
+    assert!(stderr(&first).contains("what the device holds differs from what was sent"), "{}", stderr(&first));
+    let staged = names(&m.restore().join("Documents"));
+    assert_eq!(staged.len(), 1, "only the damaged file stays staged: {staged:?}");
+    assert!(!fake.join("sdcard/Documents").join(&staged[0]).exists(), "a damaged file got its real name");
+    assert!(leftovers(&fake).is_empty());
+
+    let rerun = fake_adb(&s, &["push", "--device", "adb:FAKE0001"], &fake);
+    assert_eq!(code(&rerun), 0, "{}", stderr(&rerun));
+    let (want, got) = (describe(&phone.join("Documents")), describe(&fake.join("sdcard/Documents")));
+    assert_eq!(want.len(), got.len());
+    for (path, observed) in &want {
+        assert_eq!(observed.content_and_mtime(), got[path].content_and_mtime(), "{}", path.display());
+    }
+}
+
+#[test]
 fn a_phone_mount_that_dies_mid_push_stops_it_and_a_rerun_finishes() {
     // The device is a FUSE mount, like a phone over MTP (jmtpfs and simple-mtpfs are FUSE):
     // here bindfs over a local folder, whose daemon is killed mid-push as an unplug kills jmtpfs.
