@@ -3,14 +3,15 @@
 //! An encrypted repository seals each blob, index page, pack footer and snapshot record with
 //! AES-256-GCM under a random master key; the master key itself is sealed with a key derived
 //! from the password by argon2id. AES-256-GCM runs at several GB/s with AES-NI, where
-//! XChaCha20-Poly1305 ran at under 1 GB/s here and was the backup's largest CPU cost. Nonces are
+//! XChaCha20-Poly1305 ran at under 1 GB/s here and was the backup's largest CPU cost. It comes
+//! from `ring` rather than RustCrypto's `aes-gcm`: ring's assembly (VAES, VPCLMULQDQ) sealed
+//! 8.6 GB/s here against 3.0, and opening every chunk is most of a mount's cold-read CPU. Nonces are
 //! random 96-bit values: safe for 2^32 sealings under one key, far beyond what a repository of
 //! 1 MiB chunks holds. An unencrypted repository still appends a BLAKE3 checksum, so corruption
 //! is detected the same way in both.
 
-use aes_gcm::aead::{AeadInOut, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use rand::RngCore;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use serde::{Deserialize, Serialize};
 
 const NONCE_LEN: usize = 12;
@@ -84,13 +85,14 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 /// Seals and opens stored bytes. `aad` binds the bytes to what they claim to be (a blob id,
 /// "snapshot", ...) so that a sealed record moved to another place does not open.
 pub enum Sealer {
-    Encrypted(Box<Aes256Gcm>),
+    Encrypted(Box<LessSafeKey>),
     Plain,
 }
 
 impl Sealer {
     pub fn encrypted(key: &[u8; 32]) -> Self {
-        Sealer::Encrypted(Box::new(Aes256Gcm::new(&(*key).into())))
+        let key = UnboundKey::new(&AES_256_GCM, key).expect("AES-256-GCM takes a 32-byte key");
+        Sealer::Encrypted(Box::new(LessSafeKey::new(key)))
     }
 
     /// Bytes added to every sealed payload.
@@ -121,10 +123,11 @@ impl Sealer {
                 let nonce: [u8; NONCE_LEN] = random_bytes();
                 out.extend_from_slice(&nonce);
                 parts.iter().for_each(|p| out.extend_from_slice(p));
+                let nonce = Nonce::assume_unique_for_key(nonce);
                 let tag = cipher
-                    .encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut out[start + NONCE_LEN..]).into())
+                    .seal_in_place_separate_tag(nonce, Aad::from(aad), &mut out[start + NONCE_LEN..])
                     .expect("AES-GCM accepts any message below 64 GiB");
-                out.extend_from_slice(&tag);
+                out.extend_from_slice(tag.as_ref());
             }
             Sealer::Plain => {
                 parts.iter().for_each(|p| out.extend_from_slice(p));
@@ -149,14 +152,11 @@ impl Sealer {
         }
         match self {
             Sealer::Encrypted(cipher) => {
-                let end = sealed.len() - TAG_LEN;
-                let tag = Tag::try_from(&sealed[end..]).expect("tag length");
                 let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
-                let nonce = Nonce::try_from(&*nonce).expect("nonce length");
-                cipher
-                    .decrypt_inout_detached(&nonce, aad, (&mut rest[..end - NONCE_LEN]).into(), &tag)
-                    .map_err(|_| CryptoError::Authentication)?;
-                Ok(NONCE_LEN..end)
+                let nonce = Nonce::try_assume_unique_for_key(nonce).expect("nonce length");
+                let plain =
+                    cipher.open_in_place(nonce, Aad::from(aad), rest).map_err(|_| CryptoError::Authentication)?;
+                Ok(NONCE_LEN..NONCE_LEN + plain.len())
             }
             Sealer::Plain => {
                 let end = sealed.len() - CHECKSUM_LEN;
@@ -194,6 +194,15 @@ mod tests {
             assert!(sealer.open(&flipped, b"aad").is_err());
             assert!(matches!(sealer.open(&sealed[..3], b"aad"), Err(CryptoError::Truncated(3))));
         }
+    }
+
+    #[test]
+    fn opens_what_rustcrypto_aes_gcm_sealed() {
+        // Sealed by the RustCrypto `aes-gcm` crate that repositories were written with before
+        // the switch to ring: nonce, ciphertext, tag. The format did not change.
+        let sealed =
+            hex::decode("0101010101010101010101011e84e5dbff9f9c66bebab95bb22c9b475c184d4afb939c7e6d0b59").unwrap();
+        assert_eq!(Sealer::encrypted(&[7; 32]).open(&sealed, b"aad").unwrap(), b"hello phone");
     }
 
     #[test]
