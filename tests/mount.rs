@@ -7,6 +7,7 @@ use common::*;
 use std::ffi::CString;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -108,6 +109,20 @@ fn cp_rsync_and_find_work_on_the_mount() {
             assert!(observed.same_but_mtime(found), "{}: {observed:?} != {found:?}", path.display());
         }
     }
+
+    // `cp -r` reads a folder in inode order: the mount numbers a folder's entries in name order,
+    // the order it loads ahead in.
+    let mut by_ino: Vec<(u64, std::ffi::OsString)> = std::fs::read_dir(snap.join("Android/data/app"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.metadata().unwrap().ino(), e.file_name()))
+        .collect();
+    by_ino.sort();
+    let in_ino_order: Vec<_> = by_ino.into_iter().map(|(_, name)| name).collect();
+    let mut in_name_order = in_ino_order.clone();
+    in_name_order.sort();
+    assert_eq!(in_ino_order.len(), 200);
+    assert_eq!(in_ino_order, in_name_order);
 
     let count = |root: &Path| {
         let out = Command::new("find").arg(root).output().unwrap();

@@ -216,6 +216,8 @@ struct FileReader {
     streak: AtomicU64,
 }
 
+/// The low bits of an entry's inode number that hold its place in its folder (see `ino_for`).
+const ENTRY_BITS: u32 = 24;
 /// Sequential bytes after which the next chunks are loaded ahead.
 const STREAK_FOR_READAHEAD: u64 = 512 * 1024;
 /// How far from the end of the last read a read still counts as sequential.
@@ -415,12 +417,24 @@ impl View {
         children.into_iter().find(|(n, _)| n == name).map(|(_, node)| node).ok_or(VfsError::NotFound)
     }
 
-    /// The inode number for `name` in `parent`: stable, derived from both, probing past the
-    /// (unlikely) collision with another live inode.
-    fn ino_for(&self, inodes: &HashMap<u64, Inode>, parent: u64, name: &[u8]) -> u64 {
+    /// The inode number for `name` (which is `node`) in `parent`: stable, derived from both,
+    /// probing past the (unlikely) collision with another live inode. The entries of a
+    /// snapshot's folder get numbers that rise in the folder's order: `cp -r` reads a folder in
+    /// inode order, and loading ahead across files follows the folder's order. With numbers in
+    /// hash order, `cp -a` of 1 GB of photos loaded most chunks twice.
+    fn ino_for(&self, inodes: &HashMap<u64, Inode>, parent: u64, name: &[u8], node: &Node) -> u64 {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (parent, name).hash(&mut hasher);
-        let mut ino = (hasher.finish() >> 1).max(16);
+        let hashed = match node {
+            Node::Entry { index, .. } if u64::from(*index) < 1 << ENTRY_BITS => {
+                parent.hash(&mut hasher);
+                (hasher.finish() >> (ENTRY_BITS + 1) << ENTRY_BITS) | u64::from(*index)
+            }
+            _ => {
+                (parent, name).hash(&mut hasher);
+                hasher.finish() >> 1
+            }
+        };
+        let mut ino = hashed.max(16);
         while let Some(existing) = inodes.get(&ino) {
             if existing.parent == parent && existing.node.name() == name {
                 break;
@@ -505,7 +519,7 @@ impl View {
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, VfsError> {
         let (_, parent_node) = self.node(parent)?;
         let node = self.find_child(&parent_node, name)?;
-        let ino = self.ino_for(&self.inodes.lock().expect("inode lock"), parent, name);
+        let ino = self.ino_for(&self.inodes.lock().expect("inode lock"), parent, name, &node);
         let attr = self.attr(ino, &node)?;
         self.remember_node(parent, ino, node);
         Ok(attr)
@@ -619,7 +633,7 @@ impl View {
         let numbered: Vec<(u64, Vec<u8>, Node)> = children
             .into_iter()
             .skip(offset.saturating_sub(2))
-            .map(|(name, child)| (self.ino_for(&inodes, ino, &name), name, child))
+            .map(|(name, child)| (self.ino_for(&inodes, ino, &name, &child), name, child))
             .collect();
         drop(inodes);
         for (child_ino, name, child) in numbered {
@@ -720,6 +734,9 @@ impl View {
             let take = piece.len().saturating_sub(start).min(want - done);
             if take == 0 {
                 return Err(VfsError::Damaged(format!("{}: a chunk is shorter than its file says", file.path)));
+            }
+            if streak >= STREAK_FOR_READAHEAD && piece_start == 0 && start + take == piece.len() {
+                self.chunks.consumed(&chunks[index].id);
             }
             if done == 0 && take == want {
                 single = Some((piece, start..start + take)); // the common case: no copy here
