@@ -168,8 +168,9 @@ done
 # restore/ leads to the staging folder on disk). Then `phonebak push` of what was staged to a
 # dir: device on the same disk, against `cp -a` of the same folder there, alone (its data is then
 # only in the page cache) and followed by `sync` (push makes every file durable, and reads it
-# back to verify it). The three take turns three times a round: single runs of each vary by 3x
-# on this machine, and the first write after a large delete is often the slow one.
+# back to verify it). The three take turns three times a round: on this virtual machine a run
+# of any of the three writes 1 GB either fast or 3 to 10 times slower, at random (the host
+# backing fresh guest memory), so the fastest runs are printed next to the medians.
 scsv=$work/staging.csv; : > "$scsv"
 timed() { printf '  %-12s %s\n' "$1" "$2"; echo "$1,$2" >> "$scsv"; }
 staged=$work/repo-phonebak/staging
@@ -250,18 +251,20 @@ print(f"  daemon peak RSS < cache_size (256 MiB) + 64 MiB: {m('phonebak', 'rss_m
 srows = {}
 for r in csv.reader(open(sys.argv[6])):
     srows.setdefault(r[0], []).append(float(r[1]))
-s = lambda what: statistics.median(srows[what])
 dcim = int(sys.argv[7])
-print(f"\nstaging and push of DCIM ({dcim / 1e9:.2f} GB); medians of {len(srows['local_copy'])} round(s), the last three lines of {len(srows['push'])} runs:")
+print(f"\nstaging and push of DCIM ({dcim / 1e9:.2f} GB); {len(srows['local_copy'])} round(s), the last three lines {len(srows['push'])} runs each:")
+print(f"  {'':44} {'median':>9} {'':9} {'fastest':>9}")
 for what, label in [("local_copy", "cp -a local folder to local folder (cold)"), ("stage_local", "cp -a local folder into restore/ (cold)"),
                     ("stage_copy", "cp -a snapshot into restore/ (cold)"),
                     ("cp", "cp -a staged folder to a device folder"), ("cp_sync", "cp -a ... && sync"), ("push", "phonebak push to dir:")]:
-    print(f"  {label:44} {s(what):7.2f} s {dcim / s(what) / 1e6:7.0f} MB/s")
-print("targets (issue 4):")
-print(f"  staging writes >= 70% of local copy speed: from a snapshot {100 * s('local_copy') / s('stage_copy'):.0f}%, "
-      f"from a local folder {100 * s('local_copy') / s('stage_local'):.0f}%: " + ok(s('stage_copy') <= s('local_copy') / 0.7))
-print(f"  push >= 80% of cp -a to the same folder: {100 * s('cp_sync') / s('push'):.0f}% of cp -a && sync "
-      f"({100 * s('cp') / s('push'):.0f}% of cp -a alone): " + ok(s('push') <= s('cp_sync') / 0.8))
+    s = statistics.median(srows[what])
+    print(f"  {label:44} {s:7.2f} s {dcim / s / 1e6:6.0f} MB/s {min(srows[what]):7.2f} s")
+print("targets (issue 4), on medians and on the fastest runs:")
+for name, s in [("medians", lambda what: statistics.median(srows[what])), ("fastest", lambda what: min(srows[what]))]:
+    print(f"  {name}: staging writes >= 70% of local copy speed: from a snapshot {100 * s('local_copy') / s('stage_copy'):.0f}%, "
+          f"from a local folder {100 * s('local_copy') / s('stage_local'):.0f}%: " + ok(s('stage_copy') <= s('local_copy') / 0.7))
+    print(f"  {name}: push >= 80% of cp -a to the same folder: {100 * s('cp_sync') / s('push'):.0f}% of cp -a && sync "
+          f"({100 * s('cp') / s('push'):.0f}% of cp -a alone): " + ok(s('push') <= s('cp_sync') / 0.8))
 PY
 
 if [ -z "${BENCH_KEEP:-}" ] && mountpoint -q "$work"; then
