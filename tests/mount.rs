@@ -374,6 +374,21 @@ fn small_files_of_a_listed_folder_are_pushed_while_someone_reads() {
     }
 }
 
+/// A file read through the mount leaves its chunks' pages of the pack out of the page cache: the
+/// kernel keeps the file's own pages, and pages given back at once are reused warm.
+#[test]
+fn whole_chunks_read_give_their_pack_pages_back() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    write(&phone.join("DCIM/clip.mp4"), &bytes(7, 6_000_000, false));
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    let pack = pack_files(&s.repo).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let m = Mounted::new(&s, &[]);
+    assert_eq!(std::fs::read(m.snapshots().join("p/latest/DCIM/clip.mp4")).unwrap(), bytes(7, 6_000_000, false));
+    let (cached, pages) = (cached_pages(&pack), std::fs::metadata(&pack).unwrap().len() / 4096);
+    assert!(cached * 10 < pages, "{cached} of the pack's {pages} pages are still cached");
+}
+
 /// A prune while mounted moves the files still in use to new packs and deletes the old packs
 /// and index files: the mount reads the index again and follows them, instead of failing.
 #[test]

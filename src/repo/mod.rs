@@ -505,7 +505,9 @@ impl Repository {
         open.file.read_exact_at(buf, offset).map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => RepoError::Corrupt(format!("pack {pack} is truncated")),
             _ => io_error(format!("reading pack {pack}"))(e),
-        })
+        })?;
+        open.drop_pages_of(offset, buf.len());
+        Ok(())
     }
 
     fn open_pack(&self, pack: &PackId) -> Result<Arc<OpenPack>, RepoError> {
@@ -586,6 +588,26 @@ impl OpenPack {
         }
     }
 }
+
+impl OpenPack {
+    /// Gives back the page cache that a whole chunk just read held (its whole pages): the chunk
+    /// is decoded and kept by whoever asked for it, and pages freed at once are reused warm for
+    /// the next reads, where this machine was slow to hand out fresh ones. Small reads (frames,
+    /// trees) keep their pages: they are read again.
+    fn drop_pages_of(&self, offset: u64, len: usize) {
+        use std::os::fd::AsRawFd;
+        if len < DROP_PAGES_FROM {
+            return;
+        }
+        let (start, end) = (offset.next_multiple_of(4096), (offset + len as u64) / 4096 * 4096);
+        // SAFETY: the descriptor is open for the call; fadvise only drops clean cached pages.
+        unsafe {
+            libc::posix_fadvise(self.file.as_raw_fd(), start as i64, (end - start) as i64, libc::POSIX_FADV_DONTNEED);
+        }
+    }
+}
+
+const DROP_PAGES_FROM: usize = 256 * 1024;
 
 fn blob_aad(kind: BlobKind, id: &BlobId) -> [u8; 33] {
     let mut aad = [0u8; 33];
