@@ -8,16 +8,14 @@ pub mod index;
 pub mod lock;
 pub mod pack;
 pub mod packer;
+mod packfiles;
 pub mod snapshot;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt;
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +24,7 @@ use config::{Config, FORMAT_VERSION};
 use crypto::{KdfParams, MasterKeys, Sealer};
 pub use fsutil::fsync_dir;
 use index::Index;
+use packfiles::PackFiles;
 
 /// A 32-byte name: of a blob (keyed BLAKE3 of its plain bytes), a pack (BLAKE3 of the file), a
 /// snapshot or an index file.
@@ -162,7 +161,7 @@ pub struct Repository {
     keys: MasterKeys,
     sealer: Arc<Sealer>,
     index: Index,
-    open_packs: Mutex<HashMap<PackId, Arc<OpenPack>>>,
+    packs: PackFiles,
 }
 
 impl Repository {
@@ -211,7 +210,7 @@ impl Repository {
             keys,
             index: Index::empty(sealer.clone(), root.join("index")),
             sealer,
-            open_packs: Mutex::new(HashMap::new()),
+            packs: PackFiles::new(root.join("data")),
         };
         repo.reload_index()?;
         Ok(repo)
@@ -348,10 +347,9 @@ impl Repository {
         match self.layout(location.len, location.raw_len) {
             Layout::Whole { raw: false } => {
                 let mut read_compressed = |stored: &mut Vec<u8>| -> Result<(), RepoError> {
-                    stored.resize(len, 0);
-                    self.read_pack_into(pack, offset, stored)?;
-                    let range = self.open_blob(location.kind, id, stored)?;
-                    self.decompress_blob(id, &stored[range], location.raw_len, out)
+                    let at = self.packs.read(pack, offset, len, stored)?;
+                    let range = self.open_blob(location.kind, id, &mut stored[at..at + len])?;
+                    self.decompress_blob(id, &stored[at + range.start..at + range.end], location.raw_len, out)
                 };
                 if len > SCRATCH_MAX {
                     read_compressed(&mut Vec::new())?;
@@ -360,21 +358,17 @@ impl Repository {
                 }
             }
             Layout::Whole { raw: true } => {
-                out.clear();
-                out.resize(len, 0);
-                self.read_pack_into(pack, offset, out)?;
-                let range = self.open_blob(location.kind, id, out)?;
-                if out[range.start] != 0 {
+                let at = self.packs.read(pack, offset, len, out)?;
+                let range = self.open_blob(location.kind, id, &mut out[at..at + len])?;
+                if out[at + range.start] != 0 {
                     return Err(RepoError::Corrupt(format!("blob {id}: encoding does not match its size")));
                 }
-                out.copy_within(range.start + 1..range.end, 0);
+                out.copy_within(at + range.start + 1..at + range.end, 0);
                 out.truncate(range.len() - 1);
             }
             Layout::Framed { .. } => {
-                out.clear();
-                out.resize(len, 0);
-                self.read_pack_into(pack, offset, out)?;
-                self.open_frames_in_place(location.kind, id, 0, out)?;
+                let at = self.packs.read(pack, offset, len, out)?;
+                self.open_frames_in_place(location.kind, id, 0, out, at..at + len)?;
             }
         }
         self.verify_blob(id, location.raw_len, out)
@@ -411,10 +405,9 @@ impl Repository {
         }
         let step = FRAME_LEN + self.sealer.overhead();
         let start = number as usize * step;
-        out.clear();
-        out.resize(step.min(location.len as usize - start), 0);
-        self.read_pack_into(&location.pack, location.offset as u64 + start as u64, out)?;
-        self.open_frames_in_place(location.kind, id, number as usize, out)?;
+        let len = step.min(location.len as usize - start);
+        let at = self.packs.read(&location.pack, location.offset as u64 + start as u64, len, out)?;
+        self.open_frames_in_place(location.kind, id, number as usize, out, at..at + len)?;
         let expected = FRAME_LEN.min(location.raw_len as usize - number as usize * FRAME_LEN);
         if out.len() != expected {
             return Err(RepoError::Corrupt(format!("blob {id}: frame {number} has the wrong length")));
@@ -422,19 +415,20 @@ impl Repository {
         Ok(())
     }
 
-    /// Opens consecutive frames (the first being frame `first`) where they lie and moves their
-    /// plain bytes together to the front of `buffer`.
+    /// Opens consecutive frames (the first being frame `first`) where they lie, in
+    /// `buffer[stored]`, and moves their plain bytes together to the front of `buffer`.
     fn open_frames_in_place(
         &self,
         kind: BlobKind,
         id: &BlobId,
         first: usize,
         buffer: &mut Vec<u8>,
+        stored: std::ops::Range<usize>,
     ) -> Result<(), RepoError> {
         let step = FRAME_LEN + self.sealer.overhead();
         let mut plain_end = 0;
-        for (at, number) in (0..buffer.len()).step_by(step).zip(first..) {
-            let end = (at + step).min(buffer.len());
+        for (at, number) in stored.clone().step_by(step).zip(first..) {
+            let end = (at + step).min(stored.end);
             let range = self.open_frame(kind, id, number, &mut buffer[at..end])?;
             buffer.copy_within(at + range.start..at + range.end, plain_end);
             plain_end += range.len();
@@ -489,43 +483,20 @@ impl Repository {
     }
 
     pub fn pack_path(&self, pack: &PackId) -> PathBuf {
-        let hex = pack.to_hex();
-        self.root.join("data").join(&hex[..2]).join(hex)
+        self.packs.path(pack)
+    }
+
+    /// Read whole chunks past the page cache (see `packfiles`): for the mount, which keeps what
+    /// it reads in its own cache.
+    pub fn read_chunks_directly(&self) {
+        self.packs.read_directly();
     }
 
     pub fn read_pack_range(&self, pack: &PackId, offset: u64, len: usize) -> Result<Vec<u8>, RepoError> {
-        let mut buf = vec![0u8; len];
-        self.read_pack_into(pack, offset, &mut buf)?;
+        let mut buf = Vec::new();
+        let at = self.packs.read(pack, offset, len, &mut buf)?;
+        buf.drain(..at);
         Ok(buf)
-    }
-
-    fn read_pack_into(&self, pack: &PackId, offset: u64, buf: &mut [u8]) -> Result<(), RepoError> {
-        let open = self.open_pack(pack)?;
-        open.read_ahead_of(offset, buf.len());
-        open.file.read_exact_at(buf, offset).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => RepoError::Corrupt(format!("pack {pack} is truncated")),
-            _ => io_error(format!("reading pack {pack}"))(e),
-        })?;
-        open.drop_pages_of(offset, buf.len());
-        Ok(())
-    }
-
-    fn open_pack(&self, pack: &PackId) -> Result<Arc<OpenPack>, RepoError> {
-        let mut open = self.open_packs.lock().expect("pack table lock");
-        if let Some(file) = open.get(pack) {
-            return Ok(file.clone());
-        }
-        let path = self.pack_path(pack);
-        let file = File::open(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => RepoError::MissingPack(*pack),
-            _ => io_error(format!("opening {}", path.display()))(e),
-        })?;
-        if open.len() >= 256 {
-            open.clear(); // bound open descriptors; reopening is cheap
-        }
-        let file = Arc::new(OpenPack { file, advised_until: std::sync::atomic::AtomicU64::new(0) });
-        open.insert(*pack, file.clone());
-        Ok(file)
     }
 
     /// Every pack file present on disk, with its size.
@@ -561,53 +532,6 @@ impl Repository {
         fsutil::free_space(&self.root)
     }
 }
-
-/// An open pack file. Blobs were packed in the order a backup walked the phone, which is the
-/// order a restore or a `cp -r` of the mount reads them in: small reads ask the kernel to read
-/// the next few MiB ahead, so that thousands of small files cost a few large disk reads.
-struct OpenPack {
-    file: File,
-    advised_until: std::sync::atomic::AtomicU64,
-}
-
-const PACK_READ_AHEAD: u64 = 4 << 20;
-
-impl OpenPack {
-    fn read_ahead_of(&self, offset: u64, len: usize) {
-        use std::os::fd::AsRawFd;
-        use std::sync::atomic::Ordering;
-        let end = offset + len as u64;
-        let advised = self.advised_until.load(Ordering::Relaxed);
-        if len as u64 >= PACK_READ_AHEAD || (offset < advised && end + PACK_READ_AHEAD / 2 <= advised) {
-            return;
-        }
-        self.advised_until.store(end + PACK_READ_AHEAD, Ordering::Relaxed);
-        // SAFETY: the descriptor is open for the call; fadvise only schedules reads.
-        unsafe {
-            libc::posix_fadvise(self.file.as_raw_fd(), end as i64, PACK_READ_AHEAD as i64, libc::POSIX_FADV_WILLNEED);
-        }
-    }
-}
-
-impl OpenPack {
-    /// Gives back the page cache that a whole chunk just read held (its whole pages): the chunk
-    /// is decoded and kept by whoever asked for it, and pages freed at once are reused warm for
-    /// the next reads, where this machine was slow to hand out fresh ones. Small reads (frames,
-    /// trees) keep their pages: they are read again.
-    fn drop_pages_of(&self, offset: u64, len: usize) {
-        use std::os::fd::AsRawFd;
-        if len < DROP_PAGES_FROM {
-            return;
-        }
-        let (start, end) = (offset.next_multiple_of(4096), (offset + len as u64) / 4096 * 4096);
-        // SAFETY: the descriptor is open for the call; fadvise only drops clean cached pages.
-        unsafe {
-            libc::posix_fadvise(self.file.as_raw_fd(), start as i64, (end - start) as i64, libc::POSIX_FADV_DONTNEED);
-        }
-    }
-}
-
-const DROP_PAGES_FROM: usize = 256 * 1024;
 
 fn blob_aad(kind: BlobKind, id: &BlobId) -> [u8; 33] {
     let mut aad = [0u8; 33];
