@@ -347,8 +347,9 @@ impl Repository {
         match self.layout(location.len, location.raw_len) {
             Layout::Whole { raw: false } => {
                 let mut read_compressed = |stored: &mut Vec<u8>| -> Result<(), RepoError> {
-                    let at = self.packs.read(pack, offset, len, stored)?;
-                    let range = self.open_blob(location.kind, id, &mut stored[at..at + len])?;
+                    let bytes = self.packs.read(pack, offset, len, stored)?;
+                    let at = bytes.start;
+                    let range = self.open_blob(location.kind, id, &mut stored[bytes])?;
                     self.decompress_blob(id, &stored[at + range.start..at + range.end], location.raw_len, out)
                 };
                 if len > SCRATCH_MAX {
@@ -358,8 +359,9 @@ impl Repository {
                 }
             }
             Layout::Whole { raw: true } => {
-                let at = self.packs.read(pack, offset, len, out)?;
-                let range = self.open_blob(location.kind, id, &mut out[at..at + len])?;
+                let bytes = self.packs.read(pack, offset, len, out)?;
+                let at = bytes.start;
+                let range = self.open_blob(location.kind, id, &mut out[bytes])?;
                 if out[at + range.start] != 0 {
                     return Err(RepoError::Corrupt(format!("blob {id}: encoding does not match its size")));
                 }
@@ -367,8 +369,8 @@ impl Repository {
                 out.truncate(range.len() - 1);
             }
             Layout::Framed { .. } => {
-                let at = self.packs.read(pack, offset, len, out)?;
-                self.open_frames_in_place(location.kind, id, 0, out, at..at + len)?;
+                let bytes = self.packs.read(pack, offset, len, out)?;
+                self.open_frames_in_place(location.kind, id, 0, out, bytes)?;
             }
         }
         self.verify_blob(id, location.raw_len, out)
@@ -406,8 +408,8 @@ impl Repository {
         let step = FRAME_LEN + self.sealer.overhead();
         let start = number as usize * step;
         let len = step.min(location.len as usize - start);
-        let at = self.packs.read(&location.pack, location.offset as u64 + start as u64, len, out)?;
-        self.open_frames_in_place(location.kind, id, number as usize, out, at..at + len)?;
+        let bytes = self.packs.read(&location.pack, location.offset as u64 + start as u64, len, out)?;
+        self.open_frames_in_place(location.kind, id, number as usize, out, bytes)?;
         let expected = FRAME_LEN.min(location.raw_len as usize - number as usize * FRAME_LEN);
         if out.len() != expected {
             return Err(RepoError::Corrupt(format!("blob {id}: frame {number} has the wrong length")));
@@ -494,8 +496,9 @@ impl Repository {
 
     pub fn read_pack_range(&self, pack: &PackId, offset: u64, len: usize) -> Result<Vec<u8>, RepoError> {
         let mut buf = Vec::new();
-        let at = self.packs.read(pack, offset, len, &mut buf)?;
-        buf.drain(..at);
+        let bytes = self.packs.read(pack, offset, len, &mut buf)?;
+        buf.truncate(bytes.end);
+        buf.drain(..bytes.start);
         Ok(buf)
     }
 

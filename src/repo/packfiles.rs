@@ -9,9 +9,10 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -60,22 +61,22 @@ impl PackFiles {
     }
 
     /// Reads `len` bytes at `offset` of `pack` into `out` (replacing what it held) and returns
-    /// where in `out` they start: 0, or a few bytes in for a direct read, whose buffer must start
-    /// on an aligned address and block.
-    pub fn read(&self, pack: &PackId, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<usize, RepoError> {
+    /// where in `out` they lie: from 0, or from a few bytes in for a direct read, whose buffer
+    /// must start on an aligned address and block.
+    pub fn read(&self, pack: &PackId, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<Range<usize>, RepoError> {
         let open = self.open(pack)?;
         let fail = |e: io::Error| match e.kind() {
             io::ErrorKind::UnexpectedEof => RepoError::Corrupt(format!("pack {pack} is truncated")),
             _ => io_error(format!("reading pack {pack}"))(e),
         };
         if len >= DIRECT_FROM && self.direct.load(Ordering::Relaxed) {
-            if let Some(direct) = open.direct(&self.path(pack)) {
+            if let Some(direct) = open.direct(|| self.path(pack)) {
                 match read_aligned(direct, offset, len, out) {
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct.store(false, Ordering::Relaxed),
                     done => {
                         // Pages a backup just wrote are still cached: they go too.
                         open.drop_pages_of(offset, len);
-                        return done.map_err(fail);
+                        return done.map(|at| at..at + len).map_err(fail);
                     }
                 }
             }
@@ -84,7 +85,7 @@ impl PackFiles {
         out.clear();
         read_spare(&open.file, offset, len, out, 0, 1).map_err(fail)?;
         open.drop_pages_of(offset, len);
-        Ok(0)
+        Ok(0..len)
     }
 
     fn open(&self, pack: &PackId) -> Result<Arc<OpenPack>, RepoError> {
@@ -107,9 +108,10 @@ impl PackFiles {
 }
 
 impl OpenPack {
-    fn direct(&self, path: &Path) -> Option<&File> {
+    /// `path` is asked for only on the first direct read.
+    fn direct(&self, path: impl FnOnce() -> PathBuf) -> Option<&File> {
         self.direct
-            .get_or_init(|| std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path).ok())
+            .get_or_init(|| std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path()).ok())
             .as_ref()
     }
 
@@ -224,14 +226,14 @@ mod tests {
 
         let mut buffered = Vec::new();
         for (offset, len) in reads {
-            assert_eq!(files.read(&pack, offset as u64, len, &mut buffered).unwrap(), 0);
+            assert_eq!(files.read(&pack, offset as u64, len, &mut buffered).unwrap(), 0..len);
             assert_eq!(buffered, &content[offset..offset + len]);
         }
         files.read_directly();
         let mut out = vec![1u8; 10]; // what a buffer held before is replaced
         for (offset, len) in reads {
-            let at = files.read(&pack, offset as u64, len, &mut out).unwrap();
-            assert_eq!(&out[at..at + len], &content[offset..offset + len], "at {offset}, {len} bytes");
+            let bytes = files.read(&pack, offset as u64, len, &mut out).unwrap();
+            assert_eq!(&out[bytes], &content[offset..offset + len], "at {offset}, {len} bytes");
         }
         assert!(files.direct.load(Ordering::Relaxed), "this file system takes O_DIRECT reads");
         let past_the_end = files.read(&pack, content.len() as u64 - DIRECT_FROM as u64 + 1, DIRECT_FROM, &mut out);
