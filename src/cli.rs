@@ -320,13 +320,13 @@ fn cmd_backup(g: &Global, source_spec: &str, options: &BackupOptions) -> Result<
         }));
     } else {
         println!(
-            "snapshot {} of {} saved as {}/{}\n  {} files, {} folders, {} in all; {} new, {} added to the repository, in {:.1} s",
+            "snapshot {} of {} saved as {}/{}\n  {}, {}, {} in all; {} new, {} added to the repository, in {:.1} s",
             outcome.id.short(),
             s.source,
             s.device,
             name,
-            s.stats.files,
-            s.stats.dirs,
+            count(s.stats.files, "file"),
+            count(s.stats.dirs, "folder"),
             human(s.stats.bytes),
             human(s.stats.new_bytes),
             human(s.stats.added_bytes),
@@ -353,6 +353,11 @@ fn report_paths(paths: &[(String, String)], what: &str, code: i32) -> i32 {
 
 fn human(bytes: u64) -> String {
     indicatif::BinaryBytes(bytes).to_string()
+}
+
+/// "1 file", "2 files".
+fn count(n: u64, one: &str) -> String {
+    format!("{n} {one}{}", if n == 1 { "" } else { "s" })
 }
 
 fn cmd_snapshots(g: &Global, device: Option<&str>) -> Result<i32> {
@@ -385,7 +390,7 @@ fn cmd_snapshots(g: &Global, device: Option<&str>) -> Result<i32> {
             s.tags.join(",")
         );
     }
-    println!("{} snapshot(s)", list.len());
+    println!("{}", count(list.len() as u64, "snapshot"));
     Ok(exit::OK)
 }
 
@@ -446,10 +451,10 @@ fn cmd_restore(g: &Global, spec: &str, target: &Path) -> Result<i32> {
                           "symlinks": report.symlinks, "bytes": report.bytes, "failed": report.failed}));
     } else {
         println!(
-            "restored {} files, {} folders, {} symlinks ({}) from {}/{} into {}",
-            report.files,
-            report.dirs,
-            report.symlinks,
+            "restored {}, {}, {} ({}) from {}/{} into {}",
+            count(report.files, "file"),
+            count(report.dirs, "folder"),
+            count(report.symlinks, "symlink"),
             human(report.bytes),
             info.snapshot.device,
             info.name,
@@ -510,7 +515,7 @@ fn cmd_forget(g: &Global, policy: &Policy, device: Option<&str>, dry_run: bool, 
             let fate = if d.keep { format!("keep ({})", d.reasons.join(", ")) } else { "remove".into() };
             println!("{} {}/{}  {fate}", d.info.id.short(), d.info.snapshot.device, d.info.name);
         }
-        println!("{} snapshot(s) {}removed", removed, if dry_run { "would be " } else { "" });
+        println!("{} {}removed", count(removed as u64, "snapshot"), if dry_run { "would be " } else { "" });
     }
     if then_prune && !dry_run {
         return cmd_prune(g);
@@ -609,16 +614,16 @@ fn print_push_report(g: &Global, r: &PushReport, device: &str, options: &PushOpt
                           "failed": r.failed, "would_push": r.would_push, "would_push_bytes": r.would_bytes}));
     } else if options.dry_run {
         println!(
-            "would push {} files ({}) to {device}; {} already there, {} conflicting",
-            r.would_push,
+            "would push {} ({}) to {device}; {} already there, {} conflicting",
+            count(r.would_push, "file"),
             human(r.would_bytes),
             r.already,
             r.conflicts.len()
         );
     } else {
         println!(
-            "pushed {} files ({}) to {device} in {:.1} s; {} already there, {} skipped (conflicts), {} failed",
-            r.pushed,
+            "pushed {} ({}) to {device} in {:.1} s; {} already there, {} skipped (conflicts), {} failed",
+            count(r.pushed, "file"),
             human(r.bytes),
             took.as_secs_f64(),
             r.already,
@@ -643,4 +648,16 @@ fn cmd_mount(g: &Global, mountpoint: &Path, option_lists: &[String], foreground:
         mount::daemonize(|ready| mount::serve(repo, staging, mountpoint, &options, log, ready))?;
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count;
+
+    #[test]
+    fn counts_say_one_file_and_two_files() {
+        assert_eq!(count(1, "file"), "1 file");
+        assert_eq!(count(0, "folder"), "0 folders");
+        assert_eq!(count(2, "snapshot"), "2 snapshots");
+    }
 }
