@@ -141,6 +141,14 @@ pub fn open(spec: &str) -> Result<Box<dyn Device>, DeviceError> {
         return adb::AdbDevice::new((!serial.is_empty()).then(|| serial.to_string()), root).map(|d| Box::new(d) as _);
     }
     let path = spec.strip_prefix("dir:").unwrap_or(spec);
+    // A plain path may hold a colon, but `adbb:` or `mtp:` naming no folder is a mistyped kind.
+    if let Some((kind, _)) = spec.split_once(':').filter(|(kind, _)| !kind.contains('/') && path == spec) {
+        if !Path::new(spec).exists() {
+            let why =
+                format!("no device kind {kind:?} and no such folder (devices are dir:PATH or adb[:SERIAL][:/ROOT])");
+            return Err(DeviceError::Unavailable { device: spec.to_string(), why });
+        }
+    }
     dir::DirDevice::open(Path::new(path)).map(|d| Box::new(d) as _)
 }
 
@@ -163,5 +171,11 @@ mod tests {
         let missing = open("dir:/no/such/phone").err().unwrap();
         assert!(matches!(missing, DeviceError::Unavailable { .. }), "{missing}");
         assert!(missing.to_string().contains("/no/such/phone"));
+        let mistyped = open("adbb:R5CT1234").err().unwrap().to_string();
+        assert!(mistyped.contains("no device kind \"adbb\"") && mistyped.contains("adb[:SERIAL]"), "{mistyped}");
+        let folder = tempfile::tempdir().unwrap();
+        let with_colon = folder.path().join("phone:1");
+        std::fs::create_dir(&with_colon).unwrap();
+        assert!(open(with_colon.to_str().unwrap()).is_ok(), "a folder whose name has a colon is a folder");
     }
 }
