@@ -140,15 +140,19 @@ pub fn open(spec: &str) -> Result<Box<dyn Device>, DeviceError> {
         let root = if root.is_empty() { "/sdcard" } else { root };
         return adb::AdbDevice::new((!serial.is_empty()).then(|| serial.to_string()), root).map(|d| Box::new(d) as _);
     }
-    let path = spec.strip_prefix("dir:").unwrap_or(spec);
-    // A plain path may hold a colon, but `adbb:` or `mtp:` naming no folder is a mistyped kind.
-    if let Some((kind, _)) = spec.split_once(':').filter(|(kind, _)| !kind.contains('/') && path == spec) {
-        if !Path::new(spec).exists() {
-            let why =
-                format!("no device kind {kind:?} and no such folder (devices are dir:PATH or adb[:SERIAL][:/ROOT])");
-            return Err(DeviceError::Unavailable { device: spec.to_string(), why });
-        }
-    }
+    let path = match spec.strip_prefix("dir:") {
+        Some(path) => path,
+        // A plain path may hold a colon, but `adbb:` or `mtp:` naming no folder is a mistyped kind.
+        None => match spec.split_once(':') {
+            Some((kind, _)) if !kind.contains('/') && !Path::new(spec).exists() => {
+                let why = format!(
+                    "no device kind {kind:?} and no such folder (devices are dir:PATH or adb[:SERIAL][:/ROOT])"
+                );
+                return Err(DeviceError::Unavailable { device: spec.to_string(), why });
+            }
+            _ => spec,
+        },
+    };
     dir::DirDevice::open(Path::new(path)).map(|d| Box::new(d) as _)
 }
 
