@@ -25,6 +25,10 @@ pub const DIRECT_FROM: usize = 256 * 1024;
 const ALIGN: usize = 4096;
 /// How far the kernel is asked to read ahead of a small read.
 const READ_AHEAD: u64 = 4 << 20;
+/// The same once whole chunks are read directly: less than one whole chunk, which would be read
+/// from disk again (directly) and its cached pages never given back. A photo whose last chunk
+/// is small would otherwise have its next 4 MiB read twice.
+const READ_AHEAD_DIRECT: u64 = DIRECT_FROM as u64;
 /// Open descriptors kept (reopening is cheap).
 const KEPT_OPEN: usize = 256;
 
@@ -81,7 +85,8 @@ impl PackFiles {
                 }
             }
         }
-        open.read_ahead_of(offset, len);
+        let ahead = if self.direct.load(Ordering::Relaxed) { READ_AHEAD_DIRECT } else { READ_AHEAD };
+        open.read_ahead_of(offset, len, ahead);
         out.clear();
         read_spare(&open.file, offset, len, out, 0, 1).map_err(fail)?;
         open.drop_pages_of(offset, len);
@@ -108,23 +113,32 @@ impl PackFiles {
 }
 
 impl OpenPack {
-    /// `path` is asked for only on the first direct read.
+    /// `path` is asked for only on the first direct read. From then on the pack's chunks are
+    /// read past the page cache, so what it holds of the pack (what a backup wrote) goes at
+    /// once, as a whole: the kernel gives back only page groups (folios, up to megabytes) that
+    /// lie wholly in the range it is given, and one chunk's range never covers a group that
+    /// starts before its first page or reaches into the next chunk.
     fn direct(&self, path: impl FnOnce() -> PathBuf) -> Option<&File> {
         self.direct
-            .get_or_init(|| std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path()).ok())
+            .get_or_init(|| {
+                let direct = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path()).ok()?;
+                // SAFETY: the descriptor is open for the call; fadvise only drops clean cached pages.
+                unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+                Some(direct)
+            })
             .as_ref()
     }
 
-    fn read_ahead_of(&self, offset: u64, len: usize) {
+    fn read_ahead_of(&self, offset: u64, len: usize, ahead: u64) {
         let end = offset + len as u64;
         let advised = self.advised_until.load(Ordering::Relaxed);
-        if len as u64 >= READ_AHEAD || (offset < advised && end + READ_AHEAD / 2 <= advised) {
+        if len as u64 >= ahead || (offset < advised && end + ahead / 2 <= advised) {
             return;
         }
-        self.advised_until.store(end + READ_AHEAD, Ordering::Relaxed);
+        self.advised_until.store(end + ahead, Ordering::Relaxed);
         // SAFETY: the descriptor is open for the call; fadvise only schedules reads.
         unsafe {
-            libc::posix_fadvise(self.file.as_raw_fd(), end as i64, READ_AHEAD as i64, libc::POSIX_FADV_WILLNEED);
+            libc::posix_fadvise(self.file.as_raw_fd(), end as i64, ahead as i64, libc::POSIX_FADV_WILLNEED);
         }
     }
 
