@@ -16,11 +16,13 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use crate::chunker::{chunks, ChunkerParams};
 use crate::progress::Progress;
 use crate::repo::lock::{hostname, LockKind, RepoLock};
+use crate::repo::pack::PackEntry;
 use crate::repo::packer::{Packer, PackerReport};
 use crate::repo::snapshot::{self, Snapshot, SnapshotInfo, SnapshotStats};
-use crate::repo::{BlobId, BlobKind, RepoError, Repository, SnapshotId};
+use crate::repo::{BlobId, BlobKind, PackId, RepoError, Repository, SnapshotId};
 use crate::source::{Source, SourceEntry, SourceError, SourceFile, SourceKind};
-use crate::tree::{load_tree, ChunkRef, Entry, Meta, Node, Tree};
+use crate::tree::{is_valid_symlink_target, load_tree, ChunkRef, Entry, Meta, Node, Tree};
+use crate::tree_builder;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -115,7 +117,7 @@ struct Encoded {
 
 pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> Result<BackupOutcome, BackupError> {
     snapshot::validate_device_name(&options.device).map_err(BackupError::Device)?;
-    let _lock = RepoLock::acquire(repo, LockKind::Shared, "backup")?;
+    let lock = RepoLock::acquire(repo, LockKind::Shared, "backup")?;
     let started = Instant::now();
     let time_ns = options.time_ns.unwrap_or_else(|| chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0));
     let parent = snapshot::list(repo)?.into_iter().rfind(|s| s.snapshot.device == options.device);
@@ -124,6 +126,7 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
         _ => None,
     };
     let known = repo.index().known_blobs()?;
+    let unindexed = repo.index().unindexed_packs();
     let progress = Progress::bytes("backup", None);
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
 
@@ -139,8 +142,11 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
             let (job_rx, enc_tx) = (job_rx.clone(), enc_tx.clone());
             scope.spawn(move || encode_blobs(repo, &job_rx, enc_tx));
         }
+        // Only the encoders may hold the job queue's receiver: when they all stop (the writer
+        // failed), the walker's next send must fail instead of waiting forever.
+        drop(job_rx);
         drop(enc_tx);
-        let writer = scope.spawn(move || pack_blobs(repo, enc_rx));
+        let writer = scope.spawn(move || pack_blobs(repo, enc_rx, unindexed));
         let mut walker = Walker {
             repo,
             source,
@@ -183,6 +189,7 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
         root,
         stats,
     };
+    lock.ensure_held()?;
     let id = snapshot::save(repo, &snapshot)?;
     Ok(BackupOutcome { id, snapshot, parent, unreadable, skipped })
 }
@@ -208,8 +215,13 @@ fn encode_blobs(repo: &Repository, jobs: &std::sync::Mutex<Receiver<Vec<Job>>>, 
     }
 }
 
-fn pack_blobs(repo: &Repository, batches: Receiver<Vec<Encoded>>) -> Result<PackerReport, RepoError> {
+fn pack_blobs(
+    repo: &Repository,
+    batches: Receiver<Vec<Encoded>>,
+    unindexed: Vec<(PackId, Vec<PackEntry>)>,
+) -> Result<PackerReport, RepoError> {
     let mut packer = Packer::new(repo);
+    packer.adopt(unindexed);
     for blob in batches.into_iter().flatten() {
         packer.add(blob.id, blob.kind, &blob.stored, blob.raw_len)?;
     }
@@ -268,8 +280,13 @@ impl Walker<'_> {
         for (name, error) in listing.unreadable {
             self.note_unreadable(dir.join(os_name(&name)).display().to_string(), error.to_string())?;
         }
+        let (entries, rejected) = tree_builder::normalize(listing.entries, |e| &e.name);
+        for (item, why) in rejected {
+            let shown = dir.join(String::from_utf8_lossy(&item.name).as_ref()).display().to_string();
+            self.note_unreadable(shown, format!("{why} cannot be stored"))?;
+        }
         let mut tree = Tree::default();
-        for item in listing.entries {
+        for item in entries {
             if self.writer_stopped {
                 return Err(BackupError::WriterStopped);
             }
@@ -283,6 +300,10 @@ impl Walker<'_> {
                 SourceKind::Dir => self.dir_node(&path, previous, wanted)?,
                 _ if !wanted => None,
                 SourceKind::File { size } => self.file_node(&path, &item, *size, previous)?,
+                SourceKind::Symlink { target } if !is_valid_symlink_target(target) => {
+                    self.note_unreadable(path.display().to_string(), "a symlink whose target cannot be stored".into())?;
+                    None
+                }
                 SourceKind::Symlink { target } => {
                     self.stats.symlinks += 1;
                     Some(Node::Symlink { target: target.clone() })

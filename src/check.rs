@@ -28,54 +28,95 @@ pub struct CheckReport {
     pub damaged_blobs: Vec<BlobId>,
     /// `snapshot id: path` of every file or folder touched by damage.
     pub damaged_paths: Vec<String>,
+    /// The repairs that fit what was found, in the order to run them, each with why.
+    pub repairs: Vec<String>,
 }
+
+const REPAIR_INDEX: &str =
+    "phonebak repair index: rebuilds the index from the packs' own lists (damaged or missing index files, missing packs)";
+const REPAIR_PACKS: &str = "phonebak repair packs: moves damaged packs aside after copying their intact blobs, so \
+                            that the next backup of the phone stores the damaged ones again";
+const REPAIR_SNAPSHOTS: &str = "phonebak repair snapshots: moves damaged snapshot records aside and rewrites \
+                                snapshots without the files that are lost (back the phone up first if it still has them)";
 
 impl CheckReport {
     pub fn is_ok(&self) -> bool {
         self.errors.is_empty()
     }
+
+    fn suggest(&mut self, repair: &str) {
+        if !self.repairs.iter().any(|r| r == repair) {
+            self.repairs.push(repair.to_string());
+        }
+    }
 }
 
 pub fn run(repo: &Repository, read_data: bool) -> Result<CheckReport, RepoError> {
     let mut report = CheckReport::default();
-    let mut locations: HashMap<BlobId, BlobLocation> = HashMap::new();
+    let on_disk: HashMap<PackId, u64> = repo.list_packs()?.into_iter().collect();
+    report.packs = on_disk.len();
     let mut by_pack: HashMap<PackId, Vec<BlobLocation>> = HashMap::new();
-    if let Err(e) = repo.index().for_each(|loc| {
-        by_pack.entry(loc.pack).or_default().push(loc.clone());
-        locations.entry(loc.id).or_insert(loc);
-    }) {
-        report.errors.push(e.to_string());
+    repo.index().for_each(|loc| by_pack.entry(loc.pack).or_default().push(loc))?;
+    // A blob is present when some copy of it lies in a pack that exists.
+    let present: HashSet<BlobId> = by_pack
+        .iter()
+        .filter(|(pack, _)| on_disk.contains_key(pack))
+        .flat_map(|(_, e)| e.iter().map(|l| l.id))
+        .collect();
+    report.blobs = present.len();
+    for (_, why) in repo.index().damaged_files() {
+        report.errors.push(why);
+        report.suggest(REPAIR_INDEX);
     }
-    report.blobs = locations.len();
-    check_packs(repo, &by_pack, &mut report)?;
+    for (_, why) in repo.index().unreadable_packs() {
+        report.errors.push(format!("{why} (not covered by the index either)"));
+        report.suggest(REPAIR_PACKS);
+    }
+    check_packs(repo, &on_disk, &by_pack, &mut report);
     let snapshots = load_snapshots(repo, &mut report)?;
     report.snapshots = snapshots.len();
     let mut damaged: HashSet<BlobId> = HashSet::new();
     if read_data {
-        damaged = read_all_data(repo, &by_pack, &mut report);
+        let (bad, intact) = read_all_data(repo, &on_disk, &by_pack, &mut report);
+        if !bad.is_empty() {
+            report.suggest(REPAIR_PACKS);
+        }
+        report.damaged_blobs = bad.iter().copied().collect();
+        // A blob with one intact copy is not lost.
+        damaged = bad.into_iter().filter(|id| !intact.contains(id)).collect();
     }
-    check_trees(repo, &snapshots, &locations, &damaged, &mut report);
+    let problems = tree_problems(repo, &snapshots, &|id| present.contains(id), &damaged);
+    if !problems.is_empty() {
+        report.suggest(REPAIR_SNAPSHOTS);
+    }
+    for (line, path) in problems {
+        report.errors.push(line);
+        report.damaged_paths.push(path);
+    }
     for tmp in repo.list_temp_files()? {
         report
             .notes
             .push(format!("leftover temporary file {} (from an interrupted run; `prune` removes it)", tmp.display()));
     }
-    report.damaged_blobs = damaged.into_iter().collect();
     report.damaged_blobs.sort();
     Ok(report)
 }
 
 fn check_packs(
     repo: &Repository,
+    on_disk: &HashMap<PackId, u64>,
     by_pack: &HashMap<PackId, Vec<BlobLocation>>,
     report: &mut CheckReport,
-) -> Result<(), RepoError> {
-    let on_disk: HashMap<PackId, u64> = repo.list_packs()?.into_iter().collect();
-    report.packs = on_disk.len();
+) {
+    let indexed = repo.index().indexed_packs();
     for (pack, entries) in by_pack {
         if !on_disk.contains_key(pack) {
             report.errors.push(format!("pack {pack} is missing ({} blobs are lost with it)", entries.len()));
+            report.suggest(REPAIR_INDEX);
             continue;
+        }
+        if !indexed.contains(pack) {
+            continue; // its entries were read from its own footer
         }
         match read_footer(repo, pack) {
             Ok(footer) => {
@@ -85,40 +126,48 @@ fn check_packs(
                     report
                         .errors
                         .push(format!("pack {pack}: {mismatched} index entries do not match the pack's own list"));
+                    report.suggest(REPAIR_INDEX);
                 }
             }
-            Err(e) => report.errors.push(e.to_string()),
+            Err(e) => {
+                report.errors.push(e.to_string());
+                report.suggest(REPAIR_PACKS);
+            }
         }
     }
-    let unindexed = on_disk.keys().filter(|p| !by_pack.contains_key(p)).count();
+    let unindexed = on_disk.keys().filter(|p| !indexed.contains(p)).count();
     if unindexed > 0 {
         report.notes.push(format!(
-            "{unindexed} pack(s) are not in any index (left by an interrupted backup or prune; `prune` removes them)"
+            "{unindexed} pack(s) are not in the index (left by an interrupted backup or prune): their own lists \
+             are used instead; the next backup or `phonebak repair index` indexes them, `prune` removes what no \
+             snapshot needs"
         ));
     }
-    Ok(())
 }
 
 fn load_snapshots(repo: &Repository, report: &mut CheckReport) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
-    let mut snapshots = Vec::new();
-    for id in snapshot::list_ids(repo)? {
-        match snapshot::load(repo, &id) {
-            Ok(snapshot) => snapshots.push((id, snapshot)),
-            Err(e) => report.errors.push(e.to_string()),
-        }
+    let (snapshots, damaged) = snapshot::load_all(repo)?;
+    for record in damaged {
+        report.errors.push(record.why);
+        report.suggest(REPAIR_SNAPSHOTS);
     }
     Ok(snapshots)
 }
 
-/// Reads every indexed pack in full, on all cores; returns the blobs that fail to verify.
+/// Reads every pack that exists in full, on all cores; returns the blobs with a copy that fails
+/// to verify, and those with a copy that verifies.
 fn read_all_data(
     repo: &Repository,
+    on_disk: &HashMap<PackId, u64>,
     by_pack: &HashMap<PackId, Vec<BlobLocation>>,
     report: &mut CheckReport,
-) -> HashSet<BlobId> {
-    let progress = Progress::items("check", by_pack.len() as u64);
-    let packs: Mutex<Vec<(&PackId, &Vec<BlobLocation>)>> = Mutex::new(by_pack.iter().collect());
+) -> (HashSet<BlobId>, HashSet<BlobId>) {
+    let existing: Vec<(&PackId, &Vec<BlobLocation>)> =
+        by_pack.iter().filter(|(p, _)| on_disk.contains_key(p)).collect();
+    let progress = Progress::items("check", existing.len() as u64);
+    let packs = Mutex::new(existing);
     let damaged = Mutex::new(HashSet::new());
+    let intact = Mutex::new(HashSet::new());
     let errors = Mutex::new(Vec::new());
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     std::thread::scope(|scope| {
@@ -128,6 +177,8 @@ fn read_all_data(
                     return;
                 };
                 let (bad, error) = verify_pack(repo, pack, entries);
+                let good = entries.iter().map(|e| e.id).filter(|id| !bad.contains(id));
+                intact.lock().expect("damage lock").extend(good);
                 damaged.lock().expect("damage lock").extend(bad);
                 errors.lock().expect("error lock").extend(error);
                 progress.add(1);
@@ -136,10 +187,10 @@ fn read_all_data(
     });
     progress.finish();
     report.errors.extend(errors.into_inner().expect("error lock"));
-    damaged.into_inner().expect("damage lock")
+    (damaged.into_inner().expect("damage lock"), intact.into_inner().expect("damage lock"))
 }
 
-fn verify_pack(repo: &Repository, pack: &PackId, entries: &[BlobLocation]) -> (Vec<BlobId>, Option<String>) {
+pub(crate) fn verify_pack(repo: &Repository, pack: &PackId, entries: &[BlobLocation]) -> (Vec<BlobId>, Option<String>) {
     let mut bytes = match std::fs::read(repo.pack_path(pack)) {
         Ok(bytes) => bytes,
         Err(e) => return (entries.iter().map(|e| e.id).collect(), Some(format!("pack {pack} cannot be read: {e}"))),
@@ -164,41 +215,45 @@ fn verify_pack(repo: &Repository, pack: &PackId, entries: &[BlobLocation]) -> (V
     (bad, error)
 }
 
-/// Walks every snapshot's trees (each distinct tree once) and reports what is missing or
-/// damaged, by snapshot and path.
-fn check_trees(
+/// Walks every snapshot's trees (each distinct tree once) and names what is missing (not
+/// `present`) or `damaged`: one line per problem, `snapshot <id> (<device>): <path>: <why>`, with
+/// `<id>: <path>` beside it.
+pub fn tree_problems(
     repo: &Repository,
     snapshots: &[(SnapshotId, Snapshot)],
-    locations: &HashMap<BlobId, BlobLocation>,
+    present: &dyn Fn(&BlobId) -> bool,
     damaged: &HashSet<BlobId>,
-    report: &mut CheckReport,
-) {
+) -> Vec<(String, String)> {
     // Results per tree are shared between snapshots: most trees are in many.
     let mut problems_of_tree: HashMap<BlobId, Vec<(PathBuf, String)>> = HashMap::new();
+    let mut lines = Vec::new();
     for (id, snapshot) in snapshots {
         let mut problems = Vec::new();
         collect_tree_problems(
             repo,
             &snapshot.root,
             Path::new(""),
-            locations,
+            present,
             damaged,
             &mut problems_of_tree,
             &mut problems,
         );
         for (path, why) in problems {
             let shown = if path.as_os_str().is_empty() { "/".into() } else { path.display().to_string() };
-            report.errors.push(format!("snapshot {} ({}): {shown}: {why}", id.short(), snapshot.device));
-            report.damaged_paths.push(format!("{}: {shown}", id.short()));
+            lines.push((
+                format!("snapshot {} ({}): {shown}: {why}", id.short(), snapshot.device),
+                format!("{}: {shown}", id.short()),
+            ));
         }
     }
+    lines
 }
 
 fn collect_tree_problems(
     repo: &Repository,
     tree_id: &BlobId,
     at: &Path,
-    locations: &HashMap<BlobId, BlobLocation>,
+    present: &dyn Fn(&BlobId) -> bool,
     damaged: &HashSet<BlobId>,
     memo: &mut HashMap<BlobId, Vec<(PathBuf, String)>>,
     out: &mut Vec<(PathBuf, String)>,
@@ -208,7 +263,7 @@ fn collect_tree_problems(
         return;
     }
     let mut found: Vec<(PathBuf, String)> = Vec::new();
-    if !locations.contains_key(tree_id) {
+    if !present(tree_id) {
         found.push((PathBuf::new(), "folder listing is missing from the repository".into()));
     } else if damaged.contains(tree_id) {
         found.push((PathBuf::new(), "folder listing is damaged".into()));
@@ -221,11 +276,11 @@ fn collect_tree_problems(
                     match &entry.node {
                         Node::Dir { tree } => {
                             let mut below = Vec::new();
-                            collect_tree_problems(repo, tree, Path::new(""), locations, damaged, memo, &mut below);
+                            collect_tree_problems(repo, tree, Path::new(""), present, damaged, memo, &mut below);
                             found.extend(below.into_iter().map(|(p, why)| (name.join(p), why)));
                         }
                         Node::File { chunks, .. } => {
-                            let missing = chunks.iter().filter(|c| !locations.contains_key(&c.id)).count();
+                            let missing = chunks.iter().filter(|c| !present(&c.id)).count();
                             let bad = chunks.iter().filter(|c| damaged.contains(&c.id)).count();
                             if missing > 0 {
                                 found.push((name.clone(), format!("{missing} chunk(s) missing from the repository")));

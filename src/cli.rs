@@ -12,7 +12,7 @@ use crate::push::{OnConflict, PushOptions, PushReport, Source as PushSource};
 use crate::repo::snapshot::{self, SnapshotInfo};
 use crate::repo::{InitOptions, RepoError, Repository};
 use crate::tree::{lookup_path, Entry, Node};
-use crate::{check, device, exit, forget, mount, prune, push, restore, source, stats};
+use crate::{check, device, exit, forget, mount, prune, push, repair, restore, source, stats};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -124,6 +124,12 @@ enum Command {
     },
     /// Delete data no snapshot needs.
     Prune,
+    /// Put a damaged repository back in order (`check` says which repair fits); nothing that
+    /// holds data is deleted: damaged files are moved into REPO/damaged/.
+    Repair {
+        #[command(subcommand)]
+        what: RepairWhat,
+    },
     /// Sizes, deduplication and compression.
     Stats,
     /// Put staged files (the mount's restore/ folder) or a snapshot back on a phone, verified.
@@ -158,6 +164,18 @@ enum Command {
         #[arg(long, short = 'f')]
         foreground: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum RepairWhat {
+    /// Rebuild the index from the packs' own lists of their blobs.
+    Index,
+    /// Read every pack; copy the intact blobs of damaged packs to new packs and move the damaged
+    /// packs aside, so that the next backup stores the lost blobs again.
+    Packs,
+    /// Move damaged snapshot records aside, and rewrite snapshots without the files whose data
+    /// is lost (tagged `repaired`; the originals are moved aside).
+    Snapshots,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -213,6 +231,7 @@ fn run(cli: Cli) -> Result<i32> {
             cmd_forget(g, &policy, device.as_deref(), dry_run, prune)
         }
         Command::Prune => cmd_prune(g),
+        Command::Repair { what } => cmd_repair(g, what),
         Command::Stats => cmd_stats(g),
         Command::Push { device, from, staging, dry_run, on_conflict, keep } => {
             let on_conflict = match on_conflict {
@@ -471,7 +490,7 @@ fn cmd_check(g: &Global, read_data: bool) -> Result<i32> {
         print_json(json!({"ok": report.is_ok(), "errors": report.errors, "notes": report.notes,
                           "snapshots": report.snapshots, "packs": report.packs, "blobs": report.blobs,
                           "damaged_blobs": report.damaged_blobs.iter().map(|b| b.to_hex()).collect::<Vec<_>>(),
-                          "damaged_paths": report.damaged_paths}));
+                          "damaged_paths": report.damaged_paths, "repairs": report.repairs}));
     } else {
         for note in &report.notes {
             println!("note: {note}");
@@ -484,6 +503,9 @@ fn cmd_check(g: &Global, read_data: bool) -> Result<i32> {
         }
         if report.damaged_blobs.len() > 20 {
             println!("... and {} more damaged blobs (--json lists them all)", report.damaged_blobs.len() - 20);
+        }
+        for repair in &report.repairs {
+            println!("repair: {repair}");
         }
         let what = if read_data { "structure and data" } else { "structure" };
         println!(
@@ -538,6 +560,88 @@ fn cmd_prune(g: &Global) -> Result<i32> {
             report.packs_repacked,
             human(report.bytes_freed.max(0) as u64)
         );
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_repair(g: &Global, what: RepairWhat) -> Result<i32> {
+    let repo = open_repo(g)?;
+    let print_index = |r: &repair::IndexRepair| {
+        println!(
+            "index rebuilt from {} ({} blobs); {} old index file(s) replaced",
+            count(r.packs_read, "pack"),
+            r.blobs_indexed,
+            r.index_files_replaced
+        );
+        for why in &r.unreadable_packs {
+            println!("  left in place, its list unreadable: {why} (`phonebak repair packs` handles it)");
+        }
+    };
+    match what {
+        RepairWhat::Index => {
+            let r = repair::index(&repo)?;
+            if g.json {
+                print_json(json!({"packs_read": r.packs_read, "blobs_indexed": r.blobs_indexed,
+                                  "index_files_replaced": r.index_files_replaced, "unreadable_packs": r.unreadable_packs}));
+            } else {
+                print_index(&r);
+            }
+        }
+        RepairWhat::Packs => {
+            let r = repair::packs(&repo)?;
+            if g.json {
+                print_json(json!({"packs_checked": r.packs_checked, "moved_aside": r.moved_aside,
+                                  "blobs_salvaged": r.blobs_salvaged, "blobs_lost": r.blobs_lost}));
+            } else {
+                for why in &r.moved_aside {
+                    println!("moved aside: {why}");
+                }
+                println!(
+                    "checked {}: {} damaged moved into {}/{}/data, {} intact blobs copied out of them, {} lost",
+                    count(r.packs_checked, "pack"),
+                    r.moved_aside.len(),
+                    repo.root().display(),
+                    repair::DAMAGED_DIR,
+                    r.blobs_salvaged,
+                    r.blobs_lost
+                );
+                if r.blobs_lost > 0 {
+                    println!("the next backup of a phone that still has the lost data stores it again; `phonebak check` names what is still missing");
+                }
+            }
+        }
+        RepairWhat::Snapshots => {
+            let r = repair::snapshots(&repo)?;
+            if g.json {
+                let rewritten: Vec<_> = r
+                    .rewritten
+                    .iter()
+                    .map(|(old, new, device, lost)| json!({"old": old, "new": new, "device": device, "lost": lost}))
+                    .collect();
+                print_json(json!({"records_moved_aside": r.records_moved_aside, "rewritten": rewritten,
+                                  "unrecoverable": r.unrecoverable}));
+            } else {
+                for why in &r.records_moved_aside {
+                    println!("moved aside: {why}");
+                }
+                for (old, new, device, lost) in &r.rewritten {
+                    println!(
+                        "snapshot {old} of {device} rewritten as {new} (tagged {}) without {}:",
+                        repair::REPAIRED_TAG,
+                        count(lost.len() as u64, "lost path")
+                    );
+                    for path in lost {
+                        println!("  {path}");
+                    }
+                }
+                for which in &r.unrecoverable {
+                    println!("snapshot {which}: its top folder is lost; its record was moved aside");
+                }
+                if r.records_moved_aside.is_empty() && r.rewritten.is_empty() && r.unrecoverable.is_empty() {
+                    println!("every snapshot is whole: nothing to repair");
+                }
+            }
+        }
     }
     Ok(exit::OK)
 }

@@ -38,7 +38,9 @@ pub fn for_repo_error(error: &RepoError) -> i32 {
         RepoError::NotFound(_) => NO_REPOSITORY,
         RepoError::Locked(_) => LOCKED,
         RepoError::WrongPassword | RepoError::PasswordRequired => WRONG_PASSWORD,
-        RepoError::Corrupt(_) | RepoError::MissingBlob(_) | RepoError::MissingPack(_) => CORRUPTION,
+        RepoError::Corrupt(_) | RepoError::MissingBlob(_) | RepoError::MissingPack(_) | RepoError::ConfigMissing(_) => {
+            CORRUPTION
+        }
         RepoError::NewerFormat { .. } => NEWER_FORMAT,
         RepoError::NoSpace(_) => NO_SPACE,
         RepoError::AlreadyExists(_) | RepoError::Io { .. } => ERROR,

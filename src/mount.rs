@@ -239,7 +239,11 @@ pub fn serve(
     // Resolved before mounting: once mounted, looking at the mountpoint may wait for this daemon.
     let mountpoint_resolved = mountpoint.canonicalize().unwrap_or_else(|_| mountpoint.to_path_buf());
     let view_options = ViewOptions { cache_bytes: options.cache_bytes, uid: options.uid, gid: options.gid, staging };
-    let view = Arc::new(View::new(Arc::new(repo), view_options, log));
+    // Damage met while serving (a skipped snapshot record, an index file set aside) is logged.
+    let log: Arc<dyn Fn(&str) + Send + Sync> = Arc::from(log);
+    let warn_log = log.clone();
+    repo.warnings().send_to(Box::new(move |line| warn_log(&format!("warning: {line}"))));
+    let view = Arc::new(View::new(Arc::new(repo), view_options, Box::new(move |line| log(line))));
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(source),

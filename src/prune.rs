@@ -5,13 +5,14 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use crate::check::tree_problems;
 use crate::progress::Progress;
 use crate::repo::index::{write_index, BlobLocation, Index};
 use crate::repo::lock::{LockKind, RepoLock};
 use crate::repo::pack::PackEntry;
 use crate::repo::packer::Packer;
-use crate::repo::snapshot;
-use crate::repo::{BlobId, PackId, RepoError, Repository};
+use crate::repo::snapshot::{self, Snapshot};
+use crate::repo::{fsync_dir, io_error, BlobId, PackId, RepoError, Repository, SnapshotId};
 use crate::tree::{load_tree, Node};
 
 /// Repack a pack when more than this share of its bytes is unused.
@@ -28,36 +29,53 @@ pub struct PruneReport {
 }
 
 pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
-    let _lock = RepoLock::acquire(repo, LockKind::Exclusive, "prune")?;
-    let used = used_blobs(repo)?;
-    let mut by_pack: HashMap<PackId, Vec<BlobLocation>> = HashMap::new();
-    let mut chosen: HashMap<BlobId, PackId> = HashMap::new();
-    repo.index().for_each(|loc| {
-        chosen.entry(loc.id).or_insert(loc.pack);
-        by_pack.entry(loc.pack).or_default().push(loc);
-    })?;
-    let on_disk: HashMap<PackId, u64> = repo.list_packs()?.into_iter().collect();
-    let missing: Vec<String> = used.iter().filter(|id| !chosen.contains_key(id)).map(|id| id.short()).take(5).collect();
-    if !missing.is_empty() {
+    let lock = RepoLock::acquire(repo, LockKind::Exclusive, "prune")?;
+    let (snapshots, damaged_records) = snapshot::load_all(repo)?;
+    if !damaged_records.is_empty() {
+        let named: Vec<String> = damaged_records.iter().map(|r| r.why.clone()).collect();
         return Err(RepoError::Corrupt(format!(
-            "snapshots need blobs that are not stored ({}...): run `phonebak check`; nothing was pruned",
-            missing.join(", ")
+            "{} snapshot record(s) cannot be read, and pruning now could delete the data they need: {}. \
+             `phonebak repair snapshots` moves them aside; then prune again. Nothing was pruned",
+            damaged_records.len(),
+            named.join("; ")
         )));
     }
+    let used = used_blobs(repo, &snapshots)?;
+    let on_disk: HashMap<PackId, u64> = repo.list_packs()?.into_iter().collect();
+    // Every copy of every blob, in packs that exist; a pack's entries once each.
+    let mut copies: HashMap<BlobId, Vec<BlobLocation>> = HashMap::new();
+    let mut by_pack: HashMap<PackId, Vec<BlobLocation>> = HashMap::new();
+    repo.index().for_each(|loc| {
+        let listed = by_pack.entry(loc.pack).or_default();
+        if listed.iter().any(|l| l.id == loc.id && l.offset == loc.offset) {
+            return;
+        }
+        listed.push(loc.clone());
+        if on_disk.contains_key(&loc.pack) {
+            copies.entry(loc.id).or_default().push(loc);
+        }
+    })?;
+    let lost: HashSet<BlobId> = used.iter().filter(|id| !copies.contains_key(id)).copied().collect();
+    refuse_if_lost(repo, &snapshots, &lost, "are not stored in any pack")?;
 
+    // Each used blob keeps one copy: the first whose pack exists.
+    let chosen: HashMap<BlobId, PackId> = used.iter().map(|id| (*id, copies[id][0].pack)).collect();
     let mut report = PruneReport::default();
     let mut keep_packs: HashSet<PackId> = HashSet::new();
-    let mut drop_packs: Vec<PackId> = on_disk.keys().filter(|p| !by_pack.contains_key(p)).copied().collect();
+    // A pack whose own list cannot be read is never deleted: what it holds is unknown.
+    let unreadable: HashSet<PackId> = repo.index().unreadable_packs().into_iter().map(|(p, _)| p).collect();
+    let mut drop_packs: Vec<PackId> =
+        on_disk.keys().filter(|p| !by_pack.contains_key(p) && !unreadable.contains(p)).copied().collect();
     let mut to_repack: Vec<BlobLocation> = Vec::new();
     for (pack, entries) in &by_pack {
-        let is_live = |e: &&BlobLocation| used.contains(&e.id) && chosen.get(&e.id) == Some(pack);
+        let is_live = |e: &&BlobLocation| chosen.get(&e.id) == Some(pack);
         let live: Vec<&BlobLocation> = entries.iter().filter(is_live).collect();
         let total: u64 = entries.iter().map(|e| e.len as u64).sum();
         let live_bytes: u64 = live.iter().map(|e| e.len as u64).sum();
         report.blobs_kept += live.len() as u64;
         report.blobs_removed += (entries.len() - live.len()) as u64;
         if !on_disk.contains_key(pack) {
-            continue; // missing pack: `check` reports it; its entries disappear with the old index
+            continue; // missing pack: its entries disappear with the old index
         }
         if live.is_empty() {
             drop_packs.push(*pack);
@@ -72,15 +90,20 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
 
     let progress = Progress::items("prune", to_repack.len() as u64);
     let mut packer = Packer::new(repo);
+    let mut damaged = HashSet::new();
     for blob in &to_repack {
-        let stored = repo.read_pack_range(&blob.pack, blob.offset as u64, blob.len as usize)?;
-        // Never copy damage into a new pack.
-        repo.decode_blob(blob.kind, &blob.id, blob.raw_len, &mut stored.clone())?;
-        packer.add(blob.id, blob.kind, &stored, blob.raw_len)?;
+        // Never copy damage into a new pack: the first copy that verifies is the one kept.
+        match verified_copy(repo, &copies[&blob.id]) {
+            Some((stored, location)) => packer.add(blob.id, blob.kind, &stored, location.raw_len)?,
+            None => {
+                damaged.insert(blob.id);
+            }
+        }
         progress.add(1);
     }
     let packed = packer.finish()?;
     progress.finish();
+    refuse_if_lost(repo, &snapshots, &damaged, "have no copy that is intact")?;
 
     // One index for everything that stays, then the old index files, then the old packs.
     let old_indexes = repo.index().file_ids();
@@ -88,18 +111,23 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
     let mut kept_entries: HashMap<PackId, Vec<PackEntry>> = HashMap::new();
     fresh.for_each(|loc| {
         let from_repack = !by_pack.contains_key(&loc.pack);
-        if keep_packs.contains(&loc.pack) || from_repack {
+        if keep_packs.contains(&loc.pack) || (from_repack && !unreadable.contains(&loc.pack)) {
             let entry =
                 PackEntry { id: loc.id, kind: loc.kind, offset: loc.offset, len: loc.len, raw_len: loc.raw_len };
             kept_entries.entry(loc.pack).or_default().push(entry);
         }
     })?;
+    lock.ensure_held()?;
     let new_index = write_index(repo, kept_entries.iter().map(|(p, e)| (p, e.as_slice())))?;
-    for id in fresh.file_ids().into_iter().chain(old_indexes) {
+    let damaged_indexes = fresh.damaged_files().into_iter().chain(repo.index().damaged_files()).map(|(id, _)| id);
+    for id in fresh.file_ids().into_iter().chain(old_indexes).chain(damaged_indexes) {
         if id != new_index {
             repo.remove_file(&repo.path(&format!("index/{}", id.to_hex())))?;
         }
     }
+    // The old index files must be gone for good before the packs they name are: after a power
+    // cut, an index naming deleted packs would be damage.
+    fsync_dir(&repo.path("index")).map_err(io_error("syncing the index folder"))?;
     for pack in &drop_packs {
         repo.remove_file(&repo.pack_path(pack))?;
         report.packs_deleted += 1;
@@ -109,11 +137,44 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
     Ok(report)
 }
 
+/// The stored bytes of the first of `copies` that decodes and verifies.
+fn verified_copy<'a>(repo: &Repository, copies: &'a [BlobLocation]) -> Option<(Vec<u8>, &'a BlobLocation)> {
+    copies.iter().find_map(|copy| {
+        let stored = repo.read_pack_range(&copy.pack, copy.offset as u64, copy.len as usize).ok()?;
+        repo.decode_blob(copy.kind, &copy.id, copy.raw_len, &mut stored.clone()).ok()?;
+        Some((stored, copy))
+    })
+}
+
+/// Stops the prune, before anything is deleted, when blobs some snapshot needs `why`: names the
+/// snapshots and files they belong to.
+fn refuse_if_lost(
+    repo: &Repository,
+    snapshots: &[(SnapshotId, Snapshot)],
+    lost: &HashSet<BlobId>,
+    why: &str,
+) -> Result<(), RepoError> {
+    if lost.is_empty() {
+        return Ok(());
+    }
+    let named = tree_problems(repo, snapshots, &|id| !lost.contains(id), &HashSet::new());
+    let mut shown: Vec<String> = named.iter().take(10).map(|(line, _)| line.clone()).collect();
+    if named.len() > 10 {
+        shown.push(format!("and {} more", named.len() - 10));
+    }
+    Err(RepoError::Corrupt(format!(
+        "{} blob(s) that snapshots need {why}, so nothing was pruned (pruning could delete the last \
+         trace of them): {}. See `phonebak check --read-data`",
+        lost.len(),
+        shown.join("; ")
+    )))
+}
+
 /// Every tree and chunk some snapshot needs. A tree that cannot be read stops the prune: what
 /// it references is unknown, and deleting it could lose data.
-fn used_blobs(repo: &Repository) -> Result<HashSet<BlobId>, RepoError> {
+fn used_blobs(repo: &Repository, snapshots: &[(SnapshotId, Snapshot)]) -> Result<HashSet<BlobId>, RepoError> {
     let mut used = HashSet::new();
-    let mut pending: Vec<BlobId> = snapshot::list(repo)?.iter().map(|s| s.snapshot.root).collect();
+    let mut pending: Vec<BlobId> = snapshots.iter().map(|(_, s)| s.root).collect();
     while let Some(tree_id) = pending.pop() {
         if !used.insert(tree_id) {
             continue;

@@ -70,6 +70,11 @@ pub fn is_valid_name(name: &[u8]) -> bool {
         && name.len() <= 255
 }
 
+/// A symlink target that a file system can hold: not empty, no NUL, at most PATH_MAX bytes.
+pub fn is_valid_symlink_target(target: &[u8]) -> bool {
+    !target.is_empty() && !target.contains(&0) && target.len() < 4096
+}
+
 impl Entry {
     pub fn name_os(&self) -> &OsStr {
         OsStr::from_bytes(&self.name)
@@ -84,17 +89,23 @@ impl Tree {
     /// Decodes and validates: names unique, sorted and safe; file sizes equal to their chunks.
     /// A tree that fails this is damage (or an attack), never something to act on.
     pub fn decode(bytes: &[u8]) -> Result<Tree, String> {
-        let (tree, used): (Tree, usize) =
-            bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map_err(|e| e.to_string())?;
-        if used != bytes.len() {
-            return Err("trailing bytes".into());
-        }
+        let tree: Tree = crate::repo::decode_record(bytes)?;
         for entry in &tree.entries {
             if !is_valid_name(&entry.name) {
                 return Err(format!("unsafe name {:?}", String::from_utf8_lossy(&entry.name)));
             }
+            if entry.meta.mode > 0o7777 || entry.meta.mtime_nsec >= 1_000_000_000 {
+                return Err(format!("{:?}: mode or time out of range", String::from_utf8_lossy(&entry.name)));
+            }
+            if let Node::Symlink { target } = &entry.node {
+                if !is_valid_symlink_target(target) {
+                    return Err(format!("{:?}: unusable symlink target", String::from_utf8_lossy(&entry.name)));
+                }
+            }
             if let Node::File { size, chunks } = &entry.node {
-                if chunks.iter().map(|c| c.len as u64).sum::<u64>() != *size {
+                if chunks.iter().any(|c| c.len > crate::repo::MAX_BLOB)
+                    || chunks.iter().map(|c| c.len as u64).sum::<u64>() != *size
+                {
                     return Err(format!("{:?}: size does not match its chunks", String::from_utf8_lossy(&entry.name)));
                 }
             }

@@ -143,39 +143,105 @@ fn unreadable_files_are_skipped_listed_and_exit_3() {
     assert_eq!(snaps[0]["stats"]["unreadable"], 2);
 }
 
-#[test]
-fn a_full_disk_exits_15_and_leaves_the_repository_as_it_was() {
-    if !is_root() {
-        eprintln!("needs root to mount a small tmpfs; the CI runs as root");
-        return;
+/// A small tmpfs mounted on a scratch folder, unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path, size: &str) -> SmallDisk {
+        assert!(is_root(), "needs root to mount a small tmpfs (CI runs as root)");
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        SmallDisk(at.to_path_buf())
     }
-    let s = Scratch::new();
-    std::fs::create_dir(&s.repo).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
-        .arg(&s.repo)
-        .status()
-        .unwrap();
-    assert!(mounted.success());
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Runs `phonebak` and fails the test if it has not ended within a minute (a hang).
+fn run_bounded(s: &Scratch, args: &[&str]) -> std::process::Output {
+    let mut child =
+        s.command(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("phonebak {args:?} hung for a minute");
         }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let _guard = Unmount(s.repo.clone());
-    s.ok(&["init"]);
+    child.wait_with_output().unwrap()
+}
+
+fn temp_files(repo: &std::path::Path) -> Vec<String> {
+    names(&repo.join("tmp"))
+}
+
+#[test]
+fn a_full_disk_exits_15_leaves_nothing_behind_and_a_rerun_reuses_what_was_stored() {
+    let s = Scratch::new();
+    let disk = SmallDisk::mount(&s.repo, "12m");
+    s.ok(&["init", "--pack-size-mib", "2"]);
     let phone = s.path("phone");
     write(&phone.join("small.txt"), b"small");
     s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
-    write(&phone.join("DCIM/big.mp4"), &bytes(5, 8 << 20, false));
-    let out = s.run(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    // Many files: the walker must not block on a pipeline whose writer has stopped.
+    for i in 0..30 {
+        write(&phone.join(format!("DCIM/IMG_{i}.jpg")), &bytes(100 + i, 1_000_000, false));
+    }
+    let out = run_bounded(&s, &["backup", "--device", "p", phone.to_str().unwrap()]);
     assert_eq!(code(&out), 15, "{}", stderr(&out));
     assert!(stderr(&out).contains("no space left on the repository's disk"), "{}", stderr(&out));
     assert_eq!(s.json(&["snapshots"]).as_array().unwrap().len(), 1, "no partial snapshot");
+    assert_eq!(temp_files(&s.repo), Vec::<String>::new(), "temp files left behind");
+    assert!(names(&s.repo.join("locks")).is_empty(), "the lock is released");
     let check = s.run(&["check", "--read-data"]);
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
-    assert_eq!(std::fs::read_dir(s.repo.join("tmp")).unwrap().count(), 0, "temp files left behind");
+
+    // With only a few KB free, the first pack write fails.
+    let filler = s.repo.join("filler");
+    let free = free_bytes(&s.repo);
+    std::fs::write(&filler, vec![0u8; (free - 8192) as usize]).unwrap_or(());
+    let out = run_bounded(&s, &["backup", "--device", "p", phone.to_str().unwrap()]);
+    assert_eq!(code(&out), 15, "{}", stderr(&out));
+    assert_eq!(temp_files(&s.repo), Vec::<String>::new(), "temp files left behind");
+    std::fs::remove_file(&filler).unwrap();
+
+    // Room again: the rerun completes and does not store again what the first try stored.
+    disk.resize("100m");
+    let done = s.json(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    let stats = &done["stats"];
+    assert!(stats["added_bytes"].as_u64().unwrap() < 27_000_000, "packs of the failed run are reused: {stats}");
+    let check = s.run(&["check", "--read-data"]);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    let restored = s.path("restored");
+    s.ok(&["restore", "latest", "--target", restored.to_str().unwrap()]);
+    assert_same_tree(&phone, &restored);
+}
+
+fn free_bytes(path: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut stat) }, 0);
+    stat.f_bavail * stat.f_frsize
 }
 
 #[test]

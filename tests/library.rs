@@ -236,3 +236,146 @@ fn format_1_repositories_keep_whole_chunks() {
     assert_eq!(repo.load_blob(&ids[0]).unwrap(), photo);
     assert!(phonebak::check::run(&repo, true).unwrap().is_ok());
 }
+
+/// A source that lists a folder in whatever order (and with whatever duplicates and hostile
+/// names) it was given: the engine must build valid trees from it.
+struct UnorderedSource {
+    root: Vec<(Vec<u8>, UnorderedKind)>,
+}
+
+#[derive(Debug, Clone)]
+enum UnorderedKind {
+    File(u64, usize),
+    Dir,
+    Symlink(Vec<u8>),
+}
+
+struct MemoryFile {
+    data: std::io::Cursor<Vec<u8>>,
+}
+
+impl std::io::Read for MemoryFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.data.read(buf)
+    }
+}
+
+impl SourceFile for MemoryFile {
+    fn current_state(&self) -> std::io::Result<(u64, i64, u32)> {
+        Ok((self.data.get_ref().len() as u64, 1_700_000_000, 0))
+    }
+}
+
+impl UnorderedSource {
+    /// What the entry named `name` is: the last one listed of that name.
+    fn last(&self, name: &[u8]) -> Option<&UnorderedKind> {
+        self.root.iter().rev().find(|(n, _)| n == name).map(|(_, k)| k)
+    }
+}
+
+impl Source for UnorderedSource {
+    fn describe(&self) -> String {
+        "unordered".into()
+    }
+    fn root_meta(&self) -> Result<Meta, SourceError> {
+        Ok(Meta { mode: 0o755, ..Meta::default() })
+    }
+    fn list(&self, dir: &Path) -> Result<Listing, SourceError> {
+        let meta = Meta { mode: 0o644, mtime_sec: 1_700_000_000, ..Meta::default() };
+        let entry = |name: &[u8], kind: &UnorderedKind| phonebak::source::SourceEntry {
+            name: name.to_vec(),
+            meta: meta.clone(),
+            kind: match kind {
+                UnorderedKind::File(_, len) => phonebak::source::SourceKind::File { size: *len as u64 },
+                UnorderedKind::Dir => phonebak::source::SourceKind::Dir,
+                UnorderedKind::Symlink(target) => phonebak::source::SourceKind::Symlink { target: target.clone() },
+            },
+        };
+        let entries = if dir.as_os_str().is_empty() {
+            self.root.iter().map(|(name, kind)| entry(name, kind)).collect()
+        } else {
+            // Every folder holds the same two files, listed backwards and one of them twice.
+            vec![
+                entry(b"z", &UnorderedKind::File(7, 10)),
+                entry(b"a", &UnorderedKind::File(8, 5)),
+                entry(b"z", &UnorderedKind::File(7, 10)),
+            ]
+        };
+        Ok(Listing { entries, unreadable: vec![] })
+    }
+    fn open(&self, file: &Path) -> Result<Box<dyn SourceFile>, SourceError> {
+        let name = file.as_os_str().as_bytes();
+        let (seed, len) = match file.parent().map(|p| p.as_os_str().is_empty()) {
+            Some(true) => match self.last(name) {
+                Some(UnorderedKind::File(seed, len)) => (*seed, *len),
+                _ => unreachable!("only files are opened"),
+            },
+            _ if file.ends_with("z") => (7, 10),
+            _ => (8, 5),
+        };
+        Ok(Box::new(MemoryFile { data: std::io::Cursor::new(bytes(seed, len, false)) }))
+    }
+}
+
+fn any_name() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        6 => proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), Just(0xff), Just(b'.')], 1..3),
+        1 => Just(Vec::new()),
+        1 => Just(b"..".to_vec()),
+        1 => Just(b"a/b".to_vec()),
+        1 => Just(b"nul\0".to_vec()),
+        1 => Just(vec![b'x'; 256]),
+    ]
+}
+
+fn any_kind() -> impl Strategy<Value = UnorderedKind> {
+    prop_oneof![
+        3 => (any::<u64>(), 0usize..5000).prop_map(|(seed, len)| UnorderedKind::File(seed, len)),
+        1 => Just(UnorderedKind::Dir),
+        1 => any_name().prop_map(UnorderedKind::Symlink),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, .. ProptestConfig::default() })]
+
+    /// Whatever order, duplicates or names a source lists, the snapshot decodes, restores, and
+    /// holds exactly the last-listed entry of each storable name.
+    #[test]
+    fn any_listing_gives_a_snapshot_that_decodes_and_restores(root in proptest::collection::vec((any_name(), any_kind()), 0..20)) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = small_repo(&dir.path().join("repo"));
+        let source = UnorderedSource { root };
+        let outcome = backup::run(&repo, &source, &options("p")).unwrap();
+        let tree = phonebak::tree::load_tree(&repo, &outcome.snapshot.root).unwrap();
+        let mut valid: Vec<Vec<u8>> = source.root.iter().map(|(n, _)| n.clone()).filter(|n| phonebak::tree::is_valid_name(n)).collect();
+        valid.sort();
+        valid.dedup();
+        let bad_link = |n: &Vec<u8>| matches!(source.last(n), Some(UnorderedKind::Symlink(t)) if !phonebak::tree::is_valid_symlink_target(t));
+        let expected: Vec<Vec<u8>> = valid.iter().filter(|n| !bad_link(n)).cloned().collect();
+        let names: Vec<Vec<u8>> = tree.entries.iter().map(|e| e.name.clone()).collect();
+        prop_assert_eq!(&names, &expected);
+        let rejected = source.root.iter().filter(|(n, _)| !phonebak::tree::is_valid_name(n)).count();
+        prop_assert_eq!(outcome.unreadable.len(), rejected + valid.iter().filter(|n| bad_link(n)).count());
+
+        let out = dir.path().join("out");
+        let start = lookup_path(&repo, &outcome.snapshot.root, Path::new("")).unwrap();
+        let report = phonebak::restore::run(&repo, &start, &out, None).unwrap();
+        prop_assert!(report.failed.is_empty());
+        for name in &valid {
+            let path = out.join(std::ffi::OsStr::from_bytes(name));
+            match source.last(name).unwrap() {
+                UnorderedKind::File(seed, len) => prop_assert_eq!(std::fs::read(&path).unwrap(), bytes(*seed, *len, false)),
+                UnorderedKind::Dir => {
+                    prop_assert_eq!(std::fs::read(path.join("a")).unwrap(), bytes(8, 5, false));
+                    prop_assert_eq!(std::fs::read(path.join("z")).unwrap(), bytes(7, 10, false));
+                }
+                UnorderedKind::Symlink(target) if phonebak::tree::is_valid_symlink_target(target) => {
+                    let read = std::fs::read_link(&path).unwrap();
+                    prop_assert_eq!(read.as_os_str().as_bytes(), &target[..]);
+                }
+                UnorderedKind::Symlink(_) => prop_assert!(std::fs::symlink_metadata(&path).is_err()),
+            }
+        }
+    }
+}

@@ -34,6 +34,8 @@ pub enum KeySlot {
 }
 
 const KEYS_AAD: &[u8] = b"phonebak master keys";
+/// Pack offsets are u32: a pack closes at `pack_size` plus at most one blob, well below 4 GiB.
+pub const MAX_PACK_SIZE: u64 = 1 << 30;
 
 /// Read first, alone, so that a newer format is refused before its fields are misread.
 #[derive(Deserialize)]
@@ -50,8 +52,11 @@ impl Config {
         }
         let config: Config = serde_json::from_slice(bytes).map_err(|e| RepoError::Corrupt(format!("config: {e}")))?;
         config.chunker.validate().map_err(|e| RepoError::Corrupt(format!("config: {e}")))?;
-        if !(0..=22).contains(&config.compression_level) || config.pack_size == 0 {
+        if !(0..=22).contains(&config.compression_level) || !(1..=MAX_PACK_SIZE).contains(&config.pack_size) {
             return Err(RepoError::Corrupt("config: compression level or pack size out of range".into()));
+        }
+        if let KeySlot::Argon2idAes256gcm { kdf, .. } = &config.keys {
+            kdf.validate().map_err(|e| RepoError::Corrupt(format!("config: {e}")))?;
         }
         Ok(config)
     }

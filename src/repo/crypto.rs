@@ -67,7 +67,31 @@ impl Default for KdfParams {
     }
 }
 
+impl KdfParams {
+    /// Costs read from a config are bounded: a crafted config must not make every command
+    /// allocate gigabytes or run for hours before it can even say "wrong password".
+    pub fn validate(&self) -> Result<(), CryptoError> {
+        let ok = (8..=MAX_KDF_MEMORY_KIB).contains(&self.memory_kib)
+            && (1..=MAX_KDF_ITERATIONS).contains(&self.iterations)
+            && (1..=MAX_KDF_PARALLELISM).contains(&self.parallelism);
+        if ok {
+            Ok(())
+        } else {
+            Err(CryptoError::Kdf(format!(
+                "argon2 costs out of range (memory {} KiB of at most {MAX_KDF_MEMORY_KIB}, {} passes of at most \
+                 {MAX_KDF_ITERATIONS}, parallelism {} of at most {MAX_KDF_PARALLELISM})",
+                self.memory_kib, self.iterations, self.parallelism
+            )))
+        }
+    }
+}
+
+pub const MAX_KDF_MEMORY_KIB: u32 = 1 << 20;
+pub const MAX_KDF_ITERATIONS: u32 = 64;
+pub const MAX_KDF_PARALLELISM: u32 = 16;
+
 pub fn derive_key(password: &[u8], salt: &[u8], params: KdfParams) -> Result<[u8; 32], CryptoError> {
+    params.validate()?;
     let argon_params = argon2::Params::new(params.memory_kib, params.iterations, params.parallelism, Some(32))
         .map_err(|e| CryptoError::Kdf(e.to_string()))?;
     let mut memory = kdf_memory(argon_params.block_count());

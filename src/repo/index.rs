@@ -3,7 +3,7 @@
 //! headers and a lookup reads one page. Layout (docs/FORMAT.md):
 //! `PBIDX001` | sealed page* | sealed header | header offset u64 LE | header length u32 LE | `PBIDXEND`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
@@ -14,8 +14,10 @@ use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
 use super::crypto::Sealer;
-use super::pack::PackEntry;
-use super::{io_error, read_dir_sorted, BlobId, BlobKind, Id, PackId, RepoError, Repository};
+use super::pack::{list_packs, read_footer_at, PackEntry};
+use super::packfiles::pack_path;
+use super::warnings::Warnings;
+use super::{decode_record, io_error, read_dir_sorted, BlobId, BlobKind, Id, PackId, RepoError, Repository, MAX_BLOB};
 
 const INDEX_MAGIC: &[u8; 8] = b"PBIDX001";
 const INDEX_END: &[u8; 8] = b"PBIDXEND";
@@ -70,11 +72,30 @@ type PageCache = LruCache<(Id, usize), Arc<Vec<IndexEntry>>>;
 
 /// All index files of a repository. New files written by others (a backup while a mount is
 /// open) are picked up on the first lookup that misses.
+///
+/// Index damage is never worse than a slower start: an index file that cannot be read is set
+/// aside (and named by `damaged_files`), and the blobs of every pack that no readable index file
+/// covers are read from that pack's own footer, on the first lookup that misses and before any
+/// walk over all entries.
 pub struct Index {
     sealer: Arc<Sealer>,
     dir: PathBuf,
+    data: PathBuf,
     files: RwLock<Vec<Arc<IndexFile>>>,
     pages: Mutex<PageCache>,
+    damaged: Mutex<Vec<(Id, String)>>,
+    rebuilt: RwLock<Rebuilt>,
+    warnings: Arc<Warnings>,
+}
+
+/// Blobs read from the footers of packs no readable index file covers.
+#[derive(Default)]
+struct Rebuilt {
+    /// Packs whose footers were read (or found unreadable), so each is read once.
+    scanned: HashSet<PackId>,
+    blobs: HashMap<BlobId, Vec<BlobLocation>>,
+    /// Packs found on disk whose own footers are unreadable, with why.
+    unreadable: Vec<(PackId, String)>,
 }
 
 fn page_aad(number: usize) -> Vec<u8> {
@@ -86,30 +107,52 @@ fn damaged(file: &Id, why: &str) -> RepoError {
 }
 
 impl Index {
-    pub fn empty(sealer: Arc<Sealer>, dir: PathBuf) -> Index {
+    pub fn empty(sealer: Arc<Sealer>, dir: PathBuf, data: PathBuf, warnings: Arc<Warnings>) -> Index {
         Index {
             sealer,
             dir,
+            data,
             files: RwLock::new(Vec::new()),
             pages: Mutex::new(LruCache::new(NonZeroUsize::new(CACHED_PAGES).expect("nonzero"))),
+            damaged: Mutex::new(Vec::new()),
+            rebuilt: RwLock::new(Rebuilt::default()),
+            warnings,
         }
     }
 
     /// Reads every index file's header (a few bytes per thousand blobs), nothing more.
     pub fn open(repo: &Repository) -> Result<Index, RepoError> {
-        let index = Index::empty(repo.sealer_arc(), repo.path("index"));
+        let index = Index::empty(repo.sealer_arc(), repo.path("index"), repo.path("data"), repo.warnings().clone());
         index.refresh()?;
         Ok(index)
     }
 
-    /// Opens index files that appeared since the last look; says whether there were any.
+    /// The index files on disk by id; a missing `index/` folder holds none.
+    fn files_on_disk(&self) -> Result<Vec<(Id, PathBuf)>, RepoError> {
+        let paths = match read_dir_sorted(&self.dir) {
+            Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            other => other?,
+        };
+        Ok(paths
+            .into_iter()
+            .filter_map(|path| Some((path.file_name().and_then(|n| n.to_str()).and_then(Id::from_hex)?, path)))
+            .collect())
+    }
+
+    /// Opens index files that appeared since the last look; says whether there were any. A file
+    /// that cannot be read is set aside as damaged.
     pub fn refresh(&self) -> Result<bool, RepoError> {
-        let known: HashSet<Id> = self.file_ids().into_iter().collect();
+        let mut known: HashSet<Id> = self.file_ids().into_iter().collect();
+        known.extend(self.damaged.lock().expect("index damage lock").iter().map(|(id, _)| *id));
         let mut added = Vec::new();
-        for path in read_dir_sorted(&self.dir)? {
-            let Some(id) = path.file_name().and_then(|n| n.to_str()).and_then(Id::from_hex) else { continue };
-            if !known.contains(&id) {
-                added.push(Arc::new(open_file(&self.sealer, id, &path)?));
+        for (id, path) in self.files_on_disk()? {
+            if known.contains(&id) {
+                continue;
+            }
+            match open_file(&self.sealer, id, &path) {
+                Ok(file) => added.push(Arc::new(file)),
+                Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => self.set_aside(id, e.to_string()),
             }
         }
         let any = !added.is_empty();
@@ -117,15 +160,37 @@ impl Index {
         Ok(any)
     }
 
+    /// Takes a damaged index file out of use; its packs are then read from their footers.
+    fn set_aside(&self, id: Id, why: String) {
+        self.files.write().expect("index lock").retain(|f| f.id != id);
+        let mut damaged = self.damaged.lock().expect("index damage lock");
+        if !damaged.iter().any(|(known, _)| *known == id) {
+            self.warnings.warn(&format!(
+                "{why}: it is not used; the packs it covered are read from their own lists instead \
+                 (`phonebak repair index` writes a new index)"
+            ));
+            damaged.push((id, why));
+        }
+    }
+
+    /// Index files that could not be read, with why (`phonebak repair index` replaces them).
+    pub fn damaged_files(&self) -> Vec<(Id, String)> {
+        self.damaged.lock().expect("index damage lock").clone()
+    }
+
+    /// Packs on disk that no readable index file covers and whose own footer cannot be read.
+    pub fn unreadable_packs(&self) -> Vec<(PackId, String)> {
+        self.rebuilt.read().expect("rebuilt index lock").unreadable.clone()
+    }
+
     /// Starts over with the index files on disk now: a prune (run while this repository is
     /// open, e.g. by a mount) replaces index files and moves blobs to new packs, and a deleted
     /// index file still reads through the descriptor held open here.
     pub fn resync(&self) -> Result<(), RepoError> {
-        let on_disk: HashSet<Id> = read_dir_sorted(&self.dir)?
-            .iter()
-            .filter_map(|path| path.file_name().and_then(|n| n.to_str()).and_then(Id::from_hex))
-            .collect();
+        let on_disk: HashSet<Id> = self.files_on_disk()?.into_iter().map(|(id, _)| id).collect();
         self.files.write().expect("index lock").retain(|file| on_disk.contains(&file.id));
+        self.damaged.lock().expect("index damage lock").retain(|(id, _)| on_disk.contains(id));
+        *self.rebuilt.write().expect("rebuilt index lock") = Rebuilt::default();
         self.refresh()?;
         Ok(())
     }
@@ -138,30 +203,55 @@ impl Index {
         self.files.read().expect("index lock").clone()
     }
 
-    /// Where `id` is stored; a miss looks for index files written since (by a concurrent backup)
-    /// before it answers `None`.
+    /// Where `id` is stored; a miss looks for index files written since (by a concurrent backup),
+    /// then in the footers of packs no index file covers, before it answers `None`.
     pub fn get(&self, id: &BlobId) -> Result<Option<BlobLocation>, RepoError> {
-        if let Some(found) = self.lookup(id)? {
-            return Ok(Some(found));
+        if let Some(first) = self.lookup(id, false).pop() {
+            return Ok(Some(first));
         }
-        if self.refresh()? {
-            return self.lookup(id);
-        }
-        Ok(None)
+        Ok(self.locations(id)?.into_iter().next())
     }
 
-    fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>, RepoError> {
+    /// Every stored copy of `id` (usually one), the indexed ones first: a reader that finds one
+    /// copy damaged or missing tries the next.
+    pub fn locations(&self, id: &BlobId) -> Result<Vec<BlobLocation>, RepoError> {
+        let mut found = self.lookup(id, true);
+        if found.is_empty() && self.refresh()? {
+            found = self.lookup(id, true);
+        }
+        if found.is_empty() {
+            self.cover_all_packs()?;
+        }
+        if let Some(rebuilt) = self.rebuilt.read().expect("rebuilt index lock").blobs.get(id) {
+            found.extend(rebuilt.iter().filter(|r| !found.contains(r)).cloned().collect::<Vec<_>>());
+        }
+        Ok(found)
+    }
+
+    /// The indexed copies of `id`: the first one found, or with `all` every one.
+    fn lookup(&self, id: &BlobId, all: bool) -> Vec<BlobLocation> {
+        let mut found = Vec::new();
         for file in self.current_files() {
             let page_number = file.header.pages.partition_point(|p| p.first <= *id);
             if page_number == 0 {
                 continue;
             }
-            let page = self.page(&file, page_number - 1)?;
+            let page = match self.page(&file, page_number - 1) {
+                Ok(page) => page,
+                Err(e) => {
+                    self.set_aside(file.id, e.to_string());
+                    continue;
+                }
+            };
             if let Ok(at) = page.binary_search_by(|e| e.id.cmp(id)) {
-                return file.locate(&page[at]).map(Some);
+                match file.locate(&page[at]) {
+                    Ok(location) if !all => return vec![location],
+                    Ok(location) => found.push(location),
+                    Err(e) => self.set_aside(file.id, e.to_string()),
+                }
             }
         }
-        Ok(None)
+        found
     }
 
     fn page(&self, file: &IndexFile, page_number: usize) -> Result<Arc<Vec<IndexEntry>>, RepoError> {
@@ -174,25 +264,107 @@ impl Index {
         Ok(page)
     }
 
-    /// Calls `visit` with every entry of every index file (duplicates included), reading each
-    /// page once without caching it: for backup, check and prune, which need them all.
-    pub fn for_each(&self, mut visit: impl FnMut(BlobLocation)) -> Result<(), RepoError> {
-        for file in self.current_files() {
-            for page_number in 0..file.header.pages.len() {
-                for entry in file.read_page(&self.sealer, page_number)? {
-                    visit(file.locate(&entry)?);
+    /// Reads the footers of the packs on disk that no readable index file covers (each once).
+    fn cover_all_packs(&self) -> Result<(), RepoError> {
+        let covered: HashSet<PackId> =
+            self.current_files().iter().flat_map(|f| f.header.packs.iter().copied()).collect();
+        let scanned = self.rebuilt.read().expect("rebuilt index lock").scanned.clone();
+        let mut rebuilt = Rebuilt::default();
+        for (pack, _) in list_packs(&self.data)? {
+            if covered.contains(&pack) || scanned.contains(&pack) {
+                continue;
+            }
+            rebuilt.scanned.insert(pack);
+            match read_footer_at(&self.sealer, &pack_path(&self.data, &pack), &pack) {
+                Ok(entries) => {
+                    for e in entries {
+                        let location = BlobLocation {
+                            id: e.id,
+                            kind: e.kind,
+                            pack,
+                            offset: e.offset,
+                            len: e.len,
+                            raw_len: e.raw_len,
+                        };
+                        rebuilt.blobs.entry(e.id).or_default().push(location);
+                    }
                 }
+                // Deleted meanwhile (a prune): nothing to cover.
+                Err(RepoError::MissingPack(_)) => {}
+                Err(e) => {
+                    self.warnings.warn(&format!("{e}: its blobs cannot be found (see `phonebak check`)"));
+                    rebuilt.unreadable.push((pack, e.to_string()));
+                }
+            }
+        }
+        let mut all = self.rebuilt.write().expect("rebuilt index lock");
+        all.scanned.extend(rebuilt.scanned);
+        all.unreadable.extend(rebuilt.unreadable);
+        for (id, locations) in rebuilt.blobs {
+            all.blobs.entry(id).or_default().extend(locations);
+        }
+        Ok(())
+    }
+
+    /// Calls `visit` with every entry of every readable index file and of every pack no readable
+    /// index file covers (duplicates included), reading each page once without caching it: for
+    /// backup, check and prune, which need them all. An index file with an unreadable page is
+    /// set aside whole, and its packs are read from their footers instead.
+    pub fn for_each(&self, mut visit: impl FnMut(BlobLocation)) -> Result<(), RepoError> {
+        let mut good = Vec::new();
+        for file in self.current_files() {
+            match file.read_all(&self.sealer) {
+                Ok(locations) => good.push(locations),
+                Err(e) => self.set_aside(file.id, e.to_string()),
+            }
+        }
+        self.cover_all_packs()?;
+        for location in good.into_iter().flatten() {
+            visit(location);
+        }
+        let covered: HashSet<PackId> =
+            self.current_files().iter().flat_map(|f| f.header.packs.iter().copied()).collect();
+        for locations in self.rebuilt.read().expect("rebuilt index lock").blobs.values() {
+            for location in locations.iter().filter(|l| !covered.contains(&l.pack)) {
+                visit(location.clone());
             }
         }
         Ok(())
     }
 
+    /// Every blob with a copy in a pack that exists: a blob whose only pack is gone is not
+    /// known, so the next backup of the phone stores it again.
     pub fn known_blobs(&self) -> Result<HashSet<BlobId>, RepoError> {
+        let on_disk: HashSet<PackId> = list_packs(&self.data)?.into_iter().map(|(id, _)| id).collect();
         let mut known = HashSet::new();
         self.for_each(|location| {
-            known.insert(location.id);
+            if on_disk.contains(&location.pack) {
+                known.insert(location.id);
+            }
         })?;
         Ok(known)
+    }
+
+    /// The packs on disk that no readable index file covers and whose own lists were read (by
+    /// `for_each` or a lookup that missed), with those lists: a backup indexes them, so that
+    /// the work of an interrupted run is found by index from then on.
+    pub fn unindexed_packs(&self) -> Vec<(PackId, Vec<PackEntry>)> {
+        let covered = self.indexed_packs();
+        let mut packs: HashMap<PackId, Vec<PackEntry>> = HashMap::new();
+        for locations in self.rebuilt.read().expect("rebuilt index lock").blobs.values() {
+            for l in locations.iter().filter(|l| !covered.contains(&l.pack)) {
+                let entry = PackEntry { id: l.id, kind: l.kind, offset: l.offset, len: l.len, raw_len: l.raw_len };
+                packs.entry(l.pack).or_default().push(entry);
+            }
+        }
+        let mut packs: Vec<_> = packs.into_iter().collect();
+        packs.sort_by_key(|(id, _)| *id);
+        packs
+    }
+
+    /// Packs covered by a readable index file.
+    pub fn indexed_packs(&self) -> HashSet<PackId> {
+        self.current_files().iter().flat_map(|f| f.header.packs.iter().copied()).collect()
     }
 }
 
@@ -210,6 +382,16 @@ impl IndexFile {
         })
     }
 
+    fn read_all(&self, sealer: &Sealer) -> Result<Vec<BlobLocation>, RepoError> {
+        let mut all = Vec::new();
+        for page_number in 0..self.header.pages.len() {
+            for entry in self.read_page(sealer, page_number)? {
+                all.push(self.locate(&entry)?);
+            }
+        }
+        Ok(all)
+    }
+
     fn read_page(&self, sealer: &Sealer, number: usize) -> Result<Vec<IndexEntry>, RepoError> {
         let page_ref = &self.header.pages[number];
         let mut sealed = vec![0u8; page_ref.len as usize];
@@ -218,12 +400,14 @@ impl IndexFile {
             .map_err(|_| damaged(&self.id, &format!("page {number} cannot be read")))?;
         let plain =
             sealer.open(&sealed, &page_aad(number)).map_err(|e| damaged(&self.id, &format!("page {number}: {e}")))?;
-        let (entries, _): (Vec<IndexEntry>, usize) =
-            bincode::serde::decode_from_slice(&plain, bincode::config::standard())
-                .map_err(|_| damaged(&self.id, &format!("page {number} does not decode")))?;
+        let entries: Vec<IndexEntry> =
+            decode_record(&plain).map_err(|_| damaged(&self.id, &format!("page {number} does not decode")))?;
         let sorted = entries.windows(2).all(|w| w[0].id < w[1].id);
-        if entries.first().map(|e| e.id) != Some(page_ref.first) || !sorted {
+        if entries.first().map(|e| e.id) != Some(page_ref.first) || !sorted || entries.len() > ENTRIES_PER_PAGE {
             return Err(damaged(&self.id, &format!("page {number} is out of order")));
+        }
+        if entries.iter().any(|e| e.pack as usize >= self.header.packs.len() || e.raw_len > MAX_BLOB) {
+            return Err(damaged(&self.id, &format!("page {number} has an entry out of range")));
         }
         Ok(entries)
     }
@@ -246,6 +430,11 @@ fn read_header(sealer: &Sealer, id: &Id, file: &File) -> Result<Header, RepoErro
     if &trailer[12..] != INDEX_END {
         return Err(damaged(id, "no end marker (truncated?)"));
     }
+    let mut magic = [0u8; 8];
+    file.read_exact_at(&mut magic, 0).map_err(io_error(format!("reading index file {id}")))?;
+    if &magic != INDEX_MAGIC {
+        return Err(damaged(id, "not an index file (wrong magic number)"));
+    }
     let offset = u64::from_le_bytes(trailer[..8].try_into().expect("8 bytes"));
     let len = u32::from_le_bytes(trailer[8..12].try_into().expect("4 bytes")) as u64;
     if offset.checked_add(len).is_none_or(|end| end > size - TRAILER_LEN as u64) {
@@ -254,9 +443,11 @@ fn read_header(sealer: &Sealer, id: &Id, file: &File) -> Result<Header, RepoErro
     let mut sealed = vec![0u8; len as usize];
     file.read_exact_at(&mut sealed, offset).map_err(io_error(format!("reading index file {id}")))?;
     let plain = sealer.open(&sealed, HEADER_AAD).map_err(|e| damaged(id, &format!("header: {e}")))?;
-    let (header, _): (Header, usize) = bincode::serde::decode_from_slice(&plain, bincode::config::standard())
-        .map_err(|_| damaged(id, "header does not decode"))?;
-    let pages_in_range = header.pages.iter().all(|p| p.offset.saturating_add(p.len as u64) <= offset);
+    let header: Header = decode_record(&plain).map_err(|_| damaged(id, "header does not decode"))?;
+    let pages_in_range = header
+        .pages
+        .iter()
+        .all(|p| p.offset >= INDEX_MAGIC.len() as u64 && p.offset.saturating_add(p.len as u64) <= offset);
     if !pages_in_range {
         return Err(damaged(id, "page out of range"));
     }

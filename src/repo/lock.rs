@@ -35,6 +35,8 @@ struct LockRecord {
 pub struct RepoLock {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    /// Set when a refresh found the lock file gone: another process took it as stale.
+    lost: Arc<AtomicBool>,
     refresher: Option<JoinHandle<()>>,
 }
 
@@ -66,7 +68,7 @@ impl RepoLock {
         let own_name = Id::random().to_hex();
         repo.write_file_atomic(&format!("locks/{own_name}"), &serde_json::to_vec(&record).expect("lock serializes"))?;
         let path = repo.path(&format!("locks/{own_name}"));
-        let lock = RepoLock { path, stop: Arc::new(AtomicBool::new(false)), refresher: None };
+        let lock = RepoLock { path, stop: Arc::default(), lost: Arc::default(), refresher: None };
         // Written first, checked second: of two racing lockers at least one sees the other.
         if let Some(conflict) = find_conflict(repo, kind, &own_name)? {
             return Err(RepoError::Locked(conflict)); // `lock` drops here and removes our file
@@ -76,7 +78,7 @@ impl RepoLock {
 
     fn start_refreshing(mut self) -> RepoLock {
         let path = self.path.clone();
-        let stop = self.stop.clone();
+        let (stop, lost) = (self.stop.clone(), self.lost.clone());
         self.refresher = Some(std::thread::spawn(move || {
             let mut waited = Duration::ZERO;
             while !stop.load(Ordering::Relaxed) {
@@ -84,13 +86,32 @@ impl RepoLock {
                 waited += Duration::from_millis(200);
                 if waited >= REFRESH_EVERY {
                     waited = Duration::ZERO;
-                    if let Ok(file) = std::fs::File::options().write(true).open(&path) {
-                        let _ = file.set_modified(SystemTime::now());
+                    match std::fs::File::options().write(true).open(&path) {
+                        Ok(file) => {
+                            let _ = file.set_modified(SystemTime::now());
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => lost.store(true, Ordering::Relaxed),
+                        Err(_) => {}
                     }
                 }
             }
         }));
         self
+    }
+
+    /// Fails if this lock was taken away (another process, perhaps on another machine, removed
+    /// it as stale): what the lock protects may have changed meanwhile, so the holder must stop
+    /// before it writes anything that relies on it (a snapshot record, a deletion).
+    pub fn ensure_held(&self) -> Result<(), RepoError> {
+        if self.lost.load(Ordering::Relaxed) || !self.path.exists() {
+            self.lost.store(true, Ordering::Relaxed);
+            return Err(RepoError::Locked(format!(
+                "this command's lock {} was removed by another process (taken as stale); stopped before \
+                 changing anything it protects: run the command again",
+                self.path.display()
+            )));
+        }
+        Ok(())
     }
 }
 

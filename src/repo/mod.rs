@@ -10,6 +10,7 @@ pub mod pack;
 pub mod packer;
 mod packfiles;
 pub mod snapshot;
+pub mod warnings;
 
 use std::cell::RefCell;
 use std::fmt;
@@ -25,6 +26,7 @@ use crypto::{KdfParams, MasterKeys, Sealer};
 pub use fsutil::fsync_dir;
 use index::Index;
 use packfiles::PackFiles;
+use warnings::Warnings;
 
 /// A 32-byte name: of a blob (keyed BLAKE3 of its plain bytes), a pack (BLAKE3 of the file), a
 /// snapshot or an index file.
@@ -84,9 +86,15 @@ pub enum RepoError {
     NotFound(PathBuf),
     #[error("{0} is already a phonebak repository")]
     AlreadyExists(PathBuf),
+    #[error(
+        "{0} holds phonebak repository data (packs, index or snapshots) but its config file is missing: \
+             without it nothing there can be read. Copy the config back from a backup of the repository; \
+             `init` will not create a new repository over this data"
+    )]
+    ConfigMissing(PathBuf),
     #[error("repository format {found} is newer than this phonebak understands (up to {supported}): upgrade phonebak")]
     NewerFormat { found: u32, supported: u32 },
-    #[error("wrong password for this repository")]
+    #[error("wrong password for this repository (or its config's sealed keys are damaged: a config copied from a backup of the repository opens with the right password)")]
     WrongPassword,
     #[error("this repository is encrypted: give its password with PHONEBAK_PASSWORD, --password-file or PHONEBAK_PASSWORD_FILE")]
     PasswordRequired,
@@ -151,6 +159,25 @@ const SAMPLE_LEN: usize = 64 * 1024;
 /// so that the mount can answer a small read of a photo or video by reading and opening one
 /// frame instead of a whole chunk of about 1 MiB.
 pub const FRAME_LEN: usize = 64 * 1024;
+/// The largest plain blob any reader accepts: chunks are at most 16 MiB (see `ChunkerParams`),
+/// and a tree of a folder with a million files is about 100 MiB. Lengths read from disk are
+/// checked against it before anything is allocated.
+pub const MAX_BLOB: u32 = 256 << 20;
+/// The most bytes a record decoded from disk (tree, index page or header, pack footer) may
+/// claim; bincode refuses larger length prefixes before allocating.
+const RECORD_LIMIT: usize = 512 << 20;
+
+/// Decodes one bincode record (docs/FORMAT.md: `config::standard()`) that must fill `bytes`
+/// exactly, refusing length prefixes beyond `RECORD_LIMIT`.
+pub(crate) fn decode_record<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let config = bincode::config::standard().with_limit::<RECORD_LIMIT>();
+    let (value, used): (T, usize) = bincode::serde::decode_from_slice(bytes, config).map_err(|e| e.to_string())?;
+    if used != bytes.len() {
+        return Err("trailing bytes".into());
+    }
+    Ok(value)
+}
+
 /// Compressed blobs up to this size are read into a reused per-thread buffer; larger ones into
 /// their own (the allocator maps and unmaps those, so they leave no holes behind).
 const SCRATCH_MAX: usize = 256 * 1024;
@@ -162,12 +189,16 @@ pub struct Repository {
     sealer: Arc<Sealer>,
     index: Index,
     packs: PackFiles,
+    warnings: Arc<Warnings>,
 }
 
 impl Repository {
     pub fn init(root: &Path, password: Option<&[u8]>, options: InitOptions) -> Result<(), RepoError> {
         if root.join("config").exists() {
             return Err(RepoError::AlreadyExists(root.to_path_buf()));
+        }
+        if holds_repository_data(root) {
+            return Err(RepoError::ConfigMissing(root.to_path_buf()));
         }
         options.chunker.validate().map_err(RepoError::Corrupt)?;
         for dir in SUBDIRS {
@@ -194,6 +225,9 @@ impl Repository {
     /// Is the repository at `root` encrypted? Lets the CLI ask for a password only when needed.
     pub fn read_config(root: &Path) -> Result<Config, RepoError> {
         let bytes = match std::fs::read(root.join("config")) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && holds_repository_data(root) => {
+                return Err(RepoError::ConfigMissing(root.to_path_buf()))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RepoError::NotFound(root.to_path_buf())),
             other => other.map_err(io_error(format!("reading {}", root.join("config").display())))?,
         };
@@ -204,13 +238,15 @@ impl Repository {
         let config = Self::read_config(root)?;
         let keys = config.open_keys(password)?;
         let sealer = Arc::new(if config.is_encrypted() { Sealer::encrypted(&keys.encryption) } else { Sealer::Plain });
+        let warnings = Arc::new(Warnings::default());
         let mut repo = Repository {
             root: root.to_path_buf(),
             config,
             keys,
-            index: Index::empty(sealer.clone(), root.join("index")),
+            index: Index::empty(sealer.clone(), root.join("index"), root.join("data"), warnings.clone()),
             sealer,
             packs: PackFiles::new(root.join("data")),
+            warnings,
         };
         repo.reload_index()?;
         Ok(repo)
@@ -239,6 +275,10 @@ impl Repository {
     }
     pub fn index(&self) -> &Index {
         &self.index
+    }
+    /// Where damage found on the way is said (once each).
+    pub fn warnings(&self) -> &Arc<Warnings> {
+        &self.warnings
     }
     pub fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
@@ -324,22 +364,38 @@ impl Repository {
         self.at_location(id, |location| self.load_from(id, location, out))
     }
 
-    /// Calls `read` with where blob `id` is stored. If its pack is gone, the index is read again
-    /// and `read` tried once more: a prune run while this repository is open (by a mount) moves
-    /// live blobs to new packs before it deletes the old ones.
+    /// Calls `read` with where blob `id` is stored; if that copy is missing or damaged, with
+    /// each other stored copy in turn. If every copy failed and a pack was missing, the index is
+    /// read again and the copies tried once more: a prune run while this repository is open (by
+    /// a mount) moves live blobs to new packs before it deletes the old ones.
     fn at_location<T>(
         &self,
         id: &BlobId,
         mut read: impl FnMut(&index::BlobLocation) -> Result<T, RepoError>,
     ) -> Result<T, RepoError> {
-        let locate = || self.index.get(id)?.ok_or(RepoError::MissingBlob(*id));
-        match read(&locate()?) {
-            Err(RepoError::MissingPack(_)) => {
-                self.index.resync()?;
-                read(&locate()?)
+        let mut first_error = None;
+        if let Some(first) = self.index.get(id)? {
+            match read(&first) {
+                Ok(value) => return Ok(value),
+                Err(e) => first_error = Some(e),
             }
-            other => other,
         }
+        for attempt in 0..2 {
+            if attempt == 1 {
+                if !matches!(first_error, Some(RepoError::MissingPack(_))) {
+                    break;
+                }
+                self.index.resync()?;
+            }
+            for location in self.index.locations(id)? {
+                match read(&location) {
+                    Ok(value) => return Ok(value),
+                    Err(e) if first_error.is_none() => first_error = Some(e),
+                    Err(_) => {}
+                }
+            }
+        }
+        Err(first_error.unwrap_or(RepoError::MissingBlob(*id)))
     }
 
     fn load_from(&self, id: &BlobId, location: &index::BlobLocation, out: &mut Vec<u8>) -> Result<(), RepoError> {
@@ -504,18 +560,7 @@ impl Repository {
 
     /// Every pack file present on disk, with its size.
     pub fn list_packs(&self) -> Result<Vec<(PackId, u64)>, RepoError> {
-        let mut packs = Vec::new();
-        let data = self.path("data");
-        for sub in read_dir_sorted(&data)? {
-            for file in read_dir_sorted(&sub)? {
-                let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                if let Some(id) = Id::from_hex(name) {
-                    let size = std::fs::metadata(&file).map_err(io_error(format!("reading {}", file.display())))?.len();
-                    packs.push((id, size));
-                }
-            }
-        }
-        Ok(packs)
+        pack::list_packs(&self.path("data"))
     }
 
     /// Names in `tmp/`: leftovers of interrupted writes, harmless and removed by `prune`.
@@ -534,6 +579,13 @@ impl Repository {
     pub fn free_space(&self) -> Option<u64> {
         fsutil::free_space(&self.root)
     }
+}
+
+/// Does `root` hold packs, index files or snapshot records (of a repository whose config is gone)?
+fn holds_repository_data(root: &Path) -> bool {
+    ["data", "index", "snapshots"]
+        .iter()
+        .any(|dir| std::fs::read_dir(root.join(dir)).is_ok_and(|mut entries| entries.next().is_some()))
 }
 
 fn blob_aad(kind: BlobKind, id: &BlobId) -> [u8; 33] {

@@ -6,11 +6,12 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{fsutil, io_error, BlobId, BlobKind, Id, PackId, RepoError, Repository};
+use super::crypto::Sealer;
+use super::{fsutil, io_error, read_dir_sorted, BlobId, BlobKind, Id, PackId, RepoError, Repository, MAX_BLOB};
 
 pub const PACK_MAGIC: &[u8; 8] = b"PBPACK01";
 const PACK_END: &[u8; 8] = b"PBPKEND1";
@@ -99,7 +100,7 @@ impl PackWriter {
         let file = file.into_inner().map_err(|e| io_error("writing a pack file")(e.into_error()))?;
         let id = Id(*self.hasher.finalize().as_bytes());
         Ok(SealedPack {
-            file: Some(file),
+            file,
             tmp_path: std::mem::take(&mut self.tmp_path),
             final_path: repo.pack_path(&id),
             pack: FinishedPack { id, size: self.offset, entries: std::mem::take(&mut self.entries) },
@@ -108,18 +109,23 @@ impl PackWriter {
 }
 
 impl Drop for PackWriter {
-    /// An abandoned pack (error, interrupted backup) leaves no temp file behind.
+    /// An abandoned pack (error, interrupted backup) leaves no temp file behind; a sealed one has
+    /// handed its path on.
     fn drop(&mut self) {
-        if self.file.is_some() {
-            let _ = std::fs::remove_file(&self.tmp_path);
-        }
+        remove_temp(&self.tmp_path);
+    }
+}
+
+fn remove_temp(path: &std::path::Path) {
+    if !path.as_os_str().is_empty() {
+        let _ = std::fs::remove_file(path);
     }
 }
 
 /// A complete pack in `tmp/`, waiting to be synced and renamed into place. Publishing is kept
 /// apart so that it can run on another thread while the next pack is written.
 pub struct SealedPack {
-    file: Option<File>,
+    file: File,
     tmp_path: PathBuf,
     final_path: PathBuf,
     pack: FinishedPack,
@@ -127,27 +133,31 @@ pub struct SealedPack {
 
 impl SealedPack {
     pub fn publish(mut self) -> Result<FinishedPack, RepoError> {
-        let file = self.file.take().expect("published once");
-        file.sync_all().map_err(io_error("syncing a pack file"))?;
+        self.file.sync_all().map_err(io_error("syncing a pack file"))?;
         fsutil::publish(&self.tmp_path, &self.final_path).map_err(io_error("storing a pack file"))?;
+        self.tmp_path = PathBuf::new();
         Ok(FinishedPack { id: self.pack.id, size: self.pack.size, entries: std::mem::take(&mut self.pack.entries) })
     }
 }
 
 impl Drop for SealedPack {
+    /// A pack that could not be synced or renamed (full disk) leaves no temp file behind.
     fn drop(&mut self) {
-        if self.file.is_some() {
-            let _ = std::fs::remove_file(&self.tmp_path);
-        }
+        remove_temp(&self.tmp_path);
     }
 }
 
 /// Reads a pack's own list of its blobs (used by `check` and to rebuild lost indexes).
 pub fn read_footer(repo: &Repository, pack: &PackId) -> Result<Vec<PackEntry>, RepoError> {
-    let path = repo.pack_path(pack);
+    read_footer_at(repo.sealer(), &repo.pack_path(pack), pack)
+}
+
+/// Reads the footer of the pack file at `path`, checking its magic numbers and bounds, and
+/// that every blob it lists lies inside the pack.
+pub fn read_footer_at(sealer: &Sealer, path: &Path, pack: &PackId) -> Result<Vec<PackEntry>, RepoError> {
     let damaged = |why: &str| RepoError::Corrupt(format!("pack {pack}: {why}"));
-    let file = File::open(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => damaged("missing"),
+    let file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => RepoError::MissingPack(*pack),
         _ => io_error(format!("opening {}", path.display()))(e),
     })?;
     let size = file.metadata().map_err(io_error(format!("reading {}", path.display())))?.len();
@@ -164,11 +174,42 @@ pub fn read_footer(repo: &Repository, pack: &PackId) -> Result<Vec<PackEntry>, R
     if footer_len + (TRAILER_LEN + PACK_MAGIC.len()) as u64 > size {
         return Err(damaged("footer length out of range"));
     }
+    let mut magic = [0u8; 8];
+    file.read_exact_at(&mut magic, 0).map_err(io_error(format!("reading {}", path.display())))?;
+    if &magic != PACK_MAGIC {
+        return Err(damaged("not a pack file (wrong magic number)"));
+    }
     let mut footer = vec![0u8; footer_len as usize];
-    file.read_exact_at(&mut footer, size - TRAILER_LEN as u64 - footer_len)
-        .map_err(io_error(format!("reading {}", path.display())))?;
-    let plain = repo.sealer().open(&footer, FOOTER_AAD).map_err(|e| damaged(&format!("footer: {e}")))?;
-    let (entries, _): (Vec<PackEntry>, usize) = bincode::serde::decode_from_slice(&plain, bincode::config::standard())
-        .map_err(|_| damaged("footer does not decode"))?;
+    let footer_at = size - TRAILER_LEN as u64 - footer_len;
+    file.read_exact_at(&mut footer, footer_at).map_err(io_error(format!("reading {}", path.display())))?;
+    let plain = sealer.open(&footer, FOOTER_AAD).map_err(|e| damaged(&format!("footer: {e}")))?;
+    let entries: Vec<PackEntry> = super::decode_record(&plain).map_err(|_| damaged("footer does not decode"))?;
+    let inside = entries.iter().all(|e| {
+        e.offset as u64 >= PACK_MAGIC.len() as u64
+            && e.offset as u64 + e.len as u64 <= footer_at
+            && e.raw_len <= MAX_BLOB
+    });
+    if !inside {
+        return Err(damaged("footer lists a blob outside the pack"));
+    }
     Ok(entries)
+}
+
+/// Every pack file under `data` (the repository's `data/` folder), with its size.
+pub fn list_packs(data: &Path) -> Result<Vec<(PackId, u64)>, RepoError> {
+    let mut packs = Vec::new();
+    let subs = match read_dir_sorted(data) {
+        Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(packs),
+        other => other?,
+    };
+    for sub in subs {
+        for file in read_dir_sorted(&sub)? {
+            let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if let Some(id) = Id::from_hex(name) {
+                let size = std::fs::metadata(&file).map_err(io_error(format!("reading {}", file.display())))?.len();
+                packs.push((id, size));
+            }
+        }
+    }
+    Ok(packs)
 }

@@ -7,8 +7,8 @@ use std::collections::VecDeque;
 use std::thread::JoinHandle;
 
 use super::index::write_index;
-use super::pack::{FinishedPack, PackWriter};
-use super::{BlobId, BlobKind, RepoError, Repository};
+use super::pack::{FinishedPack, PackEntry, PackWriter};
+use super::{BlobId, BlobKind, PackId, RepoError, Repository};
 
 const PACKS_PER_INDEX: usize = 8;
 /// Packs being synced at once; more waits, which bounds memory and dirty pages.
@@ -40,6 +40,12 @@ impl<'a> Packer<'a> {
             unindexed: Vec::new(),
             report: PackerReport::default(),
         }
+    }
+
+    /// Has the next index file also cover `packs`: complete packs on disk that no index covers
+    /// (left by an interrupted run), so their blobs are reused instead of stored again.
+    pub fn adopt(&mut self, packs: Vec<(PackId, Vec<PackEntry>)>) {
+        self.unindexed.extend(packs.into_iter().map(|(id, entries)| FinishedPack { id, size: 0, entries }));
     }
 
     pub fn add(&mut self, id: BlobId, kind: BlobKind, stored: &[u8], raw_len: u32) -> Result<(), RepoError> {
@@ -103,5 +109,15 @@ impl<'a> Packer<'a> {
         }
         self.write_index()?;
         Ok(self.report)
+    }
+}
+
+impl Drop for Packer<'_> {
+    /// A packer given up on (a failed write) waits for its packs being synced, so that none is
+    /// left half-published in `tmp/` when the process exits.
+    fn drop(&mut self) {
+        for handle in self.syncing.drain(..) {
+            let _ = handle.join();
+        }
     }
 }

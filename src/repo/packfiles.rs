@@ -12,7 +12,7 @@ use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -31,6 +31,12 @@ const READ_AHEAD: u64 = 4 << 20;
 const READ_AHEAD_DIRECT: u64 = DIRECT_FROM as u64;
 /// Open descriptors kept (reopening is cheap).
 const KEPT_OPEN: usize = 256;
+
+/// Where pack `pack` lives under the repository's `data/` folder.
+pub fn pack_path(data: &Path, pack: &PackId) -> PathBuf {
+    let hex = pack.to_hex();
+    data.join(&hex[..2]).join(hex)
+}
 
 pub struct PackFiles {
     data: PathBuf,
@@ -55,8 +61,7 @@ impl PackFiles {
     }
 
     pub fn path(&self, pack: &PackId) -> PathBuf {
-        let hex = pack.to_hex();
-        self.data.join(&hex[..2]).join(hex)
+        pack_path(&self.data, pack)
     }
 
     /// Read whole chunks of `DIRECT_FROM` bytes and more past the page cache from now on.

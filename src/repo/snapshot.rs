@@ -81,12 +81,48 @@ pub fn save(repo: &Repository, snapshot: &Snapshot) -> Result<SnapshotId, RepoEr
     Ok(id)
 }
 
+/// Snapshot records are a few hundred bytes; a larger file is damage, not something to read.
+const MAX_RECORD: u64 = 1 << 20;
+
 pub fn load(repo: &Repository, id: &SnapshotId) -> Result<Snapshot, RepoError> {
     let path = repo.path(&format!("snapshots/{}", id.to_hex()));
-    let sealed = std::fs::read(&path).map_err(io_error(format!("reading {}", path.display())))?;
-    let damaged = |why: String| RepoError::Corrupt(format!("snapshot {id}: {why}"));
+    let damaged = |why: String| RepoError::Corrupt(format!("snapshot record {id}: {why}"));
+    let file = std::fs::File::open(&path).map_err(io_error(format!("reading {}", path.display())))?;
+    let mut sealed = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_RECORD + 1), &mut sealed)
+        .map_err(io_error(format!("reading {}", path.display())))?;
+    if sealed.len() as u64 > MAX_RECORD {
+        return Err(damaged("larger than any snapshot record".into()));
+    }
     let plain = repo.sealer().open(&sealed, SNAPSHOT_AAD).map_err(|e| damaged(e.to_string()))?;
-    serde_json::from_slice(&plain).map_err(|e| damaged(e.to_string()))
+    let snapshot: Snapshot = serde_json::from_slice(&plain).map_err(|e| damaged(e.to_string()))?;
+    validate_device_name(&snapshot.device).map_err(damaged)?;
+    Ok(snapshot)
+}
+
+/// A snapshot record that could not be read: skipped by every command, named by `check`, moved
+/// aside by `repair snapshots`.
+#[derive(Clone, Debug)]
+pub struct DamagedRecord {
+    pub id: SnapshotId,
+    pub why: String,
+}
+
+/// Snapshot records that loaded, by id.
+pub type Loaded = Vec<(SnapshotId, Snapshot)>;
+
+/// Every snapshot record: the ones that load, and the ones that do not.
+pub fn load_all(repo: &Repository) -> Result<(Loaded, Vec<DamagedRecord>), RepoError> {
+    let (mut good, mut damaged) = (Vec::new(), Vec::new());
+    for id in list_ids(repo)? {
+        match load(repo, &id) {
+            Ok(snapshot) => good.push((id, snapshot)),
+            // Removed meanwhile (a forget): not damage.
+            Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => damaged.push(DamagedRecord { id, why: e.to_string() }),
+        }
+    }
+    Ok((good, damaged))
 }
 
 pub fn remove(repo: &Repository, id: &SnapshotId) -> Result<(), RepoError> {
@@ -99,13 +135,14 @@ pub fn list_ids(repo: &Repository) -> Result<Vec<SnapshotId>, RepoError> {
     Ok(paths.iter().filter_map(|p| p.file_name().and_then(|n| n.to_str()).and_then(Id::from_hex)).collect())
 }
 
-/// Every snapshot, oldest first.
+/// Every snapshot that can be read, oldest first. A damaged record is skipped, and said (once)
+/// through the repository's warnings: one damaged file must not lock every snapshot away.
 pub fn list(repo: &Repository) -> Result<Vec<SnapshotInfo>, RepoError> {
-    let mut loaded = Vec::new();
-    for id in list_ids(repo)? {
-        loaded.push((id, load(repo, &id)?));
+    let (good, damaged) = load_all(repo)?;
+    for record in damaged {
+        repo.warnings().warn(&format!("{}: skipped (`phonebak repair snapshots` moves it aside)", record.why));
     }
-    Ok(name_snapshots(loaded))
+    Ok(name_snapshots(good))
 }
 
 /// Orders snapshots by time and gives each its display name; a second snapshot of a device in

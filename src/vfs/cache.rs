@@ -120,13 +120,18 @@ impl ChunkCache {
             return result.clone().expect("set before notify");
         };
         let (id, frame) = key;
-        let loaded = match frame {
-            WHOLE => self.repo.load_blob_into(&id, &mut buffer),
-            number => self.repo.load_frame(&id, number, &mut buffer),
-        };
+        // A load that panics must still answer its waiters, or they would wait forever.
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            match frame {
+                WHOLE => self.repo.load_blob_into(&id, &mut buffer),
+                number => self.repo.load_frame(&id, number, &mut buffer),
+            }
+            .map(|()| buffer)
+        }));
         let result = match loaded {
-            Ok(()) => Ok(Arc::new(buffer)),
-            Err(e) => Err(LoadError { damaged: e.is_corruption(), message: e.to_string() }),
+            Ok(Ok(buffer)) => Ok(Arc::new(buffer)),
+            Ok(Err(e)) => Err(LoadError { damaged: e.is_corruption(), message: e.to_string() }),
+            Err(_) => Err(LoadError { damaged: false, message: format!("loading chunk {id} failed unexpectedly") }),
         };
         {
             let mut state = self.state.lock().expect("cache lock");

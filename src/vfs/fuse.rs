@@ -38,12 +38,15 @@ fn errno(e: &VfsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// A stored time as the kernel's; one the platform cannot represent shows as the epoch.
 fn system_time(sec: i64, nsec: u32) -> SystemTime {
-    if sec >= 0 {
-        UNIX_EPOCH + Duration::new(sec as u64, nsec)
+    let nsec = Duration::from_nanos(nsec.min(999_999_999) as u64);
+    let time = if sec >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(sec as u64))
     } else {
-        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
-    }
+        UNIX_EPOCH.checked_sub(Duration::from_secs(sec.unsigned_abs()))
+    };
+    time.and_then(|t| t.checked_add(nsec)).unwrap_or(UNIX_EPOCH)
 }
 
 fn file_attr(attr: &Attr) -> FileAttr {

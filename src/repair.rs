@@ -1,0 +1,284 @@
+//! `repair`: put a damaged repository back in order without losing anything that can be saved.
+//! Nothing is deleted that holds data: damaged packs and snapshot records are moved aside into
+//! `damaged/` (see docs/FORMAT.md), where they stay until the user removes them.
+//!
+//! - `index`: one new index from the packs' own lists (footers), replacing every index file.
+//! - `packs`: reads every pack; the intact blobs of damaged packs are copied to new packs, the
+//!   damaged packs moved aside, and the index rebuilt, so that damaged blobs are no longer known
+//!   and the next backup of a phone that still has them stores them again.
+//! - `snapshots`: damaged snapshot records are moved aside; snapshots that need blobs no pack
+//!   holds are rewritten without the files (and folders) that are lost, tagged `repaired`, and
+//!   the original record moved aside.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::check::verify_pack;
+use crate::progress::Progress;
+use crate::repo::index::{write_index, BlobLocation};
+use crate::repo::lock::{LockKind, RepoLock};
+use crate::repo::pack::{read_footer, PackEntry};
+use crate::repo::packer::Packer;
+use crate::repo::snapshot::{self, Snapshot};
+use crate::repo::{fsync_dir, io_error, BlobId, BlobKind, PackId, RepoError, Repository, SnapshotId};
+use crate::tree::{load_tree, Entry, Node, Tree};
+
+/// Where damaged files are moved, inside the repository.
+pub const DAMAGED_DIR: &str = "damaged";
+/// The tag a rewritten snapshot carries.
+pub const REPAIRED_TAG: &str = "repaired";
+
+#[derive(Debug, Default)]
+pub struct IndexRepair {
+    pub packs_read: u64,
+    pub blobs_indexed: u64,
+    pub index_files_replaced: u64,
+    /// Packs whose own list cannot be read, with why: left in place (`repair packs`).
+    pub unreadable_packs: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct PackRepair {
+    pub packs_checked: u64,
+    /// Damaged packs moved aside, each with what was wrong.
+    pub moved_aside: Vec<String>,
+    pub blobs_salvaged: u64,
+    pub blobs_lost: u64,
+    pub index: IndexRepair,
+}
+
+#[derive(Debug, Default)]
+pub struct SnapshotRepair {
+    /// Damaged records moved aside, each with why.
+    pub records_moved_aside: Vec<String>,
+    /// Snapshots rewritten: (old short id, new short id, device, lost paths).
+    pub rewritten: Vec<(String, String, String, Vec<String>)>,
+    /// Snapshots whose whole root folder is lost: their records are moved aside.
+    pub unrecoverable: Vec<String>,
+}
+
+pub fn index(repo: &Repository) -> Result<IndexRepair, RepoError> {
+    let lock = RepoLock::acquire(repo, LockKind::Exclusive, "repair index")?;
+    rebuild_index(repo, &lock, &HashSet::new())
+}
+
+/// Writes one index of every readable pack except `leave_out`, then removes every other index
+/// file: the index then says exactly what the packs say.
+fn rebuild_index(repo: &Repository, lock: &RepoLock, leave_out: &HashSet<PackId>) -> Result<IndexRepair, RepoError> {
+    let mut report = IndexRepair::default();
+    let mut covered: Vec<(PackId, Vec<PackEntry>)> = Vec::new();
+    let packs = repo.list_packs()?;
+    let progress = Progress::items("repair index", packs.len() as u64);
+    for (pack, _) in packs {
+        progress.add(1);
+        if leave_out.contains(&pack) {
+            continue;
+        }
+        match read_footer(repo, &pack) {
+            Ok(entries) => {
+                report.packs_read += 1;
+                report.blobs_indexed += entries.len() as u64;
+                covered.push((pack, entries));
+            }
+            Err(e) => report.unreadable_packs.push(e.to_string()),
+        }
+    }
+    progress.finish();
+    let old: Vec<PathBuf> = list_files(&repo.path("index"))?;
+    lock.ensure_held()?;
+    let new = write_index(repo, covered.iter().map(|(p, e)| (p, e.as_slice())))?;
+    for path in old {
+        if path.file_name().and_then(|n| n.to_str()) != Some(new.to_hex().as_str()) {
+            repo.remove_file(&path)?;
+            report.index_files_replaced += 1;
+        }
+    }
+    fsync_dir(&repo.path("index")).map_err(io_error("syncing the index folder"))?;
+    Ok(report)
+}
+
+fn list_files(dir: &Path) -> Result<Vec<PathBuf>, RepoError> {
+    match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_error(format!("listing {}", dir.display()))(e)),
+        Ok(entries) => Ok(entries.filter_map(|e| e.ok().map(|e| e.path())).collect()),
+    }
+}
+
+/// Moves `from` (a file of the repository) to `damaged/<kind>/<name>`, durably.
+fn move_aside(repo: &Repository, from: &Path, kind: &str) -> Result<(), RepoError> {
+    let dir = repo.path(DAMAGED_DIR).join(kind);
+    std::fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
+    let name = from.file_name().expect("repository files have names");
+    std::fs::rename(from, dir.join(name)).map_err(io_error(format!("moving {} aside", from.display())))?;
+    fsync_dir(&dir).map_err(io_error(format!("syncing {}", dir.display())))?;
+    let parent = from.parent().expect("repository files live in folders");
+    fsync_dir(parent).map_err(io_error(format!("syncing {}", parent.display())))
+}
+
+pub fn packs(repo: &Repository) -> Result<PackRepair, RepoError> {
+    let lock = RepoLock::acquire(repo, LockKind::Exclusive, "repair packs")?;
+    let mut report = PackRepair::default();
+    let on_disk: HashMap<PackId, u64> = repo.list_packs()?.into_iter().collect();
+    let mut by_pack: HashMap<PackId, Vec<BlobLocation>> = HashMap::new();
+    repo.index().for_each(|loc| by_pack.entry(loc.pack).or_default().push(loc))?;
+    let unreadable: HashSet<PackId> = repo.index().unreadable_packs().into_iter().map(|(p, _)| p).collect();
+
+    let progress = Progress::items("repair packs", on_disk.len() as u64);
+    let mut damaged: Vec<(PackId, String, Vec<BlobLocation>)> = Vec::new();
+    for pack in on_disk.keys() {
+        progress.add(1);
+        report.packs_checked += 1;
+        let mut entries = by_pack.remove(pack).unwrap_or_default();
+        entries.sort_by_key(|e| (e.offset, e.id));
+        entries.dedup_by_key(|e| (e.offset, e.id));
+        let footer_ok = read_footer(repo, pack).is_ok();
+        let (bad, error) = verify_pack(repo, pack, &entries);
+        match error {
+            Some(why) => damaged.push((*pack, why, entries.into_iter().filter(|e| !bad.contains(&e.id)).collect())),
+            None if !footer_ok || unreadable.contains(pack) => {
+                damaged.push((*pack, format!("pack {pack}: its own list is damaged"), entries))
+            }
+            None => {}
+        }
+    }
+    progress.finish();
+
+    // Intact blobs of damaged packs go to new packs first; they are indexed when it finishes.
+    let mut packer = Packer::new(repo);
+    let mut salvaged: HashSet<BlobId> = HashSet::new();
+    for (pack, _, intact) in &damaged {
+        for blob in intact {
+            if !salvaged.insert(blob.id) {
+                continue;
+            }
+            let stored = repo.read_pack_range(pack, blob.offset as u64, blob.len as usize)?;
+            packer.add(blob.id, blob.kind, &stored, blob.raw_len)?;
+            report.blobs_salvaged += 1;
+        }
+    }
+    packer.finish()?;
+    let leave_out: HashSet<PackId> = damaged.iter().map(|(p, _, _)| *p).collect();
+    report.index = rebuild_index(repo, &lock, &leave_out)?;
+    for (pack, why, intact) in damaged {
+        report.blobs_lost += by_pack_count(repo, &pack).saturating_sub(intact.len() as u64);
+        lock.ensure_held()?;
+        move_aside(repo, &repo.pack_path(&pack), "data")?;
+        report.moved_aside.push(why);
+    }
+    Ok(report)
+}
+
+/// How many blobs a pack's own list names (0 when it cannot be read).
+fn by_pack_count(repo: &Repository, pack: &PackId) -> u64 {
+    read_footer(repo, pack).map(|f| f.len() as u64).unwrap_or(0)
+}
+
+pub fn snapshots(repo: &Repository) -> Result<SnapshotRepair, RepoError> {
+    let lock = RepoLock::acquire(repo, LockKind::Exclusive, "repair snapshots")?;
+    let mut report = SnapshotRepair::default();
+    let (snapshots, damaged) = snapshot::load_all(repo)?;
+    for record in damaged {
+        lock.ensure_held()?;
+        move_aside(repo, &repo.path(&format!("snapshots/{}", record.id.to_hex())), "snapshots")?;
+        report.records_moved_aside.push(record.why);
+    }
+    let on_disk: HashSet<PackId> = repo.list_packs()?.into_iter().map(|(p, _)| p).collect();
+    let mut present: HashSet<BlobId> = HashSet::new();
+    repo.index().for_each(|loc| {
+        if on_disk.contains(&loc.pack) {
+            present.insert(loc.id);
+        }
+    })?;
+
+    let mut packer = Packer::new(repo);
+    let mut rewriter =
+        Rewriter { repo, present: &present, packer: &mut packer, memo: HashMap::new(), written: HashSet::new() };
+    let mut plans: Vec<(SnapshotId, Snapshot, Option<BlobId>, Vec<String>)> = Vec::new();
+    for (id, snapshot) in snapshots {
+        let mut lost = Vec::new();
+        let root = rewriter.rewrite(&snapshot.root, Path::new(""), &mut lost)?;
+        if root == Some(snapshot.root) {
+            continue;
+        }
+        plans.push((id, snapshot, root, lost));
+    }
+    packer.finish()?;
+    for (id, snapshot, root, lost) in plans {
+        lock.ensure_held()?;
+        let old = repo.path(&format!("snapshots/{}", id.to_hex()));
+        match root {
+            Some(root) => {
+                let mut repaired = Snapshot { root, ..snapshot.clone() };
+                if !repaired.tags.iter().any(|t| t == REPAIRED_TAG) {
+                    repaired.tags.push(REPAIRED_TAG.into());
+                }
+                // The new record is durable before the old one moves: a crash leaves both.
+                let new_id = snapshot::save(repo, &repaired)?;
+                move_aside(repo, &old, "snapshots")?;
+                report.rewritten.push((id.short(), new_id.short(), snapshot.device.clone(), lost));
+            }
+            None => {
+                move_aside(repo, &old, "snapshots")?;
+                report.unrecoverable.push(format!("{} ({})", id.short(), snapshot.device));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Rewrites trees without what is lost, each distinct tree once.
+struct Rewriter<'a, 'p> {
+    repo: &'a Repository,
+    present: &'a HashSet<BlobId>,
+    packer: &'a mut Packer<'p>,
+    /// Tree id -> its rewritten id (None: the tree itself is lost), with the lost paths below it.
+    memo: HashMap<BlobId, (Option<BlobId>, Vec<String>)>,
+    written: HashSet<BlobId>,
+}
+
+impl Rewriter<'_, '_> {
+    fn rewrite(&mut self, tree_id: &BlobId, at: &Path, lost: &mut Vec<String>) -> Result<Option<BlobId>, RepoError> {
+        if let Some((new, below)) = self.memo.get(tree_id) {
+            lost.extend(below.iter().map(|p| at.join(p).display().to_string()));
+            return Ok(*new);
+        }
+        let mut below = Vec::new();
+        let new = self.rewrite_uncached(tree_id, &mut below)?;
+        lost.extend(below.iter().map(|p| at.join(p).display().to_string()));
+        self.memo.insert(*tree_id, (new, below));
+        Ok(new)
+    }
+
+    fn rewrite_uncached(&mut self, tree_id: &BlobId, lost: &mut Vec<String>) -> Result<Option<BlobId>, RepoError> {
+        if !self.present.contains(tree_id) {
+            return Ok(None);
+        }
+        let tree = match load_tree(self.repo, tree_id) {
+            Ok(tree) => tree,
+            Err(e) if e.is_corruption() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut kept = Tree::default();
+        for entry in tree.entries {
+            let name = PathBuf::from(entry.name_os());
+            match &entry.node {
+                Node::Dir { tree } => match self.rewrite(tree, &name, lost)? {
+                    Some(new) => kept.entries.push(Entry { node: Node::Dir { tree: new }, ..entry }),
+                    None => lost.push(format!("{}/", name.display())),
+                },
+                Node::File { chunks, .. } if chunks.iter().any(|c| !self.present.contains(&c.id)) => {
+                    lost.push(name.display().to_string());
+                }
+                _ => kept.entries.push(entry),
+            }
+        }
+        let plain = kept.encode();
+        let id = self.repo.blob_id(&plain);
+        if id != *tree_id && !self.present.contains(&id) && self.written.insert(id) {
+            let stored = self.repo.encode_blob(BlobKind::Tree, &id, &plain);
+            self.packer.add(id, BlobKind::Tree, &stored, plain.len() as u32)?;
+        }
+        Ok(Some(id))
+    }
+}
