@@ -40,7 +40,8 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
             named.join("; ")
         )));
     }
-    let used = used_blobs(repo, &snapshots)?;
+    let (used, unreadable_trees) = used_blobs(repo, &snapshots)?;
+    refuse_if_lost(repo, &snapshots, &unreadable_trees, "are folder listings that cannot be read")?;
     let on_disk: HashMap<PackId, u64> = repo.list_packs()?.into_iter().collect();
     // Every copy of every blob, in packs that exist; a pack's entries once each.
     let mut copies: HashMap<BlobId, Vec<BlobLocation>> = HashMap::new();
@@ -170,16 +171,28 @@ fn refuse_if_lost(
     )))
 }
 
-/// Every tree and chunk some snapshot needs. A tree that cannot be read stops the prune: what
-/// it references is unknown, and deleting it could lose data.
-fn used_blobs(repo: &Repository, snapshots: &[(SnapshotId, Snapshot)]) -> Result<HashSet<BlobId>, RepoError> {
+/// Every tree and chunk some snapshot needs, and the trees that cannot be read: those stop the
+/// prune, since what they reference is unknown and deleting it could lose data.
+fn used_blobs(
+    repo: &Repository,
+    snapshots: &[(SnapshotId, Snapshot)],
+) -> Result<(HashSet<BlobId>, HashSet<BlobId>), RepoError> {
     let mut used = HashSet::new();
+    let mut unreadable = HashSet::new();
     let mut pending: Vec<BlobId> = snapshots.iter().map(|(_, s)| s.root).collect();
     while let Some(tree_id) = pending.pop() {
         if !used.insert(tree_id) {
             continue;
         }
-        for entry in load_tree(repo, &tree_id)?.entries {
+        let tree = match load_tree(repo, &tree_id) {
+            Ok(tree) => tree,
+            Err(e) if e.is_corruption() => {
+                unreadable.insert(tree_id);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for entry in tree.entries {
             match entry.node {
                 Node::Dir { tree } => pending.push(tree),
                 Node::File { chunks, .. } => used.extend(chunks.iter().map(|c| c.id)),
@@ -187,7 +200,7 @@ fn used_blobs(repo: &Repository, snapshots: &[(SnapshotId, Snapshot)]) -> Result
             }
         }
     }
-    Ok(used)
+    Ok((used, unreadable))
 }
 
 fn remove_old_temp_files(repo: &Repository) -> Result<(), RepoError> {

@@ -110,6 +110,7 @@ fn move_aside(repo: &Repository, from: &Path, kind: &str) -> Result<(), RepoErro
     let dir = repo.path(DAMAGED_DIR).join(kind);
     std::fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
     let name = from.file_name().expect("repository files have names");
+    crate::repo::crash_point("rename", from);
     std::fs::rename(from, dir.join(name)).map_err(io_error(format!("moving {} aside", from.display())))?;
     fsync_dir(&dir).map_err(io_error(format!("syncing {}", dir.display())))?;
     let parent = from.parent().expect("repository files live in folders");

@@ -10,6 +10,7 @@ pub fn write_atomic(tmp_dir: &Path, target: &Path, bytes: &[u8]) -> io::Result<(
         let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
+        crash_point("sync", &tmp);
         publish(&tmp, target)
     })();
     if result.is_err() {
@@ -32,8 +33,35 @@ pub fn publish(tmp: &Path, target: &Path) -> io::Result<()> {
 }
 
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()?;
+    crash_point("sync-dir", dir);
+    Ok(())
 }
+
+/// A durable step of a write (`sync` of a file, `sync-dir`), or a `remove` or `rename` about to
+/// happen to `path`. In a build with the `test-hooks` feature, `PHONEBAK_CRASH_AT=N` kills the
+/// process (SIGKILL) at the Nth such point, and `PHONEBAK_CRASH_COUNT=FILE` appends
+/// `N TAB step TAB path` per point, so that a test can stop a command after every prefix of its
+/// writes, and also undo what a power cut would (removals whose folder was not synced since).
+#[cfg(feature = "test-hooks")]
+pub fn crash_point(step: &str, path: &Path) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static REACHED: AtomicU64 = AtomicU64::new(0);
+    let n = REACHED.fetch_add(1, Ordering::SeqCst) + 1;
+    if let Some(log) = std::env::var_os("PHONEBAK_CRASH_COUNT") {
+        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(file, "{n}\t{step}\t{}", path.display());
+        }
+    }
+    if std::env::var("PHONEBAK_CRASH_AT").ok().and_then(|v| v.parse::<u64>().ok()) == Some(n) {
+        // SAFETY: sends SIGKILL to this process: nothing after this point runs.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn crash_point(_step: &str, _path: &Path) {}
 
 pub fn free_space(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;

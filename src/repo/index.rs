@@ -17,7 +17,9 @@ use super::crypto::Sealer;
 use super::pack::{list_packs, read_footer_at, PackEntry};
 use super::packfiles::pack_path;
 use super::warnings::Warnings;
-use super::{decode_record, io_error, read_dir_sorted, BlobId, BlobKind, Id, PackId, RepoError, Repository, MAX_BLOB};
+use super::{
+    decode_record, io_error, read_dir_sorted, BlobId, BlobKind, Id, PackId, RepoError, Repository, MAX_BLOB, MAX_STORED,
+};
 
 const INDEX_MAGIC: &[u8; 8] = b"PBIDX001";
 const INDEX_END: &[u8; 8] = b"PBIDXEND";
@@ -406,7 +408,9 @@ impl IndexFile {
         if entries.first().map(|e| e.id) != Some(page_ref.first) || !sorted || entries.len() > ENTRIES_PER_PAGE {
             return Err(damaged(&self.id, &format!("page {number} is out of order")));
         }
-        if entries.iter().any(|e| e.pack as usize >= self.header.packs.len() || e.raw_len > MAX_BLOB) {
+        let out_of_range =
+            |e: &IndexEntry| e.pack as usize >= self.header.packs.len() || e.raw_len > MAX_BLOB || e.len > MAX_STORED;
+        if entries.iter().any(out_of_range) {
             return Err(damaged(&self.id, &format!("page {number} has an entry out of range")));
         }
         Ok(entries)
@@ -448,8 +452,13 @@ fn read_header(sealer: &Sealer, id: &Id, file: &File) -> Result<Header, RepoErro
         .pages
         .iter()
         .all(|p| p.offset >= INDEX_MAGIC.len() as u64 && p.offset.saturating_add(p.len as u64) <= offset);
-    if !pages_in_range {
-        return Err(damaged(id, "page out of range"));
+    // Lookups binary-search the pages by their first id, and pages lie one after another.
+    let pages_in_order = header
+        .pages
+        .windows(2)
+        .all(|w| w[0].first < w[1].first && w[0].offset.saturating_add(w[0].len as u64) <= w[1].offset);
+    if !pages_in_range || !pages_in_order {
+        return Err(damaged(id, "page out of range or out of order"));
     }
     Ok(header)
 }

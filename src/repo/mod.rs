@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunker::ChunkerParams;
 use config::{Config, FORMAT_VERSION};
 use crypto::{KdfParams, MasterKeys, Sealer};
-pub use fsutil::fsync_dir;
+pub use fsutil::{crash_point, fsync_dir};
 use index::Index;
 use packfiles::PackFiles;
 use warnings::Warnings;
@@ -163,8 +163,10 @@ pub const FRAME_LEN: usize = 64 * 1024;
 /// and a tree of a folder with a million files is about 100 MiB. Lengths read from disk are
 /// checked against it before anything is allocated.
 pub const MAX_BLOB: u32 = 256 << 20;
+/// The largest stored (sealed) blob: `MAX_BLOB` plus at most 28 bytes per 64 KiB frame.
+pub const MAX_STORED: u32 = MAX_BLOB + MAX_BLOB / 1024;
 /// The most bytes a record decoded from disk (tree, index page or header, pack footer) may
-/// claim; bincode refuses larger length prefixes before allocating.
+/// decode to; length prefixes never preallocate more than serde's cautious 1 MiB either.
 const RECORD_LIMIT: usize = 512 << 20;
 
 /// Decodes one bincode record (docs/FORMAT.md: `config::standard()`) that must fill `bytes`
@@ -569,6 +571,7 @@ impl Repository {
     }
 
     pub fn remove_file(&self, path: &Path) -> Result<(), RepoError> {
+        fsutil::crash_point("remove", path);
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(format!("removing {}", path.display()))(e)),
             _ => Ok(()),

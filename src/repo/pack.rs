@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::crypto::Sealer;
-use super::{fsutil, io_error, read_dir_sorted, BlobId, BlobKind, Id, PackId, RepoError, Repository, MAX_BLOB};
+use super::{
+    fsutil, io_error, read_dir_sorted, BlobId, BlobKind, Id, PackId, RepoError, Repository, MAX_BLOB, MAX_STORED,
+};
 
 pub const PACK_MAGIC: &[u8; 8] = b"PBPACK01";
 const PACK_END: &[u8; 8] = b"PBPKEND1";
@@ -134,6 +136,7 @@ pub struct SealedPack {
 impl SealedPack {
     pub fn publish(mut self) -> Result<FinishedPack, RepoError> {
         self.file.sync_all().map_err(io_error("syncing a pack file"))?;
+        fsutil::crash_point("sync", &self.tmp_path);
         fsutil::publish(&self.tmp_path, &self.final_path).map_err(io_error("storing a pack file"))?;
         self.tmp_path = PathBuf::new();
         Ok(FinishedPack { id: self.pack.id, size: self.pack.size, entries: std::mem::take(&mut self.pack.entries) })
@@ -188,6 +191,7 @@ pub fn read_footer_at(sealer: &Sealer, path: &Path, pack: &PackId) -> Result<Vec
         e.offset as u64 >= PACK_MAGIC.len() as u64
             && e.offset as u64 + e.len as u64 <= footer_at
             && e.raw_len <= MAX_BLOB
+            && e.len <= MAX_STORED
     });
     if !inside {
         return Err(damaged("footer lists a blob outside the pack"));

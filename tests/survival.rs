@@ -1,0 +1,393 @@
+//! Issue 13: one damaged file never locks every snapshot away, damage is never copied forward
+//! or made permanent by prune, and `repair` puts a damaged repository back in order.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut all: Vec<PathBuf> =
+        std::fs::read_dir(dir).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    all.sort();
+    all
+}
+
+fn flip_byte(path: &Path, at: usize) {
+    let mut content = std::fs::read(path).unwrap();
+    let at = at.min(content.len() - 1);
+    content[at] ^= 0x10;
+    std::fs::write(path, content).unwrap();
+}
+
+fn backup(s: &Scratch, phone: &Path) -> serde_json::Value {
+    s.json(&["backup", "--device", "p", phone.to_str().unwrap()])
+}
+
+fn snapshot_ids(s: &Scratch) -> Vec<String> {
+    s.json(&["snapshots"]).as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_string()).collect()
+}
+
+fn restore_ok(s: &Scratch, spec: &str, expected: &Path, name: &str) {
+    let out = s.path(name);
+    let done = s.run(&["restore", spec, "--target", out.to_str().unwrap()]);
+    assert!(done.status.success(), "restore {spec}: {}", stderr(&done));
+    assert_same_tree(expected, &out);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+fn check_ok(s: &Scratch, read_data: bool) {
+    let args: &[&str] = if read_data { &["check", "--read-data"] } else { &["check"] };
+    let out = s.run(args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Two snapshots of a phone, the second with more files; returns copies of both states.
+fn two_snapshots(s: &Scratch) -> (PathBuf, PathBuf, PathBuf) {
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    backup(s, &phone);
+    let first = s.path("first-state");
+    copy_tree(&phone, &first);
+    write(&phone.join("DCIM/Camera/IMG_0003.jpg"), &bytes(30, 900_000, false));
+    write(&phone.join("Documents/later.txt"), &bytes(31, 20_000, true));
+    backup(s, &phone);
+    let second = s.path("second-state");
+    copy_tree(&phone, &second);
+    (phone, first, second)
+}
+
+#[test]
+fn a_damaged_snapshot_record_is_skipped_by_every_command_and_moved_aside_by_repair() {
+    for damage in ["truncate", "flip"] {
+        let s = Scratch::with_repo();
+        let (phone, _first, second) = two_snapshots(&s);
+        let ids = snapshot_ids(&s);
+        let (victim, survivor) = (&ids[0], &ids[1]);
+        let record = s.repo.join("snapshots").join(victim);
+        match damage {
+            "truncate" => std::fs::write(&record, b"").unwrap(),
+            _ => flip_byte(&record, 40),
+        }
+
+        let listed = s.run(&["snapshots", "--json"]);
+        assert_eq!(code(&listed), 0, "{damage}: {}", stderr(&listed));
+        assert!(stderr(&listed).contains(&format!("snapshot record {victim}")), "named: {}", stderr(&listed));
+        let list: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+        assert_eq!(list.as_array().unwrap().len(), 1);
+        assert_eq!(list[0]["id"].as_str().unwrap(), survivor);
+        restore_ok(&s, &survivor[..12], &second, "restored");
+        s.ok(&["stats"]);
+        s.ok(&["ls", "latest"]);
+        backup(&s, &phone);
+        s.ok(&["forget", "--keep-last", "1"]);
+
+        let prune = s.run(&["prune"]);
+        assert_eq!(code(&prune), 13, "prune must not delete what the damaged record may need");
+        assert!(stderr(&prune).contains(victim) && stderr(&prune).contains("repair snapshots"), "{}", stderr(&prune));
+        let check = s.run(&["check"]);
+        assert_eq!(code(&check), 13);
+        let report = String::from_utf8_lossy(&check.stdout);
+        assert!(report.contains(victim.as_str()) && report.contains("repair: phonebak repair snapshots"), "{report}");
+
+        let repaired = s.ok(&["repair", "snapshots"]);
+        assert!(repaired.contains("moved aside"), "{repaired}");
+        assert!(s.repo.join("damaged/snapshots").join(victim).exists(), "kept, not deleted");
+        check_ok(&s, true);
+        s.ok(&["prune"]);
+        check_ok(&s, true);
+        restore_ok(&s, "latest", &second, "after-prune");
+    }
+}
+
+#[test]
+fn the_mount_shows_the_good_snapshots_and_logs_the_damaged_record() {
+    let s = Scratch::with_repo();
+    let (_phone, _first, second) = two_snapshots(&s);
+    let ids = snapshot_ids(&s);
+    std::fs::write(s.repo.join("snapshots").join(&ids[0]), b"").unwrap();
+    let log = s.path("mount.log");
+    let mounted = Mounted::new(&s, &["-o", &format!("log={}", log.display())]);
+    let device = mounted.snapshots().join("p");
+    let shown = names(&device);
+    assert_eq!(shown.len(), 2, "one snapshot folder and latest: {shown:?}");
+    let copy = s.path("copied");
+    assert!(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(device.join("latest/"))
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success());
+    assert_same_tree_but_owner(&second, &copy);
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.contains(&format!("snapshot record {}", ids[0])), "logged: {logged}");
+}
+
+/// The index files, newest layout first.
+fn index_files(s: &Scratch) -> Vec<PathBuf> {
+    files_in(&s.repo.join("index"))
+}
+
+#[test]
+fn index_damage_is_never_worse_than_a_slower_start() {
+    for damage in ["truncate-one", "flip-a-page", "delete-folder", "delete-all"] {
+        let s = Scratch::with_repo();
+        let (phone, first, second) = two_snapshots(&s);
+        let ids = snapshot_ids(&s);
+        match damage {
+            "truncate-one" => {
+                let victim = &index_files(&s)[0];
+                let len = std::fs::metadata(victim).unwrap().len();
+                std::fs::OpenOptions::new().write(true).open(victim).unwrap().set_len(len / 2).unwrap();
+            }
+            // Just past the magic number: inside the first sealed page.
+            "flip-a-page" => index_files(&s).iter().for_each(|f| flip_byte(f, 30)),
+            "delete-folder" => std::fs::remove_dir_all(s.repo.join("index")).unwrap(),
+            _ => index_files(&s).iter().for_each(|f| std::fs::remove_file(f).unwrap()),
+        }
+        restore_ok(&s, &ids[0][..12], &first, "first");
+        restore_ok(&s, &ids[1][..12], &second, "second");
+        s.ok(&["ls", "latest"]);
+        s.ok(&["stats"]);
+        let again = backup(&s, &phone);
+        assert_eq!(again["stats"]["new_bytes"], 0, "{damage}: nothing is stored again");
+        let check = s.run(&["check"]);
+        let report = String::from_utf8_lossy(&check.stdout).to_string();
+        assert!(!report.contains("prune` removes them"), "{damage}: check must not advise deleting data: {report}");
+        if damage.starts_with("delete") {
+            // The backup above indexed what no index covered: nothing is damaged any more.
+            assert!(check.status.success(), "{damage}: {report}");
+        } else {
+            assert_eq!(code(&check), 13, "{damage}: {report}");
+            assert!(report.contains("repair: phonebak repair index"), "{damage}: {report}");
+            s.ok(&["repair", "index"]);
+            check_ok(&s, true);
+        }
+        s.ok(&["prune"]);
+        check_ok(&s, true);
+        restore_ok(&s, &ids[0][..12], &first, "first-after-prune");
+        restore_ok(&s, "latest", &second, "latest-after-prune");
+    }
+}
+
+/// Stores the phone's blobs twice, in two packs (as two backups racing would), and returns the
+/// data packs of the first and second copy.
+fn stored_twice(s: &Scratch, phone: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    backup(s, phone);
+    let first_packs = pack_files(&s.repo);
+    let aside = s.path("index-aside");
+    std::fs::create_dir_all(&aside).unwrap();
+    for file in index_files(s) {
+        std::fs::rename(&file, aside.join(file.file_name().unwrap())).unwrap();
+    }
+    // Packs unknown to any index are read from their footers: hide them too.
+    let packs_aside = s.path("packs-aside");
+    std::fs::create_dir_all(&packs_aside).unwrap();
+    for pack in &first_packs {
+        std::fs::rename(pack, packs_aside.join(pack.file_name().unwrap())).unwrap();
+    }
+    s.ok(&["backup", "--device", "p", "--force", phone.to_str().unwrap()]);
+    let second_packs: Vec<PathBuf> = pack_files(&s.repo);
+    for pack in &first_packs {
+        std::fs::rename(packs_aside.join(pack.file_name().unwrap()), pack).unwrap();
+    }
+    for file in files_in(&aside) {
+        std::fs::rename(&file, s.repo.join("index").join(file.file_name().unwrap())).unwrap();
+    }
+    (first_packs, second_packs)
+}
+
+#[test]
+fn reads_and_prune_use_the_copy_that_exists_and_prune_refuses_when_none_does() {
+    for lost_copy in [0, 1] {
+        let s = Scratch::with_repo();
+        let phone = s.path("phone");
+        sample_phone(&phone);
+        let copies = stored_twice(&s, &phone);
+        let doomed = if lost_copy == 0 { &copies.0 } else { &copies.1 };
+        for pack in doomed {
+            std::fs::remove_file(pack).unwrap();
+        }
+        restore_ok(&s, "latest", &phone, "restored");
+        s.ok(&["prune"]);
+        check_ok(&s, true);
+        restore_ok(&s, "latest", &phone, "after-prune");
+        assert!(!pack_files(&s.repo).is_empty());
+    }
+
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    let (first, second) = stored_twice(&s, &phone);
+    for pack in first.iter().chain(&second) {
+        std::fs::remove_file(pack).unwrap();
+    }
+    let prune = s.run(&["prune"]);
+    assert_eq!(code(&prune), 13, "{}", stderr(&prune));
+    let said = stderr(&prune);
+    assert!(said.contains("nothing was pruned") && said.contains("(p): /"), "names snapshots and files: {said}");
+}
+
+#[test]
+fn a_flipped_bit_heals_after_repair_packs_and_the_next_backup() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    write(&phone.join("DCIM/victim.jpg"), &bytes(1, 2_000_000, false));
+    write(&phone.join("Documents/fine.txt"), &bytes(2, 10_000, true));
+    backup(&s, &phone);
+    damage_largest_pack(&s.repo, 1_000_000);
+    let check = s.run(&["check", "--read-data"]);
+    assert_eq!(code(&check), 13);
+    assert!(String::from_utf8_lossy(&check.stdout).contains("repair: phonebak repair packs"));
+
+    let repaired = s.ok(&["repair", "packs"]);
+    assert!(repaired.contains("moved aside"), "{repaired}");
+    assert_eq!(files_in(&s.repo.join("damaged/data")).len(), 1, "the damaged pack is kept aside");
+    let check = s.run(&["check"]);
+    assert_eq!(code(&check), 13, "the snapshot still lacks the photo's damaged chunk");
+    assert!(String::from_utf8_lossy(&check.stdout).contains("DCIM/victim.jpg"));
+
+    // The phone still has the photo: the next backup stores the damaged chunk again.
+    let healed = backup(&s, &phone);
+    assert!(healed["stats"]["new_bytes"].as_u64().unwrap() > 0, "{healed}");
+    check_ok(&s, true);
+    let ids = snapshot_ids(&s);
+    restore_ok(&s, &ids[0][..12], &phone, "old-snapshot-whole-again");
+}
+
+#[test]
+fn a_deleted_pack_heals_with_the_next_backup() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    backup(&s, &phone);
+    let data_pack = pack_files(&s.repo).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    std::fs::remove_file(&data_pack).unwrap();
+    let healed = backup(&s, &phone);
+    assert!(healed["stats"]["new_bytes"].as_u64().unwrap() > 3_000_000, "{healed}");
+    restore_ok(&s, "latest", &phone, "restored");
+    s.ok(&["repair", "index"]);
+    check_ok(&s, true);
+}
+
+#[test]
+fn repair_snapshots_rewrites_a_snapshot_without_its_lost_files() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    write(&phone.join("DCIM/victim.jpg"), &bytes(1, 2_000_000, false));
+    write(&phone.join("Documents/fine.txt"), &bytes(2, 10_000, true));
+    backup(&s, &phone);
+    damage_largest_pack(&s.repo, 1_000_000);
+    s.ok(&["repair", "packs"]);
+    let old = snapshot_ids(&s)[0].clone();
+    let out = s.ok(&["repair", "snapshots"]);
+    assert!(out.contains("DCIM/victim.jpg") && out.contains("repaired"), "{out}");
+    let list = s.json(&["snapshots"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(list[0]["tags"].as_array().unwrap().iter().any(|t| t == "repaired"));
+    assert!(s.repo.join("damaged/snapshots").join(&old).exists(), "the original record is kept aside");
+    check_ok(&s, true);
+    let restored = s.path("restored");
+    s.ok(&["restore", "latest", "--target", restored.to_str().unwrap()]);
+    assert!(!restored.join("DCIM/victim.jpg").exists());
+    assert_eq!(std::fs::read(restored.join("Documents/fine.txt")).unwrap(), bytes(2, 10_000, true));
+    s.ok(&["prune"]);
+    check_ok(&s, true);
+}
+
+/// Starts `args`, stops the process (SIGSTOP) as soon as its lock file appears, removes that
+/// lock as a stale-lock cleaner on another machine would, and lets it go on.
+fn lose_lock_of(s: &Scratch, args: &[&str]) -> std::process::Output {
+    let child =
+        s.command(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = child.id() as i32;
+    let locks = s.repo.join("locks");
+    let started = std::time::Instant::now();
+    let lock = loop {
+        if let Some(found) = files_in(&locks).into_iter().find(|p| !p.to_string_lossy().ends_with(".tmp")) {
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            break found;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "no lock appeared");
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    };
+    std::fs::remove_file(&lock).unwrap();
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_backup_or_prune_whose_lock_was_taken_away_stops_cleanly() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    backup(&s, &phone);
+    for i in 0..40 {
+        write(&phone.join(format!("big/{i}.bin")), &bytes(1000 + i, 500_000, false));
+    }
+    let out = lose_lock_of(&s, &["backup", "--device", "p", phone.to_str().unwrap()]);
+    assert_eq!(code(&out), 11, "{}", stderr(&out));
+    assert!(stderr(&out).contains("was removed by another process"), "{}", stderr(&out));
+    assert_eq!(snapshot_ids(&s).len(), 1, "no snapshot written without the lock");
+    check_ok(&s, false);
+
+    backup(&s, &phone);
+    s.ok(&["forget", "--keep-last", "1"]);
+    let before = pack_files(&s.repo);
+    let out = lose_lock_of(&s, &["prune"]);
+    assert_eq!(code(&out), 11, "{}", stderr(&out));
+    assert_eq!(pack_files(&s.repo), before, "nothing deleted without the lock");
+    check_ok(&s, true);
+}
+
+#[test]
+fn hostile_configs_are_refused_quickly_with_exit_13() {
+    let s = Scratch::with_repo();
+    let config_path = s.repo.join("config");
+    let original: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    for (field, value) in [
+        ("memory_kib", serde_json::json!(4_000_000_000u64)),
+        ("iterations", serde_json::json!(4_000_000)),
+        ("parallelism", serde_json::json!(0)),
+    ] {
+        let mut config = original.clone();
+        config["keys"]["kdf"][field] = value;
+        std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+        let started = std::time::Instant::now();
+        let out = s.run(&["snapshots"]);
+        assert_eq!(code(&out), 13, "{field}: {}", stderr(&out));
+        assert!(stderr(&out).contains("argon2 costs out of range"), "{}", stderr(&out));
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+    let mut config = original.clone();
+    config["pack_size"] = serde_json::json!(u64::MAX);
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    assert_eq!(code(&s.run(&["snapshots"])), 13);
+
+    // Damaged sealed keys cannot be told from a wrong password: both are said.
+    let mut config = original.clone();
+    let sealed = config["keys"]["sealed_keys"].as_str().unwrap().to_string();
+    let flipped = format!("{}{}", if sealed.starts_with('0') { "1" } else { "0" }, &sealed[1..]);
+    config["keys"]["sealed_keys"] = serde_json::json!(flipped);
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let out = s.run(&["snapshots"]);
+    assert_eq!(code(&out), 12);
+    assert!(stderr(&out).contains("sealed keys are damaged"), "{}", stderr(&out));
+}
+
+#[test]
+fn init_never_writes_a_new_repository_over_one_whose_config_is_gone() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    backup(&s, &phone);
+    std::fs::remove_file(s.repo.join("config")).unwrap();
+    let out = s.run(&["snapshots"]);
+    assert_eq!(code(&out), 13);
+    assert!(stderr(&out).contains("config file is missing"), "{}", stderr(&out));
+    let out = s.run(&["init"]);
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("will not create a new repository over this data"), "{}", stderr(&out));
+    assert!(!s.repo.join("config").exists());
+}
