@@ -12,6 +12,8 @@ pub mod cli;
 pub mod device;
 pub mod exit;
 pub mod forget;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod mount;
 pub mod progress;
 pub mod prune;

@@ -299,7 +299,7 @@ impl Read for Hashing<'_> {
 }
 
 /// One line per verified file: where it went and what it was, so that a rerun skips it.
-struct Journal {
+pub(crate) struct Journal {
     path: PathBuf,
     done: HashMap<Vec<u8>, Done>,
     /// Each staged folder's mtime as the first run saw it.
@@ -307,12 +307,12 @@ struct Journal {
     file: File,
 }
 
-enum Line {
+pub(crate) enum Line {
     File(Vec<u8>, Done),
     Folder(Vec<u8>, (i64, u32)),
 }
 
-struct Done {
+pub(crate) struct Done {
     dest: PathBuf,
     size: u64,
     mtime: (i64, u32),
@@ -346,13 +346,13 @@ impl Journal {
         Ok(Journal { path, done, folders, file })
     }
 
-    fn parse(line: &[u8]) -> Option<Line> {
+    pub(crate) fn parse(line: &[u8]) -> Option<Line> {
         let text = std::str::from_utf8(line).ok()?;
         let fields: Vec<&str> = text.split('\t').collect();
         let path = hex::decode(fields.first()?).ok()?;
         let time = |text: &str| -> Option<(i64, u32)> {
             let (sec, nsec) = text.split_once('.')?;
-            Some((sec.parse().ok()?, nsec.parse().ok()?))
+            Some((sec.parse().ok()?, nsec.parse().ok().filter(|n| *n < 1_000_000_000)?))
         };
         match fields[..] {
             [_, mtime] => Some(Line::Folder(path, time(mtime)?)),

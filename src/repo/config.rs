@@ -92,8 +92,6 @@ impl Config {
                 Sealer::encrypted(&kek).open(&sealed, KEYS_AAD).map_err(|_| RepoError::WrongPassword)?
             }
         };
-        bincode::serde::decode_from_slice(&encoded, bincode::config::standard())
-            .map(|(keys, _)| keys)
-            .map_err(|_| bad("keys"))
+        super::decode_record(&encoded).map_err(|_| bad("keys"))
     }
 }

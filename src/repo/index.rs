@@ -23,34 +23,34 @@ use super::{
 
 const INDEX_MAGIC: &[u8; 8] = b"PBIDX001";
 const INDEX_END: &[u8; 8] = b"PBIDXEND";
-const TRAILER_LEN: usize = 20;
+pub(crate) const TRAILER_LEN: usize = 20;
 const ENTRIES_PER_PAGE: usize = 512;
 const HEADER_AAD: &[u8] = b"phonebak index header";
 const CACHED_PAGES: usize = 512;
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-struct IndexEntry {
-    id: BlobId,
-    kind: BlobKind,
+pub(crate) struct IndexEntry {
+    pub(crate) id: BlobId,
+    pub(crate) kind: BlobKind,
     /// Position in the header's pack list.
-    pack: u32,
-    offset: u32,
-    len: u32,
-    raw_len: u32,
+    pub(crate) pack: u32,
+    pub(crate) offset: u32,
+    pub(crate) len: u32,
+    pub(crate) raw_len: u32,
 }
 
 #[derive(Serialize, Deserialize)]
-struct Header {
-    packs: Vec<PackId>,
-    pages: Vec<PageRef>,
-    entries: u64,
+pub(crate) struct Header {
+    pub(crate) packs: Vec<PackId>,
+    pub(crate) pages: Vec<PageRef>,
+    pub(crate) entries: u64,
 }
 
 #[derive(Serialize, Deserialize)]
-struct PageRef {
-    first: BlobId,
-    offset: u64,
-    len: u32,
+pub(crate) struct PageRef {
+    pub(crate) first: BlobId,
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
 }
 
 /// Where a blob is stored.
@@ -402,19 +402,61 @@ impl IndexFile {
             .map_err(|_| damaged(&self.id, &format!("page {number} cannot be read")))?;
         let plain =
             sealer.open(&sealed, &page_aad(number)).map_err(|e| damaged(&self.id, &format!("page {number}: {e}")))?;
-        let entries: Vec<IndexEntry> =
-            decode_record(&plain).map_err(|_| damaged(&self.id, &format!("page {number} does not decode")))?;
-        let sorted = entries.windows(2).all(|w| w[0].id < w[1].id);
-        if entries.first().map(|e| e.id) != Some(page_ref.first) || !sorted || entries.len() > ENTRIES_PER_PAGE {
-            return Err(damaged(&self.id, &format!("page {number} is out of order")));
-        }
-        let out_of_range =
-            |e: &IndexEntry| e.pack as usize >= self.header.packs.len() || e.raw_len > MAX_BLOB || e.len > MAX_STORED;
-        if entries.iter().any(out_of_range) {
-            return Err(damaged(&self.id, &format!("page {number} has an entry out of range")));
-        }
-        Ok(entries)
+        parse_page(&plain, &page_ref.first, self.header.packs.len())
+            .map_err(|why| damaged(&self.id, &format!("page {number} {why}")))
     }
+}
+
+/// Decodes and validates one opened index page: at most `ENTRIES_PER_PAGE` entries sorted by id
+/// starting at `first`, each naming one of `packs` packs, with bounded lengths.
+pub(crate) fn parse_page(plain: &[u8], first: &BlobId, packs: usize) -> Result<Vec<IndexEntry>, &'static str> {
+    let entries: Vec<IndexEntry> = decode_record(plain).map_err(|_| "does not decode")?;
+    let sorted = entries.windows(2).all(|w| w[0].id < w[1].id);
+    if entries.first().map(|e| e.id) != Some(*first) || !sorted || entries.len() > ENTRIES_PER_PAGE {
+        return Err("is out of order");
+    }
+    let out_of_range = |e: &IndexEntry| e.pack as usize >= packs || e.raw_len > MAX_BLOB || e.len > MAX_STORED;
+    if entries.iter().any(out_of_range) {
+        return Err("has an entry out of range");
+    }
+    Ok(entries)
+}
+
+/// Reads an index file's trailer (its last `TRAILER_LEN` bytes, of a file of `size` bytes):
+/// where its header lies.
+pub(crate) fn parse_trailer(trailer: &[u8; TRAILER_LEN], size: u64) -> Result<(u64, u32), &'static str> {
+    if size < (INDEX_MAGIC.len() + TRAILER_LEN) as u64 {
+        return Err("too short");
+    }
+    if &trailer[12..] != INDEX_END {
+        return Err("no end marker (truncated?)");
+    }
+    let offset = u64::from_le_bytes(trailer[..8].try_into().expect("8 bytes"));
+    let len = u32::from_le_bytes(trailer[8..12].try_into().expect("4 bytes"));
+    if offset < INDEX_MAGIC.len() as u64
+        || offset.checked_add(len as u64).is_none_or(|end| end > size - TRAILER_LEN as u64)
+    {
+        return Err("header out of range");
+    }
+    Ok((offset, len))
+}
+
+/// Decodes and validates an opened index header whose file's header starts at `header_at`:
+/// pages lie between the magic number and the header, one after another, sorted by first id.
+pub(crate) fn parse_header(plain: &[u8], header_at: u64) -> Result<Header, &'static str> {
+    let header: Header = decode_record(plain).map_err(|_| "header does not decode")?;
+    let pages_in_range = header
+        .pages
+        .iter()
+        .all(|p| p.offset >= INDEX_MAGIC.len() as u64 && p.offset.saturating_add(p.len as u64) <= header_at);
+    let pages_in_order = header
+        .pages
+        .windows(2)
+        .all(|w| w[0].first < w[1].first && w[0].offset.saturating_add(w[0].len as u64) <= w[1].offset);
+    if !pages_in_range || !pages_in_order {
+        return Err("page out of range or out of order");
+    }
+    Ok(header)
 }
 
 fn open_file(sealer: &Sealer, id: Id, path: &Path) -> Result<IndexFile, RepoError> {
@@ -424,43 +466,23 @@ fn open_file(sealer: &Sealer, id: Id, path: &Path) -> Result<IndexFile, RepoErro
 }
 
 fn read_header(sealer: &Sealer, id: &Id, file: &File) -> Result<Header, RepoError> {
-    let size = file.metadata().map_err(io_error(format!("reading index file {id}")))?.len();
+    let reading = || io_error(format!("reading index file {id}"));
+    let size = file.metadata().map_err(reading())?.len();
     if size < (INDEX_MAGIC.len() + TRAILER_LEN) as u64 {
         return Err(damaged(id, "too short"));
     }
     let mut trailer = [0u8; TRAILER_LEN];
-    file.read_exact_at(&mut trailer, size - TRAILER_LEN as u64)
-        .map_err(io_error(format!("reading index file {id}")))?;
-    if &trailer[12..] != INDEX_END {
-        return Err(damaged(id, "no end marker (truncated?)"));
-    }
+    file.read_exact_at(&mut trailer, size - TRAILER_LEN as u64).map_err(reading())?;
+    let (offset, len) = parse_trailer(&trailer, size).map_err(|why| damaged(id, why))?;
     let mut magic = [0u8; 8];
-    file.read_exact_at(&mut magic, 0).map_err(io_error(format!("reading index file {id}")))?;
+    file.read_exact_at(&mut magic, 0).map_err(reading())?;
     if &magic != INDEX_MAGIC {
         return Err(damaged(id, "not an index file (wrong magic number)"));
     }
-    let offset = u64::from_le_bytes(trailer[..8].try_into().expect("8 bytes"));
-    let len = u32::from_le_bytes(trailer[8..12].try_into().expect("4 bytes")) as u64;
-    if offset.checked_add(len).is_none_or(|end| end > size - TRAILER_LEN as u64) {
-        return Err(damaged(id, "header out of range"));
-    }
     let mut sealed = vec![0u8; len as usize];
-    file.read_exact_at(&mut sealed, offset).map_err(io_error(format!("reading index file {id}")))?;
+    file.read_exact_at(&mut sealed, offset).map_err(reading())?;
     let plain = sealer.open(&sealed, HEADER_AAD).map_err(|e| damaged(id, &format!("header: {e}")))?;
-    let header: Header = decode_record(&plain).map_err(|_| damaged(id, "header does not decode"))?;
-    let pages_in_range = header
-        .pages
-        .iter()
-        .all(|p| p.offset >= INDEX_MAGIC.len() as u64 && p.offset.saturating_add(p.len as u64) <= offset);
-    // Lookups binary-search the pages by their first id, and pages lie one after another.
-    let pages_in_order = header
-        .pages
-        .windows(2)
-        .all(|w| w[0].first < w[1].first && w[0].offset.saturating_add(w[0].len as u64) <= w[1].offset);
-    if !pages_in_range || !pages_in_order {
-        return Err(damaged(id, "page out of range or out of order"));
-    }
-    Ok(header)
+    parse_header(&plain, offset).map_err(|why| damaged(id, why))
 }
 
 /// Writes one index file covering `packs` and returns its id. Blobs stored twice (two backups

@@ -4,6 +4,8 @@
 pub mod config;
 pub mod crypto;
 mod fsutil;
+#[cfg(test)]
+mod golden;
 pub mod index;
 pub mod lock;
 pub mod pack;

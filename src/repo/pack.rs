@@ -18,7 +18,7 @@ use super::{
 pub const PACK_MAGIC: &[u8; 8] = b"PBPACK01";
 const PACK_END: &[u8; 8] = b"PBPKEND1";
 const FOOTER_AAD: &[u8] = b"phonebak pack footer";
-const TRAILER_LEN: usize = 12;
+pub(crate) const TRAILER_LEN: usize = 12;
 
 /// Where one blob sits in its pack.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -170,13 +170,7 @@ pub fn read_footer_at(sealer: &Sealer, path: &Path, pack: &PackId) -> Result<Vec
     let mut trailer = [0u8; TRAILER_LEN];
     file.read_exact_at(&mut trailer, size - TRAILER_LEN as u64)
         .map_err(io_error(format!("reading {}", path.display())))?;
-    if &trailer[4..] != PACK_END {
-        return Err(damaged("no end marker (truncated?)"));
-    }
-    let footer_len = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes")) as u64;
-    if footer_len + (TRAILER_LEN + PACK_MAGIC.len()) as u64 > size {
-        return Err(damaged("footer length out of range"));
-    }
+    let footer_len = parse_trailer(&trailer, size).map_err(damaged)? as u64;
     let mut magic = [0u8; 8];
     file.read_exact_at(&mut magic, 0).map_err(io_error(format!("reading {}", path.display())))?;
     if &magic != PACK_MAGIC {
@@ -186,7 +180,29 @@ pub fn read_footer_at(sealer: &Sealer, path: &Path, pack: &PackId) -> Result<Vec
     let footer_at = size - TRAILER_LEN as u64 - footer_len;
     file.read_exact_at(&mut footer, footer_at).map_err(io_error(format!("reading {}", path.display())))?;
     let plain = sealer.open(&footer, FOOTER_AAD).map_err(|e| damaged(&format!("footer: {e}")))?;
-    let entries: Vec<PackEntry> = super::decode_record(&plain).map_err(|_| damaged("footer does not decode"))?;
+    parse_footer(&plain, footer_at).map_err(damaged)
+}
+
+/// Reads a pack's trailer (its last `TRAILER_LEN` bytes, of a file of `size` bytes): the
+/// footer's length.
+pub(crate) fn parse_trailer(trailer: &[u8; TRAILER_LEN], size: u64) -> Result<u32, &'static str> {
+    if size < (PACK_MAGIC.len() + TRAILER_LEN) as u64 {
+        return Err("too short");
+    }
+    if &trailer[4..] != PACK_END {
+        return Err("no end marker (truncated?)");
+    }
+    let footer_len = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
+    if footer_len as u64 + (TRAILER_LEN + PACK_MAGIC.len()) as u64 > size {
+        return Err("footer length out of range");
+    }
+    Ok(footer_len)
+}
+
+/// Decodes and validates an opened pack footer whose footer starts at `footer_at`: every blob
+/// lies between the magic number and the footer, with bounded lengths.
+pub(crate) fn parse_footer(plain: &[u8], footer_at: u64) -> Result<Vec<PackEntry>, &'static str> {
+    let entries: Vec<PackEntry> = super::decode_record(plain).map_err(|_| "footer does not decode")?;
     let inside = entries.iter().all(|e| {
         e.offset as u64 >= PACK_MAGIC.len() as u64
             && e.offset as u64 + e.len as u64 <= footer_at
@@ -194,7 +210,7 @@ pub fn read_footer_at(sealer: &Sealer, path: &Path, pack: &PackId) -> Result<Vec
             && e.len <= MAX_STORED
     });
     if !inside {
-        return Err(damaged("footer lists a blob outside the pack"));
+        return Err("footer lists a blob outside the pack");
     }
     Ok(entries)
 }

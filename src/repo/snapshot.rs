@@ -95,8 +95,13 @@ pub fn load(repo: &Repository, id: &SnapshotId) -> Result<Snapshot, RepoError> {
         return Err(damaged("larger than any snapshot record".into()));
     }
     let plain = repo.sealer().open(&sealed, SNAPSHOT_AAD).map_err(|e| damaged(e.to_string()))?;
-    let snapshot: Snapshot = serde_json::from_slice(&plain).map_err(|e| damaged(e.to_string()))?;
-    validate_device_name(&snapshot.device).map_err(damaged)?;
+    parse_record(&plain).map_err(damaged)
+}
+
+/// Decodes and validates an opened snapshot record (JSON).
+pub(crate) fn parse_record(plain: &[u8]) -> Result<Snapshot, String> {
+    let snapshot: Snapshot = serde_json::from_slice(plain).map_err(|e| e.to_string())?;
+    validate_device_name(&snapshot.device)?;
     Ok(snapshot)
 }
 

@@ -1,0 +1,114 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/` (scripts/fuzz.sh): each hands arbitrary
+//! bytes to one decoder of on-disk data, past the seal (which no fuzzer can forge), and must
+//! neither panic, hang nor allocate without bound. The first bytes of some inputs stand for
+//! what the caller knows (a file's size, where a header starts).
+
+use crate::repo::{config::Config, index, pack, snapshot, Id};
+
+fn split_u64(data: &[u8]) -> Option<(u64, &[u8])> {
+    let (head, rest) = data.split_first_chunk::<8>()?;
+    Some((u64::from_le_bytes(*head), rest))
+}
+
+pub fn tree(data: &[u8]) {
+    if let Ok(tree) = crate::tree::Tree::decode(data) {
+        assert_eq!(crate::tree::Tree::decode(&tree.encode()).ok(), Some(tree), "a decoded tree re-encodes");
+    }
+}
+
+pub fn index_trailer(data: &[u8]) {
+    if let Some((size, rest)) = split_u64(data) {
+        if let Some(trailer) = rest.first_chunk::<{ index::TRAILER_LEN }>() {
+            let _ = index::parse_trailer(trailer, size);
+        }
+    }
+}
+
+pub fn index_header(data: &[u8]) {
+    if let Some((header_at, rest)) = split_u64(data) {
+        let _ = index::parse_header(rest, header_at);
+    }
+}
+
+pub fn index_page(data: &[u8]) {
+    if let Some((first, rest)) = data.split_first_chunk::<32>() {
+        if let Some((&packs, page)) = rest.split_first() {
+            let _ = index::parse_page(page, &Id(*first), packs as usize);
+        }
+    }
+}
+
+pub fn pack_trailer(data: &[u8]) {
+    if let Some((size, rest)) = split_u64(data) {
+        if let Some(trailer) = rest.first_chunk::<{ pack::TRAILER_LEN }>() {
+            let _ = pack::parse_trailer(trailer, size);
+        }
+    }
+}
+
+pub fn pack_footer(data: &[u8]) {
+    if let Some((footer_at, rest)) = split_u64(data) {
+        let _ = pack::parse_footer(rest, footer_at);
+    }
+}
+
+pub fn config(data: &[u8]) {
+    if let Ok(config) = Config::parse(data) {
+        // Only the unencrypted key slot: the other asks argon2 for its (bounded) work.
+        if !config.is_encrypted() {
+            let _ = config.open_keys(|| Ok(Vec::new()));
+        }
+    }
+}
+
+pub fn snapshot_record(data: &[u8]) {
+    let _ = snapshot::parse_record(data);
+}
+
+pub fn push_journal_line(data: &[u8]) {
+    let _ = crate::push::Journal::parse(data);
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    const TARGETS: [fn(&[u8]); 9] = [
+        super::tree,
+        super::index_trailer,
+        super::index_header,
+        super::index_page,
+        super::pack_trailer,
+        super::pack_footer,
+        super::config,
+        super::snapshot_record,
+        super::push_journal_line,
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, .. ProptestConfig::default() })]
+
+        /// A short run of what scripts/fuzz.sh does at length, on every build.
+        #[test]
+        fn no_decoder_panics_on_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            for target in TARGETS {
+                target(&data);
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_lengths_are_refused_without_allocating_them() {
+        // A page claiming 2^60 entries, a footer claiming 2^32, a tree claiming 2^60 names.
+        let mut page = vec![0x22; 32];
+        page.extend([1, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+        super::index_page(&page);
+        super::pack_footer(&[0, 0, 0, 0, 0, 0, 0, 0, 0xfc, 0xff, 0xff, 0xff, 0xff]);
+        super::tree(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+        super::index_trailer(&[0; 8]);
+        super::index_trailer(&[
+            5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, b'P', b'B', b'I', b'D', b'X', b'E', b'N', b'D',
+        ]);
+        super::push_journal_line(b"61\t1.4000000000");
+    }
+}
