@@ -122,7 +122,15 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
     let time_ns = options.time_ns.unwrap_or_else(|| chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0));
     let parent = snapshot::list(repo)?.into_iter().rfind(|s| s.snapshot.device == options.device);
     let parent_root = match (&parent, options.force) {
-        (Some(info), false) => Some(load_tree(repo, &info.snapshot.root)?),
+        (Some(info), false) => match load_tree(repo, &info.snapshot.root) {
+            Ok(tree) => Some(tree),
+            // Damage to the last snapshot must not stop the next one: it only costs reading.
+            Err(e) if e.is_corruption() => {
+                repo.warnings().warn(&format!("{e}: the last snapshot cannot be compared against; every file is read"));
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
         _ => None,
     };
     let known = repo.index().known_blobs()?;

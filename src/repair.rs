@@ -130,16 +130,29 @@ pub fn packs(repo: &Repository) -> Result<PackRepair, RepoError> {
     for pack in on_disk.keys() {
         progress.add(1);
         report.packs_checked += 1;
-        let mut entries = by_pack.remove(pack).unwrap_or_default();
+        // The pack's own list is the truth; the index's entries serve when it cannot be read.
+        let footer = read_footer(repo, pack).ok().filter(|_| !unreadable.contains(pack));
+        let footer_ok = footer.is_some();
+        let mut entries = match footer {
+            Some(footer) => footer
+                .into_iter()
+                .map(|e| BlobLocation {
+                    id: e.id,
+                    kind: e.kind,
+                    pack: *pack,
+                    offset: e.offset,
+                    len: e.len,
+                    raw_len: e.raw_len,
+                })
+                .collect(),
+            None => by_pack.remove(pack).unwrap_or_default(),
+        };
         entries.sort_by_key(|e| (e.offset, e.id));
         entries.dedup_by_key(|e| (e.offset, e.id));
-        let footer_ok = read_footer(repo, pack).is_ok();
         let (bad, error) = verify_pack(repo, pack, &entries);
         match error {
             Some(why) => damaged.push((*pack, why, entries.into_iter().filter(|e| !bad.contains(&e.id)).collect())),
-            None if !footer_ok || unreadable.contains(pack) => {
-                damaged.push((*pack, format!("pack {pack}: its own list is damaged"), entries))
-            }
+            None if !footer_ok => damaged.push((*pack, format!("pack {pack}: its own list is damaged"), entries)),
             None => {}
         }
     }
@@ -162,17 +175,13 @@ pub fn packs(repo: &Repository) -> Result<PackRepair, RepoError> {
     let leave_out: HashSet<PackId> = damaged.iter().map(|(p, _, _)| *p).collect();
     report.index = rebuild_index(repo, &lock, &leave_out)?;
     for (pack, why, intact) in damaged {
-        report.blobs_lost += by_pack_count(repo, &pack).saturating_sub(intact.len() as u64);
+        let listed = read_footer(repo, &pack).map(|f| f.len() as u64).unwrap_or(intact.len() as u64);
+        report.blobs_lost += listed.saturating_sub(intact.len() as u64);
         lock.ensure_held()?;
         move_aside(repo, &repo.pack_path(&pack), "data")?;
         report.moved_aside.push(why);
     }
     Ok(report)
-}
-
-/// How many blobs a pack's own list names (0 when it cannot be read).
-fn by_pack_count(repo: &Repository, pack: &PackId) -> u64 {
-    read_footer(repo, pack).map(|f| f.len() as u64).unwrap_or(0)
 }
 
 pub fn snapshots(repo: &Repository) -> Result<SnapshotRepair, RepoError> {

@@ -379,3 +379,66 @@ proptest! {
         }
     }
 }
+
+/// A source of three files whose mtimes are the extremes a crafted archive could carry.
+struct ExtremeTimes;
+
+impl Source for ExtremeTimes {
+    fn describe(&self) -> String {
+        "extreme".into()
+    }
+    fn root_meta(&self) -> Result<Meta, SourceError> {
+        Ok(Meta { mode: 0o755, ..Meta::default() })
+    }
+    fn list(&self, _dir: &Path) -> Result<Listing, SourceError> {
+        let entry = |name: &str, mtime_sec: i64| phonebak::source::SourceEntry {
+            name: name.as_bytes().to_vec(),
+            meta: Meta { mode: 0o644, mtime_sec, mtime_nsec: 999_999_999, ..Meta::default() },
+            kind: phonebak::source::SourceKind::File { size: 3 },
+        };
+        let entries = vec![entry("max", i64::MAX), entry("min", i64::MIN), entry("now", 1_700_000_000)];
+        Ok(Listing { entries, unreadable: vec![] })
+    }
+    fn open(&self, _file: &Path) -> Result<Box<dyn SourceFile>, SourceError> {
+        Ok(Box::new(MemoryFile { data: std::io::Cursor::new(b"abc".to_vec()) }))
+    }
+}
+
+#[test]
+fn the_mount_shows_extreme_times_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = small_repo(&dir.path().join("repo"));
+    backup::run(&repo, &ExtremeTimes, &options("p")).unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let phonebak = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_phonebak"))
+            .args(args)
+            .env("PHONEBAK_REPO", dir.path().join("repo"))
+            .env("PHONEBAK_PASSWORD", "pw")
+            .output()
+            .unwrap()
+    };
+    let mounted = phonebak(&["mount", mnt.to_str().unwrap()]);
+    assert!(mounted.status.success(), "{}", String::from_utf8_lossy(&mounted.stderr));
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    let latest = mnt.join("snapshots/p/latest");
+    for name in ["max", "min", "now"] {
+        assert_eq!(std::fs::read(latest.join(name)).unwrap(), b"abc", "{name}");
+        std::fs::metadata(latest.join(name)).unwrap().modified().unwrap();
+    }
+    let listed = std::process::Command::new("ls").arg("-l").arg(&latest).output().unwrap();
+    assert!(listed.status.success());
+    // The daemon is still there: a panic would have taken the mount down.
+    assert_eq!(std::fs::read(latest.join("now")).unwrap(), b"abc");
+    // A restore sets what times the file system can hold, and does not panic on the others.
+    let root = lookup_path(&repo, &snapshot::list(&repo).unwrap()[0].snapshot.root, Path::new("")).unwrap();
+    let _ = phonebak::restore::run(&repo, &root, &dir.path().join("out"), None);
+    assert_eq!(std::fs::read(dir.path().join("out/now")).unwrap(), b"abc");
+}

@@ -313,19 +313,16 @@ impl Index {
     /// backup, check and prune, which need them all. An index file with an unreadable page is
     /// set aside whole, and its packs are read from their footers instead.
     pub fn for_each(&self, mut visit: impl FnMut(BlobLocation)) -> Result<(), RepoError> {
-        let mut good = Vec::new();
         for file in self.current_files() {
+            // Read whole before any entry is visited: a file found damaged half-way is set aside
+            // whole, and its packs come from their footers below.
             match file.read_all(&self.sealer) {
-                Ok(locations) => good.push(locations),
+                Ok(locations) => locations.into_iter().for_each(&mut visit),
                 Err(e) => self.set_aside(file.id, e.to_string()),
             }
         }
         self.cover_all_packs()?;
-        for location in good.into_iter().flatten() {
-            visit(location);
-        }
-        let covered: HashSet<PackId> =
-            self.current_files().iter().flat_map(|f| f.header.packs.iter().copied()).collect();
+        let covered = self.indexed_packs();
         for locations in self.rebuilt.read().expect("rebuilt index lock").blobs.values() {
             for location in locations.iter().filter(|l| !covered.contains(&l.pack)) {
                 visit(location.clone());
