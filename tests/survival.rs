@@ -229,14 +229,20 @@ fn reads_and_prune_use_the_copy_that_exists_and_prune_refuses_when_none_does() {
     assert!(said.contains("nothing was pruned") && said.contains("(p): /"), "names snapshots and files: {said}");
 }
 
-#[test]
-fn a_flipped_bit_heals_after_repair_packs_and_the_next_backup() {
+/// A phone with a photo and a text file, backed up; then a bit of the photo's pack flipped.
+fn backed_up_then_a_photo_damaged() -> (Scratch, PathBuf) {
     let s = Scratch::with_repo();
     let phone = s.path("phone");
     write(&phone.join("DCIM/victim.jpg"), &bytes(1, 2_000_000, false));
     write(&phone.join("Documents/fine.txt"), &bytes(2, 10_000, true));
     backup(&s, &phone);
     damage_largest_pack(&s.repo, 1_000_000);
+    (s, phone)
+}
+
+#[test]
+fn a_flipped_bit_heals_after_repair_packs_and_the_next_backup() {
+    let (s, phone) = backed_up_then_a_photo_damaged();
     let check = s.run(&["check", "--read-data"]);
     assert_eq!(code(&check), 13);
     assert!(String::from_utf8_lossy(&check.stdout).contains("repair: phonebak repair packs"));
@@ -273,12 +279,7 @@ fn a_deleted_pack_heals_with_the_next_backup() {
 
 #[test]
 fn repair_snapshots_rewrites_a_snapshot_without_its_lost_files() {
-    let s = Scratch::with_repo();
-    let phone = s.path("phone");
-    write(&phone.join("DCIM/victim.jpg"), &bytes(1, 2_000_000, false));
-    write(&phone.join("Documents/fine.txt"), &bytes(2, 10_000, true));
-    backup(&s, &phone);
-    damage_largest_pack(&s.repo, 1_000_000);
+    let (s, _phone) = backed_up_then_a_photo_damaged();
     s.ok(&["repair", "packs"]);
     let old = snapshot_ids(&s)[0].clone();
     let out = s.ok(&["repair", "snapshots"]);
