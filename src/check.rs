@@ -58,10 +58,10 @@ pub fn run(repo: &Repository, read_data: bool) -> Result<CheckReport, RepoError>
     let mut by_pack: HashMap<PackId, Vec<BlobLocation>> = HashMap::new();
     repo.index().for_each(|loc| by_pack.entry(loc.pack).or_default().push(loc))?;
     // A blob is present when some copy of it lies in a pack that exists.
-    let present: HashSet<BlobId> = by_pack
+    let present: HashMap<BlobId, u32> = by_pack
         .iter()
         .filter(|(pack, _)| on_disk.contains_key(pack))
-        .flat_map(|(_, e)| e.iter().map(|l| l.id))
+        .flat_map(|(_, e)| e.iter().map(|l| (l.id, l.raw_len)))
         .collect();
     report.blobs = present.len();
     for (_, why) in repo.index().damaged_files() {
@@ -85,7 +85,12 @@ pub fn run(repo: &Repository, read_data: bool) -> Result<CheckReport, RepoError>
         // A blob with one intact copy is not lost.
         damaged = bad.into_iter().filter(|id| !intact.contains(id)).collect();
     }
-    let problems = tree_problems(repo, &snapshots, &|id| present.contains(id), &damaged);
+    let problems = tree_problems(
+        repo,
+        &snapshots,
+        &|id, len| present.get(id).is_some_and(|l| len.is_none_or(|len| len == *l)),
+        &damaged,
+    );
     if !problems.is_empty() {
         report.suggest(REPAIR_SNAPSHOTS);
     }
@@ -111,7 +116,7 @@ fn check_packs(
     let indexed = repo.index().indexed_packs();
     for (pack, entries) in by_pack {
         if !on_disk.contains_key(pack) {
-            report.errors.push(format!("pack {pack} is missing ({} blobs are lost with it)", entries.len()));
+            report.errors.push(format!("pack {pack} is missing (the index lists {} blobs in it)", entries.len()));
             report.suggest(REPAIR_INDEX);
             continue;
         }
@@ -216,12 +221,13 @@ pub(crate) fn verify_pack(repo: &Repository, pack: &PackId, entries: &[BlobLocat
 }
 
 /// Walks every snapshot's trees (each distinct tree once) and names what is missing (not
-/// `present`) or `damaged`: one line per problem, `snapshot <id> (<device>): <path>: <why>`, with
+/// `present`: given a blob and, for a chunk, the length its folder listing says) or `damaged`:
+/// one line per problem, `snapshot <id> (<device>): <path>: <why>`, with
 /// `<id>: <path>` beside it.
 pub fn tree_problems(
     repo: &Repository,
     snapshots: &[(SnapshotId, Snapshot)],
-    present: &dyn Fn(&BlobId) -> bool,
+    present: &dyn Fn(&BlobId, Option<u32>) -> bool,
     damaged: &HashSet<BlobId>,
 ) -> Vec<(String, String)> {
     // Results per tree are shared between snapshots: most trees are in many.
@@ -233,8 +239,8 @@ pub fn tree_problems(
             repo,
             &snapshot.root,
             Path::new(""),
-            present,
-            damaged,
+            0,
+            &Known { present, damaged },
             &mut problems_of_tree,
             &mut problems,
         );
@@ -249,23 +255,34 @@ pub fn tree_problems(
     lines
 }
 
+/// What is stored and intact: `present` (given a blob and, for a chunk, its listed length) and
+/// not `damaged`.
+struct Known<'a> {
+    present: &'a dyn Fn(&BlobId, Option<u32>) -> bool,
+    damaged: &'a HashSet<BlobId>,
+}
+
 fn collect_tree_problems(
     repo: &Repository,
     tree_id: &BlobId,
     at: &Path,
-    present: &dyn Fn(&BlobId) -> bool,
-    damaged: &HashSet<BlobId>,
+    depth: usize,
+    known: &Known,
     memo: &mut HashMap<BlobId, Vec<(PathBuf, String)>>,
     out: &mut Vec<(PathBuf, String)>,
 ) {
+    if depth > crate::tree::MAX_DEPTH {
+        out.push((at.to_path_buf(), crate::tree::too_deep().to_string()));
+        return;
+    }
     if let Some(known) = memo.get(tree_id) {
         out.extend(known.iter().map(|(p, why)| (at.join(p), why.clone())));
         return;
     }
     let mut found: Vec<(PathBuf, String)> = Vec::new();
-    if !present(tree_id) {
+    if !(known.present)(tree_id, None) {
         found.push((PathBuf::new(), "folder listing is missing from the repository".into()));
-    } else if damaged.contains(tree_id) {
+    } else if known.damaged.contains(tree_id) {
         found.push((PathBuf::new(), "folder listing is damaged".into()));
     } else {
         match load_tree(repo, tree_id) {
@@ -276,14 +293,14 @@ fn collect_tree_problems(
                     match &entry.node {
                         Node::Dir { tree } => {
                             let mut below = Vec::new();
-                            collect_tree_problems(repo, tree, Path::new(""), present, damaged, memo, &mut below);
+                            collect_tree_problems(repo, tree, Path::new(""), depth + 1, known, memo, &mut below);
                             found.extend(below.into_iter().map(|(p, why)| (name.join(p), why)));
                         }
                         Node::File { chunks, .. } => {
-                            let missing = chunks.iter().filter(|c| !present(&c.id)).count();
-                            let bad = chunks.iter().filter(|c| damaged.contains(&c.id)).count();
+                            let missing = chunks.iter().filter(|c| !(known.present)(&c.id, Some(c.len))).count();
+                            let bad = chunks.iter().filter(|c| known.damaged.contains(&c.id)).count();
                             if missing > 0 {
-                                found.push((name.clone(), format!("{missing} chunk(s) missing from the repository")));
+                                found.push((name.clone(), format!("{missing} chunk(s) missing from the repository (or not of the length its listing says)")));
                             }
                             if bad > 0 {
                                 found.push((name, format!("{bad} chunk(s) damaged")));

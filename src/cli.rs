@@ -619,7 +619,7 @@ fn cmd_repair(g: &Global, what: RepairWhat) -> Result<i32> {
                     .map(|(old, new, device, lost)| json!({"old": old, "new": new, "device": device, "lost": lost}))
                     .collect();
                 print_json(json!({"records_moved_aside": r.records_moved_aside, "rewritten": rewritten,
-                                  "unrecoverable": r.unrecoverable}));
+                                  "unrecoverable": r.unrecoverable, "left_unreadable": r.left_unreadable}));
             } else {
                 for why in &r.records_moved_aside {
                     println!("moved aside: {why}");
@@ -634,10 +634,17 @@ fn cmd_repair(g: &Global, what: RepairWhat) -> Result<i32> {
                         println!("  {path}");
                     }
                 }
+                for why in &r.left_unreadable {
+                    println!("left in place: {why} (not shown to be damaged: make it readable, then check again)");
+                }
                 for which in &r.unrecoverable {
                     println!("snapshot {which}: its top folder is lost; its record was moved aside");
                 }
-                if r.records_moved_aside.is_empty() && r.rewritten.is_empty() && r.unrecoverable.is_empty() {
+                if r.records_moved_aside.is_empty()
+                    && r.rewritten.is_empty()
+                    && r.unrecoverable.is_empty()
+                    && r.left_unreadable.is_empty()
+                {
                     println!("every snapshot is whole: nothing to repair");
                 }
             }

@@ -77,13 +77,14 @@ pub fn run(
     device: Option<&str>,
     dry_run: bool,
 ) -> Result<Vec<Decision>, RepoError> {
-    let _lock = RepoLock::acquire(repo, LockKind::Exclusive, "forget")?;
+    let lock = RepoLock::acquire(repo, LockKind::Exclusive, "forget")?;
     let all = snapshot::list(repo)?;
     let chosen: Vec<SnapshotInfo> = all.into_iter().filter(|s| device.is_none_or(|d| s.snapshot.device == d)).collect();
     let decisions = plan(&chosen, policy);
     if !dry_run {
         let doomed: Vec<SnapshotId> = decisions.iter().filter(|d| !d.keep).map(|d| d.info.id).collect();
         for id in doomed {
+            lock.ensure_held()?;
             snapshot::remove(repo, &id)?;
         }
     }

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use crate::check::tree_problems;
 use crate::progress::Progress;
-use crate::repo::index::{write_index, BlobLocation, Index};
+use crate::repo::index::{write_index, BlobLocation};
 use crate::repo::lock::{LockKind, RepoLock};
-use crate::repo::pack::PackEntry;
+use crate::repo::pack::{read_footer, PackEntry};
 use crate::repo::packer::Packer;
 use crate::repo::snapshot::{self, Snapshot};
-use crate::repo::{fsync_dir, io_error, BlobId, PackId, RepoError, Repository, SnapshotId};
+use crate::repo::{BlobId, PackId, RepoError, Repository, SnapshotId};
 use crate::tree::{load_tree, Node};
 
 /// Repack a pack when more than this share of its bytes is unused.
@@ -43,30 +43,65 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
     let (used, unreadable_trees) = used_blobs(repo, &snapshots)?;
     refuse_if_lost(repo, &snapshots, &unreadable_trees, "are folder listings that cannot be read")?;
     let on_disk: HashMap<PackId, u64> = repo.list_packs()?.into_iter().collect();
-    // Every copy of every blob, in packs that exist; a pack's entries once each.
-    let mut copies: HashMap<BlobId, Vec<BlobLocation>> = HashMap::new();
+    // What each pack holds, from its own list (the index may be stale or wrong, and deleting a
+    // pack on its word could lose the only copy); from the index only where that list cannot be
+    // read, and then the pack is never deleted.
+    let mut index_entries: HashMap<PackId, Vec<BlobLocation>> = HashMap::new();
+    repo.index().for_each(|loc| index_entries.entry(loc.pack).or_default().push(loc))?;
+    let mut unreadable: HashSet<PackId> = HashSet::new();
     let mut by_pack: HashMap<PackId, Vec<BlobLocation>> = HashMap::new();
-    repo.index().for_each(|loc| {
-        let listed = by_pack.entry(loc.pack).or_default();
-        if listed.iter().any(|l| l.id == loc.id && l.offset == loc.offset) {
-            return;
+    for pack in on_disk.keys() {
+        let entries = match read_footer(repo, pack) {
+            Ok(footer) => footer
+                .into_iter()
+                .map(|e| BlobLocation {
+                    id: e.id,
+                    kind: e.kind,
+                    pack: *pack,
+                    offset: e.offset,
+                    len: e.len,
+                    raw_len: e.raw_len,
+                })
+                .collect(),
+            Err(e) if e.is_corruption() => {
+                unreadable.insert(*pack);
+                index_entries.remove(pack).unwrap_or_default()
+            }
+            Err(e) => return Err(e),
+        };
+        by_pack.insert(*pack, entries);
+    }
+    let mut copies: HashMap<BlobId, Vec<BlobLocation>> = HashMap::new();
+    for entries in by_pack.values_mut() {
+        entries.sort_by_key(|e| (e.offset, e.id));
+        entries.dedup_by_key(|e| (e.offset, e.id));
+        for entry in entries.iter() {
+            copies.entry(entry.id).or_default().push(entry.clone());
         }
-        listed.push(loc.clone());
-        if on_disk.contains_key(&loc.pack) {
-            copies.entry(loc.id).or_default().push(loc);
-        }
-    })?;
+    }
     let lost: HashSet<BlobId> = used.iter().filter(|id| !copies.contains_key(id)).copied().collect();
     refuse_if_lost(repo, &snapshots, &lost, "are not stored in any pack")?;
 
-    // Each used blob keeps one copy: the first whose pack exists.
-    let chosen: HashMap<BlobId, PackId> = used.iter().map(|id| (*id, copies[id][0].pack)).collect();
+    // Each used blob keeps one copy. Where there are several, the first that verifies: the one
+    // kept must not be a damaged one while an intact one is deleted.
+    let mut chosen: HashMap<BlobId, PackId> = HashMap::new();
+    let mut no_good_copy = HashSet::new();
+    for id in &used {
+        let found = &copies[id];
+        let pick = if found.len() == 1 { Some(&found[0]) } else { verified_copy(repo, found).map(|(_, c)| c) };
+        match pick {
+            Some(copy) => {
+                chosen.insert(*id, copy.pack);
+            }
+            None => {
+                no_good_copy.insert(*id);
+            }
+        }
+    }
+    refuse_if_lost(repo, &snapshots, &no_good_copy, "have no copy that is intact")?;
     let mut report = PruneReport::default();
     let mut keep_packs: HashSet<PackId> = HashSet::new();
-    // A pack whose own list cannot be read is never deleted: what it holds is unknown.
-    let unreadable: HashSet<PackId> = repo.index().unreadable_packs().into_iter().map(|(p, _)| p).collect();
-    let mut drop_packs: Vec<PackId> =
-        on_disk.keys().filter(|p| !by_pack.contains_key(p) && !unreadable.contains(p)).copied().collect();
+    let mut drop_packs: Vec<PackId> = Vec::new();
     let mut to_repack: Vec<BlobLocation> = Vec::new();
     for (pack, entries) in &by_pack {
         let is_live = |e: &&BlobLocation| chosen.get(&e.id) == Some(pack);
@@ -75,10 +110,9 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
         let live_bytes: u64 = live.iter().map(|e| e.len as u64).sum();
         report.blobs_kept += live.len() as u64;
         report.blobs_removed += (entries.len() - live.len()) as u64;
-        if !on_disk.contains_key(pack) {
-            continue; // missing pack: its entries disappear with the old index
-        }
-        if live.is_empty() {
+        if unreadable.contains(pack) {
+            keep_packs.insert(*pack); // what it holds is not known for sure: never deleted
+        } else if live.is_empty() {
             drop_packs.push(*pack);
         } else if (total - live_bytes) as f64 > total as f64 * REPACK_UNUSED_SHARE {
             to_repack.extend(live.into_iter().cloned());
@@ -107,28 +141,28 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
     refuse_if_lost(repo, &snapshots, &damaged, "have no copy that is intact")?;
 
     // One index for everything that stays, then the old index files, then the old packs.
-    let old_indexes = repo.index().file_ids();
-    let fresh = Index::open(repo)?;
     let mut kept_entries: HashMap<PackId, Vec<PackEntry>> = HashMap::new();
-    fresh.for_each(|loc| {
-        let from_repack = !by_pack.contains_key(&loc.pack);
-        if keep_packs.contains(&loc.pack) || (from_repack && !unreadable.contains(&loc.pack)) {
-            let entry =
-                PackEntry { id: loc.id, kind: loc.kind, offset: loc.offset, len: loc.len, raw_len: loc.raw_len };
-            kept_entries.entry(loc.pack).or_default().push(entry);
-        }
-    })?;
-    lock.ensure_held()?;
-    let new_index = write_index(repo, kept_entries.iter().map(|(p, e)| (p, e.as_slice())))?;
-    let damaged_indexes = fresh.damaged_files().into_iter().chain(repo.index().damaged_files()).map(|(id, _)| id);
-    for id in fresh.file_ids().into_iter().chain(old_indexes).chain(damaged_indexes) {
-        if id != new_index {
-            repo.remove_file(&repo.path(&format!("index/{}", id.to_hex())))?;
+    for pack in &keep_packs {
+        let entries = by_pack[pack].iter().map(|l| PackEntry {
+            id: l.id,
+            kind: l.kind,
+            offset: l.offset,
+            len: l.len,
+            raw_len: l.raw_len,
+        });
+        kept_entries.insert(*pack, entries.collect());
+    }
+    // The new packs the repacked blobs went to: those on disk now that were not before.
+    for (pack, _) in repo.list_packs()? {
+        if !on_disk.contains_key(&pack) {
+            kept_entries.insert(pack, read_footer(repo, &pack)?);
         }
     }
-    // The old index files must be gone for good before the packs they name are: after a power
-    // cut, an index naming deleted packs would be damage.
-    fsync_dir(&repo.path("index")).map_err(io_error("syncing the index folder"))?;
+    lock.ensure_held()?;
+    let new_index = write_index(repo, kept_entries.iter().map(|(p, e)| (p, e.as_slice())))?;
+    // The old index files must be gone for good (synced) before the packs they name are: after
+    // a power cut, an index naming deleted packs would be damage.
+    repo.remove_index_files_but(&new_index)?;
     for pack in &drop_packs {
         repo.remove_file(&repo.pack_path(pack))?;
         report.packs_deleted += 1;
@@ -158,7 +192,7 @@ fn refuse_if_lost(
     if lost.is_empty() {
         return Ok(());
     }
-    let named = tree_problems(repo, snapshots, &|id| !lost.contains(id), &HashSet::new());
+    let named = tree_problems(repo, snapshots, &|id, _| !lost.contains(id), &HashSet::new());
     let mut shown: Vec<String> = named.iter().take(10).map(|(line, _)| line.clone()).collect();
     if named.len() > 10 {
         shown.push(format!("and {} more", named.len() - 10));

@@ -20,11 +20,10 @@ use crate::repo::lock::{LockKind, RepoLock};
 use crate::repo::pack::{read_footer, PackEntry};
 use crate::repo::packer::Packer;
 use crate::repo::snapshot::{self, Snapshot};
-use crate::repo::{fsync_dir, io_error, BlobId, BlobKind, PackId, RepoError, Repository, SnapshotId};
+use crate::repo::{BlobId, BlobKind, PackId, RepoError, Repository, SnapshotId};
 use crate::tree::{load_tree, Entry, Node, Tree};
 
-/// Where damaged files are moved, inside the repository.
-pub const DAMAGED_DIR: &str = "damaged";
+pub use crate::repo::DAMAGED_DIR;
 /// The tag a rewritten snapshot carries.
 pub const REPAIRED_TAG: &str = "repaired";
 
@@ -55,6 +54,8 @@ pub struct SnapshotRepair {
     pub rewritten: Vec<(String, String, String, Vec<String>)>,
     /// Snapshots whose whole root folder is lost: their records are moved aside.
     pub unrecoverable: Vec<String>,
+    /// Records that cannot be read but are not shown damaged (permissions, I/O errors): left.
+    pub left_unreadable: Vec<String>,
 }
 
 pub fn index(repo: &Repository) -> Result<IndexRepair, RepoError> {
@@ -84,37 +85,10 @@ fn rebuild_index(repo: &Repository, lock: &RepoLock, leave_out: &HashSet<PackId>
         }
     }
     progress.finish();
-    let old: Vec<PathBuf> = list_files(&repo.path("index"))?;
     lock.ensure_held()?;
     let new = write_index(repo, covered.iter().map(|(p, e)| (p, e.as_slice())))?;
-    for path in old {
-        if path.file_name().and_then(|n| n.to_str()) != Some(new.to_hex().as_str()) {
-            repo.remove_file(&path)?;
-            report.index_files_replaced += 1;
-        }
-    }
-    fsync_dir(&repo.path("index")).map_err(io_error("syncing the index folder"))?;
+    report.index_files_replaced = repo.remove_index_files_but(&new)?;
     Ok(report)
-}
-
-fn list_files(dir: &Path) -> Result<Vec<PathBuf>, RepoError> {
-    match std::fs::read_dir(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(io_error(format!("listing {}", dir.display()))(e)),
-        Ok(entries) => Ok(entries.filter_map(|e| e.ok().map(|e| e.path())).collect()),
-    }
-}
-
-/// Moves `from` (a file of the repository) to `damaged/<kind>/<name>`, durably.
-fn move_aside(repo: &Repository, from: &Path, kind: &str) -> Result<(), RepoError> {
-    let dir = repo.path(DAMAGED_DIR).join(kind);
-    std::fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
-    let name = from.file_name().expect("repository files have names");
-    crate::repo::crash_point("rename", from);
-    std::fs::rename(from, dir.join(name)).map_err(io_error(format!("moving {} aside", from.display())))?;
-    fsync_dir(&dir).map_err(io_error(format!("syncing {}", dir.display())))?;
-    let parent = from.parent().expect("repository files live in folders");
-    fsync_dir(parent).map_err(io_error(format!("syncing {}", parent.display())))
 }
 
 pub fn packs(repo: &Repository) -> Result<PackRepair, RepoError> {
@@ -178,7 +152,7 @@ pub fn packs(repo: &Repository) -> Result<PackRepair, RepoError> {
         let listed = read_footer(repo, &pack).map(|f| f.len() as u64).unwrap_or(intact.len() as u64);
         report.blobs_lost += listed.saturating_sub(intact.len() as u64);
         lock.ensure_held()?;
-        move_aside(repo, &repo.pack_path(&pack), "data")?;
+        repo.move_aside(&repo.pack_path(&pack), "data")?;
         report.moved_aside.push(why);
     }
     Ok(report)
@@ -189,8 +163,14 @@ pub fn snapshots(repo: &Repository) -> Result<SnapshotRepair, RepoError> {
     let mut report = SnapshotRepair::default();
     let (snapshots, damaged) = snapshot::load_all(repo)?;
     for record in damaged {
+        if !record.corrupt {
+            // Unreadable for now (permissions, a failing disk): moving it aside would let a
+            // prune delete what it needs.
+            report.left_unreadable.push(record.why);
+            continue;
+        }
         lock.ensure_held()?;
-        move_aside(repo, &repo.path(&format!("snapshots/{}", record.id.to_hex())), "snapshots")?;
+        repo.move_aside(&repo.path(&format!("snapshots/{}", record.id.to_hex())), "snapshots")?;
         report.records_moved_aside.push(record.why);
     }
     let on_disk: HashSet<PackId> = repo.list_packs()?.into_iter().map(|(p, _)| p).collect();
@@ -207,7 +187,7 @@ pub fn snapshots(repo: &Repository) -> Result<SnapshotRepair, RepoError> {
     let mut plans: Vec<(SnapshotId, Snapshot, Option<BlobId>, Vec<String>)> = Vec::new();
     for (id, snapshot) in snapshots {
         let mut lost = Vec::new();
-        let root = rewriter.rewrite(&snapshot.root, Path::new(""), &mut lost)?;
+        let root = rewriter.rewrite(&snapshot.root, Path::new(""), 0, &mut lost)?;
         if root == Some(snapshot.root) {
             continue;
         }
@@ -225,11 +205,11 @@ pub fn snapshots(repo: &Repository) -> Result<SnapshotRepair, RepoError> {
                 }
                 // The new record is durable before the old one moves: a crash leaves both.
                 let new_id = snapshot::save(repo, &repaired)?;
-                move_aside(repo, &old, "snapshots")?;
+                repo.move_aside(&old, "snapshots")?;
                 report.rewritten.push((id.short(), new_id.short(), snapshot.device.clone(), lost));
             }
             None => {
-                move_aside(repo, &old, "snapshots")?;
+                repo.move_aside(&old, "snapshots")?;
                 report.unrecoverable.push(format!("{} ({})", id.short(), snapshot.device));
             }
         }
@@ -248,19 +228,33 @@ struct Rewriter<'a, 'p> {
 }
 
 impl Rewriter<'_, '_> {
-    fn rewrite(&mut self, tree_id: &BlobId, at: &Path, lost: &mut Vec<String>) -> Result<Option<BlobId>, RepoError> {
+    fn rewrite(
+        &mut self,
+        tree_id: &BlobId,
+        at: &Path,
+        depth: usize,
+        lost: &mut Vec<String>,
+    ) -> Result<Option<BlobId>, RepoError> {
+        if depth > crate::tree::MAX_DEPTH {
+            return Ok(None); // damage: the folder is dropped from the rewritten snapshot
+        }
         if let Some((new, below)) = self.memo.get(tree_id) {
             lost.extend(below.iter().map(|p| at.join(p).display().to_string()));
             return Ok(*new);
         }
         let mut below = Vec::new();
-        let new = self.rewrite_uncached(tree_id, &mut below)?;
+        let new = self.rewrite_uncached(tree_id, depth, &mut below)?;
         lost.extend(below.iter().map(|p| at.join(p).display().to_string()));
         self.memo.insert(*tree_id, (new, below));
         Ok(new)
     }
 
-    fn rewrite_uncached(&mut self, tree_id: &BlobId, lost: &mut Vec<String>) -> Result<Option<BlobId>, RepoError> {
+    fn rewrite_uncached(
+        &mut self,
+        tree_id: &BlobId,
+        depth: usize,
+        lost: &mut Vec<String>,
+    ) -> Result<Option<BlobId>, RepoError> {
         if !self.present.contains(tree_id) {
             return Ok(None);
         }
@@ -273,7 +267,7 @@ impl Rewriter<'_, '_> {
         for entry in tree.entries {
             let name = PathBuf::from(entry.name_os());
             match &entry.node {
-                Node::Dir { tree } => match self.rewrite(tree, &name, lost)? {
+                Node::Dir { tree } => match self.rewrite(tree, &name, depth + 1, lost)? {
                     Some(new) => kept.entries.push(Entry { node: Node::Dir { tree: new }, ..entry }),
                     None => lost.push(format!("{}/", name.display())),
                 },

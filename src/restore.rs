@@ -187,6 +187,14 @@ fn restore_file(repo: &Repository, entry: &Entry, dest: &Path, progress: &Progre
             .map_err(|e| e.to_string())?;
         for chunk in chunks {
             let data = repo.load_blob(&chunk.id).map_err(|e| e.to_string())?;
+            if data.len() != chunk.len as usize {
+                return Err(format!(
+                    "repository damaged: chunk {} has {} bytes where the folder listing says {}",
+                    chunk.id,
+                    data.len(),
+                    chunk.len
+                ));
+            }
             file.write_all(&data).map_err(|e| e.to_string())?;
             progress.add(data.len() as u64);
         }

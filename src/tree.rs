@@ -155,6 +155,14 @@ pub fn lookup_path(repo: &Repository, root: &BlobId, path: &Path) -> Result<Entr
     Ok(current)
 }
 
+/// How deep folders may nest: deeper than a real file system's paths (PATH_MAX is 4096 bytes)
+/// can go. A deeper tree is damage, refused before a recursive walk runs out of stack.
+pub const MAX_DEPTH: usize = 2048;
+
+pub fn too_deep() -> RepoError {
+    RepoError::Corrupt(format!("folders nested deeper than {MAX_DEPTH} levels"))
+}
+
 /// Visits every entry below `tree` depth-first, parents before children, with its path relative
 /// to the walk's start.
 pub fn walk<E: From<RepoError>>(
@@ -162,20 +170,24 @@ pub fn walk<E: From<RepoError>>(
     tree: &BlobId,
     visit: &mut impl FnMut(&Path, &Entry) -> Result<(), E>,
 ) -> Result<(), E> {
-    walk_below(repo, tree, &mut PathBuf::new(), visit)
+    walk_below(repo, tree, &mut PathBuf::new(), 0, visit)
 }
 
 fn walk_below<E: From<RepoError>>(
     repo: &Repository,
     tree: &BlobId,
     path: &mut PathBuf,
+    depth: usize,
     visit: &mut impl FnMut(&Path, &Entry) -> Result<(), E>,
 ) -> Result<(), E> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep().into());
+    }
     for entry in load_tree(repo, tree)?.entries {
         path.push(entry.name_os());
         visit(path, &entry)?;
         if let Node::Dir { tree } = &entry.node {
-            walk_below(repo, tree, path, visit)?;
+            walk_below(repo, tree, path, depth + 1, visit)?;
         }
         path.pop();
     }

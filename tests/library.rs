@@ -442,3 +442,83 @@ fn the_mount_shows_extreme_times_without_panicking() {
     let _ = phonebak::restore::run(&repo, &root, &dir.path().join("out"), None);
     assert_eq!(std::fs::read(dir.path().join("out/now")).unwrap(), b"abc");
 }
+
+/// Stores `plain` as a blob of `kind` and returns its id.
+fn store(
+    repo: &Repository,
+    packer: &mut phonebak::repo::packer::Packer,
+    kind: phonebak::repo::BlobKind,
+    plain: &[u8],
+) -> phonebak::repo::BlobId {
+    let id = repo.blob_id(plain);
+    packer.add(id, kind, &repo.encode_blob(kind, &id, plain), plain.len() as u32).unwrap();
+    id
+}
+
+fn save_snapshot(repo: &Repository, root: phonebak::repo::BlobId) {
+    let snapshot = phonebak::repo::snapshot::Snapshot {
+        device: "crafted".into(),
+        time_ns: 1_700_000_000_000_000_000,
+        hostname: "h".into(),
+        tags: vec![],
+        source: "crafted".into(),
+        parent: None,
+        root,
+        stats: Default::default(),
+    };
+    snapshot::save(repo, &snapshot).unwrap();
+}
+
+#[test]
+fn crafted_trees_too_deep_or_with_lying_chunk_lengths_are_damage_not_crashes() {
+    use phonebak::repo::BlobKind;
+    use phonebak::tree::{ChunkRef, Entry, Node, Tree};
+    let dir = tempfile::tempdir().unwrap();
+    let repo = small_repo(&dir.path().join("repo"));
+    let mut packer = phonebak::repo::packer::Packer::new(&repo);
+    // Folders nested 30 000 deep: deeper than any file system's paths.
+    let mut tree = store(&repo, &mut packer, BlobKind::Tree, &Tree::default().encode());
+    for _ in 0..30_000 {
+        let entry =
+            Entry { name: b"d".to_vec(), meta: Meta { mode: 0o755, ..Meta::default() }, node: Node::Dir { tree } };
+        tree = store(&repo, &mut packer, BlobKind::Tree, &Tree { entries: vec![entry] }.encode());
+    }
+    let deep = tree;
+    // A 3-byte chunk that a listing says is 12 bytes long.
+    let chunk = store(&repo, &mut packer, BlobKind::Data, b"abc");
+    let lying = Entry {
+        name: b"lying.txt".to_vec(),
+        meta: Meta { mode: 0o644, ..Meta::default() },
+        node: Node::File { size: 12, chunks: vec![ChunkRef { id: chunk, len: 12 }] },
+    };
+    let lying_root = store(&repo, &mut packer, BlobKind::Tree, &Tree { entries: vec![lying] }.encode());
+    packer.finish().unwrap();
+    save_snapshot(&repo, deep);
+    save_snapshot(&repo, lying_root);
+
+    let report = phonebak::check::run(&repo, true).unwrap();
+    let all = report.errors.join("\n");
+    assert!(all.contains("nested deeper than"), "{all}");
+    assert!(all.contains("lying.txt: 1 chunk(s) missing from the repository (or not of the length"), "{all}");
+
+    let start = lookup_path(&repo, &lying_root, Path::new("")).unwrap();
+    let restored = phonebak::restore::run(&repo, &start, &dir.path().join("out"), None).unwrap();
+    assert_eq!(restored.failed.len(), 1, "{:?}", restored.failed);
+    assert!(restored.failed[0].1.contains("folder listing says 12"), "{:?}", restored.failed);
+    assert!(!dir.path().join("out/lying.txt").exists());
+
+    let mut listed = 0;
+    let walked = phonebak::tree::walk(&repo, &deep, &mut |_: &Path,
+                                                          _: &phonebak::tree::Entry|
+     -> Result<(), phonebak::repo::RepoError> {
+        listed += 1;
+        Ok(())
+    });
+    assert!(walked.is_err() && listed <= phonebak::tree::MAX_DEPTH + 1);
+    let repaired = phonebak::repair::snapshots(&repo).unwrap();
+    assert_eq!(
+        repaired.rewritten.len() + repaired.unrecoverable.len(),
+        1,
+        "the deep one is rewritten without its deep folder"
+    );
+}

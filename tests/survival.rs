@@ -297,23 +297,32 @@ fn repair_snapshots_rewrites_a_snapshot_without_its_lost_files() {
     check_ok(&s, true);
 }
 
-/// Starts `args`, stops the process (SIGSTOP) as soon as its lock file appears, removes that
-/// lock as a stale-lock cleaner on another machine would, and lets it go on.
+/// Starts `args`, which stops itself (SIGSTOP, a `test-hooks` crash point) once its lock file is
+/// durable; removes that lock as a stale-lock cleaner on another machine would, and lets it go on.
 fn lose_lock_of(s: &Scratch, args: &[&str]) -> std::process::Output {
-    let child =
-        s.command(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = s
+        .command(args)
+        .env("PHONEBAK_STOP_AT", "2") // 1: the lock file is synced, 2: its folder is
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = child.id() as i32;
-    let locks = s.repo.join("locks");
     let started = std::time::Instant::now();
-    let lock = loop {
-        if let Some(found) = files_in(&locks).into_iter().find(|p| !p.to_string_lossy().ends_with(".tmp")) {
-            unsafe { libc::kill(pid, libc::SIGSTOP) };
-            break found;
-        }
-        assert!(started.elapsed() < std::time::Duration::from_secs(20), "no lock appeared");
-        std::thread::sleep(std::time::Duration::from_micros(200));
+    let stopped = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit(") ").next().is_some_and(|rest| rest.starts_with('T'))
     };
-    std::fs::remove_file(&lock).unwrap();
+    while !stopped() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{args:?} never stopped: built with test-hooks?"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let locks = files_in(&s.repo.join("locks"));
+    assert_eq!(locks.len(), 1, "{locks:?}");
+    std::fs::remove_file(&locks[0]).unwrap();
     unsafe { libc::kill(pid, libc::SIGCONT) };
     child.wait_with_output().unwrap()
 }
@@ -391,4 +400,134 @@ fn init_never_writes_a_new_repository_over_one_whose_config_is_gone() {
     assert_ne!(code(&out), 0);
     assert!(stderr(&out).contains("will not create a new repository over this data"), "{}", stderr(&out));
     assert!(!s.repo.join("config").exists());
+}
+
+#[test]
+fn stray_files_left_by_users_or_sync_tools_block_nothing() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    backup(&s, &phone);
+    std::fs::write(s.repo.join("data/README"), b"x").unwrap();
+    std::fs::create_dir_all(s.repo.join("data/.stfolder")).unwrap();
+    std::fs::write(s.repo.join("data/.DS_Store"), b"x").unwrap();
+    let some_prefix =
+        files_in(&s.repo.join("data")).into_iter().find(|p| p.is_dir() && p.file_name().unwrap().len() == 2).unwrap();
+    std::fs::write(some_prefix.join("notes.txt"), b"x").unwrap();
+    std::fs::write(s.repo.join("index/.DS_Store"), b"x").unwrap();
+    std::fs::write(s.repo.join("snapshots/Thumbs.db"), b"x").unwrap();
+    restore_ok(&s, "latest", &phone, "restored");
+    backup(&s, &phone);
+    check_ok(&s, true);
+    s.ok(&["prune"]);
+    check_ok(&s, true);
+    assert!(s.repo.join("data/README").exists(), "prune deletes packs only");
+}
+
+#[test]
+fn prune_keeps_the_intact_copy_when_the_other_is_damaged() {
+    for damaged_copy in [0, 1] {
+        let s = Scratch::with_repo();
+        let phone = s.path("phone");
+        sample_phone(&phone);
+        let copies = stored_twice(&s, &phone);
+        let packs = if damaged_copy == 0 { &copies.0 } else { &copies.1 };
+        let data_pack = packs.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+        flip_byte(data_pack, 100_000);
+        restore_ok(&s, "latest", &phone, "before-prune");
+        s.ok(&["prune"]);
+        restore_ok(&s, "latest", &phone, "after-prune");
+        check_ok(&s, false);
+    }
+}
+
+#[test]
+fn forget_whose_lock_was_taken_away_removes_nothing() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    for _ in 0..3 {
+        backup(&s, &phone);
+    }
+    let before = snapshot_ids(&s);
+    let out = lose_lock_of(&s, &["forget", "--keep-last", "1", "--prune"]);
+    assert_eq!(code(&out), 11, "{}", stderr(&out));
+    assert_eq!(snapshot_ids(&s), before);
+}
+
+#[test]
+fn an_old_index_naming_pruned_packs_does_not_hide_the_repacked_copy() {
+    let s = Scratch::new();
+    s.ok(&["init", "--pack-size-mib", "1"]);
+    let phone = s.path("phone");
+    for i in 0..3 {
+        write(&phone.join(format!("DCIM/{i}.jpg")), &bytes(50 + i, 300_000, false));
+    }
+    backup(&s, &phone);
+    std::fs::remove_file(phone.join("DCIM/0.jpg")).unwrap();
+    backup(&s, &phone);
+    s.ok(&["forget", "--keep-last", "1"]);
+    let old_index = s.path("old-index");
+    copy_tree(&s.repo.join("index"), &old_index);
+    let pruned = s.json(&["prune"]);
+    assert!(pruned["packs_repacked"].as_u64().unwrap() > 0, "the scenario needs a repack: {pruned}");
+    std::fs::remove_dir_all(s.repo.join("index")).unwrap();
+    copy_tree(&old_index, &s.repo.join("index"));
+    restore_ok(&s, "latest", &phone, "restored");
+}
+
+#[test]
+fn odd_things_in_place_of_repository_files_neither_hang_nor_block() {
+    let s = Scratch::with_repo();
+    let (phone, _first, second) = two_snapshots(&s);
+    let ids = snapshot_ids(&s);
+    // A FIFO where a record was: opening it must not wait for a writer forever.
+    let fifo = s.repo.join("snapshots").join(&ids[0]);
+    std::fs::remove_file(&fifo).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let out = run_bounded(&s, &["snapshots"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("not a regular file"), "{}", stderr(&out));
+    // A dangling link where the other was: damage, not a record removed meanwhile.
+    let link = s.repo.join("snapshots").join(&ids[1]);
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/record", &link).unwrap();
+    let out = run_bounded(&s, &["prune"]);
+    assert_eq!(code(&out), 13, "prune refuses: {}", stderr(&out));
+    assert!(stderr(&out).contains("a link to nothing"), "{}", stderr(&out));
+    s.ok(&["repair", "snapshots"]);
+    // A folder where an index file was.
+    let index = index_files(&s)[0].clone();
+    std::fs::remove_file(&index).unwrap();
+    std::fs::create_dir(&index).unwrap();
+    s.ok(&["repair", "index"]);
+    check_ok(&s, false);
+    backup(&s, &phone);
+    restore_ok(&s, "latest", &second, "restored");
+    check_ok(&s, true);
+}
+
+/// Runs `phonebak` and fails the test if it has not ended within 30 s (a hang).
+fn run_bounded(s: &Scratch, args: &[&str]) -> std::process::Output {
+    let mut child =
+        s.command(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("phonebak {args:?} hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_config_claiming_format_0_is_damage() {
+    let s = Scratch::with_repo();
+    let path = s.repo.join("config");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config["format_version"] = serde_json::json!(0);
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    assert_eq!(code(&s.run(&["snapshots"])), 13);
 }

@@ -47,6 +47,9 @@ impl Config {
     pub fn parse(bytes: &[u8]) -> Result<Config, RepoError> {
         let probe: VersionProbe = serde_json::from_slice(bytes)
             .map_err(|e| RepoError::Corrupt(format!("config is not a phonebak config: {e}")))?;
+        if probe.format_version == 0 {
+            return Err(RepoError::Corrupt("config: format version 0 does not exist".into()));
+        }
         if probe.format_version > FORMAT_VERSION {
             return Err(RepoError::NewerFormat { found: probe.format_version, supported: FORMAT_VERSION });
         }

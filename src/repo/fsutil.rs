@@ -32,6 +32,17 @@ pub fn publish(tmp: &Path, target: &Path) -> io::Result<()> {
     fsync_dir(dir)
 }
 
+/// Opens a file of the repository for reading, refusing what is not a regular file: a FIFO put
+/// where a record was would block every command forever, a device would never end.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file"));
+    }
+    Ok(file)
+}
+
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()?;
     crash_point("sync-dir", dir);
@@ -40,7 +51,8 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 /// A durable step of a write (`sync` of a file, `sync-dir`), or a `remove` or `rename` about to
 /// happen to `path`. In a build with the `test-hooks` feature, `PHONEBAK_CRASH_AT=N` kills the
-/// process (SIGKILL) at the Nth such point, and `PHONEBAK_CRASH_COUNT=FILE` appends
+/// process (SIGKILL) at the Nth such point, `PHONEBAK_STOP_AT=N` stops it (SIGSTOP) there, and
+/// `PHONEBAK_CRASH_COUNT=FILE` appends
 /// `N TAB step TAB path` per point, so that a test can stop a command after every prefix of its
 /// writes, and also undo what a power cut would (removals whose folder was not synced since).
 #[cfg(feature = "test-hooks")]
@@ -52,6 +64,11 @@ pub fn crash_point(step: &str, path: &Path) {
         if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
             let _ = writeln!(file, "{n}\t{step}\t{}", path.display());
         }
+    }
+    // Stops (SIGSTOP) at the Nth point, for a test to act while this process waits there.
+    if std::env::var("PHONEBAK_STOP_AT").ok().and_then(|v| v.parse::<u64>().ok()) == Some(n) {
+        // SAFETY: stops this process until a SIGCONT.
+        unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
     }
     if std::env::var("PHONEBAK_CRASH_AT").ok().and_then(|v| v.parse::<u64>().ok()) == Some(n) {
         // SAFETY: sends SIGKILL to this process: nothing after this point runs.

@@ -14,6 +14,7 @@ use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
 use super::crypto::Sealer;
+use super::fsutil;
 use super::pack::{list_packs, read_footer_at, PackEntry};
 use super::packfiles::pack_path;
 use super::warnings::Warnings;
@@ -228,6 +229,14 @@ impl Index {
             found.extend(rebuilt.iter().filter(|r| !found.contains(r)).cloned().collect::<Vec<_>>());
         }
         Ok(found)
+    }
+
+    /// Every copy of `id`, also in the footers of packs no readable index file covers even when
+    /// the index names copies: for a reader whose indexed copies all failed (an old index file
+    /// naming packs a prune deleted, while the blob lives on in a pack no index covers).
+    pub fn locations_everywhere(&self, id: &BlobId) -> Result<Vec<BlobLocation>, RepoError> {
+        self.cover_all_packs()?;
+        self.locations(id)
     }
 
     /// The indexed copies of `id`: the first one found, or with `all` every one.
@@ -457,7 +466,7 @@ pub(crate) fn parse_header(plain: &[u8], header_at: u64) -> Result<Header, &'sta
 }
 
 fn open_file(sealer: &Sealer, id: Id, path: &Path) -> Result<IndexFile, RepoError> {
-    let file = File::open(path).map_err(io_error(format!("opening {}", path.display())))?;
+    let file = fsutil::open_regular(path).map_err(io_error(format!("opening {}", path.display())))?;
     let header = read_header(sealer, &id, &file)?;
     Ok(IndexFile { id, file, header })
 }

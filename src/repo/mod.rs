@@ -152,6 +152,9 @@ impl Default for InitOptions {
     }
 }
 
+/// Where damaged files are moved, inside the repository.
+pub const DAMAGED_DIR: &str = "damaged";
+
 const SUBDIRS: [&str; 5] = ["data", "index", "snapshots", "locks", "tmp"];
 /// Blobs larger than this are first test-compressed on a sample, so photos and videos do not
 /// pay for a full zstd pass that cannot shrink them.
@@ -228,7 +231,12 @@ impl Repository {
 
     /// Is the repository at `root` encrypted? Lets the CLI ask for a password only when needed.
     pub fn read_config(root: &Path) -> Result<Config, RepoError> {
-        let bytes = match std::fs::read(root.join("config")) {
+        let read = |path: &Path| -> io::Result<Vec<u8>> {
+            let mut bytes = Vec::new();
+            io::Read::read_to_end(&mut io::Read::take(fsutil::open_regular(path)?, 1 << 20), &mut bytes)?;
+            Ok(bytes)
+        };
+        let bytes = match read(&root.join("config")) {
             Err(e) if e.kind() == io::ErrorKind::NotFound && holds_repository_data(root) => {
                 return Err(RepoError::ConfigMissing(root.to_path_buf()))
             }
@@ -385,13 +393,16 @@ impl Repository {
             }
         }
         for attempt in 0..2 {
-            if attempt == 1 {
+            let locations = if attempt == 0 {
+                self.index.locations(id)?
+            } else {
                 if !matches!(first_error, Some(RepoError::MissingPack(_))) {
                     break;
                 }
                 self.index.resync()?;
-            }
-            for location in self.index.locations(id)? {
+                self.index.locations_everywhere(id)?
+            };
+            for location in locations {
                 match read(&location) {
                     Ok(value) => return Ok(value),
                     Err(e) if first_error.is_none() => first_error = Some(e),
@@ -578,6 +589,40 @@ impl Repository {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(format!("removing {}", path.display()))(e)),
             _ => Ok(()),
         }
+    }
+
+    /// Moves `from` (a file of the repository) to `damaged/<kind>/<name>`, durably: damaged
+    /// files are kept for the user, never deleted.
+    pub fn move_aside(&self, from: &Path, kind: &str) -> Result<(), RepoError> {
+        let dir = self.path(DAMAGED_DIR).join(kind);
+        std::fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
+        let name = from.file_name().expect("repository files have names");
+        fsutil::crash_point("rename", from);
+        std::fs::rename(from, dir.join(name)).map_err(io_error(format!("moving {} aside", from.display())))?;
+        fsync_dir(&dir).map_err(io_error(format!("syncing {}", dir.display())))?;
+        let parent = from.parent().expect("repository files live in folders");
+        fsync_dir(parent).map_err(io_error(format!("syncing {}", parent.display())))
+    }
+
+    /// Removes every index file but `keep` (what is not a file there is moved aside), then syncs
+    /// `index/`, so that the removals are durable before anything they named is deleted.
+    /// Returns how many it removed.
+    pub fn remove_index_files_but(&self, keep: &Id) -> Result<u64, RepoError> {
+        let dir = self.path("index");
+        let mut removed = 0;
+        for path in read_dir_sorted(&dir)? {
+            if path.file_name().and_then(|n| n.to_str()) == Some(keep.to_hex().as_str()) {
+                continue;
+            }
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                self.move_aside(&path, "index")?;
+            } else {
+                self.remove_file(&path)?;
+            }
+            removed += 1;
+        }
+        fsync_dir(&dir).map_err(io_error("syncing the index folder"))?;
+        Ok(removed)
     }
 
     /// Bytes free on the repository's file system.

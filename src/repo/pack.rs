@@ -159,7 +159,7 @@ pub fn read_footer(repo: &Repository, pack: &PackId) -> Result<Vec<PackEntry>, R
 /// that every blob it lists lies inside the pack.
 pub fn read_footer_at(sealer: &Sealer, path: &Path, pack: &PackId) -> Result<Vec<PackEntry>, RepoError> {
     let damaged = |why: &str| RepoError::Corrupt(format!("pack {pack}: {why}"));
-    let file = File::open(path).map_err(|e| match e.kind() {
+    let file = fsutil::open_regular(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => RepoError::MissingPack(*pack),
         _ => io_error(format!("opening {}", path.display()))(e),
     })?;
@@ -222,10 +222,16 @@ pub fn list_packs(data: &Path) -> Result<Vec<(PackId, u64)>, RepoError> {
         Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(packs),
         other => other?,
     };
-    for sub in subs {
+    // Only `<2 hex digits>/<64 hex digits>` is a pack: anything else a user or a sync tool left
+    // there (a file, `.DS_Store`) is no reason to refuse the whole repository.
+    let is_prefix = |p: &PathBuf| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit()) && p.is_dir()
+    };
+    for sub in subs.into_iter().filter(is_prefix) {
         for file in read_dir_sorted(&sub)? {
             let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if let Some(id) = Id::from_hex(name) {
+            if let Some(id) = Id::from_hex(name).filter(|_| file.is_file()) {
                 let size = std::fs::metadata(&file).map_err(io_error(format!("reading {}", file.display())))?.len();
                 packs.push((id, size));
             }

@@ -104,7 +104,7 @@ impl PackFiles {
             return Ok(file.clone());
         }
         let path = self.path(pack);
-        let file = File::open(&path).map_err(|e| match e.kind() {
+        let file = super::fsutil::open_regular(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => RepoError::MissingPack(*pack),
             _ => io_error(format!("opening {}", path.display()))(e),
         })?;

@@ -87,7 +87,11 @@ const MAX_RECORD: u64 = 1 << 20;
 pub fn load(repo: &Repository, id: &SnapshotId) -> Result<Snapshot, RepoError> {
     let path = repo.path(&format!("snapshots/{}", id.to_hex()));
     let damaged = |why: String| RepoError::Corrupt(format!("snapshot record {id}: {why}"));
-    let file = std::fs::File::open(&path).map_err(io_error(format!("reading {}", path.display())))?;
+    let file = super::fsutil::open_regular(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => damaged("not a regular file".into()),
+        std::io::ErrorKind::NotFound if std::fs::symlink_metadata(&path).is_ok() => damaged("a link to nothing".into()),
+        _ => io_error(format!("reading {}", path.display()))(e),
+    })?;
     let mut sealed = Vec::new();
     std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_RECORD + 1), &mut sealed)
         .map_err(io_error(format!("reading {}", path.display())))?;
@@ -111,6 +115,9 @@ pub(crate) fn parse_record(plain: &[u8]) -> Result<Snapshot, String> {
 pub struct DamagedRecord {
     pub id: SnapshotId,
     pub why: String,
+    /// The bytes are there and wrong (as opposed to unreadable: permissions, I/O errors), so
+    /// moving the record aside loses nothing.
+    pub corrupt: bool,
 }
 
 /// Snapshot records that loaded, by id.
@@ -124,7 +131,7 @@ pub fn load_all(repo: &Repository) -> Result<(Loaded, Vec<DamagedRecord>), RepoE
             Ok(snapshot) => good.push((id, snapshot)),
             // Removed meanwhile (a forget): not damage.
             Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => damaged.push(DamagedRecord { id, why: e.to_string() }),
+            Err(e) => damaged.push(DamagedRecord { id, why: e.to_string(), corrupt: e.is_corruption() }),
         }
     }
     Ok((good, damaged))
