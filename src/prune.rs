@@ -52,17 +52,7 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
     let mut by_pack: HashMap<PackId, Vec<BlobLocation>> = HashMap::new();
     for pack in on_disk.keys() {
         let entries = match read_footer(repo, pack) {
-            Ok(footer) => footer
-                .into_iter()
-                .map(|e| BlobLocation {
-                    id: e.id,
-                    kind: e.kind,
-                    pack: *pack,
-                    offset: e.offset,
-                    len: e.len,
-                    raw_len: e.raw_len,
-                })
-                .collect(),
+            Ok(footer) => footer.into_iter().map(|e| e.located_in(pack)).collect(),
             Err(e) if e.is_corruption() => {
                 unreadable.insert(*pack);
                 index_entries.remove(pack).unwrap_or_default()

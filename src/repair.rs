@@ -108,17 +108,7 @@ pub fn packs(repo: &Repository) -> Result<PackRepair, RepoError> {
         let footer = read_footer(repo, pack).ok().filter(|_| !unreadable.contains(pack));
         let footer_ok = footer.is_some();
         let mut entries = match footer {
-            Some(footer) => footer
-                .into_iter()
-                .map(|e| BlobLocation {
-                    id: e.id,
-                    kind: e.kind,
-                    pack: *pack,
-                    offset: e.offset,
-                    len: e.len,
-                    raw_len: e.raw_len,
-                })
-                .collect(),
+            Some(footer) => footer.into_iter().map(|e| e.located_in(pack)).collect(),
             None => by_pack.remove(pack).unwrap_or_default(),
         };
         entries.sort_by_key(|e| (e.offset, e.id));

@@ -175,21 +175,6 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Runs `phonebak` and fails the test if it has not ended within a minute (a hang).
-fn run_bounded(s: &Scratch, args: &[&str]) -> std::process::Output {
-    let mut child =
-        s.command(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let started = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > std::time::Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("phonebak {args:?} hung for a minute");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
-
 fn temp_files(repo: &std::path::Path) -> Vec<String> {
     names(&repo.join("tmp"))
 }

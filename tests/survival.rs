@@ -507,21 +507,6 @@ fn odd_things_in_place_of_repository_files_neither_hang_nor_block() {
     check_ok(&s, true);
 }
 
-/// Runs `phonebak` and fails the test if it has not ended within 30 s (a hang).
-fn run_bounded(s: &Scratch, args: &[&str]) -> std::process::Output {
-    let mut child =
-        s.command(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let started = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > std::time::Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("phonebak {args:?} hung");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
 #[test]
 fn a_config_claiming_format_0_is_damage() {
     let s = Scratch::with_repo();

@@ -289,14 +289,7 @@ impl Index {
             match read_footer_at(&self.sealer, &pack_path(&self.data, &pack), &pack) {
                 Ok(entries) => {
                     for e in entries {
-                        let location = BlobLocation {
-                            id: e.id,
-                            kind: e.kind,
-                            pack,
-                            offset: e.offset,
-                            len: e.len,
-                            raw_len: e.raw_len,
-                        };
+                        let location = e.located_in(&pack);
                         rebuilt.blobs.entry(e.id).or_default().push(location);
                     }
                 }

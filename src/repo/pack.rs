@@ -30,6 +30,20 @@ pub struct PackEntry {
     pub raw_len: u32,
 }
 
+impl PackEntry {
+    /// Where this entry of pack `pack`'s own list says its blob is.
+    pub fn located_in(&self, pack: &PackId) -> super::index::BlobLocation {
+        super::index::BlobLocation {
+            id: self.id,
+            kind: self.kind,
+            pack: *pack,
+            offset: self.offset,
+            len: self.len,
+            raw_len: self.raw_len,
+        }
+    }
+}
+
 /// A pack that is complete, synced and in place.
 pub struct FinishedPack {
     pub id: PackId,

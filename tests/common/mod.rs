@@ -312,3 +312,18 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 pub fn copy_tree(from: &Path, to: &Path) {
     assert!(Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success());
 }
+
+/// Runs `phonebak` and fails the test if it has not ended within a minute (a hang).
+pub fn run_bounded(s: &Scratch, args: &[&str]) -> Output {
+    let mut child =
+        s.command(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("phonebak {args:?} hung for a minute");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
