@@ -201,8 +201,13 @@ pub(crate) fn verify_pack(repo: &Repository, pack: &PackId, entries: &[BlobLocat
         Err(e) => return (entries.iter().map(|e| e.id).collect(), Some(format!("pack {pack} cannot be read: {e}"))),
     };
     let hash_ok = blake3::hash(&bytes).as_bytes() == &pack.0;
+    // Each blob once: two index files may list the same pack (a backup indexes packs another
+    // left unindexed), and a blob decrypted in place cannot be opened a second time.
+    let mut unique: Vec<&BlobLocation> = entries.iter().collect();
+    unique.sort_by_key(|e| (e.offset, e.id));
+    unique.dedup_by_key(|e| (e.offset, e.id));
     let mut bad = Vec::new();
-    for entry in entries {
+    for entry in unique {
         let range = entry.offset as usize..entry.offset as usize + entry.len as usize;
         // Blobs are decrypted where they lie: the pack's hash was checked above, before this.
         let ok = bytes
