@@ -133,7 +133,9 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
     // One index for everything that stays, then the old index files, then the old packs.
     let mut kept_entries: HashMap<PackId, Vec<PackEntry>> = HashMap::new();
     for pack in &keep_packs {
-        let entries = by_pack[pack].iter().map(|l| PackEntry {
+        // A used blob is indexed at the copy chosen above: the other may be the damaged one.
+        let indexed = |l: &&BlobLocation| chosen.get(&l.id).is_none_or(|p| p == pack);
+        let entries = by_pack[pack].iter().filter(indexed).map(|l| PackEntry {
             id: l.id,
             kind: l.kind,
             offset: l.offset,

@@ -442,6 +442,26 @@ fn prune_keeps_the_intact_copy_when_the_other_is_damaged() {
 }
 
 #[test]
+fn reads_find_an_intact_copy_the_index_does_not_name() {
+    // `repair index` names one copy of each blob, the first pack listed: in one of the two
+    // rounds that is the damaged one.
+    for damaged_copy in [0, 1] {
+        let s = Scratch::with_repo();
+        let phone = s.path("phone");
+        sample_phone(&phone);
+        let copies = stored_twice(&s, &phone);
+        let packs = if damaged_copy == 0 { &copies.0 } else { &copies.1 };
+        let data_pack = packs.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+        flip_byte(data_pack, 100_000);
+        s.ok(&["repair", "index"]);
+        restore_ok(&s, "latest", &phone, "after-repair");
+        s.ok(&["prune"]);
+        restore_ok(&s, "latest", &phone, "after-prune");
+        check_ok(&s, false);
+    }
+}
+
+#[test]
 fn forget_whose_lock_was_taken_away_removes_nothing() {
     let s = Scratch::with_repo();
     let phone = s.path("phone");

@@ -377,37 +377,38 @@ impl Repository {
     }
 
     /// Calls `read` with where blob `id` is stored; if that copy is missing or damaged, with
-    /// each other stored copy in turn. If every copy failed and a pack was missing, the index is
-    /// read again and the copies tried once more: a prune run while this repository is open (by
-    /// a mount) moves live blobs to new packs before it deletes the old ones.
+    /// each other copy the index knows in turn. If every copy failed and a pack was missing, the
+    /// index is read again and the copies tried once more: a prune run while this repository is
+    /// open (by a mount) moves live blobs to new packs before it deletes the old ones. Last come
+    /// copies no index names, from every pack's own list: an index names one copy per blob.
     fn at_location<T>(
         &self,
         id: &BlobId,
         mut read: impl FnMut(&index::BlobLocation) -> Result<T, RepoError>,
     ) -> Result<T, RepoError> {
         let mut first_error = None;
-        if let Some(first) = self.index.get(id)? {
-            match read(&first) {
-                Ok(value) => return Ok(value),
-                Err(e) => first_error = Some(e),
-            }
-        }
-        for attempt in 0..2 {
-            let locations = if attempt == 0 {
-                self.index.locations(id)?
-            } else {
-                if !matches!(first_error, Some(RepoError::MissingPack(_))) {
-                    break;
+        let mut tried = Vec::new();
+        for attempt in 0..4 {
+            let locations = match attempt {
+                0 => self.index.get(id)?.into_iter().collect(),
+                1 => self.index.locations(id)?,
+                2 if matches!(first_error, Some(RepoError::MissingPack(_))) => {
+                    self.index.resync()?;
+                    self.index.locations_everywhere(id)?
                 }
-                self.index.resync()?;
-                self.index.locations_everywhere(id)?
+                2 => continue,
+                _ => self.index.copies_in_every_pack(id)?,
             };
             for location in locations {
+                if tried.contains(&location) {
+                    continue;
+                }
                 match read(&location) {
                     Ok(value) => return Ok(value),
                     Err(e) if first_error.is_none() => first_error = Some(e),
                     Err(_) => {}
                 }
+                tried.push(location);
             }
         }
         Err(first_error.unwrap_or(RepoError::MissingBlob(*id)))
