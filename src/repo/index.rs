@@ -91,7 +91,7 @@ pub struct Index {
     /// Blobs that more than one pack's own list holds, read from every footer the first time
     /// every listed copy of some blob failed: an index file names one copy of each blob, and it
     /// may be a damaged one while an intact copy lies in another pack.
-    stored_twice: Mutex<Option<Arc<HashMap<BlobId, Vec<BlobLocation>>>>>,
+    stored_twice: Mutex<Option<HashMap<BlobId, Vec<BlobLocation>>>>,
     warnings: Arc<Warnings>,
 }
 
@@ -261,7 +261,7 @@ impl Index {
                 }
             }
             copies.retain(|_, found| found.len() > 1);
-            *stored_twice = Some(Arc::new(copies));
+            *stored_twice = Some(copies);
         }
         Ok(stored_twice.as_ref().and_then(|copies| copies.get(id).cloned()).unwrap_or_default())
     }
