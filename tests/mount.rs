@@ -261,17 +261,34 @@ fn unmount_ends_the_daemon_and_errors_come_before_the_mount() {
 
 #[test]
 fn mount_t_phonebak_and_an_fstab_line_work() {
-    if !is_root() {
-        eprintln!("needs root to install /sbin/mount.phonebak and run mount(8); the CI runs as root");
-        return;
-    }
-    // mount(8) looks for /sbin/mount.<type>: point it at this build (scripts/install.sh installs
-    // the release build there for real use).
-    let helper = Path::new("/sbin/mount.phonebak");
-    let _ = std::fs::remove_file(helper);
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_mount_phonebak"), helper).unwrap();
+    assert!(is_root(), "needs root to run mount(8) in a private mount namespace (the CI runs as root)");
+    // All of it in a private mount namespace, so that nothing outside the test sees its mounts.
+    std::thread::spawn(mount_t_phonebak_in_a_private_namespace).join().unwrap();
+}
 
+/// Run by a thread of its own: `unshare(CLONE_NEWNS)` moves only the calling thread (and the
+/// programs it starts) into the new namespace.
+fn mount_t_phonebak_in_a_private_namespace() {
+    // SAFETY: plain system calls with valid, NUL-terminated arguments.
+    unsafe {
+        assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare: {}", std::io::Error::last_os_error());
+        let root = c"/";
+        let private = libc::MS_REC | libc::MS_PRIVATE;
+        let made_private = libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), private, std::ptr::null());
+        assert_eq!(made_private, 0, "making / private: {}", std::io::Error::last_os_error());
+    }
     let s = Scratch::with_repo();
+    // mount(8) looks for /sbin/mount.<type>: in this namespace only, a read-only overlay on /sbin
+    // adds this build's helper (scripts/install.sh installs the release build there for real use).
+    let helpers = s.path("helpers");
+    std::fs::create_dir(&helpers).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_mount_phonebak"), helpers.join("mount.phonebak")).unwrap();
+    let sbin = std::fs::canonicalize("/sbin").unwrap();
+    let overlay = format!("lowerdir={}:{}", helpers.display(), sbin.display());
+    let status = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &overlay]).arg(&sbin).status().unwrap();
+    assert!(status.success(), "overlay on {}", sbin.display());
+    assert!(Path::new("/sbin/mount.phonebak").exists());
+
     let phone = s.path("phone");
     sample_phone(&phone);
     s.ok(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
@@ -291,7 +308,8 @@ fn mount_t_phonebak_and_an_fstab_line_work() {
         .unwrap();
     assert!(mounted.status.success(), "{}", stderr(&mounted));
     assert_same_tree(&phone, &point.join("snapshots/pixel/latest"));
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    // This thread's mounts (/proc/self is the main thread's, outside the namespace).
+    let mounts = std::fs::read_to_string("/proc/thread-self/mounts").unwrap();
     let repo = std::fs::canonicalize(&s.repo).unwrap();
     let line = format!("{} {} fuse", repo.display(), point.display());
     assert!(mounts.lines().any(|l| l.starts_with(&line)), "the repository is the mount's source: {mounts}");
@@ -315,6 +333,8 @@ fn mount_t_phonebak_and_an_fstab_line_work() {
     assert!(mounted.status.success(), "{}", stderr(&mounted));
     assert!(point.join("snapshots/pixel/latest/DCIM/Camera/IMG_0001.jpg").exists());
     assert!(Command::new("umount").arg(&point).status().unwrap().success());
+    wait_until("the daemon to exit", || processes_mentioning(&point).is_empty());
+    assert!(Command::new("umount").arg(&sbin).status().unwrap().success());
 }
 
 /// Drops the kernel's page, dentry and inode caches (as root); false if it cannot.

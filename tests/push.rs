@@ -231,10 +231,7 @@ fn a_full_or_unusable_device_fails_cleanly_and_keeps_everything_staged() {
         s.command(&["push", "--device", "dir:/tmp"]).env("PHONEBAK_REPO", s.path("no-repo")).output().unwrap();
     assert_eq!(code(&nothing), 10, "{}", stderr(&nothing));
 
-    if !is_root() {
-        eprintln!("needs root to mount the small and read-only tmpfs devices; the CI runs as root");
-        return;
-    }
+    assert!(is_root(), "needs root to mount the small and read-only tmpfs devices (the CI runs as root)");
     let read_only = SmallDisk::new(s.path("read-only"), "ro,size=1m");
     let refused = push(&s, &read_only.0, &[]);
     assert_eq!(code(&refused), 17);

@@ -243,6 +243,15 @@ fn backed_up_then_a_photo_damaged() -> (Scratch, PathBuf) {
 #[test]
 fn a_flipped_bit_heals_after_repair_packs_and_the_next_backup() {
     let (s, phone) = backed_up_then_a_photo_damaged();
+    // A mount open all along answers EIO for the damaged photo, then, with no remount, the
+    // photo healed.
+    let mounted = Mounted::new(&s, &[]);
+    let device = mounted.snapshots().join("p");
+    let first = names(&device).into_iter().find(|n| n != "latest").unwrap();
+    let victim = device.join(first).join("DCIM/victim.jpg");
+    let unreadable = std::fs::read(&victim).unwrap_err();
+    assert_eq!(unreadable.raw_os_error(), Some(libc::EIO), "{unreadable}");
+
     let check = s.run(&["check", "--read-data"]);
     assert_eq!(code(&check), 13);
     assert!(String::from_utf8_lossy(&check.stdout).contains("repair: phonebak repair packs"));
@@ -260,6 +269,7 @@ fn a_flipped_bit_heals_after_repair_packs_and_the_next_backup() {
     check_ok(&s, true);
     let ids = snapshot_ids(&s);
     restore_ok(&s, &ids[0][..12], &phone, "old-snapshot-whole-again");
+    assert!(std::fs::read(&victim).unwrap() == std::fs::read(phone.join("DCIM/victim.jpg")).unwrap());
 }
 
 #[test]

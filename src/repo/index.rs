@@ -88,10 +88,11 @@ pub struct Index {
     pages: Mutex<PageCache>,
     damaged: Mutex<Vec<(Id, String)>>,
     rebuilt: RwLock<Rebuilt>,
-    /// Blobs that more than one pack's own list holds, read from every footer the first time
-    /// every listed copy of some blob failed: an index file names one copy of each blob, and it
-    /// may be a damaged one while an intact copy lies in another pack.
-    stored_twice: Mutex<Option<HashMap<BlobId, Vec<BlobLocation>>>>,
+    /// Every pack's own list, read the first time every known copy of some blob failed (and
+    /// those of packs written since, on each later failure): an index file names one copy of
+    /// each blob (it may be a damaged one while an intact copy lies in another pack), and a
+    /// wrong index file may leave out what its packs hold.
+    in_every_pack: Mutex<Rebuilt>,
     warnings: Arc<Warnings>,
 }
 
@@ -122,7 +123,7 @@ impl Index {
             files: RwLock::new(Vec::new()),
             pages: Mutex::new(LruCache::new(NonZeroUsize::new(CACHED_PAGES).expect("nonzero"))),
             damaged: Mutex::new(Vec::new()),
-            stored_twice: Mutex::new(None),
+            in_every_pack: Mutex::new(Rebuilt::default()),
             rebuilt: RwLock::new(Rebuilt::default()),
             warnings,
         }
@@ -199,7 +200,6 @@ impl Index {
         self.files.write().expect("index lock").retain(|file| on_disk.contains(&file.id));
         self.damaged.lock().expect("index damage lock").retain(|(id, _)| on_disk.contains(id));
         *self.rebuilt.write().expect("rebuilt index lock") = Rebuilt::default();
-        *self.stored_twice.lock().expect("stored-twice lock") = None;
         self.refresh()?;
         Ok(())
     }
@@ -245,25 +245,23 @@ impl Index {
         self.locations(id)
     }
 
-    /// Every copy of `id` in every pack's own list, whether or not an index names it. The first
-    /// call reads every footer (it is made only after every known copy failed); it then keeps
-    /// only the blobs stored more than once.
+    /// Every copy of `id` in every pack's own list, whether or not an index names it. Reads the
+    /// footer of every pack not read by an earlier call: it is made only after every known copy
+    /// of a blob failed.
     pub fn copies_in_every_pack(&self, id: &BlobId) -> Result<Vec<BlobLocation>, RepoError> {
-        let mut stored_twice = self.stored_twice.lock().expect("stored-twice lock");
-        if stored_twice.is_none() {
-            let mut copies: HashMap<BlobId, Vec<BlobLocation>> = HashMap::new();
-            for (pack, _) in list_packs(&self.data)? {
-                // Missing (pruned meanwhile) or unreadable footers hold no copy to fall back on.
-                if let Ok(entries) = read_footer_at(&self.sealer, &pack_path(&self.data, &pack), &pack) {
-                    for e in entries {
-                        copies.entry(e.id).or_default().push(e.located_in(&pack));
-                    }
+        let mut all = self.in_every_pack.lock().expect("footer map lock");
+        for (pack, _) in list_packs(&self.data)? {
+            if !all.scanned.insert(pack) {
+                continue;
+            }
+            // Missing (pruned meanwhile) or unreadable footers hold no copy to fall back on.
+            if let Ok(entries) = read_footer_at(&self.sealer, &pack_path(&self.data, &pack), &pack) {
+                for e in entries {
+                    all.blobs.entry(e.id).or_default().push(e.located_in(&pack));
                 }
             }
-            copies.retain(|_, found| found.len() > 1);
-            *stored_twice = Some(copies);
         }
-        Ok(stored_twice.as_ref().and_then(|copies| copies.get(id).cloned()).unwrap_or_default())
+        Ok(all.blobs.get(id).cloned().unwrap_or_default())
     }
 
     /// The indexed copies of `id`: the first one found, or with `all` every one.

@@ -377,10 +377,11 @@ impl Repository {
     }
 
     /// Calls `read` with where blob `id` is stored; if that copy is missing or damaged, with
-    /// each other copy the index knows in turn. If every copy failed and a pack was missing, the
-    /// index is read again and the copies tried once more: a prune run while this repository is
-    /// open (by a mount) moves live blobs to new packs before it deletes the old ones. Last come
-    /// copies no index names, from every pack's own list: an index names one copy per blob.
+    /// each other copy the index knows in turn. If every copy failed, the index is read again
+    /// and the new copies tried: while this repository is open (by a mount), a prune moves live
+    /// blobs to new packs before it deletes the old ones, and `repair packs` and a backup store
+    /// a damaged blob again. Last come copies no index names, from every pack's own list: an
+    /// index names one copy per blob.
     fn at_location<T>(
         &self,
         id: &BlobId,
@@ -392,11 +393,10 @@ impl Repository {
             let locations = match attempt {
                 0 => self.index.get(id)?.into_iter().collect(),
                 1 => self.index.locations(id)?,
-                2 if matches!(first_error, Some(RepoError::MissingPack(_))) => {
+                2 => {
                     self.index.resync()?;
                     self.index.locations_everywhere(id)?
                 }
-                2 => continue,
                 _ => self.index.copies_in_every_pack(id)?,
             };
             for location in locations {
