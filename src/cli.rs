@@ -12,7 +12,7 @@ use crate::push::{OnConflict, PushOptions, PushReport, Source as PushSource};
 use crate::repo::snapshot::{self, SnapshotInfo};
 use crate::repo::{InitOptions, RepoError, Repository};
 use crate::tree::{lookup_path, Entry, Node};
-use crate::{check, device, exit, forget, mount, prune, push, repair, restore, source, stats};
+use crate::{check, device, exit, forget, mount, prune, push, repair, restore, say, source, stats};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -196,12 +196,20 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(if e.use_stderr() { exit::USAGE as u8 } else { 0 });
         }
     };
-    match run(cli) {
-        Ok(code) => ExitCode::from(code as u8),
+    let code = match run(cli) {
+        Ok(code) => code,
         Err(error) => {
             eprintln!("phonebak: {error:#}");
-            ExitCode::from(exit::for_error(&error) as u8)
+            exit::for_error(&error)
         }
+    };
+    match crate::stdout::finish() {
+        Some(e) if code == exit::OK || code == exit::PARTIAL => {
+            eprintln!("phonebak: the command's report could not be written to standard output: {e}");
+            let full = e.raw_os_error() == Some(libc::ENOSPC);
+            ExitCode::from(if full { exit::NO_SPACE } else { exit::ERROR } as u8)
+        }
+        _ => ExitCode::from(code as u8),
     }
 }
 
@@ -281,7 +289,7 @@ fn open_repo(g: &Global) -> Result<Repository> {
 }
 
 fn print_json(value: serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(&value).expect("json prints"));
+    say!("{}", serde_json::to_string_pretty(&value).expect("json prints"));
 }
 
 fn cmd_init(g: &Global, no_encryption: bool, options: InitOptions) -> Result<i32> {
@@ -305,7 +313,7 @@ fn cmd_init(g: &Global, no_encryption: bool, options: InitOptions) -> Result<i32
     if g.json {
         print_json(json!({"repository": path, "encrypted": !no_encryption}));
     } else {
-        println!(
+        say!(
             "created {} phonebak repository at {}",
             if no_encryption { "an unencrypted" } else { "an encrypted" },
             path.display()
@@ -338,7 +346,7 @@ fn cmd_backup(g: &Global, source_spec: &str, options: &BackupOptions) -> Result<
             "stats": s.stats, "unreadable": outcome.unreadable, "skipped": outcome.skipped,
         }));
     } else {
-        println!(
+        say!(
             "snapshot {} of {} saved as {}/{}\n  {}, {}, {} in all; {} new, {} added to the repository, in {:.1} s",
             outcome.id.short(),
             s.source,
@@ -352,7 +360,7 @@ fn cmd_backup(g: &Global, source_spec: &str, options: &BackupOptions) -> Result<
             s.stats.duration_ms as f64 / 1000.0
         );
         for path in &outcome.skipped {
-            println!("  skipped special file {path}");
+            say!("  skipped special file {path}");
         }
     }
     Ok(report_paths(&outcome.unreadable, "could not be read and are not in the snapshot", exit::PARTIAL))
@@ -396,10 +404,10 @@ fn cmd_snapshots(g: &Global, device: Option<&str>) -> Result<i32> {
         print_json(json!(items));
         return Ok(exit::OK);
     }
-    println!("{:<10} {:<20} {:<21} {:>10} {:>9}  tags", "id", "device", "time", "size", "files");
+    say!("{:<10} {:<20} {:<21} {:>10} {:>9}  tags", "id", "device", "time", "size", "files");
     for i in &list {
         let s = &i.snapshot;
-        println!(
+        say!(
             "{:<10} {:<20} {:<21} {:>10} {:>9}  {}",
             i.id.short(),
             s.device,
@@ -409,7 +417,7 @@ fn cmd_snapshots(g: &Global, device: Option<&str>) -> Result<i32> {
             s.tags.join(",")
         );
     }
-    println!("{}", count(list.len() as u64, "snapshot"));
+    say!("{}", count(list.len() as u64, "snapshot"));
     Ok(exit::OK)
 }
 
@@ -452,12 +460,23 @@ fn cmd_ls(g: &Global, spec: &str, path: Option<&Path>, long: bool) -> Result<i32
         out.write_all(b"\n")?;
         Ok(())
     };
-    match &start.node {
-        Node::Dir { tree } => crate::tree::walk(&repo, tree, &mut |rel: &Path, e: &Entry| show(rel, e))?,
-        _ => show(Path::new(""), &start)?,
+    let listed = match &start.node {
+        Node::Dir { tree } => crate::tree::walk(&repo, tree, &mut |rel: &Path, e: &Entry| show(rel, e)),
+        _ => show(Path::new(""), &start),
+    };
+    match listed.and_then(|()| Ok(out.flush()?)) {
+        // The reader stopped early (`| head`): the listing ends there.
+        Err(e) if is_closed_pipe(&e) => Ok(exit::OK),
+        Err(e) => Err(e),
+        Ok(()) => Ok(exit::OK),
     }
-    out.flush()?;
-    Ok(exit::OK)
+}
+
+fn is_closed_pipe(error: &anyhow::Error) -> bool {
+    let pipe = |cause: &(dyn std::error::Error + 'static)| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    };
+    error.chain().any(pipe)
 }
 
 fn cmd_restore(g: &Global, spec: &str, target: &Path) -> Result<i32> {
@@ -469,7 +488,7 @@ fn cmd_restore(g: &Global, spec: &str, target: &Path) -> Result<i32> {
         print_json(json!({"snapshot": info.id.to_hex(), "files": report.files, "dirs": report.dirs,
                           "symlinks": report.symlinks, "bytes": report.bytes, "failed": report.failed}));
     } else {
-        println!(
+        say!(
             "restored {}, {}, {} ({}) from {}/{} into {}",
             count(report.files, "file"),
             count(report.dirs, "folder"),
@@ -493,22 +512,22 @@ fn cmd_check(g: &Global, read_data: bool) -> Result<i32> {
                           "damaged_paths": report.damaged_paths, "repairs": report.repairs}));
     } else {
         for note in &report.notes {
-            println!("note: {note}");
+            say!("note: {note}");
         }
         for error in &report.errors {
-            println!("error: {error}");
+            say!("error: {error}");
         }
         for blob in report.damaged_blobs.iter().take(20) {
-            println!("damaged blob {blob}");
+            say!("damaged blob {blob}");
         }
         if report.damaged_blobs.len() > 20 {
-            println!("... and {} more damaged blobs (--json lists them all)", report.damaged_blobs.len() - 20);
+            say!("... and {} more damaged blobs (--json lists them all)", report.damaged_blobs.len() - 20);
         }
         for repair in &report.repairs {
-            println!("repair: {repair}");
+            say!("repair: {repair}");
         }
         let what = if read_data { "structure and data" } else { "structure" };
-        println!(
+        say!(
             "checked {what} of {} snapshots, {} packs, {} blobs: {}",
             report.snapshots,
             report.packs,
@@ -535,9 +554,9 @@ fn cmd_forget(g: &Global, policy: &Policy, device: Option<&str>, dry_run: bool, 
     } else {
         for d in &decisions {
             let fate = if d.keep { format!("keep ({})", d.reasons.join(", ")) } else { "remove".into() };
-            println!("{} {}/{}  {fate}", d.info.id.short(), d.info.snapshot.device, d.info.name);
+            say!("{} {}/{}  {fate}", d.info.id.short(), d.info.snapshot.device, d.info.name);
         }
-        println!("{} {}removed", count(removed as u64, "snapshot"), if dry_run { "would be " } else { "" });
+        say!("{} {}removed", count(removed as u64, "snapshot"), if dry_run { "would be " } else { "" });
     }
     if then_prune && !dry_run {
         return cmd_prune(g);
@@ -552,7 +571,7 @@ fn cmd_prune(g: &Global) -> Result<i32> {
         print_json(json!({"packs_deleted": report.packs_deleted, "packs_repacked": report.packs_repacked,
                           "bytes_freed": report.bytes_freed, "blobs_kept": report.blobs_kept, "blobs_removed": report.blobs_removed}));
     } else {
-        println!(
+        say!(
             "pruned: {} blobs removed, {} kept; {} packs deleted ({} repacked); {} freed",
             report.blobs_removed,
             report.blobs_kept,
@@ -567,14 +586,14 @@ fn cmd_prune(g: &Global) -> Result<i32> {
 fn cmd_repair(g: &Global, what: RepairWhat) -> Result<i32> {
     let repo = open_repo(g)?;
     let print_index = |r: &repair::IndexRepair| {
-        println!(
+        say!(
             "index rebuilt from {} ({} blobs); {} old index file(s) replaced",
             count(r.packs_read, "pack"),
             r.blobs_indexed,
             r.index_files_replaced
         );
         for why in &r.unreadable_packs {
-            println!("  left in place, its list unreadable: {why} (`phonebak repair packs` handles it)");
+            say!("  left in place, its list unreadable: {why} (`phonebak repair packs` handles it)");
         }
     };
     match what {
@@ -594,9 +613,9 @@ fn cmd_repair(g: &Global, what: RepairWhat) -> Result<i32> {
                                   "blobs_salvaged": r.blobs_salvaged, "blobs_lost": r.blobs_lost}));
             } else {
                 for why in &r.moved_aside {
-                    println!("moved aside: {why}");
+                    say!("moved aside: {why}");
                 }
-                println!(
+                say!(
                     "checked {}: {} damaged moved into {}/{}/data, {} intact blobs copied out of them, {} lost",
                     count(r.packs_checked, "pack"),
                     r.moved_aside.len(),
@@ -606,7 +625,7 @@ fn cmd_repair(g: &Global, what: RepairWhat) -> Result<i32> {
                     r.blobs_lost
                 );
                 if r.blobs_lost > 0 {
-                    println!("the next backup of a phone that still has the lost data stores it again; `phonebak check` names what is still missing");
+                    say!("the next backup of a phone that still has the lost data stores it again; `phonebak check` names what is still missing");
                 }
             }
         }
@@ -622,30 +641,30 @@ fn cmd_repair(g: &Global, what: RepairWhat) -> Result<i32> {
                                   "unrecoverable": r.unrecoverable, "left_unreadable": r.left_unreadable}));
             } else {
                 for why in &r.records_moved_aside {
-                    println!("moved aside: {why}");
+                    say!("moved aside: {why}");
                 }
                 for (old, new, device, lost) in &r.rewritten {
-                    println!(
+                    say!(
                         "snapshot {old} of {device} rewritten as {new} (tagged {}) without {}:",
                         repair::REPAIRED_TAG,
                         count(lost.len() as u64, "lost path")
                     );
                     for path in lost {
-                        println!("  {path}");
+                        say!("  {path}");
                     }
                 }
                 for why in &r.left_unreadable {
-                    println!("left in place: {why} (not shown to be damaged: make it readable, then check again)");
+                    say!("left in place: {why} (not shown to be damaged: make it readable, then check again)");
                 }
                 for which in &r.unrecoverable {
-                    println!("snapshot {which}: its top folder is lost; its record was moved aside");
+                    say!("snapshot {which}: its top folder is lost; its record was moved aside");
                 }
                 if r.records_moved_aside.is_empty()
                     && r.rewritten.is_empty()
                     && r.unrecoverable.is_empty()
                     && r.left_unreadable.is_empty()
                 {
-                    println!("every snapshot is whole: nothing to repair");
+                    say!("every snapshot is whole: nothing to repair");
                 }
             }
         }
@@ -659,13 +678,13 @@ fn cmd_stats(g: &Global) -> Result<i32> {
     if g.json {
         print_json(serde_json::to_value(&s).expect("stats serialize"));
     } else {
-        println!("snapshots:          {} of {} device(s)", s.snapshots, s.devices);
-        println!("raw bytes:          {} (all files of all snapshots)", human(s.raw_bytes));
-        println!("unique bytes:       {} (after deduplication)", human(s.unique_bytes));
-        println!("stored bytes:       {} in {} packs", human(s.stored_bytes), s.packs);
-        println!("dedup ratio:        {:.2}x", s.dedup_ratio);
-        println!("compression ratio:  {:.2}x", s.compression_ratio);
-        println!("blobs:              {} data, {} trees", s.data_blobs, s.tree_blobs);
+        say!("snapshots:          {} of {} device(s)", s.snapshots, s.devices);
+        say!("raw bytes:          {} (all files of all snapshots)", human(s.raw_bytes));
+        say!("unique bytes:       {} (after deduplication)", human(s.unique_bytes));
+        say!("stored bytes:       {} in {} packs", human(s.stored_bytes), s.packs);
+        say!("dedup ratio:        {:.2}x", s.dedup_ratio);
+        say!("compression ratio:  {:.2}x", s.compression_ratio);
+        say!("blobs:              {} data, {} trees", s.data_blobs, s.tree_blobs);
     }
     Ok(exit::OK)
 }
@@ -724,7 +743,7 @@ fn print_push_report(g: &Global, r: &PushReport, device: &str, options: &PushOpt
                           "folders": r.dirs, "already_there": r.already, "conflicts": r.conflicts,
                           "failed": r.failed, "would_push": r.would_push, "would_push_bytes": r.would_bytes}));
     } else if options.dry_run {
-        println!(
+        say!(
             "would push {} ({}) to {device}; {} already there, {} conflicting",
             count(r.would_push, "file"),
             human(r.would_bytes),
@@ -732,7 +751,7 @@ fn print_push_report(g: &Global, r: &PushReport, device: &str, options: &PushOpt
             r.conflicts.len()
         );
     } else {
-        println!(
+        say!(
             "pushed {} ({}) to {device} in {:.1} s; {} already there, {} skipped (conflicts), {} failed",
             count(r.pushed, "file"),
             human(r.bytes),

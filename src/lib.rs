@@ -23,6 +23,7 @@ pub mod repo;
 pub mod restore;
 pub mod source;
 pub mod stats;
+pub mod stdout;
 pub mod tree;
 pub mod tree_builder;
 pub mod vfs;

@@ -246,3 +246,47 @@ fn bad_arguments_are_usage_errors() {
     let out = s.run(&["backup", "--device", "p", "--time", "yesterday", "."]);
     assert!(stderr(&out).contains("cannot read the time"), "{}", stderr(&out));
 }
+
+/// Runs `args` with standard output a pipe whose reader is gone (`| head -0` at its most abrupt).
+fn with_closed_stdout(s: &Scratch, args: &[&str]) -> std::process::Output {
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills two descriptors, which are then owned here.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (reader, writer) = unsafe {
+        use std::os::fd::FromRawFd;
+        (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1]))
+    };
+    drop(reader);
+    s.command(args).stdout(writer).stderr(std::process::Stdio::piped()).output().unwrap()
+}
+
+#[test]
+fn a_closed_output_pipe_ends_the_report_not_the_command() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    let count = |s: &Scratch| s.json(&["snapshots"]).as_array().unwrap().len();
+    for args in [
+        vec!["backup", "--device", "p", phone.to_str().unwrap()],
+        vec!["--json", "backup", "--device", "p", phone.to_str().unwrap()],
+        vec!["snapshots"],
+        vec!["--json", "snapshots"],
+        vec!["ls", "latest"],
+        vec!["ls", "-l", "latest"],
+        vec!["check"],
+        vec!["stats"],
+        vec!["forget", "--keep-last", "5"],
+    ] {
+        let before = count(&s);
+        let out = with_closed_stdout(&s, &args);
+        assert_eq!(code(&out), 0, "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{args:?}: {}", stderr(&out));
+        if args.contains(&"backup") {
+            assert_eq!(count(&s), before + 1, "{args:?}: the snapshot is saved");
+        }
+    }
+    // A report that cannot be written for another reason is said, with its own exit code.
+    let full = s.command(&["snapshots"]).stdout(std::fs::File::create("/dev/full").unwrap()).output().unwrap();
+    assert_eq!(code(&full), 15);
+    assert!(stderr(&full).contains("report could not be written"), "{}", stderr(&full));
+}

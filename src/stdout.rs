@@ -1,0 +1,38 @@
+//! The command's report on standard output. A reader that stops early (`phonebak snapshots |
+//! head -1`) closes the pipe: the rest of the report is dropped and the command still ends with
+//! its own status (a backup whose snapshot was saved exits 0). Any other failure to write (a
+//! full disk under `> report.txt`) is kept, and reported when the command ends.
+
+use std::io::{self, Write};
+use std::sync::Mutex;
+
+static FAILED: Mutex<Option<io::Error>> = Mutex::new(None);
+
+/// Writes one line of the report; `say!` formats it.
+pub fn line(text: std::fmt::Arguments) {
+    let mut out = io::stdout().lock();
+    if let Err(e) = out.write_fmt(text).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() != io::ErrorKind::BrokenPipe {
+            FAILED.lock().expect("stdout failure lock").get_or_insert(e);
+        }
+    }
+}
+
+/// Flushes the report; the first failure to write it other than a closed pipe, if any.
+pub fn finish() -> Option<io::Error> {
+    let mut failed = FAILED.lock().expect("stdout failure lock").take();
+    if let Err(e) = io::stdout().lock().flush() {
+        if e.kind() != io::ErrorKind::BrokenPipe {
+            failed.get_or_insert(e);
+        }
+    }
+    failed
+}
+
+/// `println!` for the command's report: see the module's comment.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::stdout::line(format_args!($($arg)*))
+    };
+}
