@@ -133,7 +133,10 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
         },
         _ => None,
     };
-    let known = repo.index().known_blobs()?;
+    let mut known = repo.index().known_blobs()?;
+    if let (Some(info), None, false) = (&parent, &parent_root, options.force) {
+        known.remove(&info.snapshot.root); // it could not be read: stored again if unchanged
+    }
     let unindexed = repo.index().unindexed_packs();
     let progress = Progress::bytes("backup", None);
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -331,7 +334,15 @@ impl Walker<'_> {
 
     fn dir_node(&mut self, path: &Path, previous: Option<&Entry>, wanted: bool) -> Result<Option<Node>, BackupError> {
         let parent_tree = match previous.map(|e| &e.node) {
-            Some(Node::Dir { tree }) => load_tree(self.repo, tree).ok(),
+            Some(Node::Dir { tree }) => {
+                let loaded = load_tree(self.repo, tree);
+                if loaded.is_err() {
+                    // The listing's stored copy is damaged or gone: if this folder is unchanged,
+                    // its listing is stored again instead of pointing at that copy.
+                    self.known.remove(tree);
+                }
+                loaded.ok()
+            }
             _ => None,
         };
         let (tree, kept) = self.walk_dir(path, parent_tree.as_ref(), wanted && self.filter.includes.is_some())?;

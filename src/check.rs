@@ -44,9 +44,12 @@ impl CheckReport {
         self.errors.is_empty()
     }
 
+    /// Adds `repair` to the list, kept in the order they must run in: index, packs, snapshots.
     fn suggest(&mut self, repair: &str) {
         if !self.repairs.iter().any(|r| r == repair) {
             self.repairs.push(repair.to_string());
+            let order = [REPAIR_INDEX, REPAIR_PACKS, REPAIR_SNAPSHOTS];
+            self.repairs.sort_by_key(|r| order.iter().position(|o| o == r));
         }
     }
 }
@@ -91,12 +94,16 @@ pub fn run(repo: &Repository, read_data: bool) -> Result<CheckReport, RepoError>
         &|id, len| present.get(id).is_some_and(|l| len.is_none_or(|len| len == *l)),
         &damaged,
     );
+    if problems.iter().any(|p| p.damage) {
+        // Damaged copies go aside first, so that the next backup stores them again.
+        report.suggest(REPAIR_PACKS);
+    }
     if !problems.is_empty() {
         report.suggest(REPAIR_SNAPSHOTS);
     }
-    for (line, path) in problems {
-        report.errors.push(line);
-        report.damaged_paths.push(path);
+    for problem in problems {
+        report.errors.push(problem.line);
+        report.damaged_paths.push(problem.path);
     }
     for tmp in repo.list_temp_files()? {
         report
@@ -234,9 +241,9 @@ pub fn tree_problems(
     snapshots: &[(SnapshotId, Snapshot)],
     present: &dyn Fn(&BlobId, Option<u32>) -> bool,
     damaged: &HashSet<BlobId>,
-) -> Vec<(String, String)> {
+) -> Vec<TreeProblem> {
     // Results per tree are shared between snapshots: most trees are in many.
-    let mut problems_of_tree: HashMap<BlobId, Vec<(PathBuf, String)>> = HashMap::new();
+    let mut problems_of_tree: HashMap<BlobId, Vec<Found>> = HashMap::new();
     let mut lines = Vec::new();
     for (id, snapshot) in snapshots {
         let mut problems = Vec::new();
@@ -249,16 +256,30 @@ pub fn tree_problems(
             &mut problems_of_tree,
             &mut problems,
         );
-        for (path, why) in problems {
+        for (path, why, damage) in problems {
             let shown = if path.as_os_str().is_empty() { "/".into() } else { path.display().to_string() };
-            lines.push((
-                format!("snapshot {} ({}): {shown}: {why}", id.short(), snapshot.device),
-                format!("{}: {shown}", id.short()),
-            ));
+            lines.push(TreeProblem {
+                line: format!("snapshot {} ({}): {shown}: {why}", id.short(), snapshot.device),
+                path: format!("{}: {shown}", id.short()),
+                damage,
+            });
         }
     }
     lines
 }
+
+/// Something a snapshot needs that cannot be read.
+pub struct TreeProblem {
+    /// What and where, for the report.
+    pub line: String,
+    /// `snapshot-id: path`.
+    pub path: String,
+    /// A stored copy exists but is damaged (`repair packs` sets it aside), rather than missing.
+    pub damage: bool,
+}
+
+/// A path below a tree, what is wrong there, and whether it is damage rather than a loss.
+type Found = (PathBuf, String, bool);
 
 /// What is stored and intact: `present` (given a blob and, for a chunk, its listed length) and
 /// not `damaged`.
@@ -273,25 +294,28 @@ fn collect_tree_problems(
     at: &Path,
     depth: usize,
     known: &Known,
-    memo: &mut HashMap<BlobId, Vec<(PathBuf, String)>>,
-    out: &mut Vec<(PathBuf, String)>,
+    memo: &mut HashMap<BlobId, Vec<Found>>,
+    out: &mut Vec<Found>,
 ) {
     if depth > crate::tree::MAX_DEPTH {
-        out.push((at.to_path_buf(), crate::tree::too_deep().to_string()));
+        out.push((at.to_path_buf(), crate::tree::too_deep().to_string(), false));
         return;
     }
     if let Some(known) = memo.get(tree_id) {
-        out.extend(known.iter().map(|(p, why)| (at.join(p), why.clone())));
+        out.extend(known.iter().map(|(p, why, damage)| (at.join(p), why.clone(), *damage)));
         return;
     }
-    let mut found: Vec<(PathBuf, String)> = Vec::new();
+    let mut found: Vec<Found> = Vec::new();
     if !(known.present)(tree_id, None) {
-        found.push((PathBuf::new(), "folder listing is missing from the repository".into()));
+        found.push((PathBuf::new(), "folder listing is missing from the repository".into(), false));
     } else if known.damaged.contains(tree_id) {
-        found.push((PathBuf::new(), "folder listing is damaged".into()));
+        found.push((PathBuf::new(), "folder listing is damaged".into(), true));
     } else {
         match load_tree(repo, tree_id) {
-            Err(e) => found.push((PathBuf::new(), e.to_string())),
+            Err(e) => {
+                let damage = e.is_corruption();
+                found.push((PathBuf::new(), e.to_string(), damage));
+            }
             Ok(tree) => {
                 for entry in &tree.entries {
                     let name = PathBuf::from(entry.name_os());
@@ -299,16 +323,16 @@ fn collect_tree_problems(
                         Node::Dir { tree } => {
                             let mut below = Vec::new();
                             collect_tree_problems(repo, tree, Path::new(""), depth + 1, known, memo, &mut below);
-                            found.extend(below.into_iter().map(|(p, why)| (name.join(p), why)));
+                            found.extend(below.into_iter().map(|(p, why, damage)| (name.join(p), why, damage)));
                         }
                         Node::File { chunks, .. } => {
                             let missing = chunks.iter().filter(|c| !(known.present)(&c.id, Some(c.len))).count();
                             let bad = chunks.iter().filter(|c| known.damaged.contains(&c.id)).count();
                             if missing > 0 {
-                                found.push((name.clone(), format!("{missing} chunk(s) missing from the repository (or not of the length its listing says)")));
+                                found.push((name.clone(), format!("{missing} chunk(s) missing from the repository (or not of the length its listing says)"), false));
                             }
                             if bad > 0 {
-                                found.push((name, format!("{bad} chunk(s) damaged")));
+                                found.push((name, format!("{bad} chunk(s) damaged"), true));
                             }
                         }
                         Node::Symlink { .. } => {}
@@ -317,6 +341,6 @@ fn collect_tree_problems(
             }
         }
     }
-    out.extend(found.iter().map(|(p, why)| (at.join(p), why.clone())));
+    out.extend(found.iter().map(|(p, why, damage)| (at.join(p), why.clone(), *damage)));
     memo.insert(*tree_id, found);
 }

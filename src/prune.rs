@@ -69,6 +69,11 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
             copies.entry(entry.id).or_default().push(entry.clone());
         }
     }
+    // Copies in packs whose own list reads come first: a pack known only from the index is kept
+    // whatever happens, and the copy chosen must not be one whose pack may be the next to go.
+    for found in copies.values_mut() {
+        found.sort_by_key(|c| (unreadable.contains(&c.pack), c.pack));
+    }
     let lost: HashSet<BlobId> = used.iter().filter(|id| !copies.contains_key(id)).copied().collect();
     refuse_if_lost(repo, &snapshots, &lost, "are not stored in any pack")?;
 
@@ -185,7 +190,7 @@ fn refuse_if_lost(
         return Ok(());
     }
     let named = tree_problems(repo, snapshots, &|id, _| !lost.contains(id), &HashSet::new());
-    let mut shown: Vec<String> = named.iter().take(10).map(|(line, _)| line.clone()).collect();
+    let mut shown: Vec<String> = named.iter().take(10).map(|p| p.line.clone()).collect();
     if named.len() > 10 {
         shown.push(format!("and {} more", named.len() - 10));
     }

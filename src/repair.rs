@@ -63,11 +63,18 @@ pub fn index(repo: &Repository) -> Result<IndexRepair, RepoError> {
     rebuild_index(repo, &lock, &HashSet::new())
 }
 
-/// Writes one index of every readable pack except `leave_out`, then removes every other index
-/// file: the index then says exactly what the packs say.
+/// Writes one index of every pack except `leave_out`, then removes every other index file: the
+/// index then says what the packs say. A pack whose own list cannot be read keeps the entries
+/// the old index has for it: they are the only way left to the intact blobs in it (`repair
+/// packs` copies those out).
 fn rebuild_index(repo: &Repository, lock: &RepoLock, leave_out: &HashSet<PackId>) -> Result<IndexRepair, RepoError> {
     let mut report = IndexRepair::default();
     let mut covered: Vec<(PackId, Vec<PackEntry>)> = Vec::new();
+    let mut indexed: HashMap<PackId, Vec<PackEntry>> = HashMap::new();
+    repo.index().for_each(|l| {
+        let entry = PackEntry { id: l.id, kind: l.kind, offset: l.offset, len: l.len, raw_len: l.raw_len };
+        indexed.entry(l.pack).or_default().push(entry);
+    })?;
     let packs = repo.list_packs()?;
     let progress = Progress::items("repair index", packs.len() as u64);
     for (pack, _) in packs {
@@ -81,7 +88,15 @@ fn rebuild_index(repo: &Repository, lock: &RepoLock, leave_out: &HashSet<PackId>
                 report.blobs_indexed += entries.len() as u64;
                 covered.push((pack, entries));
             }
-            Err(e) => report.unreadable_packs.push(e.to_string()),
+            Err(e) => {
+                report.unreadable_packs.push(e.to_string());
+                if let Some(mut entries) = indexed.remove(&pack) {
+                    entries.sort_by_key(|e| (e.offset, e.id));
+                    entries.dedup_by_key(|e| (e.offset, e.id));
+                    report.blobs_indexed += entries.len() as u64;
+                    covered.push((pack, entries));
+                }
+            }
         }
     }
     progress.finish();

@@ -546,3 +546,91 @@ fn a_config_claiming_format_0_is_damage() {
     std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
     assert_eq!(code(&s.run(&["snapshots"])), 13);
 }
+
+/// The files of `phone` that `restore latest` gives back whole.
+fn files_restored_whole(s: &Scratch, phone: &Path, name: &str) -> Vec<String> {
+    let out = s.path(name);
+    let _ = s.run(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    let mut whole = Vec::new();
+    for file in files_in(phone) {
+        let rel = file.strip_prefix(phone).unwrap();
+        if std::fs::read(out.join(rel)).ok() == Some(std::fs::read(&file).unwrap()) {
+            whole.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    whole
+}
+
+#[test]
+fn a_pack_cut_short_keeps_its_intact_blobs_through_repair_index_prune_and_repair_packs() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+        write(&phone.join(name), &bytes(10 + i as u64, 700_000, false));
+    }
+    backup(&s, &phone);
+    let pack = pack_files(&s.repo).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    std::fs::File::options().write(true).open(&pack).unwrap().set_len(2_500_000).unwrap();
+    let whole = files_restored_whole(&s, &phone, "before");
+    assert_eq!(whole.len(), 3, "the cut loses one file: {whole:?}");
+    // The pack's own list (at its end) is gone: the index is the only way to a, b and c.
+    s.ok(&["repair", "index"]);
+    assert_eq!(files_restored_whole(&s, &phone, "after-repair-index"), whole);
+    s.ok(&["prune"]);
+    assert!(pack.exists(), "a pack whose own list cannot be read is never deleted");
+    assert_eq!(files_restored_whole(&s, &phone, "after-prune"), whole);
+    s.ok(&["repair", "packs"]);
+    assert_eq!(files_restored_whole(&s, &phone, "after-repair-packs"), whole);
+    // The phone still has every file: the next backup makes the snapshot whole again.
+    backup(&s, &phone);
+    check_ok(&s, true);
+    restore_ok(&s, "latest", &phone, "healed");
+}
+
+#[test]
+fn a_copy_in_a_pack_cut_short_costs_no_snapshot_through_prune_and_every_repair() {
+    for cut_copy in [0, 1] {
+        let s = Scratch::with_repo();
+        let phone = s.path("phone");
+        sample_phone(&phone);
+        let copies = stored_twice(&s, &phone);
+        let packs = if cut_copy == 0 { &copies.0 } else { &copies.1 };
+        // The smallest pack holds the folder listings; cut it short of its own list.
+        let listings = packs.iter().min_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+        std::fs::File::options().write(true).open(listings).unwrap().set_len(400).unwrap();
+        let before = snapshot_ids(&s);
+        s.ok(&["prune"]);
+        for repair in ["index", "packs", "snapshots"] {
+            s.ok(&["repair", repair]);
+        }
+        assert_eq!(snapshot_ids(&s), before, "round {cut_copy}");
+        restore_ok(&s, "latest", &phone, "after-repairs");
+        check_ok(&s, true);
+    }
+}
+
+#[test]
+fn a_damaged_folder_listing_is_stored_again_by_the_next_backup_and_check_names_repair_packs() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    write(&phone.join("big.bin"), &bytes(1, 3_000_000, false));
+    write(&phone.join("d/a.txt"), &bytes(2, 5_000, true));
+    write(&phone.join("d/small.bin"), &bytes(3, 20_000, false));
+    backup(&s, &phone);
+    // The smallest pack holds the folder listings: damage its first blob.
+    let listings = pack_files(&s.repo).into_iter().min_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    flip_byte(&listings, 20);
+    let check = s.run(&["check"]);
+    assert_eq!(code(&check), 13);
+    let report = String::from_utf8_lossy(&check.stdout).to_string();
+    let packs_at = report.find("repair: phonebak repair packs").expect(&report);
+    assert!(report.find("repair: phonebak repair snapshots").is_none_or(|at| at > packs_at), "{report}");
+    // Whatever the user runs first, the next backup of the unchanged phone stores the damaged
+    // listing again instead of pointing the new snapshot at the damaged copy.
+    backup(&s, &phone);
+    restore_ok(&s, "latest", &phone, "next");
+    s.ok(&["repair", "packs"]);
+    restore_ok(&s, "latest", &phone, "after-repair-packs");
+    backup(&s, &phone);
+    check_ok(&s, true);
+}
