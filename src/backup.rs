@@ -202,6 +202,12 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
     };
     lock.ensure_held()?;
     let id = snapshot::save(repo, &snapshot)?;
+    if let Err(lost) = lock.ensure_held() {
+        // Taken away while the record was written: a prune may have deleted data it needs, so
+        // it is withdrawn (what it needs stays for the rerun to reuse).
+        snapshot::remove(repo, &id)?;
+        return Err(lost.into());
+    }
     Ok(BackupOutcome { id, snapshot, parent, unreadable, skipped })
 }
 

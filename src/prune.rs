@@ -161,6 +161,7 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
     // a power cut, an index naming deleted packs would be damage.
     repo.remove_index_files_but(&new_index)?;
     for pack in &drop_packs {
+        lock.ensure_held()?;
         repo.remove_file(&repo.pack_path(pack))?;
         report.packs_deleted += 1;
     }

@@ -309,10 +309,12 @@ fn repair_snapshots_rewrites_a_snapshot_without_its_lost_files() {
 
 /// Starts `args`, which stops itself (SIGSTOP, a `test-hooks` crash point) once its lock file is
 /// durable; removes that lock as a stale-lock cleaner on another machine would, and lets it go on.
-fn lose_lock_of(s: &Scratch, args: &[&str]) -> std::process::Output {
+/// Runs `args`, stopped at its durable step `at` (1: its lock file is synced, 2: the lock's
+/// folder is); there its lock is removed, as another machine that took it for stale would.
+fn lose_lock_at(s: &Scratch, args: &[&str], at: u64) -> std::process::Output {
     let child = s
         .command(args)
-        .env("PHONEBAK_STOP_AT", "2") // 1: the lock file is synced, 2: its folder is
+        .env("PHONEBAK_STOP_AT", at.to_string())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -337,6 +339,22 @@ fn lose_lock_of(s: &Scratch, args: &[&str]) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
+fn lose_lock_of(s: &Scratch, args: &[&str]) -> std::process::Output {
+    lose_lock_at(s, args, 2)
+}
+
+/// How many durable steps `args` takes from the repository as it is now (run on a copy).
+fn durable_steps(s: &Scratch, args: &[&str]) -> u64 {
+    let copy = s.path("step-count-repo");
+    let _ = std::fs::remove_dir_all(&copy);
+    copy_tree(&s.repo, &copy);
+    let log = s.path("step-count");
+    let _ = std::fs::remove_file(&log);
+    let out = s.command(args).env("PHONEBAK_REPO", &copy).env("PHONEBAK_CRASH_COUNT", &log).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::read_to_string(&log).unwrap().lines().count() as u64
+}
+
 #[test]
 fn a_backup_or_prune_whose_lock_was_taken_away_stops_cleanly() {
     let s = Scratch::with_repo();
@@ -346,11 +364,20 @@ fn a_backup_or_prune_whose_lock_was_taken_away_stops_cleanly() {
     for i in 0..40 {
         write(&phone.join(format!("big/{i}.bin")), &bytes(1000 + i, 500_000, false));
     }
-    let out = lose_lock_of(&s, &["backup", "--device", "p", phone.to_str().unwrap()]);
-    assert_eq!(code(&out), 11, "{}", stderr(&out));
-    assert!(stderr(&out).contains("was removed by another process"), "{}", stderr(&out));
-    assert_eq!(snapshot_ids(&s).len(), 1, "no snapshot written without the lock");
-    check_ok(&s, false);
+    // At whichever step the lock goes, up to the record's last sync, no snapshot is left.
+    let args = ["backup", "--device", "p", phone.to_str().unwrap()];
+    let pristine = s.path("pristine");
+    copy_tree(&s.repo, &pristine);
+    let steps = durable_steps(&s, &args);
+    for at in 2..=steps {
+        std::fs::remove_dir_all(&s.repo).unwrap();
+        copy_tree(&pristine, &s.repo);
+        let out = lose_lock_at(&s, &args, at);
+        assert_eq!(code(&out), 11, "lock lost at step {at} of {steps}: {}", stderr(&out));
+        assert!(stderr(&out).contains("was removed by another process"), "{}", stderr(&out));
+        assert_eq!(snapshot_ids(&s).len(), 1, "lock lost at step {at} of {steps}: a snapshot was written");
+        check_ok(&s, false);
+    }
 
     backup(&s, &phone);
     s.ok(&["forget", "--keep-last", "1"]);
@@ -359,6 +386,18 @@ fn a_backup_or_prune_whose_lock_was_taken_away_stops_cleanly() {
     assert_eq!(code(&out), 11, "{}", stderr(&out));
     assert_eq!(pack_files(&s.repo), before, "nothing deleted without the lock");
     check_ok(&s, true);
+    // Later, it stops before its next deletion; whatever it did stays consistent.
+    let pristine = s.path("pristine-prune");
+    copy_tree(&s.repo, &pristine);
+    let steps = durable_steps(&s, &["prune"]);
+    for at in 3..=steps {
+        std::fs::remove_dir_all(&s.repo).unwrap();
+        copy_tree(&pristine, &s.repo);
+        let out = lose_lock_at(&s, &["prune"], at);
+        assert!(matches!(code(&out), 0 | 11), "lock lost at step {at} of {steps}: {}", stderr(&out));
+        check_ok(&s, true);
+        restore_ok(&s, "latest", &phone, "after-prune");
+    }
 }
 
 #[test]
