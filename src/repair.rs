@@ -116,6 +116,7 @@ pub fn packs(repo: &Repository) -> Result<PackRepair, RepoError> {
 
     let progress = Progress::items("repair packs", on_disk.len() as u64);
     let mut damaged: Vec<(PackId, String, Vec<BlobLocation>)> = Vec::new();
+    let (mut intact_somewhere, mut damaged_somewhere) = (HashSet::new(), HashSet::new());
     for pack in on_disk.keys() {
         progress.add(1);
         report.packs_checked += 1;
@@ -129,6 +130,8 @@ pub fn packs(repo: &Repository) -> Result<PackRepair, RepoError> {
         entries.sort_by_key(|e| (e.offset, e.id));
         entries.dedup_by_key(|e| (e.offset, e.id));
         let (bad, error) = verify_pack(repo, pack, &entries);
+        intact_somewhere.extend(entries.iter().map(|e| e.id).filter(|id| !bad.contains(id)));
+        damaged_somewhere.extend(bad.iter().copied());
         match error {
             Some(why) => damaged.push((*pack, why, entries.into_iter().filter(|e| !bad.contains(&e.id)).collect())),
             None if !footer_ok => damaged.push((*pack, format!("pack {pack}: its own list is damaged"), entries)),
@@ -153,9 +156,9 @@ pub fn packs(repo: &Repository) -> Result<PackRepair, RepoError> {
     packer.finish()?;
     let leave_out: HashSet<PackId> = damaged.iter().map(|(p, _, _)| *p).collect();
     report.index = rebuild_index(repo, &lock, &leave_out)?;
-    for (pack, why, intact) in damaged {
-        let listed = read_footer(repo, &pack).map(|f| f.len() as u64).unwrap_or(intact.len() as u64);
-        report.blobs_lost += listed.saturating_sub(intact.len() as u64);
+    // Lost: damaged here, and with no intact copy in any pack.
+    report.blobs_lost = damaged_somewhere.difference(&intact_somewhere).count() as u64;
+    for (pack, why, _) in damaged {
         lock.ensure_held()?;
         repo.move_aside(&repo.pack_path(&pack), "data")?;
         report.moved_aside.push(why);

@@ -258,6 +258,7 @@ fn a_flipped_bit_heals_after_repair_packs_and_the_next_backup() {
 
     let repaired = s.ok(&["repair", "packs"]);
     assert!(repaired.contains("moved aside"), "{repaired}");
+    assert!(repaired.contains(", 1 lost"), "one chunk has no other copy: {repaired}");
     assert_eq!(files_in(&s.repo.join("damaged/data")).len(), 1, "the damaged pack is kept aside");
     let check = s.run(&["check"]);
     assert_eq!(code(&check), 13, "the snapshot still lacks the photo's damaged chunk");
@@ -507,6 +508,9 @@ fn reads_find_an_intact_copy_the_index_does_not_name() {
         s.ok(&["prune"]);
         restore_ok(&s, "latest", &phone, "after-prune");
         check_ok(&s, false);
+        let repaired = s.ok(&["repair", "packs"]);
+        assert!(repaired.contains(", 0 lost"), "the damaged blob has an intact copy: {repaired}");
+        check_ok(&s, true);
     }
 }
 
@@ -574,6 +578,23 @@ fn odd_things_in_place_of_repository_files_neither_hang_nor_block() {
     backup(&s, &phone);
     restore_ok(&s, "latest", &second, "restored");
     check_ok(&s, true);
+    // A FIFO, a folder or a link to a device where the config was: damage (exit 13), no hang.
+    let config = s.repo.join("config");
+    let kept = s.path("config-kept");
+    std::fs::rename(&config, &kept).unwrap();
+    for odd in ["fifo", "folder", "device"] {
+        match odd {
+            "fifo" => assert!(std::process::Command::new("mkfifo").arg(&config).status().unwrap().success()),
+            "folder" => std::fs::create_dir(&config).unwrap(),
+            _ => std::os::unix::fs::symlink("/dev/zero", &config).unwrap(),
+        }
+        let out = run_bounded(&s, &["snapshots"]);
+        assert_eq!(code(&out), 13, "{odd}: {}", stderr(&out));
+        assert!(stderr(&out).contains("config: not a regular file"), "{odd}: {}", stderr(&out));
+        let _ = std::fs::remove_file(&config).or_else(|_| std::fs::remove_dir(&config));
+    }
+    std::fs::rename(&kept, &config).unwrap();
+    check_ok(&s, false);
 }
 
 #[test]

@@ -241,6 +241,13 @@ impl Repository {
                 return Err(RepoError::ConfigMissing(root.to_path_buf()))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RepoError::NotFound(root.to_path_buf())),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                let what = root.join("config");
+                return Err(RepoError::Corrupt(format!(
+                    "{}: not a regular file (something else is in its place)",
+                    what.display()
+                )));
+            }
             other => other.map_err(io_error(format!("reading {}", root.join("config").display())))?,
         };
         Config::parse(&bytes)

@@ -175,6 +175,7 @@ pub fn read_footer_at(sealer: &Sealer, path: &Path, pack: &PackId) -> Result<Vec
     let damaged = |why: &str| RepoError::Corrupt(format!("pack {pack}: {why}"));
     let file = fsutil::open_regular(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => RepoError::MissingPack(*pack),
+        std::io::ErrorKind::InvalidData => damaged("not a regular file"),
         _ => io_error(format!("opening {}", path.display()))(e),
     })?;
     let size = file.metadata().map_err(io_error(format!("reading {}", path.display())))?.len();

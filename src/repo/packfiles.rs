@@ -106,6 +106,7 @@ impl PackFiles {
         let path = self.path(pack);
         let file = super::fsutil::open_regular(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => RepoError::MissingPack(*pack),
+            io::ErrorKind::InvalidData => RepoError::Corrupt(format!("pack {pack}: not a regular file")),
             _ => io_error(format!("opening {}", path.display()))(e),
         })?;
         if open.len() >= KEPT_OPEN {
