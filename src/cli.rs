@@ -424,7 +424,19 @@ fn cmd_snapshots(g: &Global, device: Option<&str>) -> Result<i32> {
 /// Splits `SNAPSHOT[:PATH]` (or takes PATH from `path`) and finds both.
 fn find_entry(repo: &Repository, spec: &str, path: Option<&Path>) -> Result<(SnapshotInfo, PathBuf, Entry)> {
     let list = snapshot::list(repo)?;
-    let (info, inner) = snapshot::select_with_path(&list, spec)?;
+    let (info, inner) = match snapshot::select_with_path(&list, spec) {
+        Ok(found) => found,
+        Err(e @ snapshot::SelectError::NotFound(_)) => {
+            // The id of a record that cannot be read: say so, not that there is no such snapshot.
+            let id = spec.split(':').next().unwrap_or_default();
+            let (_, damaged) = snapshot::load_all(repo)?;
+            match damaged.into_iter().find(|r| id.len() >= 4 && r.id.to_hex().starts_with(id)) {
+                Some(record) => return Err(RepoError::Corrupt(record.why).into()),
+                None => return Err(e.into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
     let path = if inner.is_empty() { path.map(Path::to_path_buf).unwrap_or_default() } else { PathBuf::from(inner) };
     let entry = lookup_path(repo, &info.snapshot.root, &path)?;
     Ok((info.clone(), path, entry))

@@ -3,7 +3,6 @@
 //! safe: new packs and the new index are durable before any old index or pack is deleted.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use crate::check::tree_problems;
 use crate::progress::Progress;
@@ -17,7 +16,6 @@ use crate::tree::{load_tree, Node};
 
 /// Repack a pack when more than this share of its bytes is unused.
 const REPACK_UNUSED_SHARE: f64 = 0.2;
-const TEMP_FILE_MIN_AGE: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Default)]
 pub struct PruneReport {
@@ -166,7 +164,7 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
         report.packs_deleted += 1;
     }
     report.bytes_freed = drop_packs.iter().map(|p| on_disk[p] as i64).sum::<i64>() - packed.added_bytes as i64;
-    remove_old_temp_files(repo)?;
+    remove_temp_files(repo)?;
     Ok(report)
 }
 
@@ -235,16 +233,10 @@ fn used_blobs(
     Ok((used, unreadable))
 }
 
-fn remove_old_temp_files(repo: &Repository) -> Result<(), RepoError> {
+fn remove_temp_files(repo: &Repository) -> Result<(), RepoError> {
+    // Prune holds the repository alone: every temporary file is left by an interrupted run.
     for path in repo.list_temp_files()? {
-        let old = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > TEMP_FILE_MIN_AGE);
-        if old {
-            repo.remove_file(&path)?;
-        }
+        repo.remove_file(&path)?;
     }
     Ok(())
 }
