@@ -105,6 +105,14 @@ pub fn run(repo: &Repository, read_data: bool) -> Result<CheckReport, RepoError>
         report.errors.push(problem.line);
         report.damaged_paths.push(problem.path);
     }
+    for odd in repo.misplaced_packs()? {
+        let why = if odd.is_file() { "in the wrong folder for its name" } else { "not a regular file" };
+        report.errors.push(format!(
+            "{} is named like a pack but {why}: no command reads it; move it where its name says \
+             (data/<its first 2 characters>/) if it is a pack, or remove it",
+            odd.display()
+        ));
+    }
     for tmp in repo.list_temp_files()? {
         report
             .notes

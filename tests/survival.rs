@@ -704,3 +704,28 @@ fn a_damaged_folder_listing_is_stored_again_by_the_next_backup_and_check_names_r
     backup(&s, &phone);
     check_ok(&s, true);
 }
+
+#[test]
+fn a_pack_in_the_wrong_folder_is_named_by_check_and_blocks_no_repair() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    backup(&s, &phone);
+    let pack = pack_files(&s.repo).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let prefix = pack.parent().unwrap().file_name().unwrap().to_str().unwrap().to_string();
+    let other = s.repo.join("data").join(if prefix == "00" { "01" } else { "00" });
+    std::fs::create_dir_all(&other).unwrap();
+    let moved = other.join(pack.file_name().unwrap());
+    std::fs::rename(&pack, &moved).unwrap();
+    let check = s.run(&["check"]);
+    assert_eq!(code(&check), 13);
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(report.contains("in the wrong folder for its name"), "{report}");
+    for repair in ["packs", "index"] {
+        let out = s.run(&["repair", repair]);
+        assert!(out.status.success(), "repair {repair}: {}", stderr(&out));
+    }
+    assert!(moved.exists(), "nothing deletes it");
+    std::fs::rename(&moved, &pack).unwrap();
+    restore_ok(&s, "latest", &phone, "back-in-place");
+}

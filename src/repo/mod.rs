@@ -586,6 +586,11 @@ impl Repository {
         pack::list_packs(&self.path("data"))
     }
 
+    /// Files named like packs in the wrong `data/xx/` folder, or not regular files.
+    pub fn misplaced_packs(&self) -> Result<Vec<PathBuf>, RepoError> {
+        pack::misplaced_packs(&self.path("data"))
+    }
+
     /// Names in `tmp/`: leftovers of interrupted writes, harmless and removed by `prune`.
     pub fn list_temp_files(&self) -> Result<Vec<PathBuf>, RepoError> {
         read_dir_sorted(&self.path("tmp"))

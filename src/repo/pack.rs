@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::crypto::Sealer;
+use super::packfiles::pack_path;
 use super::{
     fsutil, io_error, read_dir_sorted, BlobId, BlobKind, Id, PackId, RepoError, Repository, MAX_BLOB, MAX_STORED,
 };
@@ -232,9 +233,21 @@ pub(crate) fn parse_footer(plain: &[u8], footer_at: u64) -> Result<Vec<PackEntry
 
 /// Every pack file under `data` (the repository's `data/` folder), with its size.
 pub fn list_packs(data: &Path) -> Result<Vec<(PackId, u64)>, RepoError> {
-    let mut packs = Vec::new();
+    Ok(scan_packs(data)?.0)
+}
+
+/// Files named like packs that are not where a pack of that name lives (another `data/xx/`
+/// folder) or are not regular files: no command uses them; `check` names them.
+pub fn misplaced_packs(data: &Path) -> Result<Vec<PathBuf>, RepoError> {
+    Ok(scan_packs(data)?.1)
+}
+
+fn scan_packs(data: &Path) -> Result<(Vec<(PackId, u64)>, Vec<PathBuf>), RepoError> {
+    let (mut packs, mut misplaced) = (Vec::new(), Vec::new());
     let subs = match read_dir_sorted(data) {
-        Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(packs),
+        Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((packs, misplaced))
+        }
         other => other?,
     };
     // Only `<2 hex digits>/<64 hex digits>` is a pack: anything else a user or a sync tool left
@@ -246,11 +259,14 @@ pub fn list_packs(data: &Path) -> Result<Vec<(PackId, u64)>, RepoError> {
     for sub in subs.into_iter().filter(is_prefix) {
         for file in read_dir_sorted(&sub)? {
             let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if let Some(id) = Id::from_hex(name).filter(|_| file.is_file()) {
-                let size = std::fs::metadata(&file).map_err(io_error(format!("reading {}", file.display())))?.len();
-                packs.push((id, size));
+            let Some(id) = Id::from_hex(name) else { continue };
+            if !file.is_file() || file != pack_path(data, &id) {
+                misplaced.push(file);
+                continue;
             }
+            let size = std::fs::metadata(&file).map_err(io_error(format!("reading {}", file.display())))?.len();
+            packs.push((id, size));
         }
     }
-    Ok(packs)
+    Ok((packs, misplaced))
 }
