@@ -242,7 +242,10 @@ pub fn misplaced_packs(data: &Path) -> Result<Vec<PathBuf>, RepoError> {
     Ok(scan_packs(data)?.1)
 }
 
-fn scan_packs(data: &Path) -> Result<(Vec<(PackId, u64)>, Vec<PathBuf>), RepoError> {
+/// The packs in `data` with their sizes, and the misplaced files named like packs.
+type PackScan = (Vec<(PackId, u64)>, Vec<PathBuf>);
+
+fn scan_packs(data: &Path) -> Result<PackScan, RepoError> {
     let (mut packs, mut misplaced) = (Vec::new(), Vec::new());
     let subs = match read_dir_sorted(data) {
         Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
