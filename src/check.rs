@@ -106,12 +106,13 @@ pub fn run(repo: &Repository, read_data: bool) -> Result<CheckReport, RepoError>
         report.damaged_paths.push(problem.path);
     }
     for odd in repo.misplaced_packs()? {
-        let why = if odd.is_file() { "in the wrong folder for its name" } else { "not a regular file" };
-        report.errors.push(format!(
-            "{} is named like a pack but {why}: no command reads it; move it where its name says \
-             (data/<its first 2 characters>/) if it is a pack, or remove it",
-            odd.display()
-        ));
+        let why = if odd.is_file() {
+            "is in the wrong folder for its name: no command reads it; move it where its name says \
+             (data/<its first 2 characters>/) if it is a pack, or remove it"
+        } else {
+            "is not a regular file (a FIFO, folder, device or dangling link): it holds no pack; remove it"
+        };
+        report.errors.push(format!("{} is named like a pack but {why}", odd.display()));
     }
     for tmp in repo.list_temp_files()? {
         report

@@ -720,7 +720,7 @@ fn a_pack_in_the_wrong_folder_is_named_by_check_and_blocks_no_repair() {
     let check = s.run(&["check"]);
     assert_eq!(code(&check), 13);
     let report = String::from_utf8_lossy(&check.stdout);
-    assert!(report.contains("in the wrong folder for its name"), "{report}");
+    assert!(report.contains("is in the wrong folder for its name"), "{report}");
     for repair in ["packs", "index"] {
         let out = s.run(&["repair", repair]);
         assert!(out.status.success(), "repair {repair}: {}", stderr(&out));
@@ -728,4 +728,14 @@ fn a_pack_in_the_wrong_folder_is_named_by_check_and_blocks_no_repair() {
     assert!(moved.exists(), "nothing deletes it");
     std::fs::rename(&moved, &pack).unwrap();
     restore_ok(&s, "latest", &phone, "back-in-place");
+    // A FIFO with a pack's name is named too, and never waited on.
+    let fifo = s.repo.join("data").join(&prefix).join(format!("{prefix}{}", "0".repeat(62)));
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let check = run_bounded(&s, &["check"]);
+    assert_eq!(code(&check), 13);
+    assert!(String::from_utf8_lossy(&check.stdout).contains("is not a regular file"));
+    for repair in ["packs", "index"] {
+        let out = run_bounded(&s, &["repair", repair]);
+        assert!(out.status.success(), "repair {repair}: {}", stderr(&out));
+    }
 }
