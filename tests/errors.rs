@@ -290,3 +290,37 @@ fn a_closed_output_pipe_ends_the_report_not_the_command() {
     assert_eq!(code(&full), 15);
     assert!(stderr(&full).contains("report could not be written"), "{}", stderr(&full));
 }
+
+/// Runs `args` under umask 022 (the usual one, which leaves new files readable by everyone).
+fn under_umask_022(s: &Scratch, args: &[&str]) {
+    let mut shell = std::process::Command::new("sh");
+    shell.args(["-c", "umask 022 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_phonebak")]).args(args);
+    shell.env("PHONEBAK_REPO", &s.repo).env("PHONEBAK_PASSWORD", PASSWORD);
+    let out = shell.output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+}
+
+#[test]
+fn repository_files_and_folders_are_private_whatever_the_umask() {
+    let s = Scratch::new();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    under_umask_022(&s, &["init", "--no-encryption"]);
+    under_umask_022(&s, &["backup", "--device", "p", phone.to_str().unwrap()]);
+    damage_largest_pack(&s.repo, 1000);
+    under_umask_022(&s, &["repair", "packs"]);
+    let mut seen = 0;
+    let mut stack = vec![s.repo.clone()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{}", path.display());
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
+        seen += 1;
+    }
+    assert!(s.repo.join("damaged/data").is_dir() && seen > 10, "{seen} entries");
+}

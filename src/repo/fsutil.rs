@@ -1,13 +1,27 @@
-//! The one way the repository writes a file: temp file, fsync, rename, fsync the folder.
+//! The one way the repository writes a file: temp file, fsync, rename, fsync the folder. Its
+//! files and folders are created private (0600, 0700) whatever the umask: an unencrypted
+//! repository holds the phone's data in the clear, and an encrypted one's config invites offline
+//! password guessing.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
+
+/// Creates a new file of the repository, readable and writable by its owner only.
+pub fn create_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+}
+
+/// Creates a folder of the repository (and any missing parents), open to its owner only.
+pub fn create_private_dirs(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
 
 pub fn write_atomic(tmp_dir: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = tmp_dir.join(format!("{}.tmp", super::Id::random().to_hex()));
     let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut file = create_private(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         crash_point("sync", &tmp);
@@ -23,7 +37,7 @@ pub fn write_atomic(tmp_dir: &Path, target: &Path, bytes: &[u8]) -> io::Result<(
 pub fn publish(tmp: &Path, target: &Path) -> io::Result<()> {
     let dir = target.parent().expect("repository files live in a folder");
     if !dir.exists() {
-        std::fs::create_dir_all(dir)?;
+        create_private_dirs(dir)?;
         if let Some(grandparent) = dir.parent() {
             fsync_dir(grandparent)?;
         }
@@ -35,7 +49,6 @@ pub fn publish(tmp: &Path, target: &Path) -> io::Result<()> {
 /// Opens a file of the repository for reading, refusing what is not a regular file: a FIFO put
 /// where a record was would block every command forever, a device would never end.
 pub fn open_regular(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
     let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
     if !file.metadata()?.is_file() {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file"));

@@ -209,7 +209,7 @@ impl Repository {
         }
         options.chunker.validate().map_err(RepoError::Corrupt)?;
         for dir in SUBDIRS {
-            std::fs::create_dir_all(root.join(dir))
+            fsutil::create_private_dirs(&root.join(dir))
                 .map_err(io_error(format!("creating {}", root.join(dir).display())))?;
         }
         let keys = MasterKeys::random();
@@ -608,7 +608,7 @@ impl Repository {
     /// files are kept for the user, never deleted.
     pub fn move_aside(&self, from: &Path, kind: &str) -> Result<(), RepoError> {
         let dir = self.path(DAMAGED_DIR).join(kind);
-        std::fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
+        fsutil::create_private_dirs(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
         let name = from.file_name().expect("repository files have names");
         fsutil::crash_point("rename", from);
         std::fs::rename(from, dir.join(name)).map_err(io_error(format!("moving {} aside", from.display())))?;

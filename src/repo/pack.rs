@@ -3,7 +3,7 @@
 //! `PBPACK01` | blob* | sealed footer (the blob list) | footer length u32 LE | `PBPKEND1`.
 //! A pack is named by the BLAKE3 hash of its whole content.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -63,11 +63,7 @@ pub struct PackWriter {
 impl PackWriter {
     pub fn create(repo: &Repository) -> Result<PackWriter, RepoError> {
         let tmp_path = repo.path("tmp").join(format!("{}.pack", Id::random().to_hex()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)
-            .map_err(io_error("creating a pack file"))?;
+        let file = fsutil::create_private(&tmp_path).map_err(io_error("creating a pack file"))?;
         let mut writer = PackWriter {
             tmp_path,
             file: Some(BufWriter::with_capacity(1 << 20, file)),
