@@ -4,6 +4,7 @@ use crate::backup::BackupError;
 use crate::device::DeviceError;
 use crate::push::PushError;
 use crate::repo::RepoError;
+use crate::restore::RestoreError;
 use crate::source::SourceError;
 
 pub const OK: i32 = 0;
@@ -24,6 +25,8 @@ pub const SOURCE_VANISHED: i32 = 16;
 /// A push target cannot be used: missing, read-only, not connected, gone during the push, or
 /// `adb` is not installed. Nothing staged was lost; a rerun resumes.
 pub const DEVICE: i32 = 17;
+/// `restore` cannot write to its target folder (read-only, not allowed): the repository is fine.
+pub const TARGET: i32 = 18;
 
 fn for_device_error(error: &DeviceError) -> i32 {
     match error {
@@ -62,6 +65,12 @@ pub fn for_error(error: &anyhow::Error) -> i32 {
         match cause.downcast_ref::<PushError>() {
             Some(PushError::Device(device)) => return for_device_error(device),
             Some(PushError::Repo(repo)) => return for_repo_error(repo),
+            _ => {}
+        }
+        match cause.downcast_ref::<RestoreError>() {
+            Some(e) if e.target_is_full() => return NO_SPACE,
+            Some(RestoreError::Target { .. }) => return TARGET,
+            Some(RestoreError::Repo(repo)) => return for_repo_error(repo),
             _ => {}
         }
         if let Some(BackupError::Repo(repo)) = cause.downcast_ref::<BackupError>() {

@@ -20,10 +20,27 @@ use crate::tree::{load_tree, Entry, Meta, Node};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
-    #[error("cannot write to {path}: {source}")]
+    /// The target's fault (full, read-only, not allowed), not the repository's: the restore
+    /// stops there, since every later write would fail the same way.
+    #[error("cannot write to {path}: {source}; the restore stopped (the repository is not at fault)")]
     Target { path: String, source: io::Error },
     #[error(transparent)]
     Repo(#[from] RepoError),
+}
+
+impl RestoreError {
+    pub fn target_is_full(&self) -> bool {
+        matches!(self, RestoreError::Target { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+    }
+}
+
+/// Why one file could not be restored.
+enum FileFailure {
+    /// Its data cannot be read from the repository (damaged, missing): the restore goes on with
+    /// the others.
+    Damaged(String),
+    /// Writing it failed.
+    Target(io::Error),
 }
 
 #[derive(Debug, Default)]
@@ -57,18 +74,22 @@ pub fn run(
     };
     let progress = Progress::bytes("restore", total);
     let report = Mutex::new(RestoreReport::default());
+    let target_failed: Mutex<Option<RestoreError>> = Mutex::new(None);
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let mut dirs = Vec::new();
     let (tx, rx) = sync_channel::<FileJob>(workers * 64);
     let rx = Mutex::new(rx);
     let walked = std::thread::scope(|scope| {
         let rx = &rx;
-        let (report, progress) = (&report, &progress);
+        let (report, progress, target_failed) = (&report, &progress, &target_failed);
         for _ in 0..workers {
             scope.spawn(move || loop {
                 let Ok(job) = rx.lock().expect("restore queue lock").recv() else {
                     return;
                 };
+                if target_failed.lock().expect("target failure lock").is_some() {
+                    continue; // drained: the restore has stopped
+                }
                 let outcome = restore_file(repo, &job.entry, &job.dest, progress);
                 let mut report = report.lock().expect("report lock");
                 match outcome {
@@ -76,20 +97,26 @@ pub fn run(
                         report.files += 1;
                         report.bytes += bytes;
                     }
-                    Err(why) => {
+                    Err(FileFailure::Damaged(why)) => {
                         progress.note(&format!("phonebak: cannot restore {}: {why}", job.dest.display()));
                         report.failed.push((job.dest.display().to_string(), why));
+                    }
+                    Err(FileFailure::Target(e)) => {
+                        target_failed.lock().expect("target failure lock").get_or_insert(target_error(&job.dest)(e));
                     }
                 }
             });
         }
-        let mut planner = Planner { repo, jobs: tx, dirs: &mut dirs, report };
+        let mut planner = Planner { repo, jobs: tx, dirs: &mut dirs, report, target_failed };
         match &entry.node {
             // The target folder keeps its own metadata: it is the user's, not the phone's.
             Node::Dir { tree } => planner.restore_dir(tree, target),
             _ => planner.place(entry, &target.join(entry.name_os())),
         }
     });
+    if let Some(failed) = target_failed.into_inner().expect("target failure lock") {
+        return Err(failed);
+    }
     walked?;
     // Folder times last, deepest first: writing into a folder changes its mtime.
     for (dir, meta) in dirs.iter().rev() {
@@ -106,6 +133,7 @@ struct Planner<'a> {
     jobs: std::sync::mpsc::SyncSender<FileJob>,
     dirs: &'a mut Vec<(PathBuf, Meta)>,
     report: &'a Mutex<RestoreReport>,
+    target_failed: &'a Mutex<Option<RestoreError>>,
 }
 
 impl Planner<'_> {
@@ -125,6 +153,9 @@ impl Planner<'_> {
     }
 
     fn place(&mut self, entry: &Entry, dest: &Path) -> Result<(), RestoreError> {
+        if self.target_failed.lock().expect("target failure lock").is_some() {
+            return Ok(()); // a worker could not write: run() reports why
+        }
         match &entry.node {
             Node::Dir { tree } => {
                 create_dir(dest)?;
@@ -170,13 +201,13 @@ fn remove_non_dir(path: &Path) -> Result<(), RestoreError> {
 }
 
 /// Writes one file under a temporary name, then renames it into place. Returns its size, or why
-/// it could not be restored (damaged data, full disk).
-fn restore_file(repo: &Repository, entry: &Entry, dest: &Path, progress: &Progress) -> Result<u64, String> {
+/// it could not be restored.
+fn restore_file(repo: &Repository, entry: &Entry, dest: &Path, progress: &Progress) -> Result<u64, FileFailure> {
     let Node::File { size, chunks } = &entry.node else { unreachable!("only files are queued") };
     // Not derived from the name: names are bytes (two can look alike as text) of up to 255,
     // and a longer temporary name would not fit.
     let tmp = dest.with_file_name(format!(".phonebak-restore-{:016x}", rand::random::<u64>()));
-    let write = || -> Result<(), String> {
+    let write = || -> Result<(), FileFailure> {
         let _ = std::fs::remove_file(&tmp);
         let mut file = OpenOptions::new()
             .write(true)
@@ -184,25 +215,28 @@ fn restore_file(repo: &Repository, entry: &Entry, dest: &Path, progress: &Progre
             .custom_flags(libc::O_NOFOLLOW)
             .mode(0o600)
             .open(&tmp)
-            .map_err(|e| e.to_string())?;
+            .map_err(FileFailure::Target)?;
         for chunk in chunks {
-            let data = repo.load_blob(&chunk.id).map_err(|e| e.to_string())?;
+            let data = repo.load_blob(&chunk.id).map_err(|e| FileFailure::Damaged(e.to_string()))?;
             if data.len() != chunk.len as usize {
-                return Err(format!(
+                return Err(FileFailure::Damaged(format!(
                     "repository damaged: chunk {} has {} bytes where the folder listing says {}",
                     chunk.id,
                     data.len(),
                     chunk.len
-                ));
+                )));
             }
-            file.write_all(&data).map_err(|e| e.to_string())?;
+            file.write_all(&data).map_err(FileFailure::Target)?;
             progress.add(data.len() as u64);
         }
-        file.flush().map_err(|e| e.to_string())?;
-        apply_file_meta(&file, &entry.meta).map_err(|e| e.to_string())?;
+        file.flush().map_err(FileFailure::Target)?;
+        apply_file_meta(&file, &entry.meta).map_err(FileFailure::Target)?;
         drop(file);
-        remove_non_dir(dest).map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, dest).map_err(|e| e.to_string())
+        remove_non_dir(dest).map_err(|e| match e {
+            RestoreError::Target { source, .. } => FileFailure::Target(source),
+            e => FileFailure::Damaged(e.to_string()),
+        })?;
+        std::fs::rename(&tmp, dest).map_err(FileFailure::Target)
     };
     match write() {
         Ok(()) => Ok(*size),

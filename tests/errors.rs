@@ -324,3 +324,40 @@ fn repository_files_and_folders_are_private_whatever_the_umask() {
     }
     assert!(s.repo.join("damaged/data").is_dir() && seen > 10, "{seen} entries");
 }
+
+#[test]
+fn restore_blames_a_full_or_read_only_target_not_the_repository() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    let disk = SmallDisk::mount(&s.path("small"), "1m");
+    let full = s.run(&["restore", "latest", "--target", disk.0.join("out").to_str().unwrap()]);
+    assert_eq!(code(&full), 15, "{}", stderr(&full));
+    assert!(stderr(&full).contains("No space left on device"), "{}", stderr(&full));
+    assert!(stderr(&full).contains("the repository is not at fault"), "{}", stderr(&full));
+    assert!(!stderr(&full).contains("damaged"), "{}", stderr(&full));
+    let leftovers: Vec<_> =
+        walk_files(&disk.0).into_iter().filter(|p| p.to_string_lossy().contains(".phonebak-restore-")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let status = std::process::Command::new("mount").args(["-o", "remount,ro"]).arg(&disk.0).status().unwrap();
+    assert!(status.success());
+    let read_only = s.run(&["restore", "latest", "--target", disk.0.join("other").to_str().unwrap()]);
+    assert_eq!(code(&read_only), 18, "{}", stderr(&read_only));
+    assert!(stderr(&read_only).contains("Read-only file system"), "{}", stderr(&read_only));
+    assert!(!stderr(&read_only).contains("damaged"), "{}", stderr(&read_only));
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            all.extend(walk_files(&path));
+        } else {
+            all.push(path);
+        }
+    }
+    all
+}
