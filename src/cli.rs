@@ -92,11 +92,15 @@ enum Command {
         #[arg(long, short = 'l')]
         long: bool,
     },
-    /// Restore SNAPSHOT[:PATH] into a folder.
+    /// Restore SNAPSHOT[:PATH] into a folder. What is already there and differs is left as it
+    /// is and reported (exit 3), unless --overwrite.
     Restore {
         snapshot: String,
         #[arg(long)]
         target: PathBuf,
+        /// Replace files and symlinks in the way (a folder in the way is never deleted).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Verify the repository; --read-data also reads and verifies every stored byte.
     Check {
@@ -232,7 +236,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Snapshots { device } => cmd_snapshots(g, device.as_deref()),
         Command::Ls { snapshot, path, long } => cmd_ls(g, &snapshot, path.as_deref(), long),
-        Command::Restore { snapshot, target } => cmd_restore(g, &snapshot, &target),
+        Command::Restore { snapshot, target, overwrite } => cmd_restore(g, &snapshot, &target, overwrite),
         Command::Check { read_data } => cmd_check(g, read_data),
         Command::Forget { device, keep_last, keep_daily, keep_weekly, keep_monthly, dry_run, prune } => {
             let policy = Policy { keep_last, keep_daily, keep_weekly, keep_monthly };
@@ -491,27 +495,35 @@ fn is_closed_pipe(error: &anyhow::Error) -> bool {
     error.chain().any(pipe)
 }
 
-fn cmd_restore(g: &Global, spec: &str, target: &Path) -> Result<i32> {
+fn cmd_restore(g: &Global, spec: &str, target: &Path, overwrite: bool) -> Result<i32> {
     let repo = open_repo(g)?;
     let (info, path, entry) = find_entry(&repo, spec, None)?;
     let whole = path.as_os_str().is_empty().then_some(info.snapshot.stats.bytes);
-    let report = restore::run(&repo, &entry, target, whole)?;
+    let report = restore::run(&repo, &entry, target, whole, overwrite)?;
     if g.json {
         print_json(json!({"snapshot": info.id.to_hex(), "files": report.files, "dirs": report.dirs,
-                          "symlinks": report.symlinks, "bytes": report.bytes, "failed": report.failed}));
+                          "symlinks": report.symlinks, "bytes": report.bytes, "unchanged": report.unchanged,
+                          "failed": report.failed, "conflicts": report.conflicts}));
     } else {
         say!(
-            "restored {}, {}, {} ({}) from {}/{} into {}",
+            "restored {}, {}, {} ({}) from {}/{} into {}{}",
             count(report.files, "file"),
             count(report.dirs, "folder"),
             count(report.symlinks, "symlink"),
             human(report.bytes),
             info.snapshot.device,
             info.name,
-            target.display()
+            target.display(),
+            if report.unchanged > 0 {
+                format!("; {} already there", count(report.unchanged, "file"))
+            } else {
+                String::new()
+            }
         );
     }
-    Ok(report_paths(&report.failed, "could not be restored because their data is damaged", exit::CORRUPTION))
+    let damaged = report_paths(&report.failed, "could not be restored because their data is damaged", exit::CORRUPTION);
+    let kept = report_paths(&report.conflicts, "were in the way and are left as they were", exit::PARTIAL);
+    Ok(if damaged != exit::OK { damaged } else { kept })
 }
 
 fn cmd_check(g: &Global, read_data: bool) -> Result<i32> {

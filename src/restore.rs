@@ -4,6 +4,12 @@
 //! target never holds a half-written file under its real name. Names come from validated trees
 //! (no `/`, no `..`), and nothing already in the target is followed as a symlink, so nothing is
 //! written outside it. A file whose data is damaged is reported and the others are restored.
+//!
+//! What is already in the target is the user's: by default nothing there that differs from the
+//! snapshot is replaced (a file with the snapshot's size and time counts as the same), and each
+//! such path is reported as a conflict. With `overwrite`, files and symlinks in the way are
+//! replaced; a folder in the way is never deleted. The target itself may be a symlink to a
+//! folder (it is followed); a target that is a file is refused.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -51,6 +57,10 @@ pub struct RestoreReport {
     pub bytes: u64,
     /// Paths that could not be restored (damaged data), with why.
     pub failed: Vec<(String, String)>,
+    /// Paths where something else was in the way and was left as it is, with what.
+    pub conflicts: Vec<(String, String)>,
+    /// Files already there with the snapshot's size and time: left as they are.
+    pub unchanged: u64,
 }
 
 struct FileJob {
@@ -66,8 +76,9 @@ pub fn run(
     entry: &Entry,
     target: &Path,
     total_bytes: Option<u64>,
+    overwrite: bool,
 ) -> Result<RestoreReport, RestoreError> {
-    create_dir(target)?;
+    prepare_target(target)?;
     let total = match &entry.node {
         Node::File { size, .. } => Some(*size),
         _ => total_bytes,
@@ -107,7 +118,7 @@ pub fn run(
                 }
             });
         }
-        let mut planner = Planner { repo, jobs: tx, dirs: &mut dirs, report, target_failed };
+        let mut planner = Planner { repo, jobs: tx, dirs: &mut dirs, report, target_failed, overwrite };
         match &entry.node {
             // The target folder keeps its own metadata: it is the user's, not the phone's.
             Node::Dir { tree } => planner.restore_dir(tree, target),
@@ -125,6 +136,7 @@ pub fn run(
     progress.finish();
     let mut report = report.into_inner().expect("report lock");
     report.failed.sort();
+    report.conflicts.sort();
     Ok(report)
 }
 
@@ -134,6 +146,7 @@ struct Planner<'a> {
     dirs: &'a mut Vec<(PathBuf, Meta)>,
     report: &'a Mutex<RestoreReport>,
     target_failed: &'a Mutex<Option<RestoreError>>,
+    overwrite: bool,
 }
 
 impl Planner<'_> {
@@ -156,47 +169,87 @@ impl Planner<'_> {
         if self.target_failed.lock().expect("target failure lock").is_some() {
             return Ok(()); // a worker could not write: run() reports why
         }
-        match &entry.node {
-            Node::Dir { tree } => {
-                create_dir(dest)?;
+        let existing = std::fs::symlink_metadata(dest).ok();
+        let in_the_way = |what: &str| (dest.display().to_string(), what.to_string());
+        match (&entry.node, &existing) {
+            (_, Some(meta)) if meta.is_dir() && !matches!(entry.node, Node::Dir { .. }) => {
+                self.conflict(in_the_way("a folder is there (folders are never deleted)"));
+                Ok(())
+            }
+            (Node::Dir { tree }, existing) => {
+                match existing {
+                    Some(meta) if meta.is_dir() => {}
+                    Some(_) if !self.overwrite => {
+                        self.conflict(in_the_way("a file is there where the snapshot has a folder"));
+                        return Ok(());
+                    }
+                    Some(_) => {
+                        std::fs::remove_file(dest).map_err(target_error(dest))?;
+                        std::fs::create_dir(dest).map_err(target_error(dest))?;
+                    }
+                    None => std::fs::create_dir(dest).map_err(target_error(dest))?,
+                }
                 self.dirs.push((dest.to_path_buf(), entry.meta.clone()));
                 self.report.lock().expect("report lock").dirs += 1;
                 self.restore_dir(tree, dest)
             }
-            Node::Symlink { target } => {
-                remove_non_dir(dest)?;
+            (Node::Symlink { target }, existing) => {
+                if let Some(meta) = existing {
+                    let same = meta.file_type().is_symlink()
+                        && std::fs::read_link(dest).is_ok_and(|t| t.as_os_str().as_bytes() == target.as_slice());
+                    if same {
+                        self.report.lock().expect("report lock").symlinks += 1;
+                        return Ok(());
+                    }
+                    if !self.overwrite {
+                        self.conflict(in_the_way("something else is there (--overwrite replaces it)"));
+                        return Ok(());
+                    }
+                    std::fs::remove_file(dest).map_err(target_error(dest))?;
+                }
                 std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), dest).map_err(target_error(dest))?;
                 apply_meta(dest, &entry.meta, true).map_err(target_error(dest))?;
                 self.report.lock().expect("report lock").symlinks += 1;
                 Ok(())
             }
-            Node::File { .. } => {
+            (Node::File { size, .. }, existing) => {
+                if let Some(meta) = existing {
+                    if meta.is_file() && meta.len() == *size && same_mtime(meta, &entry.meta) {
+                        self.report.lock().expect("report lock").unchanged += 1;
+                        return Ok(());
+                    }
+                    if !self.overwrite {
+                        self.conflict(in_the_way("a different file is there (--overwrite replaces it)"));
+                        return Ok(());
+                    }
+                }
                 let job = FileJob { dest: dest.to_path_buf(), entry: entry.clone() };
                 self.jobs.send(job).map_err(|_| target_error(dest)(io::Error::other("restore workers stopped")))
             }
         }
     }
+
+    fn conflict(&self, what: (String, String)) {
+        self.report.lock().expect("report lock").conflicts.push(what);
+    }
+}
+
+fn same_mtime(meta: &std::fs::Metadata, stored: &Meta) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime() == stored.mtime_sec && meta.mtime_nsec() == stored.mtime_nsec as i64
 }
 
 fn target_error(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
     move |source| RestoreError::Target { path: path.display().to_string(), source }
 }
 
-/// Makes `path` a real folder, replacing a file or symlink there (never following it).
-fn create_dir(path: &Path) -> Result<(), RestoreError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => return Ok(()),
-        Ok(_) => std::fs::remove_file(path).map_err(target_error(path))?,
-        Err(_) => {}
-    }
-    std::fs::create_dir_all(path).map_err(target_error(path))
-}
-
-fn remove_non_dir(path: &Path) -> Result<(), RestoreError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path).map_err(target_error(path)),
-        Ok(_) => std::fs::remove_file(path).map_err(target_error(path)),
-        Err(_) => Ok(()),
+/// The folder to restore into: made if missing; a symlink to a folder is followed (the user
+/// chose it); a file is refused, never replaced.
+fn prepare_target(path: &Path) -> Result<(), RestoreError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(target_error(path)(io::Error::new(io::ErrorKind::AlreadyExists, "it is a file, not a folder"))),
+        Err(_) => std::fs::create_dir_all(path).map_err(target_error(path)),
     }
 }
 
@@ -232,10 +285,7 @@ fn restore_file(repo: &Repository, entry: &Entry, dest: &Path, progress: &Progre
         file.flush().map_err(FileFailure::Target)?;
         apply_file_meta(&file, &entry.meta).map_err(FileFailure::Target)?;
         drop(file);
-        remove_non_dir(dest).map_err(|e| match e {
-            RestoreError::Target { source, .. } => FileFailure::Target(source),
-            e => FileFailure::Damaged(e.to_string()),
-        })?;
+        // Replaces a file or symlink there (the planner decided it may); never a folder.
         std::fs::rename(&tmp, dest).map_err(FileFailure::Target)
     };
     match write() {

@@ -183,21 +183,29 @@ fn restore_never_writes_through_a_symlink_in_the_target() {
     let target = s.path("target");
     std::fs::create_dir(&target).unwrap();
     std::os::unix::fs::symlink(&outside, target.join("DCIM")).unwrap();
-    s.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    // By default the link is the user's and stays; with --overwrite it is replaced by a folder.
+    let kept = s.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_eq!(code(&kept), 3, "{}", stderr(&kept));
+    assert!(std::fs::symlink_metadata(target.join("DCIM")).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "restore wrote outside its target");
+    s.ok(&["restore", "latest", "--target", target.to_str().unwrap(), "--overwrite"]);
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "restore wrote outside its target");
     assert!(std::fs::symlink_metadata(target.join("DCIM")).unwrap().is_dir());
     assert_eq!(std::fs::read(target.join("DCIM/photo.jpg")).unwrap(), b"photo");
 }
 
 #[test]
-fn restore_overwrites_an_existing_target_exactly() {
+fn restore_overwrites_an_existing_target_exactly_only_when_asked() {
     let s = Scratch::with_repo();
     let phone = s.path("phone");
     sample_phone(&phone);
     s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
     let out = s.path("out");
     write(&out.join("Documents/notes.txt"), b"stale");
-    s.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    let kept = s.run(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_eq!(code(&kept), 3, "{}", stderr(&kept));
+    assert_eq!(std::fs::read(out.join("Documents/notes.txt")).unwrap(), b"stale");
+    s.ok(&["restore", "latest", "--target", out.to_str().unwrap(), "--overwrite"]);
     assert_same_tree(&phone, &out);
     let leftovers = std::fs::read_dir(out.join("Documents"))
         .unwrap()

@@ -361,3 +361,66 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     all
 }
+
+#[test]
+fn restore_never_destroys_what_is_in_the_way_and_overwrite_replaces_only_files() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    let restore = |target: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["restore", "latest", "--target", target.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        s.run(&args)
+    };
+
+    // A target that is a file is refused and kept.
+    let file_target = s.path("a-file");
+    write(&file_target, b"mine");
+    let out = restore(&file_target, &[]);
+    assert_eq!(code(&out), 18, "{}", stderr(&out));
+    assert_eq!(std::fs::read(&file_target).unwrap(), b"mine");
+
+    // A target that is a symlink to a folder is followed: the files land in that folder.
+    let real = s.path("real-folder");
+    std::fs::create_dir(&real).unwrap();
+    let link = s.path("link-to-folder");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let out = restore(&link, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_same_tree(&phone, &real);
+
+    // The user's things in the way: a folder where the snapshot has a file, a changed file.
+    let target = s.path("target");
+    std::fs::create_dir(&target).unwrap();
+    write(&target.join("Documents/notes.txt/keep.txt"), b"keep me");
+    write(&target.join("DCIM/Camera/IMG_0002.jpg"), b"my edit");
+    write(&target.join("Documents/mine.txt"), b"not in the snapshot");
+    let out = restore(&target, &[]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("were in the way"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(target.join("Documents/notes.txt/keep.txt")).unwrap(), b"keep me");
+    assert_eq!(std::fs::read(target.join("DCIM/Camera/IMG_0002.jpg")).unwrap(), b"my edit");
+    assert_eq!(std::fs::read(target.join("Documents/mine.txt")).unwrap(), b"not in the snapshot");
+    assert_eq!(
+        std::fs::read(target.join("DCIM/Camera/IMG_0001.jpg")).unwrap(),
+        std::fs::read(phone.join("DCIM/Camera/IMG_0001.jpg")).unwrap()
+    );
+
+    // --overwrite replaces the changed file, never the folder.
+    let out = restore(&target, &["--overwrite"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("folders are never deleted"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(target.join("Documents/notes.txt/keep.txt")).unwrap(), b"keep me");
+    assert_eq!(
+        std::fs::read(target.join("DCIM/Camera/IMG_0002.jpg")).unwrap(),
+        std::fs::read(phone.join("DCIM/Camera/IMG_0002.jpg")).unwrap()
+    );
+    assert_eq!(std::fs::read(target.join("Documents/mine.txt")).unwrap(), b"not in the snapshot");
+
+    // A second restore into a complete copy finds everything already there.
+    let again = restore(&real, &[]);
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already there"));
+}

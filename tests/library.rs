@@ -104,7 +104,7 @@ proptest! {
         prop_assert!(outcome.unreadable.is_empty());
         let root = lookup_path(&repo, &outcome.snapshot.root, Path::new("")).unwrap();
         let out = dir.path().join("out");
-        let report = phonebak::restore::run(&repo, &root, &out, None).unwrap();
+        let report = phonebak::restore::run(&repo, &root, &out, None, false).unwrap();
         prop_assert!(report.failed.is_empty());
         assert_same_tree(&phone, &out);
         let check = phonebak::check::run(&repo, true).unwrap();
@@ -360,7 +360,7 @@ proptest! {
 
         let out = dir.path().join("out");
         let start = lookup_path(&repo, &outcome.snapshot.root, Path::new("")).unwrap();
-        let report = phonebak::restore::run(&repo, &start, &out, None).unwrap();
+        let report = phonebak::restore::run(&repo, &start, &out, None, false).unwrap();
         prop_assert!(report.failed.is_empty());
         for name in &valid {
             let path = out.join(std::ffi::OsStr::from_bytes(name));
@@ -439,7 +439,7 @@ fn the_mount_shows_extreme_times_without_panicking() {
     assert_eq!(std::fs::read(latest.join("now")).unwrap(), b"abc");
     // A restore sets what times the file system can hold, and does not panic on the others.
     let root = lookup_path(&repo, &snapshot::list(&repo).unwrap()[0].snapshot.root, Path::new("")).unwrap();
-    let _ = phonebak::restore::run(&repo, &root, &dir.path().join("out"), None);
+    let _ = phonebak::restore::run(&repo, &root, &dir.path().join("out"), None, false);
     assert_eq!(std::fs::read(dir.path().join("out/now")).unwrap(), b"abc");
 }
 
@@ -502,7 +502,7 @@ fn crafted_trees_too_deep_or_with_lying_chunk_lengths_are_damage_not_crashes() {
     assert!(all.contains("lying.txt: 1 chunk(s) missing from the repository (or not of the length"), "{all}");
 
     let start = lookup_path(&repo, &lying_root, Path::new("")).unwrap();
-    let restored = phonebak::restore::run(&repo, &start, &dir.path().join("out"), None).unwrap();
+    let restored = phonebak::restore::run(&repo, &start, &dir.path().join("out"), None, false).unwrap();
     assert_eq!(restored.failed.len(), 1, "{:?}", restored.failed);
     assert!(restored.failed[0].1.contains("folder listing says 12"), "{:?}", restored.failed);
     assert!(!dir.path().join("out/lying.txt").exists());
