@@ -508,6 +508,10 @@ struct Pusher<'a> {
     journal: Option<Journal>,
     progress: Progress,
     report: PushReport,
+    /// Names this run gives or will give: every item's own, and each free name chosen for a
+    /// conflict. A free name must be none of them: `IMG_1 (1).jpg` chosen for a renamed
+    /// `IMG_1.jpg` while a staged `IMG_1 (1).jpg` waits to be pushed made both one file.
+    reserved: std::collections::HashSet<PathBuf>,
 }
 
 /// Pushes `source` onto `device`. The journal of an unfinished push lives in `journal_dir`.
@@ -542,6 +546,7 @@ fn push_with(
         journal: None,
         progress,
         report: PushReport::default(),
+        reserved: Default::default(),
     };
     let stopped = pusher.push_all(journal_dir).err();
     pusher.progress.finish();
@@ -561,6 +566,7 @@ impl Pusher<'_> {
     fn push_all(&mut self, journal_dir: &Path) -> Result<(), PushError> {
         self.device.check()?;
         let mut items = self.source.items(&mut self.report.failed)?;
+        self.reserved = items.iter().map(|i| i.path.clone()).collect();
         let total = items.iter().map(|i| if let ItemKind::File { size } = i.kind { size } else { 0 }).sum();
         self.progress.set_total(total);
         if !self.options.dry_run {
@@ -639,7 +645,10 @@ impl Pusher<'_> {
                 }
                 OnConflict::Overwrite if matches!(found, Found::File { .. }) => replace = true,
                 OnConflict::Overwrite => return Err(self.item_error(item, "a folder on the device is in the way")),
-                OnConflict::Rename => dest = self.free_name(&dest)?,
+                OnConflict::Rename => {
+                    dest = self.free_name(&dest)?;
+                    self.reserved.insert(dest.clone());
+                }
             },
         }
         if self.options.dry_run {
@@ -773,7 +782,7 @@ impl Pusher<'_> {
         }
     }
 
-    /// `NAME (N).EXT` with the first N not taken on the device.
+    /// `NAME (N).EXT` with the first N taken neither on the device nor by this run.
     fn free_name(&self, dest: &Path) -> Result<PathBuf, PushError> {
         let name = dest.file_name().unwrap_or_default().as_bytes();
         let (stem, ext) = match name.iter().rposition(|&b| b == b'.') {
@@ -783,7 +792,7 @@ impl Pusher<'_> {
         for n in 1.. {
             let candidate = [stem, format!(" ({n})").as_bytes(), ext].concat();
             let candidate = dest.with_file_name(std::ffi::OsStr::from_bytes(&candidate));
-            if self.device.stat(&candidate)?.is_none() {
+            if !self.reserved.contains(&candidate) && self.device.stat(&candidate)?.is_none() {
                 return Ok(candidate);
             }
         }

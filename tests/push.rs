@@ -376,3 +376,25 @@ impl Drop for FuseFolder {
         let _ = Command::new("umount").arg(&self.point).stderr(std::process::Stdio::null()).status();
     }
 }
+
+#[test]
+fn a_renamed_file_never_takes_the_name_of_another_staged_file() {
+    let s = Scratch::with_repo();
+    let (_phone, m) = mounted_phone(&s);
+    let device = s.path("phone-now");
+    write(&device.join("DCIM/IMG_1.jpg"), b"a different photo on the phone");
+    let first = bytes(71, 4_000_000, false);
+    let second = bytes(72, 300_000, false);
+    write(&m.restore().join("DCIM/IMG_1.jpg"), &first);
+    write(&m.restore().join("DCIM/IMG_1 (1).jpg"), &second);
+    let out = push(&s, &device, &["--on-conflict", "rename"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let mut on_device: Vec<Vec<u8>> =
+        std::fs::read_dir(device.join("DCIM")).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+    on_device.sort();
+    let mut expected = vec![b"a different photo on the phone".to_vec(), first, second];
+    expected.sort();
+    assert!(on_device == expected, "every staged file arrives whole, under a name of its own");
+    assert_eq!(std::fs::read(device.join("DCIM/IMG_1 (1).jpg")).unwrap(), bytes(72, 300_000, false));
+    assert!(leftovers(&device).is_empty());
+}
