@@ -430,3 +430,25 @@ fn reads_follow_a_prune_made_while_mounted() {
     assert_eq!(report["packs_repacked"], 1, "{report}");
     assert_eq!(std::fs::read(&file).unwrap(), keep);
 }
+
+#[test]
+fn a_mount_whose_daemon_was_killed_says_how_to_clean_up() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    s.ok(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    let point = s.path("mnt");
+    std::fs::create_dir(&point).unwrap();
+    s.ok(&["mount", point.to_str().unwrap()]);
+    for pid in processes_mentioning(&point) {
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    wait_until("the daemon to die", || processes_mentioning(&point).is_empty());
+    let again = s.run(&["mount", point.to_str().unwrap()]);
+    assert_ne!(code(&again), 0);
+    assert!(stderr(&again).contains("run `fusermount3 -u` on it"), "{}", stderr(&again));
+    assert!(Command::new("fusermount3").arg("-u").arg(&point).status().unwrap().success());
+    s.ok(&["mount", point.to_str().unwrap()]);
+    assert!(point.join("snapshots/pixel/latest/DCIM/Camera/IMG_0001.jpg").exists());
+    assert!(Command::new("umount").arg(&point).status().unwrap().success());
+}
