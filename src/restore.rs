@@ -13,7 +13,7 @@
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -279,9 +279,16 @@ fn restore_file(repo: &Repository, entry: &Entry, dest: &Path, progress: &Progre
                     chunk.len
                 )));
             }
-            file.write_all(&data).map_err(FileFailure::Target)?;
+            // A chunk of zeros becomes a hole: a sparse file (a disk image, a database) restores
+            // sparse instead of taking its full size on disk.
+            if data.iter().all(|&b| b == 0) {
+                file.seek(io::SeekFrom::Current(data.len() as i64)).map_err(FileFailure::Target)?;
+            } else {
+                file.write_all(&data).map_err(FileFailure::Target)?;
+            }
             progress.add(data.len() as u64);
         }
+        file.set_len(*size).map_err(FileFailure::Target)?;
         file.flush().map_err(FileFailure::Target)?;
         apply_file_meta(&file, &entry.meta).map_err(FileFailure::Target)?;
         drop(file);

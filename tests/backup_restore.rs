@@ -229,3 +229,22 @@ fn names_that_look_alike_as_text_restore_side_by_side() {
     s.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
     assert_same_tree(&phone, &out);
 }
+
+#[test]
+fn a_sparse_file_restores_sparse() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    let image = phone.join("disk.img");
+    write(&image, b"start");
+    let file = std::fs::File::options().write(true).open(&image).unwrap();
+    file.set_len(64 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"end", (64 << 20) - 3).unwrap();
+    drop(file);
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    let out = s.path("out");
+    s.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_same_tree(&phone, &out);
+    let allocated = std::fs::metadata(out.join("disk.img")).unwrap().blocks() * 512;
+    assert!(allocated < 16 << 20, "{allocated} bytes allocated for 64 MiB of mostly holes");
+}
