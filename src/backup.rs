@@ -275,22 +275,28 @@ enum Content {
 impl Walker<'_> {
     fn walk_root(&mut self, parent: Option<&Tree>) -> Result<BlobId, BackupError> {
         self.source.root_meta()?;
-        let (tree, _) = self.walk_dir(Path::new(""), parent, false)?;
+        // A top folder that cannot be listed is an empty snapshot, with the reason listed.
+        let tree = match self.walk_dir(Path::new(""), parent, false)? {
+            Some((tree, _)) => tree,
+            None => self.store_tree(&Tree::default()),
+        };
         Ok(tree)
     }
 
-    /// Stores the tree of `dir` and returns its id and how many entries it kept.
+    /// Stores the tree of `dir` and returns its id and how many entries it kept; nothing if
+    /// `dir` cannot be listed (it is reported, and left out rather than stored as an empty
+    /// folder, which a restore would give back as if it had been empty).
     fn walk_dir(
         &mut self,
         dir: &Path,
         parent: Option<&Tree>,
         inside_included: bool,
-    ) -> Result<(BlobId, usize), BackupError> {
+    ) -> Result<Option<(BlobId, usize)>, BackupError> {
         let listing = match self.source.list(dir) {
             Ok(listing) => listing,
             Err(SourceError::Unreadable { path, source }) => {
                 self.note_unreadable(path, source.to_string())?;
-                Default::default()
+                return Ok(None);
             }
             Err(other) => return Err(other.into()),
         };
@@ -335,7 +341,7 @@ impl Walker<'_> {
             }
         }
         let kept = tree.entries.len();
-        Ok((self.store_tree(&tree), kept))
+        Ok(Some((self.store_tree(&tree), kept)))
     }
 
     fn dir_node(&mut self, path: &Path, previous: Option<&Entry>, wanted: bool) -> Result<Option<Node>, BackupError> {
@@ -351,7 +357,10 @@ impl Walker<'_> {
             }
             _ => None,
         };
-        let (tree, kept) = self.walk_dir(path, parent_tree.as_ref(), wanted && self.filter.includes.is_some())?;
+        let inside = wanted && self.filter.includes.is_some();
+        let Some((tree, kept)) = self.walk_dir(path, parent_tree.as_ref(), inside)? else {
+            return Ok(None);
+        };
         if kept == 0 && !wanted {
             return Ok(None);
         }

@@ -139,6 +139,8 @@ fn unreadable_files_are_skipped_listed_and_exit_3() {
     assert!(err.contains("secret: Permission denied"), "{err}");
     let listed = s.ok(&["ls", "latest"]);
     assert!(listed.contains("/ok.txt") && !listed.contains("private.db"), "{listed}");
+    // A folder that could not be listed is left out, not stored as if it had been empty.
+    assert!(!listed.contains("secret"), "{listed}");
     let snaps = s.json(&["snapshots"]);
     assert_eq!(snaps[0]["stats"]["unreadable"], 2);
 }
