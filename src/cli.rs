@@ -737,6 +737,9 @@ fn cmd_push(
             if !dir.is_dir() {
                 bail!("nothing is staged: {} does not exist (copy files into the mount's restore/ folder first, or use --from SNAPSHOT)", dir.display());
             }
+            if staging.is_none() {
+                mount::keep_staging_private(&dir).with_context(|| format!("checking {}", dir.display()))?;
+            }
             PushSource::Staging { root: dir }
         }
     };

@@ -174,13 +174,30 @@ pub fn find_staging(repo: &Repository, options: &MountOptions) -> Result<Option<
         return usable_staging(dir).map(Some).map_err(|e| MountError::Staging(dir.clone(), e));
     }
     let dir = repo.path("staging");
-    match usable_staging(&dir) {
+    match usable_staging(&dir).and_then(|dir| keep_staging_private(&dir).map(|()| dir)) {
         Ok(dir) => Ok(Some(dir)),
         Err(e) => {
             eprintln!("phonebak: warning: mounting without restore/: staging folder {}: {e}", dir.display());
             Ok(None)
         }
     }
+}
+
+/// Puts the repository's own staging folder back to 0700 if something opened it up: `rsync -a`
+/// of a snapshot into `restore/` gives it the snapshot folder's mode (0755), and what is staged
+/// is the user's private data. A folder named with `-o staging=DIR` keeps the mode it was given.
+pub fn keep_staging_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        eprintln!(
+            "phonebak: warning: the staging folder {} was open to others (mode {:o}); made private again (0700)",
+            dir.display(),
+            mode & 0o777
+        );
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// `dir`, made if missing, checked to be a folder this user can write in, and resolved (the

@@ -398,3 +398,23 @@ fn a_renamed_file_never_takes_the_name_of_another_staged_file() {
     assert_eq!(std::fs::read(device.join("DCIM/IMG_1 (1).jpg")).unwrap(), bytes(72, 300_000, false));
     assert!(leftovers(&device).is_empty());
 }
+
+#[test]
+fn the_staging_folder_is_made_private_again_after_rsync_opens_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::with_repo();
+    let (_phone, m) = mounted_phone(&s);
+    let staging = s.repo.join("staging");
+    assert_eq!(std::fs::metadata(&staging).unwrap().permissions().mode() & 0o777, 0o700);
+    // rsync -a of a snapshot folder into restore/ gives the staging folder the snapshot's mode.
+    let snapshot = m.snapshots().join("pixel/latest/Download/");
+    let restore = format!("{}/", m.restore().display());
+    assert!(Command::new("rsync").arg("-a").arg(&snapshot).arg(&restore).status().unwrap().success());
+    assert_ne!(std::fs::metadata(&staging).unwrap().permissions().mode() & 0o077, 0, "rsync opened it");
+    let device = s.path("phone-now");
+    std::fs::create_dir(&device).unwrap();
+    let out = push(&s, &device, &["--keep"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("made private again"), "{}", stderr(&out));
+    assert_eq!(std::fs::metadata(&staging).unwrap().permissions().mode() & 0o777, 0o700);
+}
