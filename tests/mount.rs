@@ -452,3 +452,40 @@ fn a_mount_whose_daemon_was_killed_says_how_to_clean_up() {
     assert!(point.join("snapshots/pixel/latest/DCIM/Camera/IMG_0001.jpg").exists());
     assert!(Command::new("umount").arg(&point).status().unwrap().success());
 }
+
+#[test]
+fn an_open_mount_follows_new_snapshots_and_renamed_ones_without_stale_bytes() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    let backup_at = |content: &[u8], time: &str| {
+        write(&phone.join("note.txt"), content);
+        s.ok(&["backup", "--device", "p", "--time", time, phone.to_str().unwrap()]);
+    };
+    // Two snapshots in one second: named T and T.2.
+    backup_at(b"first", "2026-01-01T10:00:00");
+    backup_at(b"second", "2026-01-01T10:00:00.5+00:00");
+    let m = Mounted::new(&s, &[]);
+    let device = m.snapshots().join("p");
+    let mut names: Vec<String> = names(&device).into_iter().filter(|n| n != "latest").collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let first_name = names[0].clone();
+    assert_eq!(std::fs::read(device.join(&first_name).join("note.txt")).unwrap(), b"first");
+    assert_eq!(std::fs::read(device.join("latest/note.txt")).unwrap(), b"second");
+
+    // A backup while mounted: `latest` moves to it.
+    backup_at(b"third", "2026-01-02T10:00:00");
+    wait_until("latest to name the new snapshot", || {
+        std::fs::read(device.join("latest/note.txt")).ok().as_deref() == Some(b"third".as_slice())
+    });
+
+    // Forgetting the first of the two same-second snapshots gives the second its name: that
+    // folder must now show the second's bytes, never the forgotten one's.
+    let list = s.json(&["snapshots"]);
+    let first_id = list.as_array().unwrap()[0]["id"].as_str().unwrap().to_string();
+    s.ok(&["forget", "--keep-last", "2"]);
+    assert!(!s.json(&["snapshots"]).as_array().unwrap().iter().any(|v| v["id"] == first_id.as_str()));
+    wait_until("the renamed snapshot to show its own bytes", || {
+        std::fs::read(device.join(&first_name).join("note.txt")).ok().as_deref() == Some(b"second".as_slice())
+    });
+}

@@ -86,10 +86,10 @@ impl Filesystem for FuseView {
         if let Err(nearest) = config.set_max_write(1 << 20) {
             let _ = config.set_max_write(nearest);
         }
+        // Not FUSE_CACHE_SYMLINKS: the kernel would keep `latest`'s old target after a backup.
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_AUTO_INVAL_DATA;
         let _ = config.add_capabilities(wanted & config.capabilities());
         let caps = config.capabilities();

@@ -156,6 +156,16 @@ enum Node {
 }
 
 impl Node {
+    /// False when both are snapshot folders of different snapshots.
+    fn same_snapshot(&self, other: &Node) -> bool {
+        match (self, other) {
+            (Node::Snapshot { root: a, time_ns: t, .. }, Node::Snapshot { root: b, time_ns: u, .. }) => {
+                a == b && t == u
+            }
+            _ => true,
+        }
+    }
+
     fn name(&self) -> &[u8] {
         match self {
             Node::Root => b"",
@@ -430,7 +440,12 @@ impl View {
     /// snapshot's folder get numbers that rise in the folder's order: `cp -r` reads a folder in
     /// inode order, and loading ahead across files follows the folder's order. With numbers in
     /// hash order, `cp -a` of 1 GB of photos loaded most chunks twice.
-    fn ino_for(&self, inodes: &HashMap<u64, Inode>, parent: u64, name: &[u8], node: &Node) -> u64 {
+    /// The number of `node` (named `name` in `parent`): the one it already has, or a free one,
+    /// taken at once (under the caller's lock) so that two listings running together whose
+    /// hashes collide never give two nodes one number. A name that now means another snapshot
+    /// (a forget renamed a same-second one) gets a new number: the kernel then drops what it
+    /// cached for the old one.
+    fn ino_for(&self, inodes: &mut HashMap<u64, Inode>, parent: u64, name: &[u8], node: &Node) -> u64 {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         let hashed = match node {
             Node::Entry { index, .. } if u64::from(*index) < 1 << ENTRY_BITS => {
@@ -444,11 +459,12 @@ impl View {
         };
         let mut ino = hashed.max(16);
         while let Some(existing) = inodes.get(&ino) {
-            if existing.parent == parent && existing.node.name() == name {
-                break;
+            if existing.parent == parent && existing.node.name() == name && existing.node.same_snapshot(node) {
+                return ino;
             }
             ino = ino.wrapping_add(1).max(16);
         }
+        inodes.insert(ino, Inode { parent, node: node.clone(), lookups: 0 });
         ino
     }
 
@@ -527,9 +543,11 @@ impl View {
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, VfsError> {
         let (_, parent_node) = self.node(parent)?;
         let node = self.find_child(&parent_node, name)?;
-        let ino = self.ino_for(&self.inodes.lock().expect("inode lock"), parent, name, &node);
-        let attr = self.attr(ino, &node)?;
-        self.remember_node(parent, ino, node);
+        let mut attr = self.attr(0, &node)?;
+        // Numbered and counted under one lock: a forget or another lookup cannot come between.
+        let mut inodes = self.inodes.lock().expect("inode lock");
+        attr.ino = self.ino_for(&mut inodes, parent, name, &node);
+        inodes.get_mut(&attr.ino).expect("numbered just now").lookups += 1;
         Ok(attr)
     }
 
@@ -637,11 +655,11 @@ impl View {
         if offset == 0 {
             self.load_subtrees_ahead(&children);
         }
-        let inodes = self.inodes.lock().expect("inode lock");
+        let mut inodes = self.inodes.lock().expect("inode lock");
         let numbered: Vec<(u64, Vec<u8>, Node)> = children
             .into_iter()
             .skip(offset.saturating_sub(2))
-            .map(|(name, child)| (self.ino_for(&inodes, ino, &name, &child), name, child))
+            .map(|(name, child)| (self.ino_for(&mut inodes, ino, &name, &child), name, child))
             .collect();
         drop(inodes);
         for (child_ino, name, child) in numbered {
