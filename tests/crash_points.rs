@@ -262,17 +262,3 @@ fn every_prefix_of_backup_forget_prune_and_repair_leaves_a_repository_check_pass
         assert!(intact.is_superset(&intact_before), "repair packs killed at point {n} lost an intact file");
     });
 }
-
-/// Every regular file under `root`.
-fn files_under(root: &Path) -> Vec<PathBuf> {
-    let mut all = Vec::new();
-    for entry in std::fs::read_dir(root).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            all.extend(files_under(&path));
-        } else {
-            all.push(path);
-        }
-    }
-    all
-}

@@ -340,7 +340,7 @@ fn restore_blames_a_full_or_read_only_target_not_the_repository() {
     assert!(stderr(&full).contains("the repository is not at fault"), "{}", stderr(&full));
     assert!(!stderr(&full).contains("damaged"), "{}", stderr(&full));
     let leftovers: Vec<_> =
-        walk_files(&disk.0).into_iter().filter(|p| p.to_string_lossy().contains(".phonebak-restore-")).collect();
+        files_under(&disk.0).into_iter().filter(|p| p.to_string_lossy().contains(".phonebak-restore-")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     let status = std::process::Command::new("mount").args(["-o", "remount,ro"]).arg(&disk.0).status().unwrap();
@@ -350,20 +350,6 @@ fn restore_blames_a_full_or_read_only_target_not_the_repository() {
     assert!(stderr(&read_only).contains("Read-only file system"), "{}", stderr(&read_only));
     assert!(!stderr(&read_only).contains("damaged"), "{}", stderr(&read_only));
 }
-
-fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut all = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            all.extend(walk_files(&path));
-        } else {
-            all.push(path);
-        }
-    }
-    all
-}
-
 #[test]
 fn restore_never_destroys_what_is_in_the_way_and_overwrite_replaces_only_files() {
     let s = Scratch::with_repo();

@@ -327,3 +327,17 @@ pub fn run_bounded(s: &Scratch, args: &[&str]) -> Output {
     }
     child.wait_with_output().unwrap()
 }
+
+/// Every file (not folder) anywhere under `root`.
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(root).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            all.extend(files_under(&path));
+        } else {
+            all.push(path);
+        }
+    }
+    all
+}
