@@ -12,7 +12,7 @@ use crate::push::{OnConflict, PushOptions, PushReport, Source as PushSource};
 use crate::repo::snapshot::{self, SnapshotInfo};
 use crate::repo::{InitOptions, RepoError, Repository};
 use crate::tree::{lookup_path, Entry, Node};
-use crate::{check, device, exit, forget, mount, prune, push, repair, restore, say, source, stats};
+use crate::{check, device, exit, forget, mount, origin, prune, push, repair, restore, say, source, stats};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -136,7 +136,7 @@ enum Command {
     },
     /// Sizes, deduplication and compression.
     Stats,
-    /// Put staged files (the mount's restore/ folder) or a snapshot back on a phone, verified.
+    /// Put staged files (the mount's restore/ folder, each checked against the snapshots) or a snapshot back on a phone, verified.
     Push {
         /// Where to: dir:PATH (a phone mounted over MTP, or any folder) or adb[:SERIAL][:/sdcard].
         #[arg(long)]
@@ -731,16 +731,18 @@ fn cmd_push(
             PushSource::Snapshot { repo: &repo, entry, base: path, label }
         }
         None => {
-            // No password needed: staged files are plain files; this only checks it is a repository.
-            Repository::read_config(root)?;
             let dir = staging.map(Path::to_path_buf).unwrap_or_else(|| root.join("staging"));
             if !dir.is_dir() {
+                Repository::read_config(root)?;
                 bail!("nothing is staged: {} does not exist (copy files into the mount's restore/ folder first, or use --from SNAPSHOT)", dir.display());
             }
             if staging.is_none() {
                 mount::keep_staging_private(&dir).with_context(|| format!("checking {}", dir.display()))?;
             }
-            PushSource::Staging { root: dir }
+            warn_if_full(&dir);
+            // Staged files are checked against the snapshots they were copied from.
+            repo = open_repo(g)?;
+            PushSource::Staging { root: dir, snapshots: origin::Snapshots::open(&repo)? }
         }
     };
     let started = std::time::Instant::now();
@@ -762,6 +764,18 @@ fn cmd_push(
         eprintln!("phonebak: skipped {path}: the device has a different file there (see --on-conflict)");
     }
     Ok(report_paths(&outcome.report.failed, "could not be pushed", exit::PARTIAL))
+}
+
+/// A staging disk that ran full may hold copies cut short: `cp` leaves the start of a file
+/// under its real name. Push keeps those (see `origin`); this says why it may find some.
+fn warn_if_full(staging: &Path) {
+    const NEARLY_NOTHING: u64 = 1 << 20;
+    if crate::repo::free_space(staging).is_some_and(|free| free < NEARLY_NOTHING) {
+        eprintln!(
+            "phonebak: warning: the disk of the staging folder {} is full: copies into it may have been cut short (push keeps any staged file that is not what its snapshot holds)",
+            staging.display()
+        );
+    }
 }
 
 fn print_push_report(g: &Global, r: &PushReport, device: &str, options: &PushOptions, took: std::time::Duration) {

@@ -15,6 +15,7 @@ pub mod forget;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod mount;
+pub mod origin;
 pub mod progress;
 pub mod prune;
 pub mod push;

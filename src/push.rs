@@ -15,6 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::device::{Device, DeviceError, Found, Hasher};
+use crate::origin::{OriginCheck, Snapshots};
 use crate::progress::Progress;
 use crate::repo::{RepoError, Repository};
 use crate::tree::{self, ChunkRef, Entry, Meta, Node};
@@ -83,16 +84,10 @@ pub struct PushOutcome {
 
 /// What is pushed: the staging folder, or (part of) a snapshot.
 pub enum Source<'a> {
-    Staging {
-        root: PathBuf,
-    },
+    /// The snapshots are what staged files are checked against (see `origin`).
+    Staging { root: PathBuf, snapshots: Snapshots<'a> },
     /// `entry` is at `base` in its snapshot, and goes to the same place on the device.
-    Snapshot {
-        repo: &'a Repository,
-        entry: Entry,
-        base: PathBuf,
-        label: String,
-    },
+    Snapshot { repo: &'a Repository, entry: Entry, base: PathBuf, label: String },
 }
 
 #[derive(Clone)]
@@ -114,7 +109,7 @@ pub struct Item {
 impl Source<'_> {
     fn describe(&self) -> String {
         match self {
-            Source::Staging { root } => format!("staging:{}", root.display()),
+            Source::Staging { root, .. } => format!("staging:{}", root.display()),
             Source::Snapshot { label, .. } => format!("snapshot:{label}"),
         }
     }
@@ -123,7 +118,7 @@ impl Source<'_> {
     fn items(&self, failed: &mut Vec<(String, String)>) -> Result<Vec<Item>, PushError> {
         let mut items = Vec::new();
         match self {
-            Source::Staging { root } => walk_staging(root, Path::new(""), &mut items, failed)?,
+            Source::Staging { root, .. } => walk_staging(root, Path::new(""), &mut items, failed)?,
             Source::Snapshot { repo, entry, base, .. } => {
                 if let Node::Dir { tree } = &entry.node {
                     if !base.as_os_str().is_empty() {
@@ -143,7 +138,7 @@ impl Source<'_> {
 
     fn open(&self, item: &Item) -> io::Result<Box<dyn Read + '_>> {
         match self {
-            Source::Staging { root } => {
+            Source::Staging { root, .. } => {
                 let file = std::fs::OpenOptions::new()
                     .read(true)
                     .custom_flags(libc::O_NOFOLLOW)
@@ -156,17 +151,30 @@ impl Source<'_> {
         }
     }
 
+    /// A check of a staged file against the snapshots' files at its path, if they have one.
+    fn origin_check(&self, item: &Item) -> Option<OriginCheck> {
+        let Source::Staging { snapshots, .. } = self else { return None };
+        let mtime = crate::origin::nanos(item.meta.mtime_sec, item.meta.mtime_nsec);
+        OriginCheck::new(snapshots.repo(), mtime, snapshots.candidates(&item.path))
+    }
+
+    /// Why a staged file that streamed through `check` must stay staged, if it must.
+    fn origin_problem(&self, check: OriginCheck) -> Option<String> {
+        let Source::Staging { snapshots, .. } = self else { return None };
+        check.verdict(snapshots.repo()).reason()
+    }
+
     /// The item as a local file, when it is one (adb pushes it as it is).
     fn local(&self, item: &Item) -> Option<PathBuf> {
         match self {
-            Source::Staging { root } => Some(root.join(&item.path)),
+            Source::Staging { root, .. } => Some(root.join(&item.path)),
             Source::Snapshot { .. } => None,
         }
     }
 
     /// The item is on the device: it leaves the staging folder, unless it changed meanwhile.
     fn pushed(&self, item: &Item, options: &PushOptions) {
-        let Source::Staging { root } = self else { return };
+        let Source::Staging { root, .. } = self else { return };
         if options.keep {
             return;
         }
@@ -184,7 +192,7 @@ impl Source<'_> {
 
     /// Staged folders emptied by the push go too (deepest first; never the staging folder).
     fn tidy(&self, items: &[Item], options: &PushOptions) {
-        let Source::Staging { root } = self else { return };
+        let Source::Staging { root, .. } = self else { return };
         if options.keep {
             return;
         }
@@ -282,18 +290,27 @@ impl Read for ChunkReader<'_> {
     }
 }
 
-/// Hashes what passes through (the digest the device must read back) and counts progress.
+/// Hashes what passes through (the digest the device must read back), follows it against the
+/// snapshots it may have been copied from, and counts progress.
 struct Hashing<'a> {
     inner: Box<dyn Read + 'a>,
-    hasher: Hasher,
-    progress: &'a Progress,
+    hasher: Option<Hasher>,
+    origin: Option<OriginCheck>,
+    progress: Option<&'a Progress>,
 }
 
 impl Read for Hashing<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.progress.add(n as u64);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf[..n]);
+        }
+        if let Some(origin) = &mut self.origin {
+            origin.update(&buf[..n]);
+        }
+        if let Some(progress) = self.progress {
+            progress.add(n as u64);
+        }
         Ok(n)
     }
 }
@@ -652,6 +669,7 @@ impl Pusher<'_> {
             },
         }
         if self.options.dry_run {
+            self.check_origin_only(item)?;
             self.report.would_push += 1;
             self.report.would_bytes += size;
             return Ok(());
@@ -728,17 +746,35 @@ impl Pusher<'_> {
     /// left to the checker, whose verdict `commit` waits for before the rename.
     fn write_checked(&mut self, item: &Item, size: u64, temp: &Path) -> Result<(), PushError> {
         let inner = self.source.open(item).map_err(|e| self.item_error(item, &format!("cannot read it: {e}")))?;
-        let mut reader = Hashing { inner, hasher: Hasher::new(self.device.hash_kind()), progress: &self.progress };
+        let hasher = Some(Hasher::new(self.device.hash_kind()));
+        let origin = self.source.origin_check(item);
+        let mut reader = Hashing { inner, hasher, origin, progress: Some(&self.progress) };
         let written = self.device.write(temp, &mut reader, self.source.local(item).as_deref())?;
-        let sent = reader.hasher.finish();
+        let sent = reader.hasher.take().expect("hashing").finish();
         if written != size {
             return Err(
                 self.item_error(item, &format!("it changed while being pushed ({written} bytes, {size} listed)"))
             );
         }
+        if let Some(why) = reader.origin.take().and_then(|check| self.source.origin_problem(check)) {
+            return Err(self.item_error(item, &why));
+        }
         self.device.set_meta(temp, &item.meta, false);
         self.checker.send((temp.to_path_buf(), sent));
         Ok(())
+    }
+
+    /// What a dry run reads of a staged file: enough to say it would be kept staged.
+    fn check_origin_only(&self, item: &Item) -> Result<(), PushError> {
+        let Some(origin) = self.source.origin_check(item) else { return Ok(()) };
+        let cannot_read = |e: io::Error| self.item_error(item, &format!("cannot read it: {e}"));
+        let inner = self.source.open(item).map_err(cannot_read)?;
+        let mut reader = Hashing { inner, hasher: None, origin: Some(origin), progress: None };
+        io::copy(&mut reader, &mut io::sink()).map_err(cannot_read)?;
+        match reader.origin.take().and_then(|check| self.source.origin_problem(check)) {
+            Some(why) => Err(self.item_error(item, &why)),
+            None => Ok(()),
+        }
     }
 
     fn push_symlink(&mut self, item: &Item, target: &[u8]) -> Result<(), PushError> {

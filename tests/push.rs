@@ -418,3 +418,121 @@ fn the_staging_folder_is_made_private_again_after_rsync_opens_it() {
     assert!(stderr(&out).contains("made private again"), "{}", stderr(&out));
     assert_eq!(std::fs::metadata(&staging).unwrap().permissions().mode() & 0o777, 0o700);
 }
+
+/// Staged copies are checked against the snapshots' files at their paths: a copy that is the
+/// start of one (cut short), or has one's time but not its bytes (damaged), stays staged and is
+/// named; an exact copy, an edit and a file of the user's own go to the phone.
+#[test]
+fn staged_copies_that_are_not_what_their_snapshot_holds_stay_staged() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    let img = |n: u64| phone.join(format!("DCIM/IMG_{n}.jpg"));
+    write(&img(1), &bytes(91, 700_000, false));
+    write(&img(2), &bytes(92, 700_000, false));
+    write(&img(4), &bytes(94, 3_000_000, false));
+    write(&img(5), &bytes(95, 10_000, false));
+    write(&phone.join("Documents/notes.txt"), &bytes(96, 50_000, true));
+    set_mtime(&img(1), 1_700_000_001, 5);
+    s.ok(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    // IMG_4 is only in the older snapshot.
+    std::fs::remove_file(img(4)).unwrap();
+    s.ok(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    let m = Mounted::new(&s, &[]);
+    let latest = m.snapshots().join("pixel/latest");
+    let staged = m.restore();
+    std::fs::create_dir_all(staged.join("DCIM")).unwrap();
+    std::fs::create_dir_all(staged.join("Documents")).unwrap();
+
+    // cp -a, then one byte changed with the time kept.
+    cp_a(&latest.join("DCIM/IMG_1.jpg"), &staged.join("DCIM"));
+    let mut damaged = std::fs::read(staged.join("DCIM/IMG_1.jpg")).unwrap();
+    damaged[400_000] ^= 1;
+    std::fs::write(staged.join("DCIM/IMG_1.jpg"), &damaged).unwrap();
+    set_mtime(&staged.join("DCIM/IMG_1.jpg"), 1_700_000_001, 5);
+    // A plain cp (new time), whole.
+    assert!(Command::new("cp").arg(latest.join("DCIM/IMG_2.jpg")).arg(staged.join("DCIM")).status().unwrap().success());
+    // The user's own photo, and an edit of a snapshot's file.
+    write(&staged.join("DCIM/IMG_3.jpg"), &bytes(93, 200_000, false));
+    let mut edited = bytes(96, 50_000, true);
+    edited.extend_from_slice(b"a line added on the computer\n");
+    write(&staged.join("Documents/notes.txt"), &edited);
+    // Cut short across chunk boundaries, from the older snapshot; and nothing of IMG_5 at all.
+    write(&staged.join("DCIM/IMG_4.jpg"), &bytes(94, 3_000_000, false)[..2_000_001]);
+    write(&staged.join("DCIM/IMG_5.jpg"), b"");
+
+    let device = s.path("new-phone");
+    std::fs::create_dir(&device).unwrap();
+    let dry = push(&s, &device, &["--dry-run"]);
+    assert_eq!(code(&dry), 3, "{}", stderr(&dry));
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("would push 3 files"), "{dry:?}");
+    assert!(names(&device).is_empty());
+
+    let out = push(&s, &device, &[]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("DCIM/IMG_1.jpg: it has the time of pixel/"), "{said}");
+    assert!(said.contains("DCIM/IMG_4.jpg: cut short: its 2000001 bytes are the start of pixel/"), "{said}");
+    assert!(said.contains("DCIM/IMG_5.jpg: cut short: its 0 bytes"), "{said}");
+    assert_eq!(names(&device.join("DCIM")), ["IMG_2.jpg", "IMG_3.jpg"], "nothing half-good reaches the phone");
+    assert_eq!(std::fs::read(device.join("DCIM/IMG_2.jpg")).unwrap(), bytes(92, 700_000, false));
+    assert_eq!(std::fs::read(device.join("Documents/notes.txt")).unwrap(), edited);
+    assert_eq!(names(&staged.join("DCIM")), ["IMG_1.jpg", "IMG_4.jpg", "IMG_5.jpg"], "kept staged");
+    assert_eq!(std::fs::read(staged.join("DCIM/IMG_1.jpg")).unwrap(), damaged);
+    assert!(leftovers(&device).is_empty());
+}
+
+/// The real way copies get cut short: `cp -a` of a snapshot's photos into a staging folder on a
+/// disk that runs full (a small tmpfs, in a private mount namespace that ends with the test).
+#[test]
+fn photos_cut_short_by_a_full_staging_disk_stay_staged_and_the_full_disk_is_said() {
+    assert!(is_root(), "the small staging disk is a tmpfs mounted in a private mount namespace");
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    let photo = |n: u64| bytes(100 + n, 700_000, false);
+    for n in 1..=4 {
+        write(&phone.join(format!("DCIM/IMG_{n}.jpg")), &photo(n));
+    }
+    s.ok(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    let m = Mounted::new(&s, &[]);
+    let (small_disk, device) = (s.path("small-disk"), s.path("new-phone"));
+    std::fs::create_dir(&small_disk).unwrap();
+    std::fs::create_dir(&device).unwrap();
+    let script = r#"
+        mount -t tmpfs -o size=1200k phonebak-test "$STAGE" || exit 90
+        if cp -a "$FROM" "$STAGE/"; then exit 91; fi
+        "$PHONEBAK" push --device "dir:$DEVICE" --staging "$STAGE"
+        echo "push exit $?"
+        cd "$STAGE" && find . -type f -printf 'staged %s %p\n'
+    "#;
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("STAGE", &small_disk)
+        .env("FROM", m.snapshots().join("pixel/latest/DCIM"))
+        .env("DEVICE", &device)
+        .env("PHONEBAK", env!("CARGO_BIN_EXE_phonebak"))
+        .env("PHONEBAK_REPO", &s.repo)
+        .env("PHONEBAK_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    let (said, errors) = (String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(said.contains("push exit 3"), "{said}\n{errors}");
+    assert!(errors.contains("is full: copies into it may have been cut short"), "{errors}");
+    let staged: Vec<(u64, String)> = said
+        .lines()
+        .filter_map(|line| line.strip_prefix("staged "))
+        .map(|line| {
+            let (size, path) = line.split_once(' ').unwrap();
+            (size.parse().unwrap(), path.trim_start_matches("./").to_string())
+        })
+        .collect();
+    assert!(!staged.is_empty() && staged.iter().all(|(size, _)| *size < 700_000), "{said}");
+    for (_, path) in &staged {
+        assert!(errors.contains(&format!("{path}: cut short")), "{path} is named: {errors}");
+    }
+    let pushed = files_under(&device);
+    assert_eq!(pushed.len() + staged.len(), 4, "each photo is on the phone or still staged: {said}");
+    for file in pushed {
+        let n: u64 = file.file_stem().unwrap().to_str().unwrap()[4..].parse().unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), photo(n), "{} arrived whole", file.display());
+    }
+}

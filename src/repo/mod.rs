@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunker::ChunkerParams;
 use config::{Config, FORMAT_VERSION};
 use crypto::{KdfParams, MasterKeys, Sealer};
-pub use fsutil::{crash_point, fsync_dir};
+pub use fsutil::{crash_point, free_space, fsync_dir};
 use index::Index;
 use packfiles::PackFiles;
 use warnings::Warnings;
@@ -305,6 +305,11 @@ impl Repository {
 
     pub fn blob_id(&self, plain: &[u8]) -> BlobId {
         Id(*blake3::keyed_hash(&self.keys.blob_id, plain).as_bytes())
+    }
+
+    /// A hasher whose result is `blob_id` of what it is fed, for data that comes in pieces.
+    pub fn blob_id_hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.keys.blob_id)
     }
 
     /// Writes `bytes` to `rel` so that it either appears whole or not at all.

@@ -1,0 +1,228 @@
+//! Where a staged file came from. A file copied out of the mount into `restore/` should hold
+//! exactly what a snapshot holds at the same path; `cp` into a staging disk that runs full
+//! leaves the start of the file under its real name (with a fresh mtime), and that must not
+//! reach the phone as if it were the photo.
+//!
+//! A staged file is compared, as it streams past during a push, with the distinct files the
+//! snapshots hold at its path: cut at each one's chunk boundaries, its pieces must hash to that
+//! file's chunk ids. No chunk is read from the repository, except one to settle a last piece.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Component, Path};
+use std::rc::Rc;
+
+use crate::repo::{snapshot, BlobId, RepoError, Repository};
+use crate::tree::{self, ChunkRef, Entry, Node, Tree};
+
+/// Versions followed per staged file, newest first: every photo has one, and a file that
+/// changed in every snapshot must not cost a hash pass per snapshot.
+const MAX_CANDIDATES: usize = 16;
+
+/// A file a snapshot holds at a staged file's path.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// `DEVICE/SNAPSHOT:PATH`, as users name it.
+    pub label: String,
+    pub size: u64,
+    /// Nanoseconds since the epoch.
+    pub mtime: i128,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// A time in nanoseconds since the epoch.
+pub fn nanos(sec: i64, nsec: u32) -> i128 {
+    sec as i128 * 1_000_000_000 + nsec as i128
+}
+
+/// Whether a staged file has a snapshot file's time: `cp -a` and `rsync -a` keep it to the
+/// nanosecond, file managers to the microsecond.
+fn same_time(a: i128, b: i128) -> bool {
+    (a - b).abs() < 1_000
+}
+
+/// Every snapshot's tree, loaded as staged paths ask for it.
+pub struct Snapshots<'a> {
+    repo: &'a Repository,
+    /// Each snapshot's name (`DEVICE/TIME`) and root tree, newest first.
+    roots: Vec<(String, BlobId)>,
+    /// `None`: the tree does not load (damaged, or pruned meanwhile); that snapshot offers nothing below it.
+    trees: RefCell<HashMap<BlobId, Option<Rc<Tree>>>>,
+}
+
+impl<'a> Snapshots<'a> {
+    pub fn open(repo: &'a Repository) -> Result<Snapshots<'a>, RepoError> {
+        let roots = snapshot::list(repo)?
+            .into_iter()
+            .rev()
+            .map(|info| (format!("{}/{}", info.snapshot.device, info.name), info.snapshot.root))
+            .collect();
+        Ok(Snapshots { repo, roots, trees: RefCell::default() })
+    }
+
+    pub fn repo(&self) -> &'a Repository {
+        self.repo
+    }
+
+    /// The distinct files the snapshots hold at `path` (relative to the device's root), newest first.
+    pub fn candidates(&self, path: &Path) -> Vec<Candidate> {
+        let mut found: Vec<Candidate> = Vec::new();
+        for (name, root) in &self.roots {
+            let Some(Entry { meta, node: Node::File { size, chunks }, .. }) = self.find(root, path) else { continue };
+            let mtime = nanos(meta.mtime_sec, meta.mtime_nsec);
+            let known = found.iter().any(|c| c.size == size && c.mtime == mtime && c.chunks == chunks);
+            if !known {
+                let label = format!("{name}:{}", path.display());
+                found.push(Candidate { label, size, mtime, chunks });
+                if found.len() == MAX_CANDIDATES {
+                    break;
+                }
+            }
+        }
+        found
+    }
+
+    fn find(&self, root: &BlobId, path: &Path) -> Option<Entry> {
+        let mut tree = self.tree(root)?;
+        let mut components = path.components().peekable();
+        while let Some(component) = components.next() {
+            let Component::Normal(name) = component else { return None };
+            let entry = tree.find(std::os::unix::ffi::OsStrExt::as_bytes(name))?;
+            if components.peek().is_none() {
+                return Some(entry.clone());
+            }
+            let Node::Dir { tree: below } = &entry.node else { return None };
+            tree = self.tree(below)?;
+        }
+        None
+    }
+
+    fn tree(&self, id: &BlobId) -> Option<Rc<Tree>> {
+        if let Some(known) = self.trees.borrow().get(id) {
+            return known.clone();
+        }
+        let loaded = tree::load_tree(self.repo, id).ok().map(Rc::new);
+        self.trees.borrow_mut().insert(*id, loaded.clone());
+        loaded
+    }
+}
+
+/// What a staged file turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// One of the snapshots' files byte for byte, or none of them at all (the user's own).
+    Fine,
+    /// It has the time of a snapshot's file (so it was copied with `cp -a` or `rsync -a`) but
+    /// not its bytes.
+    Differs { label: String },
+    /// Its bytes are the start of a snapshot's file: a copy that stopped.
+    CutShort { label: String, have: u64, want: u64 },
+}
+
+impl Verdict {
+    /// Why the file is kept staged, for the push report.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            Verdict::Fine => None,
+            Verdict::Differs { label } => Some(format!(
+                "it has the time of {label} but not its bytes (damaged or cut short while staged); kept staged: copy it again"
+            )),
+            Verdict::CutShort { label, have, want } => Some(format!(
+                "cut short: its {have} bytes are the start of {label} ({want} bytes), as when the staging disk runs full; kept staged: copy it again"
+            )),
+        }
+    }
+}
+
+/// Follows a staged file's bytes against the snapshots' files at its path.
+pub struct OriginCheck {
+    staged_mtime: i128,
+    read: u64,
+    blank: blake3::Hasher,
+    followers: Vec<Follower>,
+}
+
+/// One candidate, followed piece by piece while the staged bytes agree with it.
+struct Follower {
+    candidate: Candidate,
+    /// The chunk the next staged byte belongs to, and how many of its bytes came already.
+    chunk: usize,
+    into_chunk: u64,
+    hasher: blake3::Hasher,
+    /// A piece differed, or the staged file went on past the candidate's end.
+    parted: bool,
+}
+
+impl OriginCheck {
+    /// `None` when no snapshot has a file at the staged file's path: nothing to compare with.
+    pub fn new(repo: &Repository, staged_mtime: i128, candidates: Vec<Candidate>) -> Option<OriginCheck> {
+        if candidates.is_empty() {
+            return None;
+        }
+        let blank = repo.blob_id_hasher();
+        let followers = candidates
+            .into_iter()
+            .map(|candidate| Follower { candidate, chunk: 0, into_chunk: 0, hasher: blank.clone(), parted: false })
+            .collect();
+        Some(OriginCheck { staged_mtime, read: 0, blank, followers })
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.read += bytes.len() as u64;
+        for follower in self.followers.iter_mut().filter(|f| !f.parted) {
+            follower.feed(bytes, &self.blank);
+        }
+    }
+
+    pub fn verdict(self, repo: &Repository) -> Verdict {
+        let whole = |f: &Follower| !f.parted && f.chunk == f.candidate.chunks.len() && f.into_chunk == 0;
+        if self.followers.iter().any(whole) {
+            return Verdict::Fine;
+        }
+        if let Some(f) = self.followers.iter().find(|f| same_time(f.candidate.mtime, self.staged_mtime)) {
+            return Verdict::Differs { label: f.candidate.label.clone() };
+        }
+        for f in self.followers.iter().filter(|f| !f.parted && self.read < f.candidate.size) {
+            if f.into_chunk == 0 || f.last_piece_matches(repo) {
+                let (label, want) = (f.candidate.label.clone(), f.candidate.size);
+                return Verdict::CutShort { label, have: self.read, want };
+            }
+        }
+        Verdict::Fine
+    }
+}
+
+impl Follower {
+    fn feed(&mut self, mut bytes: &[u8], blank: &blake3::Hasher) {
+        while !bytes.is_empty() {
+            let Some(chunk) = self.candidate.chunks.get(self.chunk) else {
+                self.parted = true;
+                return;
+            };
+            let n = (chunk.len as u64 - self.into_chunk).min(bytes.len() as u64) as usize;
+            self.hasher.update(&bytes[..n]);
+            self.into_chunk += n as u64;
+            bytes = &bytes[n..];
+            if self.into_chunk == chunk.len as u64 {
+                if *self.hasher.finalize().as_bytes() != chunk.id.0 {
+                    self.parted = true;
+                    return;
+                }
+                self.chunk += 1;
+                self.into_chunk = 0;
+                self.hasher = blank.clone();
+            }
+        }
+    }
+
+    /// Whether the staged file's last, partial piece is the start of the candidate's chunk. A
+    /// chunk that does not load counts as a match: keeping a good file staged loses nothing.
+    fn last_piece_matches(&self, repo: &Repository) -> bool {
+        let Some(chunk) = self.candidate.chunks.get(self.chunk) else { return false };
+        let Ok(plain) = repo.load_blob(&chunk.id) else { return true };
+        let Some(start) = plain.get(..self.into_chunk as usize) else { return false };
+        let mut hasher = repo.blob_id_hasher();
+        hasher.update(start);
+        hasher.finalize() == self.hasher.finalize()
+    }
+}
