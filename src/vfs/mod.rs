@@ -36,6 +36,9 @@ const SNAPSHOTS_INO: u64 = 2;
 /// Decoded trees kept for lookups and listings (shared between snapshots: an unchanged folder
 /// is one tree).
 const CACHED_TREES: usize = 4096;
+/// How long the kernel may keep what a snapshot's or a device's name means: a backup, forget or
+/// prune made while mounted may rename or remove it.
+const SNAPSHOT_NAMES_TTL: Duration = Duration::from_millis(500);
 /// Chunks read ahead of a sequential reader (about 16 MiB), from its file and the next
 /// `FILES_AHEAD` files of its folder.
 const READAHEAD_CHUNKS: usize = 16;
@@ -480,7 +483,8 @@ impl View {
             gid,
             mtime_sec: mtime_ns.div_euclid(1_000_000_000),
             mtime_nsec: mtime_ns.rem_euclid(1_000_000_000) as u32,
-            ttl: Duration::from_secs(1),
+            // With the list re-read at most 200 ms late, a change shows within a second.
+            ttl: SNAPSHOT_NAMES_TTL,
         };
         let list = self.snapshot_list()?;
         let changed_ns = self.snapshots_changed_ns();
