@@ -8,9 +8,13 @@
 //! file's chunk ids. No chunk is read from the repository, except one to settle a last piece.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 use std::rc::Rc;
+
+use lru::LruCache;
 
 use crate::repo::{snapshot, BlobId, RepoError, Repository};
 use crate::tree::{self, ChunkRef, Entry, Node, Tree};
@@ -18,6 +22,8 @@ use crate::tree::{self, ChunkRef, Entry, Node, Tree};
 /// Versions followed per staged file, newest first: every photo has one, and a file that
 /// changed in every snapshot must not cost a hash pass per snapshot.
 const MAX_CANDIDATES: usize = 16;
+/// Folders kept on the way down to staged folders.
+const CACHED_TREES: usize = 256;
 
 /// A file a snapshot holds at a staged file's path.
 #[derive(Clone, Debug)]
@@ -41,13 +47,14 @@ fn same_time(a: i128, b: i128) -> bool {
     (a - b).abs() < 1_000
 }
 
-/// Every snapshot's tree, loaded as staged paths ask for it.
+/// Every snapshot's root, and the trees on the way to the folders staged files are in.
 pub struct Snapshots<'a> {
     repo: &'a Repository,
     /// Each snapshot's name (`DEVICE/TIME`) and root tree, newest first.
     roots: Vec<(String, BlobId)>,
-    /// `None`: the tree does not load (damaged, or pruned meanwhile); that snapshot offers nothing below it.
-    trees: RefCell<HashMap<BlobId, Option<Rc<Tree>>>>,
+    /// Folders above the staged ones (`None`: damaged, or pruned meanwhile; that snapshot then
+    /// offers nothing below it). Bounded: a year of daily snapshots has a root each.
+    trees: RefCell<LruCache<BlobId, Option<Rc<Tree>>>>,
 }
 
 impl<'a> Snapshots<'a> {
@@ -57,52 +64,59 @@ impl<'a> Snapshots<'a> {
             .rev()
             .map(|info| (format!("{}/{}", info.snapshot.device, info.name), info.snapshot.root))
             .collect();
-        Ok(Snapshots { repo, roots, trees: RefCell::default() })
+        let trees = RefCell::new(LruCache::new(NonZeroUsize::new(CACHED_TREES).expect("nonzero")));
+        Ok(Snapshots { repo, roots, trees })
     }
 
     pub fn repo(&self) -> &'a Repository {
         self.repo
     }
 
-    /// The distinct files the snapshots hold at `path` (relative to the device's root), newest first.
-    pub fn candidates(&self, path: &Path) -> Vec<Candidate> {
-        let mut found: Vec<Candidate> = Vec::new();
-        for (name, root) in &self.roots {
-            let Some(Entry { meta, node: Node::File { size, chunks }, .. }) = self.find(root, path) else { continue };
-            let mtime = nanos(meta.mtime_sec, meta.mtime_nsec);
-            let known = found.iter().any(|c| c.size == size && c.mtime == mtime && c.chunks == chunks);
-            if !known {
-                let label = format!("{name}:{}", path.display());
-                found.push(Candidate { label, size, mtime, chunks });
-                if found.len() == MAX_CANDIDATES {
-                    break;
+    /// For each of `names` in `folder` (relative to the device's root), the distinct files the
+    /// snapshots hold there, newest first. Each version of the folder is loaded once, and
+    /// dropped before the next: a Camera folder of 10,000 photos in each of 365 snapshots.
+    pub fn candidates_in(&self, folder: &Path, names: &[&[u8]]) -> HashMap<Vec<u8>, Vec<Candidate>> {
+        let mut found: HashMap<Vec<u8>, Vec<Candidate>> = HashMap::new();
+        let mut seen = HashSet::new();
+        for (snapshot, root) in &self.roots {
+            let Some(id) = self.folder_tree(root, folder) else { continue };
+            if !seen.insert(id) {
+                continue; // the same folder as in a newer snapshot
+            }
+            let Ok(tree) = tree::load_tree(self.repo, &id) else { continue };
+            for name in names {
+                let Some(Entry { meta, node: Node::File { size, chunks }, .. }) = tree.find(name) else { continue };
+                let versions = found.entry(name.to_vec()).or_default();
+                let mtime = nanos(meta.mtime_sec, meta.mtime_nsec);
+                let known = versions.iter().any(|c| c.size == *size && c.mtime == mtime && c.chunks == *chunks);
+                if !known && versions.len() < MAX_CANDIDATES {
+                    let path = folder.join(std::ffi::OsStr::from_bytes(name));
+                    let label = format!("{snapshot}:{}", path.display());
+                    versions.push(Candidate { label, size: *size, mtime, chunks: chunks.clone() });
                 }
             }
         }
         found
     }
 
-    fn find(&self, root: &BlobId, path: &Path) -> Option<Entry> {
-        let mut tree = self.tree(root)?;
-        let mut components = path.components().peekable();
-        while let Some(component) = components.next() {
+    /// The id of the tree that lists `folder` in the snapshot whose root is `root`.
+    fn folder_tree(&self, root: &BlobId, folder: &Path) -> Option<BlobId> {
+        let mut id = *root;
+        for component in folder.components() {
             let Component::Normal(name) = component else { return None };
-            let entry = tree.find(std::os::unix::ffi::OsStrExt::as_bytes(name))?;
-            if components.peek().is_none() {
-                return Some(entry.clone());
-            }
-            let Node::Dir { tree: below } = &entry.node else { return None };
-            tree = self.tree(below)?;
+            let entry = self.tree(&id)?.find(name.as_bytes()).map(|e| e.node.clone())?;
+            let Node::Dir { tree } = entry else { return None };
+            id = tree;
         }
-        None
+        Some(id)
     }
 
     fn tree(&self, id: &BlobId) -> Option<Rc<Tree>> {
-        if let Some(known) = self.trees.borrow().get(id) {
+        if let Some(known) = self.trees.borrow_mut().get(id) {
             return known.clone();
         }
         let loaded = tree::load_tree(self.repo, id).ok().map(Rc::new);
-        self.trees.borrow_mut().insert(*id, loaded.clone());
+        self.trees.borrow_mut().put(*id, loaded.clone());
         loaded
     }
 }

@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::device::{Device, DeviceError, Found, Hasher};
-use crate::origin::{OriginCheck, Snapshots};
+use crate::origin::{Candidate, OriginCheck, Snapshots};
 use crate::progress::Progress;
 use crate::repo::{RepoError, Repository};
 use crate::tree::{self, ChunkRef, Entry, Meta, Node};
@@ -104,6 +104,8 @@ pub struct Item {
     pub kind: ItemKind,
     pub meta: Meta,
     chunks: Vec<ChunkRef>,
+    /// A staged file's: what the snapshots hold at its path (see `origin`).
+    origin: Vec<Candidate>,
 }
 
 impl Source<'_> {
@@ -118,7 +120,10 @@ impl Source<'_> {
     fn items(&self, failed: &mut Vec<(String, String)>) -> Result<Vec<Item>, PushError> {
         let mut items = Vec::new();
         match self {
-            Source::Staging { root, .. } => walk_staging(root, Path::new(""), &mut items, failed)?,
+            Source::Staging { root, snapshots } => {
+                walk_staging(root, Path::new(""), &mut items, failed)?;
+                find_origins(snapshots, &mut items);
+            }
             Source::Snapshot { repo, entry, base, .. } => {
                 if let Node::Dir { tree } = &entry.node {
                     if !base.as_os_str().is_empty() {
@@ -155,7 +160,7 @@ impl Source<'_> {
     fn origin_check(&self, item: &Item) -> Option<OriginCheck> {
         let Source::Staging { snapshots, .. } = self else { return None };
         let mtime = crate::origin::nanos(item.meta.mtime_sec, item.meta.mtime_nsec);
-        OriginCheck::new(snapshots.repo(), mtime, snapshots.candidates(&item.path))
+        OriginCheck::new(snapshots.repo(), mtime, item.origin.clone())
     }
 
     /// Why a staged file that streamed through `check` must stay staged, if it must.
@@ -221,7 +226,7 @@ fn item_of(path: &Path, entry: &Entry) -> Item {
         Node::File { size, chunks } => (ItemKind::File { size: *size }, chunks.clone()),
         Node::Symlink { target } => (ItemKind::Symlink(target.clone()), Vec::new()),
     };
-    Item { path: path.to_path_buf(), kind, meta: entry.meta.clone(), chunks }
+    Item { path: path.to_path_buf(), kind, meta: entry.meta.clone(), chunks, origin: Vec::new() }
 }
 
 fn walk_staging(
@@ -258,12 +263,29 @@ fn walk_staging(
             continue;
         };
         let is_dir = matches!(kind, ItemKind::Dir);
-        items.push(Item { path: path.clone(), kind, meta: Meta::of(&meta), chunks: Vec::new() });
+        items.push(Item { path: path.clone(), kind, meta: Meta::of(&meta), chunks: Vec::new(), origin: Vec::new() });
         if is_dir {
             walk_staging(root, &path, items, failed)?;
         }
     }
     Ok(())
+}
+
+/// Gives each staged file what the snapshots hold at its path, folder by folder.
+fn find_origins(snapshots: &Snapshots, items: &mut [Item]) {
+    let mut folders: HashMap<PathBuf, Vec<usize>> = HashMap::new();
+    for (at, item) in items.iter().enumerate().filter(|(_, i)| matches!(i.kind, ItemKind::File { .. })) {
+        folders.entry(item.path.parent().unwrap_or(Path::new("")).to_path_buf()).or_default().push(at);
+    }
+    for (folder, files) in folders {
+        let names: Vec<&[u8]> =
+            files.iter().map(|&at| items[at].path.file_name().unwrap_or_default().as_bytes()).collect();
+        let mut found = snapshots.candidates_in(&folder, &names);
+        for at in files {
+            let name = items[at].path.file_name().unwrap_or_default().as_bytes();
+            items[at].origin = found.remove(name).unwrap_or_default();
+        }
+    }
 }
 
 /// A snapshot's file as a stream, chunk by chunk (each verified as it is loaded).
@@ -854,7 +876,7 @@ mod tests {
 
     fn folder(path: &str, mtime_sec: i64) -> Item {
         let meta = Meta { mode: 0o755, uid: 0, gid: 0, mtime_sec, mtime_nsec: 7 };
-        Item { path: PathBuf::from(path), kind: ItemKind::Dir, meta, chunks: Vec::new() }
+        Item { path: PathBuf::from(path), kind: ItemKind::Dir, meta, chunks: Vec::new(), origin: Vec::new() }
     }
 
     #[test]
