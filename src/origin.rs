@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::io::{self, Read};
 use std::num::NonZeroUsize;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
@@ -174,10 +175,7 @@ impl OriginCheck {
             return None;
         }
         let blank = repo.blob_id_hasher();
-        let followers = candidates
-            .into_iter()
-            .map(|candidate| Follower { candidate, chunk: 0, into_chunk: 0, hasher: blank.clone(), parted: false })
-            .collect();
+        let followers = candidates.into_iter().map(|candidate| Follower::new(candidate, &blank)).collect();
         Some(OriginCheck { staged_mtime, read: 0, blank, followers })
     }
 
@@ -189,8 +187,7 @@ impl OriginCheck {
     }
 
     pub fn verdict(self, repo: &Repository) -> Verdict {
-        let whole = |f: &Follower| !f.parted && f.chunk == f.candidate.chunks.len() && f.into_chunk == 0;
-        if self.followers.iter().any(whole) {
+        if self.followers.iter().any(Follower::is_whole) {
             return Verdict::Fine;
         }
         if let Some(f) = self.followers.iter().find(|f| same_time(f.candidate.mtime, self.staged_mtime)) {
@@ -207,6 +204,15 @@ impl OriginCheck {
 }
 
 impl Follower {
+    fn new(candidate: Candidate, blank: &blake3::Hasher) -> Follower {
+        Follower { candidate, chunk: 0, into_chunk: 0, hasher: blank.clone(), parted: false }
+    }
+
+    /// Everything fed so far is the candidate, whole.
+    fn is_whole(&self) -> bool {
+        !self.parted && self.chunk == self.candidate.chunks.len() && self.into_chunk == 0
+    }
+
     fn feed(&mut self, mut bytes: &[u8], blank: &blake3::Hasher) {
         while !bytes.is_empty() {
             let Some(chunk) = self.candidate.chunks.get(self.chunk) else {
@@ -238,5 +244,27 @@ impl Follower {
         let mut hasher = repo.blob_id_hasher();
         hasher.update(start);
         hasher.finalize() == self.hasher.finalize()
+    }
+}
+
+/// Whether `content` is, byte for byte, the file made of `chunks`: hashed at its chunk
+/// boundaries, so nothing is read from the repository.
+pub fn holds_exactly(repo: &Repository, content: &mut impl Read, chunks: &[ChunkRef]) -> io::Result<bool> {
+    let size = chunks.iter().map(|c| u64::from(c.len)).sum();
+    let blank = repo.blob_id_hasher();
+    let candidate = Candidate { label: String::new(), size, mtime: 0, chunks: chunks.to_vec() };
+    let mut follower = Follower::new(candidate, &blank);
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = match content.read(&mut buffer) {
+            Ok(0) => return Ok(follower.is_whole()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        follower.feed(&buffer[..n], &blank);
+        if follower.parted {
+            return Ok(false);
+        }
     }
 }

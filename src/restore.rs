@@ -66,6 +66,16 @@ pub struct RestoreReport {
 struct FileJob {
     dest: PathBuf,
     entry: Entry,
+    there: There,
+}
+
+/// What the planner found where a file goes.
+enum There {
+    Nothing,
+    /// A file with the snapshot's size and time: left alone if its bytes are the snapshot's too.
+    SameSizeAndTime,
+    /// Something else, to be replaced (`--overwrite`).
+    Other,
 }
 
 /// Restores `entry` (from `tree::lookup_path`) into `target`: a folder's contents go into
@@ -101,7 +111,27 @@ pub fn run(
                 if target_failed.lock().expect("target failure lock").is_some() {
                     continue; // drained: the restore has stopped
                 }
-                let outcome = restore_file(repo, &job.entry, &job.dest, progress);
+                let outcome = match job.there {
+                    There::Nothing => restore_file(repo, &job.entry, &job.dest, false, progress),
+                    There::Other => restore_file(repo, &job.entry, &job.dest, true, progress),
+                    There::SameSizeAndTime => match same_bytes(repo, &job.entry, &job.dest) {
+                        Ok(true) => {
+                            report.lock().expect("report lock").unchanged += 1;
+                            continue;
+                        }
+                        Ok(false) if overwrite => restore_file(repo, &job.entry, &job.dest, true, progress),
+                        Ok(false) => {
+                            let why = "a file with the snapshot's size and time but other bytes is there (--overwrite replaces it)";
+                            report.lock().expect("report lock").conflicts.push((job.dest.display().to_string(), why.into()));
+                            continue;
+                        }
+                        Err(e) => {
+                            let why = format!("a file with the snapshot's size and time is there, and cannot be read to compare: {e}");
+                            report.lock().expect("report lock").conflicts.push((job.dest.display().to_string(), why));
+                            continue;
+                        }
+                    },
+                };
                 let mut report = report.lock().expect("report lock");
                 match outcome {
                     Ok(bytes) => {
@@ -213,17 +243,18 @@ impl Planner<'_> {
                 Ok(())
             }
             (Node::File { size, .. }, existing) => {
-                if let Some(meta) = existing {
-                    if meta.is_file() && meta.len() == *size && same_mtime(meta, &entry.meta) {
-                        self.report.lock().expect("report lock").unchanged += 1;
-                        return Ok(());
+                let there = match existing {
+                    None => There::Nothing,
+                    Some(meta) if meta.is_file() && meta.len() == *size && same_mtime(meta, &entry.meta) => {
+                        There::SameSizeAndTime
                     }
-                    if !self.overwrite {
+                    Some(_) if !self.overwrite => {
                         self.conflict(in_the_way("a different file is there (--overwrite replaces it)"));
                         return Ok(());
                     }
-                }
-                let job = FileJob { dest: dest.to_path_buf(), entry: entry.clone() };
+                    Some(_) => There::Other,
+                };
+                let job = FileJob { dest: dest.to_path_buf(), entry: entry.clone(), there };
                 self.jobs.send(job).map_err(|_| target_error(dest)(io::Error::other("restore workers stopped")))
             }
         }
@@ -253,9 +284,24 @@ fn prepare_target(path: &Path) -> Result<(), RestoreError> {
     }
 }
 
+/// Whether the file at `dest` holds the snapshot file's bytes (a restore cut off by a power
+/// loss can leave a file of the right size and time whose data never reached the disk).
+fn same_bytes(repo: &Repository, entry: &Entry, dest: &Path) -> io::Result<bool> {
+    let Node::File { chunks, .. } = &entry.node else { return Ok(false) };
+    let mut file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(dest)?;
+    crate::origin::holds_exactly(repo, &mut file, chunks)
+}
+
 /// Writes one file under a temporary name, then renames it into place. Returns its size, or why
-/// it could not be restored.
-fn restore_file(repo: &Repository, entry: &Entry, dest: &Path, progress: &Progress) -> Result<u64, FileFailure> {
+/// it could not be restored. A file that `replaces` one of the user's is made durable first: a
+/// power loss must not leave an empty file where the user's was.
+fn restore_file(
+    repo: &Repository,
+    entry: &Entry,
+    dest: &Path,
+    replaces: bool,
+    progress: &Progress,
+) -> Result<u64, FileFailure> {
     let Node::File { size, chunks } = &entry.node else { unreachable!("only files are queued") };
     // Not derived from the name: names are bytes (two can look alike as text) of up to 255,
     // and a longer temporary name would not fit.
@@ -291,6 +337,9 @@ fn restore_file(repo: &Repository, entry: &Entry, dest: &Path, progress: &Progre
         file.set_len(*size).map_err(FileFailure::Target)?;
         file.flush().map_err(FileFailure::Target)?;
         apply_file_meta(&file, &entry.meta).map_err(FileFailure::Target)?;
+        if replaces {
+            file.sync_all().map_err(FileFailure::Target)?;
+        }
         drop(file);
         // Replaces a file or symlink there (the planner decided it may); never a folder.
         std::fs::rename(&tmp, dest).map_err(FileFailure::Target)

@@ -412,3 +412,28 @@ fn restore_never_destroys_what_is_in_the_way_and_overwrite_replaces_only_files()
     assert_eq!(code(&again), 0, "{}", stderr(&again));
     assert!(String::from_utf8_lossy(&again.stdout).contains("already there"));
 }
+
+/// A restore cut off by a power loss can leave files of the right size and time whose data
+/// never reached the disk (zeros): a rerun must not take them for "already there".
+#[test]
+fn a_rerun_of_restore_compares_bytes_not_just_size_and_time() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    let target = s.path("target");
+    s.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    let photo = target.join("DCIM/Camera/IMG_0001.jpg");
+    let before = std::fs::metadata(&photo).unwrap();
+    std::fs::write(&photo, vec![0u8; before.len() as usize]).unwrap();
+    set_mtime(&photo, before.mtime(), before.mtime_nsec());
+
+    let out = s.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("IMG_0001.jpg"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("other bytes"), "{}", stderr(&out));
+    let out = s.run(&["restore", "latest", "--target", target.to_str().unwrap(), "--overwrite"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_same_tree(&phone, &target);
+}
