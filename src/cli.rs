@@ -442,6 +442,8 @@ fn find_entry(repo: &Repository, spec: &str, path: Option<&Path>) -> Result<(Sna
         Err(e) => return Err(e.into()),
     };
     let path = if inner.is_empty() { path.map(Path::to_path_buf).unwrap_or_default() } else { PathBuf::from(inner) };
+    // `pixel/latest:/DCIM` means the snapshot's /DCIM: paths in a snapshot are from its root.
+    let path = path.strip_prefix("/").map(Path::to_path_buf).unwrap_or(path);
     let entry = lookup_path(repo, &info.snapshot.root, &path)?;
     Ok((info.clone(), path, entry))
 }
@@ -483,6 +485,11 @@ fn cmd_ls(g: &Global, spec: &str, path: Option<&Path>, long: bool) -> Result<i32
     match listed.and_then(|()| Ok(out.flush()?)) {
         // The reader stopped early (`| head`): the listing ends there.
         Err(e) if is_closed_pipe(&e) => Ok(exit::OK),
+        // Writing the listing failed (`> /dev/full`): said, with its exit code, as for any report.
+        Err(e) if e.is::<std::io::Error>() => {
+            crate::stdout::failed(e.downcast::<std::io::Error>().expect("an io error"));
+            Ok(exit::OK)
+        }
         Err(e) => Err(e),
         Ok(()) => Ok(exit::OK),
     }
@@ -763,7 +770,9 @@ fn cmd_push(
     for path in &outcome.report.conflicts {
         eprintln!("phonebak: skipped {path}: the device has a different file there (see --on-conflict)");
     }
-    Ok(report_paths(&outcome.report.failed, "could not be pushed", exit::PARTIAL))
+    let code = report_paths(&outcome.report.failed, "could not be pushed", exit::PARTIAL);
+    // Skipped files stay staged, not pushed: as `restore` does with what is in its way.
+    Ok(if outcome.report.conflicts.is_empty() { code } else { exit::PARTIAL })
 }
 
 /// A staging disk that ran full may hold copies cut short: `cp` leaves the start of a file

@@ -65,6 +65,7 @@ pub fn for_error(error: &anyhow::Error) -> i32 {
         match cause.downcast_ref::<PushError>() {
             Some(PushError::Device(device)) => return for_device_error(device),
             Some(PushError::Repo(repo)) => return for_repo_error(repo),
+            Some(PushError::Busy { .. }) => return LOCKED,
             _ => {}
         }
         match cause.downcast_ref::<RestoreError>() {

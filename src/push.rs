@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::device::{Device, DeviceError, Found, Hasher};
-use crate::origin::{Candidate, OriginCheck, Snapshots};
+use crate::origin::{Origin, OriginCheck, Snapshots};
 use crate::progress::Progress;
 use crate::repo::{RepoError, Repository};
 use crate::tree::{self, ChunkRef, Entry, Meta, Node};
@@ -49,6 +49,8 @@ pub enum PushError {
     Repo(#[from] RepoError),
     #[error("push journal {path}: {source}")]
     Journal { path: String, source: io::Error },
+    #[error("another push to {device} is running: wait for it to finish (two at once could each take the other's files for its own)")]
+    Busy { device: String },
 }
 
 impl PushError {
@@ -105,7 +107,7 @@ pub struct Item {
     pub meta: Meta,
     chunks: Vec<ChunkRef>,
     /// A staged file's: what the snapshots hold at its path (see `origin`).
-    origin: Vec<Candidate>,
+    origin: Origin,
 }
 
 impl Source<'_> {
@@ -160,7 +162,7 @@ impl Source<'_> {
     fn origin_check(&self, item: &Item) -> Option<OriginCheck> {
         let Source::Staging { snapshots, .. } = self else { return None };
         let mtime = crate::origin::nanos(item.meta.mtime_sec, item.meta.mtime_nsec);
-        OriginCheck::new(snapshots.repo(), mtime, item.origin.clone())
+        OriginCheck::new(snapshots.repo(), mtime, item.origin.candidates.clone())
     }
 
     /// Why a staged file that streamed through `check` must stay staged, if it must.
@@ -226,7 +228,7 @@ fn item_of(path: &Path, entry: &Entry) -> Item {
         Node::File { size, chunks } => (ItemKind::File { size: *size }, chunks.clone()),
         Node::Symlink { target } => (ItemKind::Symlink(target.clone()), Vec::new()),
     };
-    Item { path: path.to_path_buf(), kind, meta: entry.meta.clone(), chunks, origin: Vec::new() }
+    Item { path: path.to_path_buf(), kind, meta: entry.meta.clone(), chunks, origin: Origin::default() }
 }
 
 fn walk_staging(
@@ -263,7 +265,13 @@ fn walk_staging(
             continue;
         };
         let is_dir = matches!(kind, ItemKind::Dir);
-        items.push(Item { path: path.clone(), kind, meta: Meta::of(&meta), chunks: Vec::new(), origin: Vec::new() });
+        items.push(Item {
+            path: path.clone(),
+            kind,
+            meta: Meta::of(&meta),
+            chunks: Vec::new(),
+            origin: Origin::default(),
+        });
         if is_dir {
             walk_staging(root, &path, items, failed)?;
         }
@@ -273,17 +281,25 @@ fn walk_staging(
 
 /// Gives each staged file what the snapshots hold at its path, folder by folder.
 fn find_origins(snapshots: &Snapshots, items: &mut [Item]) {
-    let mut folders: HashMap<PathBuf, Vec<usize>> = HashMap::new();
+    let mut folders: std::collections::BTreeMap<PathBuf, Vec<usize>> = Default::default();
     for (at, item) in items.iter().enumerate().filter(|(_, i)| matches!(i.kind, ItemKind::File { .. })) {
         folders.entry(item.path.parent().unwrap_or(Path::new("")).to_path_buf()).or_default().push(at);
     }
     for (folder, files) in folders {
         let names: Vec<&[u8]> =
             files.iter().map(|&at| items[at].path.file_name().unwrap_or_default().as_bytes()).collect();
-        let mut found = snapshots.candidates_in(&folder, &names);
+        let mut found = snapshots.origins_in(&folder, &names);
+        if let Some(first) = found.unreadable.first() {
+            eprintln!(
+                "phonebak: warning: staged files in {}/ are not checked against {} snapshot(s) ({first}{}): their folder listings do not load (see `phonebak check`)",
+                folder.display(),
+                found.unreadable.len(),
+                if found.unreadable.len() > 1 { ", ..." } else { "" }
+            );
+        }
         for at in files {
             let name = items[at].path.file_name().unwrap_or_default().as_bytes();
-            items[at].origin = found.remove(name).unwrap_or_default();
+            items[at].origin = found.by_name.remove(name).unwrap_or_default();
         }
     }
 }
@@ -343,12 +359,17 @@ pub(crate) struct Journal {
     done: HashMap<Vec<u8>, Done>,
     /// Each staged folder's mtime as the first run saw it.
     folders: HashMap<Vec<u8>, (i64, u32)>,
+    /// Temporary names earlier runs wrote under, to be removed from the device.
+    temps: Vec<PathBuf>,
     file: File,
 }
 
 pub(crate) enum Line {
     File(Vec<u8>, Done),
     Folder(Vec<u8>, (i64, u32)),
+    /// A temporary name a run wrote under: gone if the run finished the file, a leftover on
+    /// the device if it was killed.
+    Temp(PathBuf),
 }
 
 pub(crate) struct Done {
@@ -361,8 +382,8 @@ impl Journal {
     fn open(dir: &Path, key: &str) -> Result<Journal, PushError> {
         let path = dir.join(format!("{key}.journal"));
         let error = |source| PushError::Journal { path: path.display().to_string(), source };
-        std::fs::create_dir_all(dir).map_err(error)?;
-        let (mut done, mut folders) = (HashMap::new(), HashMap::new());
+        crate::repo::create_private_dirs(dir).map_err(error)?;
+        let (mut done, mut folders, mut temps) = (HashMap::new(), HashMap::new(), Vec::new());
         if let Ok(existing) = File::open(&path) {
             // A line torn by a crash does not parse and is ignored: that file is pushed again.
             for line in io::BufReader::new(existing).split(b'\n').map_while(Result::ok) {
@@ -373,21 +394,26 @@ impl Journal {
                     Some(Line::Folder(path, time)) => {
                         folders.entry(path).or_insert(time);
                     }
+                    Some(Line::Temp(temp)) => temps.push(temp),
                     None => {}
                 }
             }
         }
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(error)?;
+        // Private: it names the user's files.
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(error)?;
         // A torn last line ends here, so that the next line does not join it.
         if std::fs::read(&path).map_err(error)?.last().is_some_and(|&b| b != b'\n') {
             file.write_all(b"\n").map_err(error)?;
         }
-        Ok(Journal { path, done, folders, file })
+        Ok(Journal { path, done, folders, temps, file })
     }
 
     pub(crate) fn parse(line: &[u8]) -> Option<Line> {
         let text = std::str::from_utf8(line).ok()?;
         let fields: Vec<&str> = text.split('\t').collect();
+        if let ["T", temp] = fields[..] {
+            return Some(Line::Temp(PathBuf::from(std::ffi::OsStr::from_bytes(&hex::decode(temp).ok()?))));
+        }
         let path = hex::decode(fields.first()?).ok()?;
         let time = |text: &str| -> Option<(i64, u32)> {
             let (sec, nsec) = text.split_once('.')?;
@@ -433,6 +459,13 @@ impl Journal {
         self.file.write_all(line.as_bytes()).map_err(|source| self.error(source))
     }
 
+    /// Notes a temporary name before anything is written under it (not synced: it only saves
+    /// a leftover hidden file on the device from staying after a power cut).
+    fn writing(&mut self, temp: &Path) -> Result<(), PushError> {
+        let line = format!("T\t{}\n", hex::encode(temp.as_os_str().as_bytes()));
+        self.file.write_all(line.as_bytes()).map_err(|source| self.error(source))
+    }
+
     /// Where an earlier run put this very file (same size and mtime), if it did.
     fn earlier(&self, item: &Item, size: u64) -> Option<&Path> {
         let done = self.done.get(item.path.as_os_str().as_bytes())?;
@@ -440,11 +473,31 @@ impl Journal {
     }
 }
 
+/// Takes the lock on pushing to `device` (a file in the journal folder, held until the process
+/// ends, even by `kill -9`): two pushes at once to one phone would each count the other's files.
+fn lock_device(journal_dir: &Path, device: &dyn Device) -> Result<File, PushError> {
+    let key = blake3::hash(device.describe().as_bytes()).to_hex();
+    let path = journal_dir.join(format!("{}.lock", &key[..16]));
+    let error = |source| PushError::Journal { path: path.display().to_string(), source };
+    crate::repo::create_private_dirs(journal_dir).map_err(error)?;
+    let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(error)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(PushError::Busy { device: device.describe() });
+        }
+        return Err(error(e));
+    }
+    Ok(file)
+}
+
 /// The temporary name a file is written under, next to its place: hidden (Android's media
-/// scanner skips it), and the same on every run, so a rerun replaces a leftover.
-fn temp_name(dest: &Path) -> PathBuf {
+/// scanner skips it), and this run's own (two pushes to one phone wrote one temporary file and
+/// renamed each other's bytes into place). A rerun removes a killed run's (see `Journal::writing`).
+fn temp_name(dest: &Path, run: u64) -> PathBuf {
     let hash = blake3::hash(dest.as_os_str().as_bytes()).to_hex();
-    dest.with_file_name(format!(".phonebak-part-{}", &hash[..16]))
+    dest.with_file_name(format!(".phonebak-part-{}-{run:016x}", &hash[..16]))
 }
 
 /// A file written and verified under its temporary name, waiting for its batch's commit.
@@ -551,6 +604,10 @@ struct Pusher<'a> {
     /// conflict. A free name must be none of them: `IMG_1 (1).jpg` chosen for a renamed
     /// `IMG_1.jpg` while a staged `IMG_1 (1).jpg` waits to be pushed made both one file.
     reserved: std::collections::HashSet<PathBuf>,
+    /// This run's part of every temporary name.
+    run: u64,
+    /// Held while pushing: one push at a time to a device.
+    _lock: Option<File>,
 }
 
 /// Pushes `source` onto `device`. The journal of an unfinished push lives in `journal_dir`.
@@ -586,6 +643,8 @@ fn push_with(
         progress,
         report: PushReport::default(),
         reserved: Default::default(),
+        run: rand::random(),
+        _lock: None,
     };
     let stopped = pusher.push_all(journal_dir).err();
     pusher.progress.finish();
@@ -611,7 +670,11 @@ impl Pusher<'_> {
         if !self.options.dry_run {
             let key =
                 blake3::hash(format!("{}\n{}", self.device.describe(), self.source.describe()).as_bytes()).to_hex();
+            self._lock = Some(lock_device(journal_dir, self.device)?);
             let mut journal = Journal::open(journal_dir, &key[..16])?;
+            for leftover in std::mem::take(&mut journal.temps) {
+                let _ = self.device.remove(&leftover);
+            }
             for folder in items.iter_mut().filter(|i| matches!(i.kind, ItemKind::Dir)) {
                 (folder.meta.mtime_sec, folder.meta.mtime_nsec) = journal.folder_time(folder)?;
             }
@@ -662,9 +725,13 @@ impl Pusher<'_> {
 
     fn push_file(&mut self, item: &Item, size: u64) -> Result<(), PushError> {
         self.progress.message(item.path.display().to_string());
+        if let Some(why) = &item.origin.unknowable {
+            return Err(self.item_error(item, why));
+        }
         let journal = self.journal.as_ref();
-        if let Some(dest) = journal.and_then(|j| j.earlier(item, size)) {
-            if self.device.stat(dest)? == Some(Found::File { size }) {
+        if let Some(dest) = journal.and_then(|j| j.earlier(item, size)).map(Path::to_path_buf) {
+            // Compared, not just sized: the phone's copy may have been edited since.
+            if self.device.stat(&dest)? == Some(Found::File { size }) && self.same_content(item, &dest)? {
                 return self.already_there(item, size);
             }
         }
@@ -696,7 +763,8 @@ impl Pusher<'_> {
             self.report.would_bytes += size;
             return Ok(());
         }
-        let temp = temp_name(&dest);
+        let temp = temp_name(&dest, self.run);
+        self.journal_writing(&temp)?;
         if let Err(e) = self.write_checked(item, size, &temp) {
             let _ = self.device.remove(&temp);
             return Err(match e {
@@ -808,8 +876,8 @@ impl Pusher<'_> {
             self.report.would_push += 1;
             return Ok(());
         }
-        let temp = temp_name(&item.path);
-        let _ = self.device.remove(&temp);
+        let temp = temp_name(&item.path, self.run);
+        self.journal_writing(&temp)?;
         self.device.symlink(target, &temp)?;
         self.device.set_meta(&temp, &item.meta, true);
         self.device.rename(&temp, &item.path, false)?;
@@ -831,6 +899,13 @@ impl Pusher<'_> {
         self.progress.add(size);
         self.source.pushed(item, self.options);
         Ok(())
+    }
+
+    fn journal_writing(&mut self, temp: &Path) -> Result<(), PushError> {
+        match &mut self.journal {
+            Some(journal) => journal.writing(temp),
+            None => Ok(()),
+        }
     }
 
     fn journal_record(&mut self, item: &Item, dest: &Path, size: u64) -> Result<(), PushError> {
@@ -876,7 +951,7 @@ mod tests {
 
     fn folder(path: &str, mtime_sec: i64) -> Item {
         let meta = Meta { mode: 0o755, uid: 0, gid: 0, mtime_sec, mtime_nsec: 7 };
-        Item { path: PathBuf::from(path), kind: ItemKind::Dir, meta, chunks: Vec::new(), origin: Vec::new() }
+        Item { path: PathBuf::from(path), kind: ItemKind::Dir, meta, chunks: Vec::new(), origin: Origin::default() }
     }
 
     #[test]

@@ -18,6 +18,14 @@ pub fn line(text: std::fmt::Arguments) {
     }
 }
 
+/// Keeps a failure to write the report that a command met on its own writer (`ls` buffers its
+/// listing), to be reported like the others when the command ends.
+pub fn failed(e: io::Error) {
+    if e.kind() != io::ErrorKind::BrokenPipe {
+        FAILED.lock().expect("stdout failure lock").get_or_insert(e);
+    }
+}
+
 /// Flushes the report; the first failure to write it other than a closed pipe, if any.
 pub fn finish() -> Option<io::Error> {
     let mut failed = FAILED.lock().expect("stdout failure lock").take();

@@ -291,14 +291,23 @@ fn a_closed_output_pipe_ends_the_report_not_the_command() {
     let full = s.command(&["snapshots"]).stdout(std::fs::File::create("/dev/full").unwrap()).output().unwrap();
     assert_eq!(code(&full), 15);
     assert!(stderr(&full).contains("report could not be written"), "{}", stderr(&full));
+    for ls in [&["ls", "latest"][..], &["ls", "latest", "--json"]] {
+        let full = s.command(ls).stdout(std::fs::File::create("/dev/full").unwrap()).output().unwrap();
+        assert_eq!(code(&full), 15, "{ls:?}: {}", stderr(&full));
+    }
 }
 
-/// Runs `args` under umask 022 (the usual one, which leaves new files readable by everyone).
-fn under_umask_022(s: &Scratch, args: &[&str]) {
+/// Runs `args` under `umask` (022 is the usual one, which leaves new files readable by everyone).
+fn under_umask(s: &Scratch, umask: &str, args: &[&str]) -> std::process::Output {
     let mut shell = std::process::Command::new("sh");
-    shell.args(["-c", "umask 022 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_phonebak")]).args(args);
+    let script = format!("umask {umask} && exec \"$0\" \"$@\"");
+    shell.args(["-c", &script, env!("CARGO_BIN_EXE_phonebak")]).args(args);
     shell.env("PHONEBAK_REPO", &s.repo).env("PHONEBAK_PASSWORD", PASSWORD);
-    let out = shell.output().unwrap();
+    shell.output().unwrap()
+}
+
+fn under_umask_022(s: &Scratch, args: &[&str]) {
+    let out = under_umask(s, "022", args);
     assert!(out.status.success(), "{args:?}: {}", stderr(&out));
 }
 
@@ -311,6 +320,14 @@ fn repository_files_and_folders_are_private_whatever_the_umask() {
     under_umask_022(&s, &["backup", "--device", "p", phone.to_str().unwrap()]);
     damage_largest_pack(&s.repo, 1000);
     under_umask_022(&s, &["repair", "packs"]);
+    // A push whose journal stays (a conflict): the journal names the user's files.
+    let (staged, device) = (s.path("staged"), s.path("device"));
+    write(&staged.join("a.txt"), b"mine");
+    write(&device.join("a.txt"), b"the phone's");
+    let device_spec = format!("dir:{}", device.display());
+    let push = ["push", "--device", &device_spec, "--staging", staged.to_str().unwrap()];
+    assert_eq!(code(&under_umask(&s, "000", &push)), 3);
+    assert!(std::fs::read_dir(s.repo.join("push-journal")).unwrap().count() >= 2, "a journal and a lock");
     let mut seen = 0;
     let mut stack = vec![s.repo.clone()];
     while let Some(path) = stack.pop() {

@@ -64,7 +64,9 @@ fn staged_files_reach_a_dir_device_exactly_and_leave_staging() {
     // Pushed files left the staging folder, seen through the mount too.
     assert!(names(&s.repo.join("staging")).is_empty(), "{:?}", names(&s.repo.join("staging")));
     assert!(names(&m.restore()).is_empty());
-    assert!(names(&s.repo.join("push-journal")).is_empty(), "a finished push leaves no journal");
+    let journals: Vec<String> =
+        names(&s.repo.join("push-journal")).into_iter().filter(|n| n.ends_with(".journal")).collect();
+    assert!(journals.is_empty(), "a finished push leaves no journal: {journals:?}");
 
     // The same files staged again are already there: not pushed again, and unstaged.
     cp_a(&latest.join("DCIM"), &m.restore());
@@ -91,7 +93,7 @@ fn a_different_file_on_the_device_is_skipped_renamed_or_overwritten() {
     write(&staged, b"the backed up version");
 
     let skipped = push(&s, &device, &[]);
-    assert_eq!(code(&skipped), 0);
+    assert_eq!(code(&skipped), 3, "a skipped file is not pushed: said as restore says it");
     assert!(stderr(&skipped).contains("skipped Documents/notes.txt"), "{}", stderr(&skipped));
     assert_eq!(std::fs::read(device.join("Documents/notes.txt")).unwrap(), b"edited on the phone since");
     assert_eq!(std::fs::read(&staged).unwrap(), b"the backed up version", "still staged");
@@ -183,7 +185,11 @@ fn wait_for_journal_lines(s: &Scratch, push: &mut std::process::Child, lines: us
     let start = Instant::now();
     let journaled = || -> usize {
         let Ok(dir) = std::fs::read_dir(s.repo.join("push-journal")) else { return 0 };
-        dir.flatten().map(|e| std::fs::read(e.path()).unwrap_or_default().split(|b| *b == b'\n').count() - 1).sum()
+        // A finished file's line has four fields.
+        let finished = |line: &&[u8]| line.iter().filter(|b| **b == b'\t').count() == 3;
+        dir.flatten()
+            .map(|e| std::fs::read(e.path()).unwrap_or_default().split(|b| *b == b'\n').filter(finished).count())
+            .sum()
     };
     while journaled() < lines {
         assert!(push.try_wait().unwrap().is_none(), "the push ended before it could be interrupted");
@@ -535,4 +541,167 @@ fn photos_cut_short_by_a_full_staging_disk_stay_staged_and_the_full_disk_is_said
         let n: u64 = file.file_stem().unwrap().to_str().unwrap()[4..].parse().unwrap();
         assert_eq!(std::fs::read(&file).unwrap(), photo(n), "{} arrived whole", file.display());
     }
+}
+
+fn push_staging(s: &Scratch, device: &Path, staged: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--staging", staged.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    push(s, device, &args)
+}
+
+/// Found by an adversary: a cut-short copy of the oldest of many versions (only the 16 newest
+/// were compared), a copy whose data never reached the disk (its start, then zeros to its full
+/// size), and copies that cannot be checked because no snapshot's listing of their folder loads.
+#[test]
+fn copies_of_old_versions_zero_filled_ones_and_unverifiable_ones_stay_staged() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    let version = |n: u64| bytes(200 + n, 300_000, false);
+    write(&phone.join("DCIM/b.jpg"), &bytes(300, 3_000_000, false));
+    for n in 0..20 {
+        write(&phone.join("DCIM/a.jpg"), &version(n));
+        set_mtime(&phone.join("DCIM/a.jpg"), 1_700_000_000 + n as i64, 0);
+        s.ok(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    }
+    let (staged, device) = (s.path("staged"), s.path("new-phone"));
+    std::fs::create_dir(&device).unwrap();
+    write(&staged.join("DCIM/a.jpg"), &version(0)[..100_000]);
+    let mut zeroed = bytes(300, 3_000_000, false);
+    zeroed[1 << 20..].fill(0);
+    write(&staged.join("DCIM/b.jpg"), &zeroed);
+
+    let out = push_staging(&s, &device, &staged, &[]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("DCIM/a.jpg: cut short: its 100000 bytes are the start of pixel/"), "{said}");
+    assert!(said.contains("DCIM/b.jpg: zeros from byte 1048576 on where pixel/"), "{said}");
+    assert!(!device.join("DCIM/a.jpg").exists() && !device.join("DCIM/b.jpg").exists());
+    assert_eq!(std::fs::read(staged.join("DCIM/b.jpg")).unwrap(), zeroed, "kept staged");
+
+    // The folder listings' pack gone: nothing can be checked, so nothing is pushed as good.
+    // Each backup put its new listings in a small pack of their own; its photos are larger.
+    std::fs::create_dir(s.path("moved-away")).unwrap();
+    for pack in pack_files(&s.repo).into_iter().filter(|p| std::fs::metadata(p).unwrap().len() < 50_000) {
+        std::fs::rename(&pack, s.path("moved-away").join(pack.file_name().unwrap())).unwrap();
+    }
+    let out = push_staging(&s, &device, &staged, &[]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("are not checked against 20 snapshot(s)"), "{said}");
+    assert!(said.contains("DCIM/a.jpg: cannot be checked against the snapshots"), "{said}");
+    assert!(names(&device.join("DCIM")).is_empty(), "{:?}", names(&device.join("DCIM")));
+    assert_eq!(names(&staged.join("DCIM")), ["a.jpg", "b.jpg"]);
+}
+
+/// Found by an adversary: two pushes at once to one phone of different files at the same paths
+/// wrote one temporary file and renamed each other's bytes into place, deleting staged files
+/// whose bytes never reached the phone. Now one waits its turn (exit 11) when both come from one
+/// repository, and each has temporary files of its own when they do not.
+#[test]
+fn two_pushes_at_once_to_one_phone_lose_nothing() {
+    let (s, other) = (Scratch::with_repo(), Scratch::with_repo());
+    let device = s.path("phone");
+    std::fs::create_dir(&device).unwrap();
+    let stage = |scratch: &Scratch, name: &str, seed: u64| {
+        let dir = scratch.path(name);
+        for n in 0..150 {
+            write(&dir.join(format!("D/f{n}")), &bytes(seed + n, 100_000, false));
+        }
+        dir
+    };
+    let (a, b, c) = (stage(&s, "a", 1_000), stage(&s, "b", 2_000), stage(&other, "c", 3_000));
+    let spawn = |scratch: &Scratch, staged: &Path| {
+        let spec = format!("dir:{}", device.display());
+        scratch
+            .command(&["push", "--device", &spec, "--staging", staged.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let runs = [spawn(&s, &a), spawn(&s, &b), spawn(&other, &c)];
+    let outs: Vec<_> = runs.into_iter().map(|run| run.wait_with_output().unwrap()).collect();
+    for out in &outs {
+        assert!([0, 3, 11].contains(&code(out)), "{}", stderr(out));
+        if code(out) == 11 {
+            assert!(stderr(out).contains("another push to"), "{}", stderr(out));
+        }
+    }
+    let mut pushed = 0;
+    for (staged, seed) in [(&a, 1_000), (&b, 2_000), (&c, 3_000)] {
+        for n in 0..150 {
+            let path = format!("D/f{n}");
+            if !staged.join(&path).exists() {
+                let on_phone = std::fs::read(device.join(&path)).unwrap();
+                assert!(on_phone == bytes(seed + n, 100_000, false), "{path} left staging, the phone has other bytes");
+                pushed += 1;
+            }
+        }
+    }
+    assert!(pushed >= 150, "{pushed} pushed");
+    assert!(leftovers(&device).is_empty(), "{:?}", leftovers(&device));
+}
+
+/// Found by an adversary: a rerun that found a file in its journal took the phone's copy for it
+/// by size alone, and deleted the staged file though the phone's had been edited since.
+#[test]
+fn a_journaled_file_edited_on_the_phone_since_is_pushed_again() {
+    let s = Scratch::with_repo();
+    let (staged, device) = (s.path("staged"), s.path("phone"));
+    write(&staged.join("DCIM/a.jpg"), b"original photo 1");
+    write(&staged.join("DCIM/b.jpg"), b"x");
+    std::fs::create_dir_all(device.join("DCIM/b.jpg")).unwrap(); // in the way: the journal stays
+    let first = push_staging(&s, &device, &staged, &["--keep", "--on-conflict", "overwrite"]);
+    assert_eq!(code(&first), 3, "{}", stderr(&first));
+    std::fs::write(device.join("DCIM/a.jpg"), b"EDITED photo 1!!").unwrap();
+    let again = push_staging(&s, &device, &staged, &["--on-conflict", "overwrite"]);
+    assert_eq!(code(&again), 3, "{}", stderr(&again));
+    assert_eq!(std::fs::read(device.join("DCIM/a.jpg")).unwrap(), b"original photo 1");
+}
+
+/// Found by an adversary: pushing a snapshot over adb copied each file, decrypted, into the
+/// temporary folder readable by everyone, and `kill -9` left it there.
+#[test]
+fn a_snapshot_pushed_over_adb_is_never_readable_by_others_on_the_way() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    write(&phone.join("DCIM/a.jpg"), b"secret photo");
+    s.ok(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    // An adb that waits before each push, so that the push is killed with its copy made.
+    let (bin, tmp, new_phone) = (s.path("bin"), s.path("tmp"), s.path("new-phone"));
+    std::fs::create_dir_all(new_phone.join("sdcard")).unwrap();
+    std::fs::create_dir_all(&tmp).unwrap();
+    let fake = format!("{}/tests/fake-adb/adb", env!("CARGO_MANIFEST_DIR"));
+    write(&bin.join("adb"), format!("#!/bin/sh\n[ \"$1\" = push ] && sleep 30\nexec {fake} \"$@\"\n").as_bytes());
+    std::fs::set_permissions(bin.join("adb"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut shell = Command::new("sh");
+    shell.args(["-c", "umask 022 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_phonebak")]);
+    shell.args(["push", "--device", "adb", "--from", "pixel/latest"]);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    shell.env("PHONEBAK_REPO", &s.repo).env("PHONEBAK_PASSWORD", PASSWORD).env("PATH", path);
+    shell.env("FAKE_ADB_ROOT", &new_phone).env("TMPDIR", &tmp);
+    // Its own process group: `kill -9` of the push and the adb it runs, as a crash would.
+    std::os::unix::process::CommandExt::process_group(&mut shell, 0);
+    let mut push = shell.spawn().unwrap();
+    wait_until("the decrypted copy", || names(&tmp).iter().any(|n| n.starts_with("phonebak-push-")));
+    unsafe { libc::kill(-(push.id() as i32), libc::SIGKILL) };
+    push.wait().unwrap();
+    for name in names(&tmp) {
+        let mode = std::fs::metadata(tmp.join(&name)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name}");
+    }
+    assert!(!names(&tmp).is_empty(), "the copy was there to check");
+}
+
+/// `pixel/latest:/DCIM` means the snapshot's DCIM, as `pixel/latest:DCIM` does.
+#[test]
+fn a_snapshot_path_may_start_with_a_slash() {
+    let s = Scratch::with_repo();
+    let (_phone, _m) = mounted_phone(&s);
+    let device = s.path("new-phone");
+    std::fs::create_dir(&device).unwrap();
+    let out = push(&s, &device, &["--from", "pixel/latest:/DCIM"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(device.join("DCIM/Camera/IMG_0001.jpg").is_file());
 }

@@ -6,6 +6,7 @@
 use std::ffi::OsStr;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -189,7 +190,13 @@ impl Device for AdbDevice {
             None => {
                 let copy =
                     LocalCopy(std::env::temp_dir().join(format!("phonebak-push-{:016x}", rand::random::<u64>())));
-                let mut file = std::fs::File::create(&copy.0).map_err(read_error)?;
+                // Private: a snapshot's file, decrypted.
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&copy.0)
+                    .map_err(read_error)?;
                 let size = io::copy(content, &mut file).map_err(read_error)?;
                 (copy.0.clone(), Some(copy), size)
             }

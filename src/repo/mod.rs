@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunker::ChunkerParams;
 use config::{Config, FORMAT_VERSION};
 use crypto::{KdfParams, MasterKeys, Sealer};
-pub use fsutil::{crash_point, free_space, fsync_dir};
+pub use fsutil::{crash_point, create_private_dirs, free_space, fsync_dir};
 use index::Index;
 use packfiles::PackFiles;
 use warnings::Warnings;
