@@ -473,6 +473,15 @@ impl Journal {
     }
 }
 
+/// Whether `path` is one of a run's temporary names, below the device's root: all a leftover
+/// may be (a journal is a file that can be damaged or edited).
+fn is_temp_name(path: &Path) -> bool {
+    let below = path.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    below && path.file_name().is_some_and(|name| name.as_bytes().starts_with(TEMP_PREFIX.as_bytes()))
+}
+
+const TEMP_PREFIX: &str = ".phonebak-part-";
+
 /// Takes the lock on pushing to `device` (a file in the journal folder, held until the process
 /// ends, even by `kill -9`): two pushes at once to one phone would each count the other's files.
 fn lock_device(journal_dir: &Path, device: &dyn Device) -> Result<File, PushError> {
@@ -497,7 +506,7 @@ fn lock_device(journal_dir: &Path, device: &dyn Device) -> Result<File, PushErro
 /// renamed each other's bytes into place). A rerun removes a killed run's (see `Journal::writing`).
 fn temp_name(dest: &Path, run: u64) -> PathBuf {
     let hash = blake3::hash(dest.as_os_str().as_bytes()).to_hex();
-    dest.with_file_name(format!(".phonebak-part-{}-{run:016x}", &hash[..16]))
+    dest.with_file_name(format!("{TEMP_PREFIX}{}-{run:016x}", &hash[..16]))
 }
 
 /// A file written and verified under its temporary name, waiting for its batch's commit.
@@ -672,7 +681,7 @@ impl Pusher<'_> {
                 blake3::hash(format!("{}\n{}", self.device.describe(), self.source.describe()).as_bytes()).to_hex();
             self._lock = Some(lock_device(journal_dir, self.device)?);
             let mut journal = Journal::open(journal_dir, &key[..16])?;
-            for leftover in std::mem::take(&mut journal.temps) {
+            for leftover in std::mem::take(&mut journal.temps).into_iter().filter(|t| is_temp_name(t)) {
                 let _ = self.device.remove(&leftover);
             }
             for folder in items.iter_mut().filter(|i| matches!(i.kind, ItemKind::Dir)) {
@@ -952,6 +961,14 @@ mod tests {
     fn folder(path: &str, mtime_sec: i64) -> Item {
         let meta = Meta { mode: 0o755, uid: 0, gid: 0, mtime_sec, mtime_nsec: 7 };
         Item { path: PathBuf::from(path), kind: ItemKind::Dir, meta, chunks: Vec::new(), origin: Origin::default() }
+    }
+
+    #[test]
+    fn only_temporary_names_below_the_device_root_are_removed_as_leftovers() {
+        assert!(is_temp_name(&temp_name(Path::new("DCIM/IMG_1.jpg"), 7)));
+        for other in ["DCIM/IMG_1.jpg", "/.phonebak-part-1", "../.phonebak-part-1", "DCIM/../.phonebak-part-1", ""] {
+            assert!(!is_temp_name(Path::new(other)), "{other}");
+        }
     }
 
     #[test]
