@@ -749,7 +749,8 @@ fn cmd_push(
             warn_if_full(&dir);
             // Staged files are checked against the snapshots they were copied from.
             repo = open_repo(g)?;
-            PushSource::Staging { root: dir, snapshots: origin::Snapshots::open(&repo)? }
+            let folder = std::fs::File::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+            PushSource::Staging { root: dir, dir: folder.into(), snapshots: origin::Snapshots::open(&repo)? }
         }
     };
     let started = std::time::Instant::now();

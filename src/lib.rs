@@ -6,6 +6,7 @@
 //! The repository knows nothing of phones; sources know nothing of the repository.
 
 pub mod backup;
+pub mod beneath;
 pub mod check;
 pub mod chunker;
 pub mod cli;

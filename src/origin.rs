@@ -46,7 +46,8 @@ pub struct Candidate {
 #[derive(Clone, Debug, Default)]
 pub struct Origin {
     pub candidates: Vec<Candidate>,
-    /// Why it cannot be checked at all: no snapshot's listing of its folder loads.
+    /// Why it cannot be checked: no readable snapshot has it, and some snapshot's listing of its
+    /// folder does not load.
     pub unknowable: Option<String>,
 }
 
@@ -98,29 +99,24 @@ impl<'a> Snapshots<'a> {
     /// dropped before the next: a Camera folder of 10,000 photos in each of 365 snapshots.
     pub fn origins_in(&self, folder: &Path, names: &[&[u8]]) -> FolderOrigins {
         let mut by_name: HashMap<Vec<u8>, Origin> = HashMap::new();
-        let (mut unreadable, mut readable) = (Vec::new(), 0);
+        let mut unreadable = Vec::new();
         let mut seen = HashSet::new();
         for (snapshot, root) in &self.roots {
             let id = match self.folder_tree(root, folder) {
                 Ok(Some(id)) => id,
-                Ok(None) => {
-                    readable += 1;
-                    continue;
-                }
+                Ok(None) => continue,
                 Err(()) => {
                     unreadable.push(snapshot.clone());
                     continue;
                 }
             };
             if !seen.insert(id) {
-                readable += 1;
                 continue; // the same folder as in a newer snapshot
             }
             let Ok(tree) = tree::load_tree(self.repo, &id) else {
                 unreadable.push(snapshot.clone());
                 continue;
             };
-            readable += 1;
             for name in names {
                 let Some(Entry { meta, node: Node::File { size, chunks }, .. }) = tree.find(name) else { continue };
                 let versions = &mut by_name.entry(name.to_vec()).or_default().candidates;
@@ -137,10 +133,17 @@ impl<'a> Snapshots<'a> {
                 }
             }
         }
-        if readable == 0 && !unreadable.is_empty() {
-            let why = "cannot be checked against the snapshots: no snapshot's listing of its folder loads (see `phonebak check`); kept staged".to_string();
+        // A file no readable listing has may be a copy from one that does not load.
+        if let Some(first) = unreadable.first() {
+            let why = format!(
+                "cannot be checked: no snapshot that can be read has it, and the listing of its folder in {first}{} does not load (see `phonebak check`); kept staged",
+                if unreadable.len() > 1 { format!(" and {} more", unreadable.len() - 1) } else { String::new() }
+            );
             for name in names {
-                by_name.entry(name.to_vec()).or_default().unknowable = Some(why.clone());
+                let origin = by_name.entry(name.to_vec()).or_default();
+                if origin.candidates.is_empty() {
+                    origin.unknowable = Some(why.clone());
+                }
             }
         }
         FolderOrigins { by_name, unreadable }

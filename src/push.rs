@@ -10,10 +10,12 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::beneath::{open_beneath, split};
 use crate::device::{Device, DeviceError, Found, Hasher};
 use crate::origin::{Origin, OriginCheck, Snapshots};
 use crate::progress::Progress;
@@ -87,7 +89,9 @@ pub struct PushOutcome {
 /// What is pushed: the staging folder, or (part of) a snapshot.
 pub enum Source<'a> {
     /// The snapshots are what staged files are checked against (see `origin`).
-    Staging { root: PathBuf, snapshots: Snapshots<'a> },
+    /// Staged files are read and removed beneath `dir` (the staging folder, opened once): a
+    /// folder in it swapped for a symlink during the push never leads outside it.
+    Staging { root: PathBuf, dir: OwnedFd, snapshots: Snapshots<'a> },
     /// `entry` is at `base` in its snapshot, and goes to the same place on the device.
     Snapshot { repo: &'a Repository, entry: Entry, base: PathBuf, label: String },
 }
@@ -122,7 +126,7 @@ impl Source<'_> {
     fn items(&self, failed: &mut Vec<(String, String)>) -> Result<Vec<Item>, PushError> {
         let mut items = Vec::new();
         match self {
-            Source::Staging { root, snapshots } => {
+            Source::Staging { root, snapshots, .. } => {
                 walk_staging(root, Path::new(""), &mut items, failed)?;
                 find_origins(snapshots, &mut items);
             }
@@ -145,11 +149,13 @@ impl Source<'_> {
 
     fn open(&self, item: &Item) -> io::Result<Box<dyn Read + '_>> {
         match self {
-            Source::Staging { root, .. } => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(root.join(&item.path))?;
+            Source::Staging { dir, .. } => {
+                // Not waiting on a FIFO put in a file's place.
+                let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+                let file = File::from(open_beneath(dir.as_raw_fd(), &item.path, flags, 0)?);
+                if !file.metadata()?.is_file() {
+                    return Err(io::Error::other("it is no longer a regular file"));
+                }
                 Ok(Box::new(file))
             }
             Source::Snapshot { repo, .. } => {
@@ -181,45 +187,49 @@ impl Source<'_> {
 
     /// The item is on the device: it leaves the staging folder, unless it changed meanwhile.
     fn pushed(&self, item: &Item, options: &PushOptions) {
-        let Source::Staging { root, .. } = self else { return };
+        let Source::Staging { dir, .. } = self else { return };
         if options.keep {
             return;
         }
-        let path = root.join(&item.path);
-        if let Ok(now) = std::fs::symlink_metadata(&path) {
-            let same_size = !matches!(item.kind, ItemKind::File { size } if size != now.len());
-            if same_size
-                && Meta::of(&now).mtime_sec == item.meta.mtime_sec
-                && Meta::of(&now).mtime_nsec == item.meta.mtime_nsec
-            {
-                remove_keeping_folder_time(&path);
-            }
-        }
+        let unchanged = |now: &libc::stat| {
+            let same_size = !matches!(item.kind, ItemKind::File { size } if size != now.st_size as u64);
+            same_size && now.st_mtime == item.meta.mtime_sec && now.st_mtime_nsec == i64::from(item.meta.mtime_nsec)
+        };
+        let _ = unstage(dir, &item.path, 0, unchanged);
     }
 
     /// Staged folders emptied by the push go too (deepest first; never the staging folder).
     fn tidy(&self, items: &[Item], options: &PushOptions) {
-        let Source::Staging { root, .. } = self else { return };
+        let Source::Staging { dir, .. } = self else { return };
         if options.keep {
             return;
         }
         for item in items.iter().rev().filter(|i| matches!(i.kind, ItemKind::Dir)) {
-            let _ = std::fs::remove_dir(root.join(&item.path)); // fails while anything is left
+            let _ = unstage(dir, &item.path, libc::AT_REMOVEDIR, |_| true); // fails while anything is left
         }
     }
 }
 
-/// Removes a staged file and gives its folder back its mtime: the folder's own time is still
-/// to be pushed (by a rerun, if this push stops early).
-fn remove_keeping_folder_time(path: &Path) {
-    let folder = path.parent().unwrap_or(Path::new("."));
-    let before = std::fs::metadata(folder).and_then(|m| Ok((m.accessed()?, m.modified()?)));
-    if std::fs::remove_file(path).is_ok() {
-        if let Ok((accessed, modified)) = before {
-            let times = std::fs::FileTimes::new().set_accessed(accessed).set_modified(modified);
-            let _ = File::open(folder).and_then(|f| f.set_times(times));
-        }
+/// Removes `rel` beneath the staging folder (`flags`: `AT_REMOVEDIR` for an empty folder) if
+/// `still` finds it is what was pushed, and gives its folder back its mtime: the folder's own
+/// time is still to be pushed (by a rerun, if this push stops early).
+fn unstage(dir: &OwnedFd, rel: &Path, flags: i32, still: impl FnOnce(&libc::stat) -> bool) -> io::Result<()> {
+    let (parent, name) = split(rel)?;
+    let folder = File::from(open_beneath(dir.as_raw_fd(), parent, libc::O_RDONLY | libc::O_DIRECTORY, 0)?);
+    // SAFETY: an all-zero stat is valid; fstatat fills it; `name` is NUL-terminated.
+    let mut now: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatat(folder.as_raw_fd(), name.as_ptr(), &mut now, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        return Err(io::Error::last_os_error());
     }
+    if !still(&now) {
+        return Ok(());
+    }
+    let before = folder.metadata()?;
+    // SAFETY: `name` is NUL-terminated and `folder` an open folder.
+    if unsafe { libc::unlinkat(folder.as_raw_fd(), name.as_ptr(), flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    folder.set_times(std::fs::FileTimes::new().set_accessed(before.accessed()?).set_modified(before.modified()?))
 }
 
 fn item_of(path: &Path, entry: &Entry) -> Item {

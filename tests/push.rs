@@ -588,7 +588,7 @@ fn copies_of_old_versions_zero_filled_ones_and_unverifiable_ones_stay_staged() {
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     let said = stderr(&out);
     assert!(said.contains("are not checked against 20 snapshot(s)"), "{said}");
-    assert!(said.contains("DCIM/a.jpg: cannot be checked against the snapshots"), "{said}");
+    assert!(said.contains("DCIM/a.jpg: cannot be checked: no snapshot that can be read has it"), "{said}");
     assert!(names(&device.join("DCIM")).is_empty(), "{:?}", names(&device.join("DCIM")));
     assert_eq!(names(&staged.join("DCIM")), ["a.jpg", "b.jpg"]);
 }
@@ -704,4 +704,109 @@ fn a_snapshot_path_may_start_with_a_slash() {
     let out = push(&s, &device, &["--from", "pixel/latest:/DCIM"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(device.join("DCIM/Camera/IMG_0001.jpg").is_file());
+}
+
+/// Found by an adversary: a journal line naming a temporary file made a rerun delete whatever
+/// it named, a real photo on the phone included. Only this tool's temporary names go.
+#[test]
+fn a_push_journal_never_makes_a_rerun_delete_a_real_file() {
+    let s = Scratch::with_repo();
+    let (staged, device) = (s.path("staged"), s.path("phone"));
+    write(&staged.join("DCIM/a.jpg"), b"mine");
+    write(&device.join("DCIM/a.jpg"), b"the phone's own"); // a conflict: the journal stays
+    write(&device.join("DCIM/keep.jpg"), b"a photo on the phone");
+    assert_eq!(code(&push_staging(&s, &device, &staged, &[])), 3);
+    let journal = std::fs::read_dir(s.repo.join("push-journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "journal"))
+        .unwrap();
+    let mut lines = std::fs::OpenOptions::new().append(true).open(&journal).unwrap();
+    for name in ["DCIM/keep.jpg", "../outside.txt"] {
+        std::io::Write::write_all(&mut lines, format!("T\t{}\n", hex(name.as_bytes())).as_bytes()).unwrap();
+    }
+    write(&s.path("outside.txt"), b"not the phone's");
+    assert_eq!(code(&push_staging(&s, &device, &staged, &[])), 3);
+    assert_eq!(std::fs::read(device.join("DCIM/keep.jpg")).unwrap(), b"a photo on the phone");
+    assert!(s.path("outside.txt").exists());
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Found by an adversary: with one device's snapshot unreadable and another device's without
+/// the folder, a cut-short copy was taken for the user's own file and pushed.
+#[test]
+fn a_file_only_an_unreadable_snapshot_could_have_is_kept_staged() {
+    let s = Scratch::with_repo();
+    let (pixel, tablet) = (s.path("pixel"), s.path("tablet"));
+    write(&pixel.join("DCIM/Camera/a.jpg"), &bytes(5, 3_000_000, false));
+    s.ok(&["backup", "--device", "pixel", pixel.to_str().unwrap()]);
+    let before: Vec<PathBuf> = pack_files(&s.repo);
+    write(&tablet.join("Documents/n.txt"), b"notes");
+    s.ok(&["backup", "--device", "tablet", tablet.to_str().unwrap()]);
+    // Pixel's folder listings: its small pack.
+    let listings = before.iter().min_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    std::fs::rename(listings, s.path("moved-away")).unwrap();
+    let (staged, device) = (s.path("staged"), s.path("new-phone"));
+    std::fs::create_dir(&device).unwrap();
+    write(&staged.join("DCIM/Camera/a.jpg"), &bytes(5, 3_000_000, false)[..1 << 20]);
+    let out = push_staging(&s, &device, &staged, &[]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("a.jpg: cannot be checked"), "{}", stderr(&out));
+    assert!(!device.join("DCIM/Camera/a.jpg").exists());
+    assert!(staged.join("DCIM/Camera/a.jpg").exists());
+}
+
+/// Found by an adversary: a staged folder swapped for a symlink during a push led it to push
+/// and then delete the files the link pointed to, and a FIFO put in a file's place hung it.
+/// An adb that waits in its first push gives the moment to swap them.
+#[test]
+fn a_staging_folder_changed_during_a_push_never_leads_outside_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::with_repo();
+    let (staged, victim, bin, new_phone) = (s.path("staged"), s.path("victim"), s.path("bin"), s.path("new-phone"));
+    for name in ["a.txt", "b.txt"] {
+        write(&staged.join("DCIM").join(name), b"staged file ");
+        write(&victim.join(name), b"SECRET file ");
+        set_mtime(&staged.join("DCIM").join(name), 1_700_000_000, 0);
+        set_mtime(&victim.join(name), 1_700_000_000, 0);
+    }
+    write(&staged.join("Music/c.txt"), b"a song");
+    std::fs::create_dir_all(new_phone.join("sdcard")).unwrap();
+    let (waiting, go) = (s.path("adb-waiting"), s.path("adb-go"));
+    let fake = format!("{}/tests/fake-adb/adb", env!("CARGO_MANIFEST_DIR"));
+    let wrapper = format!(
+        "#!/bin/sh\nif [ \"$1\" = push ] && [ ! -e {w} ]; then touch {w}; while [ ! -e {g} ]; do sleep 0.05; done; fi\nexec {fake} \"$@\"\n",
+        w = waiting.display(),
+        g = go.display()
+    );
+    write(&bin.join("adb"), wrapper.as_bytes());
+    std::fs::set_permissions(bin.join("adb"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let push = s
+        .command(&["push", "--device", "adb", "--staging", staged.to_str().unwrap()])
+        .env("PATH", path)
+        .env("FAKE_ADB_ROOT", &new_phone)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the first adb push", || waiting.exists());
+    std::fs::rename(staged.join("DCIM"), s.path("DCIM-moved")).unwrap();
+    std::os::unix::fs::symlink(&victim, staged.join("DCIM")).unwrap();
+    std::fs::remove_file(staged.join("Music/c.txt")).unwrap();
+    assert!(Command::new("mkfifo").arg(staged.join("Music/c.txt")).status().unwrap().success());
+    write(&go, b"");
+    let started = Instant::now();
+    let out = push.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(30), "no hang on a FIFO");
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    for name in ["a.txt", "b.txt"] {
+        assert_eq!(std::fs::read(victim.join(name)).unwrap(), b"SECRET file ", "{name} is where it was");
+    }
+    for file in files_under(&new_phone) {
+        assert_ne!(std::fs::read(&file).unwrap(), b"SECRET file ", "{} came from outside staging", file.display());
+    }
 }

@@ -1,26 +1,22 @@
 //! `dir:PATH`: a folder as a push target (a phone mounted over MTP, or any folder).
 //!
-//! Every path is resolved beneath the folder with `openat2(RESOLVE_BENEATH |
-//! RESOLVE_NO_SYMLINKS)`, so a symlink on the device (or one swapped in during the push) can
-//! never lead a write outside it.
+//! Every path is resolved beneath the folder (see `beneath`), so a symlink on the device (or
+//! one swapped in during the push) can never lead a write outside it.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::{digest_of, Device, DeviceError, Found, HashKind};
+use crate::beneath::{c_string, open_beneath, split};
 use crate::tree::Meta;
 
 pub struct DirDevice {
     path: PathBuf,
     root: OwnedFd,
-}
-
-fn c_string(bytes: &[u8]) -> io::Result<CString> {
-    CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
 fn check(result: libc::c_int) -> io::Result<libc::c_int> {
@@ -29,32 +25,6 @@ fn check(result: libc::c_int) -> io::Result<libc::c_int> {
     } else {
         Ok(result)
     }
-}
-
-/// Opens `rel` beneath `dir` without following any symlink, with `flags`.
-fn open_beneath(dir: RawFd, rel: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
-    let name = c_string(rel.as_os_str().as_bytes())?;
-    // SAFETY: open_how is plain data; all-zero is valid and the fields are set below.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.mode = if flags & libc::O_CREAT != 0 { mode as u64 } else { 0 };
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: `name` is NUL-terminated and `how` is a valid open_how of the size passed.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_openat2, dir, name.as_ptr(), &how as *const libc::open_how, size_of::<libc::open_how>())
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the syscall returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// (parent folder, file name) of a relative path.
-fn split(path: &Path) -> io::Result<(&Path, CString)> {
-    let name = path.file_name().ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-    Ok((path.parent().unwrap_or(Path::new("")), c_string(name.as_bytes())?))
 }
 
 impl DirDevice {
@@ -75,7 +45,9 @@ impl DirDevice {
         }
         // SAFETY: a new descriptor that nothing else owns.
         let root = unsafe { OwnedFd::from_raw_fd(root) };
-        Ok(DirDevice { path: path.to_path_buf(), root })
+        // Named by its real path: `dir:/a/./b/` and `dir:/a/b` are one device (one lock, one journal).
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        Ok(DirDevice { path, root })
     }
 
     /// Whether the folder is still there (an unplugged phone's MTP mount errs; a removed
