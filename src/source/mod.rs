@@ -1,12 +1,15 @@
 //! Where a backup reads from. A source lists folders and opens files; it knows nothing about the
-//! repository. Today: `dir:PATH` (a phone mounted over MTP, or any folder).
+//! repository. Today: `dir:PATH` (a phone mounted over MTP, or any folder) and
+//! `ios-backup:DIR` (an iPhone's backup folder, read as the phone's folders).
 
 mod dir;
+mod ios;
 
 use std::io::{self, Read};
 use std::path::Path;
 
 pub use dir::DirSource;
+pub use ios::{decode_mbfile, IosBackupSource, MbFile};
 
 use crate::tree::Meta;
 
@@ -70,9 +73,11 @@ pub fn open_source(spec: &str) -> Result<Box<dyn Source>, SourceError> {
     if let Some((scheme, _)) = spec.split_once(':') {
         match scheme {
             "dir" => {}
-            "adb" | "ios-backup" | "ab" | "tar" => {
-                return Err(invalid(&format!("`{scheme}:` sources are not supported yet")))
+            "ios-backup" => {
+                let dir = &spec["ios-backup:".len()..];
+                return IosBackupSource::open(Path::new(dir)).map(|s| Box::new(s) as Box<dyn Source>);
             }
+            "adb" | "ab" | "tar" => return Err(invalid(&format!("`{scheme}:` sources are not supported yet"))),
             _ if !Path::new(spec).exists() => return Err(invalid(&format!("unknown source kind `{scheme}:`"))),
             _ => {}
         }
