@@ -69,11 +69,16 @@ pub fn push_journal_line(data: &[u8]) {
     let _ = crate::push::Journal::parse(data);
 }
 
+/// An MBFile record of an iPhone backup's Manifest.db (a binary or XML plist).
+pub fn mbfile(data: &[u8]) {
+    let _ = crate::source::decode_mbfile(data);
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
-    const TARGETS: [fn(&[u8]); 9] = [
+    const TARGETS: [fn(&[u8]); 10] = [
         super::tree,
         super::index_trailer,
         super::index_header,
@@ -83,6 +88,7 @@ mod tests {
         super::config,
         super::snapshot_record,
         super::push_journal_line,
+        super::mbfile,
     ];
 
     proptest! {
@@ -110,5 +116,12 @@ mod tests {
             5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, b'P', b'B', b'I', b'D', b'X', b'E', b'N', b'D',
         ]);
         super::push_journal_line(b"61\t1.4000000000");
+        // A binary plist whose offset table claims 2^60 objects.
+        let mut plist = b"bplist00".to_vec();
+        plist.extend([0u8; 8]);
+        plist.extend([
+            0, 0, 0, 0, 0, 0, 1, 1, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8,
+        ]);
+        super::mbfile(&plist);
     }
 }

@@ -173,3 +173,27 @@ fn mbfile_records_decode_and_damaged_ones_are_errors() {
         assert!(phonebak::source::decode_mbfile(&record[..cut]).is_err(), "{cut}");
     }
 }
+
+#[test]
+fn an_encrypted_backup_is_refused_by_name_and_an_unfinished_one_warned_about() {
+    let s = Scratch::with_repo();
+    let dir = s.path("backup");
+    let backup = Backup::new(&dir);
+    backup.file("HomeDomain", "Library/a.txt", b"a", 1_700_000_000);
+    drop(backup);
+    let plist_with = |file: &str, key: &str, value: plist::Value| {
+        let mut dict = plist::Dictionary::new();
+        dict.insert(key.into(), value);
+        plist::Value::Dictionary(dict).to_file_xml(dir.join(file)).unwrap();
+    };
+    let source = format!("ios-backup:{}", dir.display());
+    plist_with("Status.plist", "SnapshotState", plist::Value::String("uploading".into()));
+    let out = s.run(&["backup", "--device", "iphone", &source]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("not finished"), "{}", stderr(&out));
+    plist_with("Manifest.plist", "IsEncrypted", plist::Value::Boolean(true));
+    let out = s.run(&["backup", "--device", "iphone", &source]);
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("encrypted backup"), "{}", stderr(&out));
+    assert_eq!(s.json(&["snapshots"]).as_array().unwrap().len(), 1, "nothing committed");
+}

@@ -8,7 +8,7 @@
 //! stored (`..`, a leading `/`, an empty component, NUL) never become entries: they are listed
 //! as unreadable at the top, with why.
 //!
-//! Not yet: encrypted backups, Info.plist facts, export (issue 15 goes on).
+//! Not yet: encrypted backups (refused by name), Info.plist facts, export (issue 15 goes on).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -104,6 +104,15 @@ impl IosBackupSource {
     pub fn open(spec_dir: &Path) -> Result<IosBackupSource, SourceError> {
         let invalid = |why: String| SourceError::Invalid { spec: format!("ios-backup:{}", spec_dir.display()), why };
         let dir = find_backup(spec_dir).map_err(invalid)?;
+        if plist_flag(&dir.join("Manifest.plist"), "IsEncrypted") == Some(true) {
+            return Err(invalid("it is an encrypted backup, which phonebak cannot read yet".into()));
+        }
+        if let Some(state) = plist_text(&dir.join("Status.plist"), "SnapshotState").filter(|s| s != "finished") {
+            eprintln!(
+                "phonebak: warning: {} says the backup is not finished (SnapshotState {state:?}): what it holds now is imported",
+                dir.join("Status.plist").display()
+            );
+        }
         let manifest = dir.join("Manifest.db");
         let catalogue = Connection::open_with_flags(&manifest, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| invalid(format!("Manifest.db: {e}")))?;
@@ -193,6 +202,21 @@ impl IosBackupSource {
         };
         Ok(SourceEntry { name, meta, kind })
     }
+}
+
+/// A top-level value of a plist file, if the file reads and has it (a hand-made copy of a
+/// backup may have neither Manifest.plist nor Status.plist).
+fn plist_value(path: &Path, key: &str) -> Option<plist::Value> {
+    let value = plist::Value::from_file(path).ok()?;
+    value.as_dictionary()?.get(key).cloned()
+}
+
+fn plist_flag(path: &Path, key: &str) -> Option<bool> {
+    plist_value(path, key)?.as_boolean()
+}
+
+fn plist_text(path: &Path, key: &str) -> Option<String> {
+    plist_value(path, key)?.as_string().map(str::to_string)
 }
 
 /// The folder holding Manifest.db: `dir` itself, or its one `<UDID>/` subfolder that has one.
