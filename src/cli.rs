@@ -60,9 +60,10 @@ enum Command {
     },
     /// Take a snapshot of a phone: SOURCE is a folder (`dir:PATH` or a plain path).
     Backup {
-        /// Device name: snapshots are grouped by it (a folder name in the mount).
+        /// Device name: snapshots are grouped by it (a folder name in the mount). An iPhone
+        /// backup's own name is the default.
         #[arg(long)]
-        device: String,
+        device: Option<String>,
         /// Leave out paths matching this glob (a pattern without `/` matches names at any depth).
         #[arg(long)]
         exclude: Vec<String>,
@@ -71,7 +72,8 @@ enum Command {
         include: Vec<String>,
         #[arg(long)]
         tag: Vec<String>,
-        /// Record this time instead of now (`2026-11-21T08:00:00`, local time, or RFC 3339).
+        /// Record this time instead of now (`2026-11-21T08:00:00`, local time, or RFC 3339); an
+        /// iPhone backup's own date is the default.
         #[arg(long)]
         time: Option<String>,
         /// Read every file, even those unchanged since the last snapshot.
@@ -230,9 +232,14 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Backup { device, exclude, include, tag, time, force, source } => {
             let time_ns = time.as_deref().map(parse_time).transpose()?;
-            let options =
-                BackupOptions { device, tags: tag, filter: PathFilter::new(&exclude, &include)?, time_ns, force };
-            cmd_backup(g, &source, &options)
+            let filter = PathFilter::new(&exclude, &include)?;
+            cmd_backup(g, &source, device, time_ns, |device, time_ns| BackupOptions {
+                device,
+                tags: tag,
+                filter,
+                time_ns,
+                force,
+            })
         }
         Command::Snapshots { device } => cmd_snapshots(g, device.as_deref()),
         Command::Ls { snapshot, path, long } => cmd_ls(g, &snapshot, path.as_deref(), long),
@@ -338,10 +345,21 @@ fn parse_time(text: &str) -> Result<i64> {
     }
 }
 
-fn cmd_backup(g: &Global, source_spec: &str, options: &BackupOptions) -> Result<i32> {
+fn cmd_backup(
+    g: &Global,
+    source_spec: &str,
+    device: Option<String>,
+    time_ns: Option<i64>,
+    options: impl FnOnce(String, Option<i64>) -> BackupOptions,
+) -> Result<i32> {
     let repo = open_repo(g)?;
     let source = source::open_source(source_spec)?;
-    let outcome = backup::run(&repo, source.as_ref(), options)?;
+    // The source's own name and date, where it records them, unless given.
+    let Some(device) = device.or_else(|| source.device_name()) else {
+        bail!("--device is needed: name the phone this backup is of (snapshots are grouped by it)");
+    };
+    let options = options(device, time_ns.or_else(|| source.taken_at_ns()));
+    let outcome = backup::run(&repo, source.as_ref(), &options)?;
     let s = &outcome.snapshot;
     let name = snapshot::list(&repo)?.into_iter().find(|i| i.id == outcome.id).map(|i| i.name).unwrap_or_default();
     if g.json {

@@ -197,3 +197,28 @@ fn an_encrypted_backup_is_refused_by_name_and_an_unfinished_one_warned_about() {
     assert!(stderr(&out).contains("encrypted backup"), "{}", stderr(&out));
     assert_eq!(s.json(&["snapshots"]).as_array().unwrap().len(), 1, "nothing committed");
 }
+
+#[test]
+fn the_phones_own_name_and_backup_date_are_the_defaults() {
+    let s = Scratch::with_repo();
+    let dir = s.path("backup");
+    let backup = Backup::new(&dir);
+    backup.file("HomeDomain", "Library/a.txt", b"a", 1_700_000_000);
+    drop(backup);
+    let mut info = plist::Dictionary::new();
+    info.insert("Device Name".into(), plist::Value::String("Anna's iPhone/2".into()));
+    let date = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_750_000_000);
+    info.insert("Last Backup Date".into(), plist::Value::Date(date.into()));
+    plist::Value::Dictionary(info).to_file_binary(dir.join("Info.plist")).unwrap();
+    s.ok(&["backup", &format!("ios-backup:{}", dir.display())]);
+    let list = s.json(&["snapshots"]);
+    let snapshot = &list.as_array().unwrap()[0];
+    assert_eq!(snapshot["device"], "Anna's iPhone-2", "{list}");
+    let time = chrono::DateTime::parse_from_rfc3339(snapshot["time"].as_str().unwrap()).unwrap();
+    assert_eq!(time.timestamp(), 1_750_000_000, "{list}");
+
+    // A folder says no name: --device is asked for.
+    let out = s.run(&["backup", s.path("backup").to_str().unwrap()]);
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("--device is needed"), "{}", stderr(&out));
+}

@@ -239,7 +239,27 @@ fn find_backup(dir: &Path) -> Result<PathBuf, String> {
     }
 }
 
+/// A usable device name (a folder name in the mount) made of the phone's own: `Anna's iPhone`
+/// stays, a `/` or NUL becomes `-`.
+fn usable_device_name(name: &str) -> Option<String> {
+    let mut cleaned: String = name.trim().chars().map(|c| if c == '/' || c == '\0' { '-' } else { c }).collect();
+    while cleaned.len() > 255 {
+        cleaned.pop();
+    }
+    (!cleaned.is_empty() && cleaned != "." && cleaned != "..").then_some(cleaned)
+}
+
 impl Source for IosBackupSource {
+    fn device_name(&self) -> Option<String> {
+        usable_device_name(&plist_text(&self.dir.join("Info.plist"), "Device Name")?)
+    }
+
+    fn taken_at_ns(&self) -> Option<i64> {
+        let date = plist_value(&self.dir.join("Info.plist"), "Last Backup Date")?.as_date()?;
+        let since = std::time::SystemTime::from(date).duration_since(std::time::UNIX_EPOCH).ok()?;
+        i64::try_from(since.as_nanos()).ok()
+    }
+
     fn describe(&self) -> String {
         let absolute = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
         format!("ios-backup:{}", absolute.display())

@@ -65,6 +65,14 @@ pub trait Source: Send + Sync {
     fn root_meta(&self) -> Result<Meta, SourceError>;
     fn list(&self, dir: &Path) -> Result<Listing, SourceError>;
     fn open(&self, file: &Path) -> Result<Box<dyn SourceFile>, SourceError>;
+    /// The device's own name, when the source records one (an iPhone backup's Info.plist).
+    fn device_name(&self) -> Option<String> {
+        None
+    }
+    /// When the source's data was taken, when it records that (ns since the epoch).
+    fn taken_at_ns(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// Parses a SOURCE argument: `dir:PATH` or a plain path.
