@@ -116,6 +116,9 @@ fn an_ios_backup_is_a_snapshot_of_the_phones_real_paths() {
     backup.file("HomeDomain", "a//b", b"x", 1);
     backup.file("Home/Domain", "c", b"x", 1);
     let gone = backup.row("HomeDomain", "Library/gone.jpg", 1, mbfile(0o100644, 1, 9, None));
+    // A file row where other rows have a folder: what is below it cannot be imported, and says so.
+    backup.file("MediaDomain", "Photos/below.jpg", b"below", 1);
+    backup.file("MediaDomain", "Photos", b"a file", 1);
     drop(backup);
     assert!(!udid.join(&gone[..2]).join(&gone).exists());
 
@@ -124,8 +127,14 @@ fn an_ios_backup_is_a_snapshot_of_the_phones_real_paths() {
     let out = s.run(&["backup", "--device", "iphone", &source]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     let said = stderr(&out);
-    for hostile in ["HomeDomain-../../etc/evil", "HomeDomain-/absolute", "HomeDomain-a//b", "Home/Domain-c", "gone.jpg"]
-    {
+    for hostile in [
+        "HomeDomain-../../etc/evil",
+        "HomeDomain-/absolute",
+        "HomeDomain-a//b",
+        "Home/Domain-c",
+        "gone.jpg",
+        "MediaDomain/Photos",
+    ] {
         assert!(said.contains(hostile), "{hostile} is named: {said}");
     }
 

@@ -168,6 +168,7 @@ impl IosBackupSource {
             }
         }
         index.execute_batch("COMMIT;").map_err(|e| invalid(format!("an index of the backup: {e}")))?;
+        rejected.extend(files_over_folders(&index).map_err(|e| invalid(format!("an index of the backup: {e}")))?);
         let root_meta = std::fs::metadata(&manifest)
             .map(|m| Meta { mode: 0o755, ..Meta::of(&m) })
             .map_err(|e| invalid(format!("Manifest.db: {e}")))?;
@@ -206,6 +207,24 @@ impl IosBackupSource {
         };
         Ok(SourceEntry { name, meta, kind })
     }
+}
+
+/// Files or symlinks in the catalogue at a path where other rows have a folder: the rows below
+/// them cannot be reached in a tree, and are named instead of silently missing.
+fn files_over_folders(index: &Connection) -> rusqlite::Result<Vec<(Vec<u8>, String)>> {
+    let mut entries = index.prepare("SELECT parent, name FROM entries WHERE flags != 2")?;
+    let mut below = index.prepare("SELECT 1 FROM entries WHERE parent = ?1 LIMIT 1")?;
+    let mut found = Vec::new();
+    let rows: Vec<(Vec<u8>, Vec<u8>)> =
+        entries.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+    for (parent, name) in rows {
+        let path = if parent.is_empty() { name } else { [parent.as_slice(), b"/", name.as_slice()].concat() };
+        if below.exists(params![path])? {
+            let why = "a file in the catalogue where other rows have a folder: the rows below it are not imported";
+            found.push((path, why.to_string()));
+        }
+    }
+    Ok(found)
 }
 
 /// A top-level value of a plist file, if the file reads and has it (a hand-made copy of a
