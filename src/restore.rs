@@ -6,7 +6,7 @@
 //! written outside it. A file whose data is damaged is reported and the others are restored.
 //!
 //! What is already in the target is the user's: by default nothing there that differs from the
-//! snapshot is replaced (a file with the snapshot's size and time counts as the same), and each
+//! snapshot is replaced (a file with the snapshot's size, time and bytes counts as the same), and each
 //! such path is reported as a conflict. With `overwrite`, files and symlinks in the way are
 //! replaced; a folder in the way is never deleted. The target itself may be a symlink to a
 //! folder (it is followed); a target that is a file is refused.
@@ -59,7 +59,7 @@ pub struct RestoreReport {
     pub failed: Vec<(String, String)>,
     /// Paths where something else was in the way and was left as it is, with what.
     pub conflicts: Vec<(String, String)>,
-    /// Files already there with the snapshot's size and time: left as they are.
+    /// Files already there with the snapshot's size, time and bytes: left as they are.
     pub unchanged: u64,
 }
 
@@ -103,6 +103,9 @@ pub fn run(
     let walked = std::thread::scope(|scope| {
         let rx = &rx;
         let (report, progress, target_failed) = (&report, &progress, &target_failed);
+        let conflict = move |dest: &Path, why: String| {
+            report.lock().expect("report lock").conflicts.push((dest.display().to_string(), why));
+        };
         for _ in 0..workers {
             scope.spawn(move || loop {
                 let Ok(job) = rx.lock().expect("restore queue lock").recv() else {
@@ -122,12 +125,11 @@ pub fn run(
                         Ok(false) if overwrite => restore_file(repo, &job.entry, &job.dest, true, progress),
                         Ok(false) => {
                             let why = "a file with the snapshot's size and time but other bytes is there (--overwrite replaces it)";
-                            report.lock().expect("report lock").conflicts.push((job.dest.display().to_string(), why.into()));
+                            conflict(&job.dest, why.into());
                             continue;
                         }
                         Err(e) => {
-                            let why = format!("a file with the snapshot's size and time is there, and cannot be read to compare: {e}");
-                            report.lock().expect("report lock").conflicts.push((job.dest.display().to_string(), why));
+                            conflict(&job.dest, format!("a file with the snapshot's size and time is there, and cannot be read to compare: {e}"));
                             continue;
                         }
                     },
@@ -288,7 +290,11 @@ fn prepare_target(path: &Path) -> Result<(), RestoreError> {
 /// loss can leave a file of the right size and time whose data never reached the disk).
 fn same_bytes(repo: &Repository, entry: &Entry, dest: &Path) -> io::Result<bool> {
     let Node::File { chunks, .. } = &entry.node else { return Ok(false) };
-    let mut file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(dest)?;
+    // Not waiting on a FIFO put in the file's place since it was looked at.
+    let mut file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(dest)?;
+    if !file.metadata()?.is_file() {
+        return Ok(false);
+    }
     crate::origin::holds_exactly(repo, &mut file, chunks)
 }
 

@@ -443,9 +443,10 @@ impl View {
     /// snapshot's folder get numbers that rise in the folder's order: `cp -r` reads a folder in
     /// inode order, and loading ahead across files follows the folder's order. With numbers in
     /// hash order, `cp -a` of 1 GB of photos loaded most chunks twice.
-    /// The number of `node` (named `name` in `parent`): the one it already has, or a free one,
-    /// taken at once (under the caller's lock) so that two listings running together whose
-    /// hashes collide never give two nodes one number. A name that now means another snapshot
+    ///
+    /// A number is the one `node` already has, or a free one taken at once (under the caller's
+    /// lock), so that two listings running together whose hashes collide never give two nodes
+    /// one number. A name that now means another snapshot
     /// (a forget renamed a same-second one) gets a new number: the kernel then drops what it
     /// cached for the old one.
     fn ino_for(&self, inodes: &mut HashMap<u64, Inode>, parent: u64, name: &[u8], node: &Node) -> u64 {
