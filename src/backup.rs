@@ -97,6 +97,8 @@ pub struct BackupOutcome {
     pub unreadable: Vec<(String, String)>,
     /// Device nodes, sockets and pipes, which are not backed up.
     pub skipped: Vec<String>,
+    /// Paths stored, but not as their source describes them, with why.
+    pub notes: Vec<(String, String)>,
 }
 
 /// Size and mtime (seconds, nanoseconds) of a file.
@@ -171,6 +173,7 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
             stats: SnapshotStats::default(),
             unreadable: Vec::new(),
             skipped: Vec::new(),
+            notes: Vec::new(),
             progress: &progress,
             writer_stopped: false,
         };
@@ -178,15 +181,15 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
             walker.flush().map_err(|_| BackupError::WriterStopped)?;
             Ok(root)
         });
-        let Walker { stats, unreadable, skipped, jobs, .. } = walker;
+        let Walker { stats, unreadable, skipped, notes, jobs, .. } = walker;
         drop(jobs); // lets the workers, then the writer, finish
         let packed = writer.join().expect("pack writer does not panic");
-        (walked.map(|root| (root, stats, unreadable, skipped)), packed)
+        (walked.map(|root| (root, stats, unreadable, skipped, notes)), packed)
     });
     progress.finish();
     // A failed writer makes the walker fail too (its channel closes): report the writer's cause.
     let report = pack_result?;
-    let (root, mut stats, unreadable, skipped) = walk_result?;
+    let (root, mut stats, unreadable, skipped, notes) = walk_result?;
     stats.added_bytes = report.added_bytes;
     stats.unreadable = unreadable.len() as u64;
     stats.duration_ms = started.elapsed().as_millis() as u64;
@@ -199,6 +202,7 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
         parent: parent.as_ref().map(|p| p.id),
         root,
         stats,
+        facts: source.facts(),
     };
     lock.ensure_held()?;
     let id = snapshot::save(repo, &snapshot)?;
@@ -208,7 +212,7 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
         snapshot::remove(repo, &id)?;
         return Err(lost.into());
     }
-    Ok(BackupOutcome { id, snapshot, parent, unreadable, skipped })
+    Ok(BackupOutcome { id, snapshot, parent, unreadable, skipped, notes })
 }
 
 fn encode_blobs(repo: &Repository, jobs: &std::sync::Mutex<Receiver<Vec<Job>>>, out: SyncSender<Vec<Encoded>>) {
@@ -262,6 +266,7 @@ struct Walker<'a> {
     stats: SnapshotStats,
     unreadable: Vec<(String, String)>,
     skipped: Vec<String>,
+    notes: Vec<(String, String)>,
     progress: &'a Progress,
     writer_stopped: bool,
 }
@@ -302,6 +307,11 @@ impl Walker<'_> {
         };
         for (name, error) in listing.unreadable {
             self.note_unreadable(dir.join(os_name(&name)).display().to_string(), error.to_string())?;
+        }
+        for (name, why) in listing.notes {
+            let path = dir.join(os_name(&name)).display().to_string();
+            self.progress.note(&format!("phonebak: note: {path}: {why}"));
+            self.notes.push((path, why));
         }
         let (entries, rejected) = tree_builder::normalize(listing.entries, |e| &e.name);
         for (item, why) in rejected {

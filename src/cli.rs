@@ -11,6 +11,7 @@ use crate::forget::Policy;
 use crate::push::{OnConflict, PushOptions, PushReport, Source as PushSource};
 use crate::repo::snapshot::{self, SnapshotInfo};
 use crate::repo::{InitOptions, RepoError, Repository};
+use crate::source::SourceError;
 use crate::tree::{lookup_path, Entry, Node};
 use crate::{check, device, exit, forget, mount, origin, prune, push, repair, restore, say, source, stats};
 use anyhow::{bail, Context, Result};
@@ -79,6 +80,10 @@ enum Command {
         /// Read every file, even those unchanged since the last snapshot.
         #[arg(long)]
         force: bool,
+        /// An encrypted iPhone backup's password, from this file (or set
+        /// PHONEBAK_ARCHIVE_PASSWORD; on a terminal it is asked for).
+        #[arg(long)]
+        archive_password_file: Option<PathBuf>,
         source: String,
     },
     /// List snapshots.
@@ -230,10 +235,11 @@ fn run(cli: Cli) -> Result<i32> {
             };
             cmd_init(g, no_encryption, options)
         }
-        Command::Backup { device, exclude, include, tag, time, force, source } => {
+        Command::Backup { device, exclude, include, tag, time, force, archive_password_file, source } => {
             let time_ns = time.as_deref().map(parse_time).transpose()?;
             let filter = PathFilter::new(&exclude, &include)?;
-            cmd_backup(g, &source, device, time_ns, |device, time_ns| BackupOptions {
+            let archive_password = archive_password_file.as_deref();
+            cmd_backup(g, &source, archive_password, device, time_ns, |device, time_ns| BackupOptions {
                 device,
                 tags: tag,
                 filter,
@@ -294,6 +300,31 @@ fn password_from(password_file: Option<&Path>, prompt: &str) -> Result<Vec<u8>, 
     Err(RepoError::PasswordRequired)
 }
 
+/// An encrypted iPhone backup's password: PHONEBAK_ARCHIVE_PASSWORD, the file given, or a
+/// prompt on a terminal.
+fn archive_password(file: Option<&Path>) -> Result<Vec<u8>, SourceError> {
+    if let Ok(password) = std::env::var("PHONEBAK_ARCHIVE_PASSWORD") {
+        return Ok(password.into_bytes());
+    }
+    if let Some(file) = file {
+        let mut text = std::fs::read(file).map_err(|e| {
+            SourceError::ArchivePassword(format!("cannot read the backup's password file {}: {e}", file.display()))
+        })?;
+        while text.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            text.pop();
+        }
+        return Ok(text);
+    }
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password("the iPhone backup's password: ")
+            .map(String::into_bytes)
+            .map_err(|e| SourceError::ArchivePassword(format!("reading the backup's password: {e}")));
+    }
+    Err(SourceError::ArchivePassword(
+        "this iPhone backup is encrypted: give its password with --archive-password-file FILE or PHONEBAK_ARCHIVE_PASSWORD".into(),
+    ))
+}
+
 fn open_repo(g: &Global) -> Result<Repository> {
     let path = repo_path(g)?;
     Ok(Repository::open(path, || password(g, "repository password: "))?)
@@ -348,12 +379,13 @@ fn parse_time(text: &str) -> Result<i64> {
 fn cmd_backup(
     g: &Global,
     source_spec: &str,
+    archive_password_file: Option<&Path>,
     device: Option<String>,
     time_ns: Option<i64>,
     options: impl FnOnce(String, Option<i64>) -> BackupOptions,
 ) -> Result<i32> {
     let repo = open_repo(g)?;
-    let source = source::open_source(source_spec)?;
+    let source = source::open_source(source_spec, &mut || archive_password(archive_password_file))?;
     // The source's own name and date, where it records them, unless given.
     let Some(device) = device.or_else(|| source.device_name()) else {
         bail!("--device is needed: name the phone this backup is of (snapshots are grouped by it)");
@@ -366,6 +398,7 @@ fn cmd_backup(
         print_json(json!({
             "id": outcome.id.to_hex(), "device": s.device, "name": name, "parent": s.parent.map(|p| p.to_hex()),
             "stats": s.stats, "unreadable": outcome.unreadable, "skipped": outcome.skipped,
+            "notes": outcome.notes, "facts": s.facts,
         }));
     } else {
         say!(
@@ -420,7 +453,8 @@ fn cmd_snapshots(g: &Global, device: Option<&str>) -> Result<i32> {
                 let s = &i.snapshot;
                 json!({"id": i.id.to_hex(), "short_id": i.id.short(), "device": s.device, "name": i.name,
                        "time": s.local_time().to_rfc3339(), "hostname": s.hostname, "tags": s.tags, "source": s.source,
-                       "parent": s.parent.map(|p| p.to_hex()), "root": s.root.to_hex(), "stats": s.stats})
+                       "parent": s.parent.map(|p| p.to_hex()), "root": s.root.to_hex(), "stats": s.stats,
+                       "facts": s.facts})
             })
             .collect();
         print_json(json!(items));
@@ -438,6 +472,10 @@ fn cmd_snapshots(g: &Global, device: Option<&str>) -> Result<i32> {
             s.stats.files,
             s.tags.join(",")
         );
+        if !s.facts.is_empty() {
+            let facts: Vec<String> = s.facts.iter().map(|(k, v)| format!("{}: {v}", k.replace('_', " "))).collect();
+            say!("{:<10} {}", "", facts.join(", "));
+        }
     }
     say!("{}", count(list.len() as u64, "snapshot"));
     Ok(exit::OK)

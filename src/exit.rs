@@ -27,6 +27,8 @@ pub const SOURCE_VANISHED: i32 = 16;
 pub const DEVICE: i32 = 17;
 /// `restore` cannot write to its target folder (read-only, not allowed): the repository is fine.
 pub const TARGET: i32 = 18;
+/// An encrypted iPhone backup's password is wrong or missing: nothing was imported.
+pub const ARCHIVE_PASSWORD: i32 = 19;
 
 fn for_device_error(error: &DeviceError) -> i32 {
     match error {
@@ -56,8 +58,10 @@ pub fn for_error(error: &anyhow::Error) -> i32 {
         if let Some(repo) = cause.downcast_ref::<RepoError>() {
             return for_repo_error(repo);
         }
-        if let Some(SourceError::Vanished { .. }) = cause.downcast_ref::<SourceError>() {
-            return SOURCE_VANISHED;
+        match cause.downcast_ref::<SourceError>() {
+            Some(SourceError::Vanished { .. }) => return SOURCE_VANISHED,
+            Some(SourceError::ArchivePassword(_)) => return ARCHIVE_PASSWORD,
+            _ => {}
         }
         if let Some(device) = cause.downcast_ref::<DeviceError>() {
             return for_device_error(device);

@@ -108,6 +108,7 @@ mod tests {
             parent: None,
             root: Id([0; 32]),
             stats: SnapshotStats::default(),
+            facts: Default::default(),
         };
         (Id([n; 32]), snapshot)
     }

@@ -15,6 +15,7 @@ pub mod exit;
 pub mod forget;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod ios_crypto;
 pub mod mount;
 pub mod origin;
 pub mod progress;

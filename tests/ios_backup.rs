@@ -1,6 +1,9 @@
 //! `ios-backup:DIR` sources. There is no iPhone here: the tests write backup folders themselves,
 //! following the documented format (Manifest.db's Files table, fileID = SHA-1 of
 //! `domain-relativePath` kept at `fileID[0:2]/fileID`, MBFile records as NSKeyedArchiver plists).
+//! Encrypted backups are encrypted here as iOS does it, with the RustCrypto primitives directly
+//! (not phonebak's own code): a keybag of class keys wrapped with the password's PBKDF2 key,
+//! AES-256-CBC files under keys wrapped with a class key.
 
 mod common;
 
@@ -8,10 +11,85 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// An unencrypted iOS backup folder being written.
+/// An iOS backup folder being written; `finish` completes it.
 struct Backup {
     dir: PathBuf,
     db: rusqlite::Connection,
+    /// Where Manifest.db is written in the clear until `finish` encrypts it.
+    plain_db: PathBuf,
+    encryption: Option<Encryption>,
+}
+
+/// An encrypted backup's keys, made up here as iOS makes them.
+struct Encryption {
+    keybag: Vec<u8>,
+    class_keys: std::collections::HashMap<u32, [u8; 32]>,
+    manifest_key: [u8; 32],
+}
+
+fn tlv(tag: &[u8; 4], value: &[u8]) -> Vec<u8> {
+    [&tag[..], &(value.len() as u32).to_be_bytes(), value].concat()
+}
+
+impl Encryption {
+    fn new(password: &str, dp_iterations: u32, iterations: u32) -> Encryption {
+        let (dp_salt, salt): ([u8; 20], [u8; 20]) = (rand::random(), rand::random());
+        let mut first = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password.as_bytes(), &dp_salt, dp_iterations, &mut first);
+        let mut passcode_key = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<sha1::Sha1>(&first, &salt, iterations, &mut passcode_key);
+        let kek = aes_kw::KekAes256::from(passcode_key);
+        let mut keybag = [
+            tlv(b"VERS", &4u32.to_be_bytes()),
+            tlv(b"TYPE", &1u32.to_be_bytes()),
+            tlv(b"UUID", &rand::random::<[u8; 16]>()),
+            tlv(b"HMCK", &[0x5a; 40]),
+            tlv(b"WRAP", &0u32.to_be_bytes()),
+            tlv(b"SALT", &salt),
+            tlv(b"ITER", &iterations.to_be_bytes()),
+            tlv(b"DPWT", &1u32.to_be_bytes()),
+            tlv(b"DPIC", &dp_iterations.to_be_bytes()),
+            tlv(b"DPSL", &dp_salt),
+        ]
+        .concat();
+        let mut class_keys = std::collections::HashMap::new();
+        for class in 1..=11u32 {
+            let key: [u8; 32] = rand::random();
+            let mut wrapped = [0u8; 40];
+            kek.wrap(&key, &mut wrapped).unwrap();
+            keybag.extend(
+                [
+                    tlv(b"UUID", &rand::random::<[u8; 16]>()),
+                    tlv(b"CLAS", &class.to_be_bytes()),
+                    tlv(b"WRAP", &2u32.to_be_bytes()),
+                    tlv(b"KTYP", &0u32.to_be_bytes()),
+                    tlv(b"WPKY", &wrapped),
+                ]
+                .concat(),
+            );
+            class_keys.insert(class, key);
+        }
+        Encryption { keybag, class_keys, manifest_key: rand::random() }
+    }
+
+    /// A key as iOS stores it: its protection class (little-endian), then the wrapped key.
+    fn stored_key(&self, class: u32, key: &[u8; 32]) -> Vec<u8> {
+        let mut wrapped = [0u8; 40];
+        aes_kw::KekAes256::from(self.class_keys[&class]).wrap(key, &mut wrapped).unwrap();
+        [&class.to_le_bytes()[..], &wrapped].concat()
+    }
+}
+
+/// AES-256-CBC, zero IV, PKCS#7: how iOS encrypts a backup's files.
+fn cbc_encrypt(key: &[u8; 32], data: &[u8]) -> Vec<u8> {
+    use aes::cipher::{BlockEncryptMut, KeyIvInit};
+    let pad = 16 - data.len() % 16;
+    let mut out = [data, &vec![pad as u8; pad]].concat();
+    let mut cipher = cbc::Encryptor::<aes::Aes256>::new(key.into(), &[0u8; 16].into());
+    for block in out.chunks_exact_mut(16) {
+        cipher.encrypt_block_mut(block.into());
+    }
+    out
 }
 
 fn sha1_hex(text: &str) -> String {
@@ -28,6 +106,11 @@ fn sha1_hex(text: &str) -> String {
 /// An MBFile record as iOS archives it: NSKeyedArchiver, the fields on the root object, a
 /// symlink's target a reference into `$objects`.
 fn mbfile(mode: u32, mtime: i64, size: u64, target: Option<&str>) -> Vec<u8> {
+    mbfile_with_key(mode, mtime, size, target, None)
+}
+
+/// An MBFile record, with an encrypted file's stored key as iOS archives it (NSMutableData).
+fn mbfile_with_key(mode: u32, mtime: i64, size: u64, target: Option<&str>, key: Option<Vec<u8>>) -> Vec<u8> {
     use plist::{Dictionary, Uid, Value};
     let mut root = Dictionary::new();
     root.insert("$class".into(), Value::Uid(Uid::new(2)));
@@ -49,6 +132,21 @@ fn mbfile(mode: u32, mtime: i64, size: u64, target: Option<&str>) -> Vec<u8> {
         root.insert("Target".into(), Value::Uid(Uid::new(3)));
         objects.push(Value::String(target.into()));
     }
+    if let Some(key) = key {
+        let at = objects.len() as u64;
+        let mut data = Dictionary::new();
+        data.insert("NS.data".into(), Value::Data(key));
+        data.insert("$class".into(), Value::Uid(Uid::new(at + 1)));
+        let mut class = Dictionary::new();
+        class.insert("$classname".into(), Value::String("NSMutableData".into()));
+        class.insert(
+            "$classes".into(),
+            Value::Array(["NSMutableData", "NSData", "NSObject"].iter().map(|c| Value::String((*c).into())).collect()),
+        );
+        objects.push(Value::Dictionary(data));
+        objects.push(Value::Dictionary(class));
+        root.insert("EncryptionKey".into(), Value::Uid(Uid::new(at)));
+    }
     objects[1] = Value::Dictionary(root);
     let mut top = Dictionary::new();
     top.insert("root".into(), Value::Uid(Uid::new(1)));
@@ -64,13 +162,48 @@ fn mbfile(mode: u32, mtime: i64, size: u64, target: Option<&str>) -> Vec<u8> {
 
 impl Backup {
     fn new(dir: &Path) -> Backup {
+        Backup::create(dir, None)
+    }
+
+    /// An encrypted backup; `finish` encrypts Manifest.db and writes Manifest.plist.
+    fn encrypted(dir: &Path, encryption: Encryption) -> Backup {
+        Backup::create(dir, Some(encryption))
+    }
+
+    fn create(dir: &Path, encryption: Option<Encryption>) -> Backup {
         std::fs::create_dir_all(dir).unwrap();
-        let db = rusqlite::Connection::open(dir.join("Manifest.db")).unwrap();
+        let plain_db = match encryption {
+            Some(_) => dir.with_extension("plain-manifest.db"),
+            None => dir.join("Manifest.db"),
+        };
+        let _ = std::fs::remove_file(&plain_db);
+        let db = rusqlite::Connection::open(&plain_db).unwrap();
         db.execute_batch(
-            "CREATE TABLE Files (fileID TEXT PRIMARY KEY, domain TEXT, relativePath TEXT, flags INTEGER, file BLOB);",
+            "CREATE TABLE Files (fileID TEXT PRIMARY KEY, domain TEXT, relativePath TEXT, flags INTEGER, file BLOB);
+             CREATE TABLE Properties (key TEXT PRIMARY KEY, value BLOB);",
         )
         .unwrap();
-        Backup { dir: dir.to_path_buf(), db }
+        Backup { dir: dir.to_path_buf(), db, plain_db, encryption }
+    }
+
+    fn finish(self) {
+        let Backup { dir, db, plain_db, encryption } = self;
+        drop(db);
+        let Some(encryption) = encryption else { return };
+        let plain = std::fs::read(&plain_db).unwrap();
+        std::fs::write(dir.join("Manifest.db"), cbc_encrypt(&encryption.manifest_key, &plain)).unwrap();
+        std::fs::remove_file(&plain_db).unwrap();
+        use plist::Value;
+        let mut manifest = plist::Dictionary::new();
+        manifest.insert("IsEncrypted".into(), Value::Boolean(true));
+        manifest.insert("BackupKeyBag".into(), Value::Data(encryption.keybag.clone()));
+        let manifest_key = encryption.stored_key(4, &encryption.manifest_key);
+        manifest.insert("ManifestKey".into(), Value::Data(manifest_key));
+        manifest.insert("Version".into(), Value::String("10.0".into()));
+        manifest.insert("WasPasscodeSet".into(), Value::Boolean(true));
+        // Keys phonebak does not know are kept as they are.
+        manifest.insert("SomethingNewer".into(), Value::Array(vec![Value::Integer(7.into())]));
+        Value::Dictionary(manifest).to_file_binary(dir.join("Manifest.plist")).unwrap();
     }
 
     fn row(&self, domain: &str, relative: &str, flags: i64, record: Vec<u8>) -> String {
@@ -84,9 +217,20 @@ impl Backup {
         id
     }
 
-    fn file(&self, domain: &str, relative: &str, content: &[u8], mtime: i64) {
-        let id = self.row(domain, relative, 1, mbfile(0o100644, mtime, content.len() as u64, None));
-        write(&self.dir.join(&id[..2]).join(&id), content);
+    fn file(&self, domain: &str, relative: &str, content: &[u8], mtime: i64) -> PathBuf {
+        let size = content.len() as u64;
+        let (record, blob) = match &self.encryption {
+            None => (mbfile(0o100644, mtime, size, None), content.to_vec()),
+            Some(encryption) => {
+                let key: [u8; 32] = rand::random();
+                let stored = encryption.stored_key(3, &key);
+                (mbfile_with_key(0o100644, mtime, size, None, Some(stored)), cbc_encrypt(&key, content))
+            }
+        };
+        let id = self.row(domain, relative, 1, record);
+        let path = self.dir.join(&id[..2]).join(&id);
+        write(&path, &blob);
+        path
     }
 
     fn folder(&self, domain: &str, relative: &str, mtime: i64) {
@@ -119,7 +263,7 @@ fn an_ios_backup_is_a_snapshot_of_the_phones_real_paths() {
     // A file row where other rows have a folder: what is below it cannot be imported, and says so.
     backup.file("MediaDomain", "Photos/below.jpg", b"below", 1);
     backup.file("MediaDomain", "Photos", b"a file", 1);
-    drop(backup);
+    backup.finish();
     assert!(!udid.join(&gone[..2]).join(&gone).exists());
 
     // The folder above the backup, holding one: found.
@@ -184,12 +328,12 @@ fn mbfile_records_decode_and_damaged_ones_are_errors() {
 }
 
 #[test]
-fn an_encrypted_backup_is_refused_by_name_and_an_unfinished_one_warned_about() {
+fn an_encrypted_backup_without_its_keybag_is_refused_and_an_unfinished_one_warned_about() {
     let s = Scratch::with_repo();
     let dir = s.path("backup");
     let backup = Backup::new(&dir);
     backup.file("HomeDomain", "Library/a.txt", b"a", 1_700_000_000);
-    drop(backup);
+    backup.finish();
     let plist_with = |file: &str, key: &str, value: plist::Value| {
         let mut dict = plist::Dictionary::new();
         dict.insert(key.into(), value);
@@ -203,7 +347,7 @@ fn an_encrypted_backup_is_refused_by_name_and_an_unfinished_one_warned_about() {
     plist_with("Manifest.plist", "IsEncrypted", plist::Value::Boolean(true));
     let out = s.run(&["backup", "--device", "iphone", &source]);
     assert_ne!(code(&out), 0);
-    assert!(stderr(&out).contains("encrypted backup"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("an encrypted backup without BackupKeyBag"), "{}", stderr(&out));
     assert_eq!(s.json(&["snapshots"]).as_array().unwrap().len(), 1, "nothing committed");
 }
 
@@ -213,7 +357,7 @@ fn the_phones_own_name_and_backup_date_are_the_defaults() {
     let dir = s.path("backup");
     let backup = Backup::new(&dir);
     backup.file("HomeDomain", "Library/a.txt", b"a", 1_700_000_000);
-    drop(backup);
+    backup.finish();
     let mut info = plist::Dictionary::new();
     info.insert("Device Name".into(), plist::Value::String("Anna's iPhone/2".into()));
     let date = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_750_000_000);
@@ -230,4 +374,274 @@ fn the_phones_own_name_and_backup_date_are_the_defaults() {
     let out = s.run(&["backup", s.path("backup").to_str().unwrap()]);
     assert_ne!(code(&out), 0);
     assert!(stderr(&out).contains("--device is needed"), "{}", stderr(&out));
+}
+
+/// One phone's data, written into `backup`: the same bytes whether it is encrypted or not.
+fn phone_data(backup: &Backup) {
+    backup.folder("CameraRollDomain", "", 1_690_000_000);
+    backup.folder("CameraRollDomain", "Media", 1_690_000_001);
+    backup.file("CameraRollDomain", "Media/DCIM/100APPLE/IMG_0001.HEIC", &bytes(1, 700_000, false), 1_700_000_000);
+    backup.file("HomeDomain", "Library/SMS/sms.db", &bytes(2, 40_000, true), 1_700_000_100);
+    backup.file("AppDomain-net.whatsapp.WhatsApp", "Documents/chat.txt", b"hello", 1_700_000_200);
+    backup.file("HomeDomain", "Library/empty", b"", 1_700_000_300);
+    backup.file("HomeDomain", "Library/block", &[7u8; 16], 1_700_000_300);
+    backup.symlink("HomeDomain", "Library/link", "SMS/sms.db");
+}
+
+fn info_plist(dir: &Path, name: &str) {
+    use plist::Value;
+    let mut info = plist::Dictionary::new();
+    info.insert("Device Name".into(), Value::String(name.into()));
+    info.insert("Product Type".into(), Value::String("iPhone15,2".into()));
+    info.insert("Product Version".into(), Value::String("17.5.1".into()));
+    info.insert("Serial Number".into(), Value::String("F2LXK0AAAAAA".into()));
+    info.insert("IMEI".into(), Value::String("356789012345678".into()));
+    info.insert("Unique Identifier".into(), Value::String("00008030-001A2B3C4D5E802E".into()));
+    let date = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_750_000_000);
+    info.insert("Last Backup Date".into(), Value::Date(date.into()));
+    info.insert("iTunes Version".into(), Value::String("12.13".into()));
+    Value::Dictionary(info).to_file_xml(dir.join("Info.plist")).unwrap();
+}
+
+/// Runs phonebak with extra environment (the backup's password, a private TMPDIR).
+fn run_with(s: &Scratch, env: &[(&str, &Path)], args: &[&str]) -> std::process::Output {
+    let mut command = s.command(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+#[test]
+fn an_encrypted_backup_is_read_with_its_password_and_shares_its_data_with_a_plain_one() {
+    let s = Scratch::with_repo();
+    let plain = Backup::new(&s.path("plain/UDID"));
+    phone_data(&plain);
+    plain.finish();
+    let encrypted_dir = s.path("encrypted/UDID");
+    let encrypted = Backup::encrypted(&encrypted_dir, Encryption::new("hunter2 ü", 10, 5));
+    phone_data(&encrypted);
+    encrypted.finish();
+    info_plist(&encrypted_dir, "Anna's iPhone");
+    let tmp = s.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    s.ok(&["backup", "--device", "Anna's iPhone", &format!("ios-backup:{}", s.path("plain").display())]);
+
+    let source = format!("ios-backup:{}", encrypted_dir.display());
+    // No password, a wrong one, a missing password file: exit 19 and nothing committed.
+    let out = run_with(&s, &[("TMPDIR", &tmp)], &["backup", &source]);
+    assert_eq!(code(&out), 19, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--archive-password-file"), "{}", stderr(&out));
+    std::fs::write(s.path("wrong"), "hunter3\n").unwrap();
+    let wrong = s.path("wrong");
+    let out =
+        run_with(&s, &[("TMPDIR", &tmp)], &["backup", "--archive-password-file", wrong.to_str().unwrap(), &source]);
+    assert_eq!(code(&out), 19, "{}", stderr(&out));
+    assert!(stderr(&out).contains("wrong password for this encrypted iPhone backup"), "{}", stderr(&out));
+    let out = run_with(&s, &[], &["backup", "--archive-password-file", s.path("none").to_str().unwrap(), &source]);
+    assert_eq!(code(&out), 19, "{}", stderr(&out));
+    assert_eq!(s.json(&["snapshots"]).as_array().unwrap().len(), 1, "nothing committed");
+
+    // The right one, from the environment; a password file's final newline is not part of it.
+    std::fs::write(s.path("right"), "hunter2 ü\n").unwrap();
+    let out = run_with(
+        &s,
+        &[("TMPDIR", &tmp)],
+        &["backup", "--archive-password-file", s.path("right").to_str().unwrap(), "--json", &source],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["device"], "Anna's iPhone");
+    // The photo, the database and the rest are stored once: only the backup's own files are new.
+    let new_bytes = done["stats"]["new_bytes"].as_u64().unwrap();
+    assert!(new_bytes < 60_000, "{done}");
+    assert_eq!(names(&tmp), Vec::<String>::new(), "no decrypted copy is left in TMPDIR");
+
+    let (a, b) = (s.path("from-plain"), s.path("from-encrypted"));
+    let list = s.json(&["snapshots"]);
+    // The encrypted backup's own date (2025) makes it the older snapshot.
+    let (encrypted, plain) = (&list[0], &list[1]);
+    s.ok(&["restore", plain["id"].as_str().unwrap(), "--target", a.to_str().unwrap()]);
+    s.ok(&["restore", encrypted["id"].as_str().unwrap(), "--target", b.to_str().unwrap()]);
+    for domain in ["CameraRollDomain", "HomeDomain", "AppDomain-net.whatsapp.WhatsApp"] {
+        assert_same_tree(&a.join(domain), &b.join(domain));
+    }
+    assert_eq!(
+        std::fs::read(b.join("CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.HEIC")).unwrap(),
+        bytes(1, 700_000, false)
+    );
+    assert_eq!(std::fs::read(b.join("HomeDomain/Library/block")).unwrap(), [7u8; 16]);
+    assert_eq!(std::fs::read(b.join("HomeDomain/Library/empty")).unwrap(), b"");
+    // The backup's own files are kept, Manifest.db decrypted (its padding kept), and queryable.
+    let own = b.join(".ios-backup");
+    assert_eq!(names(&own), ["Info.plist", "Manifest.db", "Manifest.plist"]);
+    let db = rusqlite::Connection::open_with_flags(own.join("Manifest.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let rows: i64 = db.query_row("SELECT COUNT(*) FROM Files", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 8);
+
+    // The phone's facts are kept with the snapshot and shown.
+    let facts = &encrypted["facts"];
+    assert_eq!(facts["product_type"], "iPhone15,2", "{list}");
+    assert_eq!(facts["encrypted"], "true", "{list}");
+    assert_eq!(facts["serial_number"], "F2LXK0AAAAAA", "{list}");
+    assert_eq!(facts["last_backup_date"], "2025-06-15T15:06:40Z", "{list}");
+    assert_eq!(plain["facts"]["encrypted"], "false", "{list}");
+    let shown = s.ok(&["snapshots"]);
+    assert!(shown.contains("product version: 17.5.1") && shown.contains("imei: 356789012345678"), "{shown}");
+}
+
+#[test]
+fn an_encrypted_backup_made_with_the_real_ios_key_derivation_costs_is_read() {
+    let s = Scratch::with_repo();
+    let dir = s.path("backup");
+    // iOS 10.2 and later: 10 000 000 rounds of PBKDF2-SHA256, then 10 000 of PBKDF2-SHA1.
+    let backup = Backup::encrypted(&dir, Encryption::new("correct horse", 10_000_000, 10_000));
+    backup.file("HomeDomain", "Library/Notes/notes.txt", b"remember the milk", 1_700_000_000);
+    backup.finish();
+    let out = run_with(&s, &[], &["backup", "--device", "iphone", &format!("ios-backup:{}", dir.display())]);
+    assert_eq!(code(&out), 19, "{}", stderr(&out));
+    let mut command = s.command(&["backup", "--device", "iphone", &format!("ios-backup:{}", dir.display())]);
+    let out = command.env("PHONEBAK_ARCHIVE_PASSWORD", "correct horse").output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let target = s.path("out");
+    s.ok(&["restore", "iphone/latest", "--target", target.to_str().unwrap()]);
+    assert_eq!(std::fs::read(target.join("HomeDomain/Library/Notes/notes.txt")).unwrap(), b"remember the milk");
+}
+
+#[test]
+fn blobs_that_differ_from_their_records_are_imported_and_said() {
+    let s = Scratch::with_repo();
+    let plain = Backup::new(&s.path("plain"));
+    let longer = plain.file("HomeDomain", "Library/longer.txt", b"twelve bytes", 1_700_000_000);
+    plain.finish();
+    std::fs::write(&longer, b"twelve bytes and more").unwrap();
+    let out = s.run(&["backup", "--device", "plain", &format!("ios-backup:{}", s.path("plain").display())]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("longer.txt: 21 bytes where its Manifest.db record says 12"), "{}", stderr(&out));
+    let listed = s.ok(&["ls", "-l", "plain/latest", "HomeDomain/Library"]);
+    assert!(listed.contains("21"), "{listed}");
+
+    let dir = s.path("encrypted");
+    let backup = Backup::encrypted(&dir, Encryption::new("pw", 10, 5));
+    let cut = backup.file("HomeDomain", "Library/cut.bin", &bytes(3, 100, false), 1_700_000_000);
+    let flipped = backup.file("HomeDomain", "Library/flipped.bin", &bytes(4, 40, false), 1_700_000_000);
+    backup.file("HomeDomain", "Library/fine.bin", &bytes(5, 33, false), 1_700_000_000);
+    backup.finish();
+    let cipher = std::fs::read(&cut).unwrap();
+    std::fs::write(&cut, &cipher[..cipher.len() - 5]).unwrap();
+    let mut cipher = std::fs::read(&flipped).unwrap();
+    *cipher.last_mut().unwrap() ^= 0x40;
+    std::fs::write(&flipped, &cipher).unwrap();
+    let mut command = s.command(&["backup", "--device", "enc", &format!("ios-backup:{}", dir.display())]);
+    let out = command.env("PHONEBAK_ARCHIVE_PASSWORD", "pw").output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("cut.bin: its encrypted length, 107 bytes, is not whole 16-byte blocks"), "{said}");
+    assert!(said.contains("flipped.bin: its padding does not decrypt as PKCS#7"), "{said}");
+    assert!(!said.contains("fine.bin"), "{said}");
+    let target = s.path("out");
+    s.ok(&["restore", "enc/latest", "--target", target.to_str().unwrap()]);
+    let library = target.join("HomeDomain/Library");
+    assert_eq!(std::fs::read(library.join("fine.bin")).unwrap(), bytes(5, 33, false));
+    assert_eq!(std::fs::read(library.join("cut.bin")).unwrap(), bytes(3, 96, false), "the whole blocks");
+    let flipped_back = std::fs::read(library.join("flipped.bin")).unwrap();
+    assert_eq!((flipped_back.len(), &flipped_back[..32]), (48, &bytes(4, 32, false)[..]));
+}
+
+#[test]
+fn a_damaged_keybag_manifest_or_plist_is_an_exact_error_and_commits_nothing() {
+    let s = Scratch::with_repo();
+    let dir = s.path("backup");
+    let backup = Backup::encrypted(&dir, Encryption::new("pw", 10, 5));
+    backup.file("HomeDomain", "Library/a.txt", b"a", 1_700_000_000);
+    backup.finish();
+    let tmp = s.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let source = format!("ios-backup:{}", dir.display());
+    let attempt = |expect: &str| {
+        let mut command = s.command(&["backup", "--device", "iphone", &source]);
+        let out = command.env("PHONEBAK_ARCHIVE_PASSWORD", "pw").env("TMPDIR", &tmp).output().unwrap();
+        assert_eq!(code(&out), 1, "{expect}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expect), "{expect}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+        assert_eq!(names(&tmp), Vec::<String>::new(), "no decrypted copy is left in TMPDIR");
+    };
+    let manifest_plist = dir.join("Manifest.plist");
+    let original = plist::Value::from_file(&manifest_plist).unwrap();
+    let with_keybag = |keybag: Vec<u8>| {
+        let mut changed = original.as_dictionary().unwrap().clone();
+        changed.insert("BackupKeyBag".into(), plist::Value::Data(keybag));
+        plist::Value::Dictionary(changed).to_file_binary(&manifest_plist).unwrap();
+    };
+    let keybag = original.as_dictionary().unwrap()["BackupKeyBag"].as_data().unwrap().to_vec();
+    with_keybag(keybag[..keybag.len() - 3].to_vec());
+    attempt("the keybag is damaged: record WPKY claims 40 bytes, 37 are left");
+    with_keybag([keybag.clone(), tlv(b"DPIC", &u32::MAX.to_be_bytes())].concat());
+    attempt("DPIC 4294967295 is beyond any iOS");
+    with_keybag(vec![0xff; 100_000]);
+    attempt("more than any keybag");
+    let mut short_key = keybag.clone();
+    let at = short_key.windows(4).rposition(|w| w == b"WPKY").unwrap();
+    short_key.truncate(at);
+    short_key.extend(tlv(b"WPKY", &[1; 24]));
+    with_keybag(short_key);
+    attempt("wrapped key is 24 bytes, not 40");
+    with_keybag(keybag.clone());
+
+    // A flipped byte early in the encrypted Manifest.db makes it no database.
+    let db = dir.join("Manifest.db");
+    let good = std::fs::read(&db).unwrap();
+    let mut bad = good.clone();
+    bad[3] ^= 1;
+    std::fs::write(&db, &bad).unwrap();
+    attempt("Manifest.db");
+    std::fs::write(&db, &good[..good.len() - 7]).unwrap();
+    attempt("whole number of 16-byte blocks");
+    std::fs::write(&db, &good).unwrap();
+
+    std::fs::write(&manifest_plist, b"<?xml version=\"1.0\"?><plist><dict><key>IsEnc").unwrap();
+    attempt("Manifest.plist: not a readable plist");
+    assert_eq!(s.json(&["snapshots"]).as_array().unwrap().len(), 0, "nothing committed");
+}
+
+#[test]
+fn the_mount_shows_an_iphone_backup_as_the_phones_folders() {
+    let s = Scratch::with_repo();
+    let dir = s.path("backup");
+    let backup = Backup::encrypted(&dir, Encryption::new("pw", 10, 5));
+    phone_data(&backup);
+    backup.finish();
+    info_plist(&dir, "Anna's iPhone");
+    let mut command = s.command(&["backup", &format!("ios-backup:{}", dir.display())]);
+    let out = command.env("PHONEBAK_ARCHIVE_PASSWORD", "pw").output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let m = Mounted::new(&s, &[]);
+    let device = m.snapshots().join("Anna's iPhone");
+    let snapshot = device.join(&names(&device)[0]);
+    let found = Command::new("find").arg(&snapshot).arg("-name").arg("*.HEIC").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&found.stdout).trim(),
+        snapshot.join("CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.HEIC").display().to_string()
+    );
+    let copy = s.path("IMG_0001.HEIC");
+    let cp = Command::new("cp")
+        .arg("-p")
+        .arg(snapshot.join("CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.HEIC"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    assert_eq!(std::fs::read(&copy).unwrap(), bytes(1, 700_000, false));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&copy).unwrap().mtime(), 1_700_000_000);
+    // Its catalogue answers queries right from the mount.
+    let db = rusqlite::Connection::open_with_flags(
+        snapshot.join(".ios-backup/Manifest.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let domain: String =
+        db.query_row("SELECT domain FROM Files WHERE relativePath LIKE '%.HEIC'", [], |r| r.get(0)).unwrap();
+    assert_eq!(domain, "CameraRollDomain");
 }

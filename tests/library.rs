@@ -301,7 +301,7 @@ impl Source for UnorderedSource {
                 entry(b"z", &UnorderedKind::File(7, 10)),
             ]
         };
-        Ok(Listing { entries, unreadable: vec![] })
+        Ok(Listing { entries, ..Listing::default() })
     }
     fn open(&self, file: &Path) -> Result<Box<dyn SourceFile>, SourceError> {
         let name = file.as_os_str().as_bytes();
@@ -397,7 +397,7 @@ impl Source for ExtremeTimes {
             kind: phonebak::source::SourceKind::File { size: 3 },
         };
         let entries = vec![entry("max", i64::MAX), entry("min", i64::MIN), entry("now", 1_700_000_000)];
-        Ok(Listing { entries, unreadable: vec![] })
+        Ok(Listing { entries, ..Listing::default() })
     }
     fn open(&self, _file: &Path) -> Result<Box<dyn SourceFile>, SourceError> {
         Ok(Box::new(MemoryFile { data: std::io::Cursor::new(b"abc".to_vec()) }))
@@ -465,6 +465,7 @@ fn save_snapshot(repo: &Repository, root: phonebak::repo::BlobId) {
         parent: None,
         root,
         stats: Default::default(),
+        facts: Default::default(),
     };
     snapshot::save(repo, &snapshot).unwrap();
 }

@@ -121,6 +121,7 @@ fn snapshot_record_json() {
         parent: None,
         root: Id([0; 32]),
         stats: SnapshotStats { files: 1, ..SnapshotStats::default() },
+        facts: Default::default(),
     };
     let zeros = vec!["0"; 32].join(",");
     let golden = format!(

@@ -2,7 +2,7 @@
 //! whole or not at all. Also how users name snapshots (`latest`, `DEVICE/latest`,
 //! `DEVICE/TIMESTAMP`, an id prefix).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{Local, TimeZone};
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,10 @@ pub struct Snapshot {
     pub parent: Option<SnapshotId>,
     pub root: BlobId,
     pub stats: SnapshotStats,
+    /// What the source recorded of the device (an iPhone backup's Info.plist: model, iOS
+    /// version, serial...). Left out of the record when there is nothing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, String>,
 }
 
 /// A stored snapshot with its id and its name within its device (unique even when two backups
@@ -232,6 +236,7 @@ mod tests {
             parent: None,
             root: Id([0; 32]),
             stats: SnapshotStats::default(),
+            facts: Default::default(),
         }
     }
 

@@ -8,22 +8,39 @@
 //! stored (`..`, a leading `/`, an empty component, NUL) never become entries: they are listed
 //! as unreadable at the top, with why.
 //!
-//! Not yet: encrypted backups (refused by name), Info.plist facts, export (issue 15 goes on).
+//! An encrypted backup is read with its password (`crate::ios_crypto`): Manifest.db is decrypted
+//! into a private temporary file that is unlinked at once (nothing decrypted stays on disk, even
+//! after `kill -9`), each blob through its own key as it is read.
+//!
+//! The backup's own files (Info.plist, Manifest.plist, Status.plist and Manifest.db, decrypted)
+//! become the folder `.ios-backup/` of the snapshot, so that `export --format ios-backup` can give
+//! the backup back byte for byte, and its catalogue can be queried from the mount.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{Listing, Source, SourceEntry, SourceError, SourceFile, SourceKind};
+use crate::ios_crypto::{self, ClassKeys, DecryptingReader, Keybag};
 use crate::tree::Meta;
 use crate::tree_builder::invalid_name_reason;
 
 const FLAG_FILE: i64 = 1;
 const FLAG_DIR: i64 = 2;
 const FLAG_SYMLINK: i64 = 4;
+
+/// The snapshot folder that holds the backup's own files.
+pub const OWN_FILES_DIR: &str = ".ios-backup";
+/// The backup's own files, in the order export writes them.
+pub const OWN_FILES: [&str; 4] = ["Info.plist", "Manifest.plist", "Status.plist", "Manifest.db"];
+/// Plists in a backup are at most a few MiB (Info.plist can carry app data); a larger one is
+/// not read whole.
+const MAX_PLIST: u64 = 64 << 20;
 
 pub struct IosBackupSource {
     /// The folder holding Manifest.db and the blobs.
@@ -32,7 +49,23 @@ pub struct IosBackupSource {
     /// Rows that cannot be stored: (the row's domain-relativePath, why).
     rejected: Vec<(Vec<u8>, String)>,
     root_meta: Meta,
+    /// An encrypted backup's class keys, unlocked with its password.
+    keys: Option<ClassKeys>,
+    /// The backup's own files that are there: name, metadata, size, how to read it.
+    own_files: Vec<(&'static str, Meta, u64, OwnFile)>,
+    info: Option<plist::Dictionary>,
 }
+
+/// Where one of the backup's own files is read from.
+#[derive(Clone)]
+enum OwnFile {
+    Path(PathBuf),
+    /// Manifest.db of an encrypted backup, decrypted into an unlinked temporary file.
+    Decrypted(Arc<File>),
+}
+
+/// How a caller supplies an encrypted backup's password (asked only when one is needed).
+pub type ArchivePassword<'a> = &'a mut dyn FnMut() -> Result<Vec<u8>, SourceError>;
 
 /// What an MBFile record says of a file.
 #[derive(Debug, Default, PartialEq)]
@@ -43,6 +76,8 @@ pub struct MbFile {
     pub mtime: i64,
     pub size: u64,
     pub target: Option<Vec<u8>>,
+    /// An encrypted backup's wrapped file key: 4 bytes of class, then 40 bytes.
+    pub encryption_key: Option<Vec<u8>>,
 }
 
 /// Decodes an MBFile record: an NSKeyedArchiver plist whose root object holds the fields, and
@@ -76,7 +111,18 @@ pub fn decode_mbfile(bytes: &[u8]) -> Result<MbFile, String> {
         Some(plist::Value::String(text)) => Some(text.as_bytes().to_vec()),
         Some(_) => return Err("Target is not a string".into()),
     };
+    let encryption_key = match root.get("EncryptionKey").and_then(object) {
+        None => None,
+        Some(plist::Value::Data(bytes)) => Some(bytes.clone()),
+        // NSMutableData archives as an object whose `NS.data` holds the bytes.
+        Some(plist::Value::Dictionary(data)) => match data.get("NS.data").and_then(object) {
+            Some(plist::Value::Data(bytes)) => Some(bytes.clone()),
+            _ => return Err("EncryptionKey has no NS.data".into()),
+        },
+        Some(_) => return Err("EncryptionKey is not data".into()),
+    };
     Ok(MbFile {
+        encryption_key,
         mode: small("Mode")?,
         uid: small("UserID")?,
         gid: small("GroupID")?,
@@ -91,6 +137,9 @@ fn path_problem(domain: &str, relative: &str) -> Option<String> {
     if relative.starts_with('/') {
         return Some("a relativePath that starts with `/`".into());
     }
+    if domain == OWN_FILES_DIR {
+        return Some(format!("the domain {OWN_FILES_DIR}, which is where the backup's own files are kept"));
+    }
     let components = std::iter::once(domain).chain(relative.split('/').filter(|_| !relative.is_empty()));
     for component in components {
         if let Some(why) = invalid_name_reason(component.as_bytes()) {
@@ -101,21 +150,49 @@ fn path_problem(domain: &str, relative: &str) -> Option<String> {
 }
 
 impl IosBackupSource {
-    pub fn open(spec_dir: &Path) -> Result<IosBackupSource, SourceError> {
+    pub fn open(spec_dir: &Path, password: ArchivePassword) -> Result<IosBackupSource, SourceError> {
         let invalid = |why: String| SourceError::Invalid { spec: format!("ios-backup:{}", spec_dir.display()), why };
         let dir = find_backup(spec_dir).map_err(invalid)?;
-        if plist_flag(&dir.join("Manifest.plist"), "IsEncrypted") == Some(true) {
-            return Err(invalid("it is an encrypted backup, which phonebak cannot read yet".into()));
-        }
-        if let Some(state) = plist_text(&dir.join("Status.plist"), "SnapshotState").filter(|s| s != "finished") {
+        let read_plist = |name: &str| read_plist(&dir.join(name)).map_err(|why| invalid(format!("{name}: {why}")));
+        let manifest_plist = read_plist("Manifest.plist")?;
+        let info = read_plist("Info.plist")?;
+        let status = read_plist("Status.plist")?;
+        if let Some(state) = status.as_ref().and_then(|s| text_of(s, "SnapshotState")).filter(|s| s != "finished") {
             eprintln!(
                 "phonebak: warning: {} says the backup is not finished (SnapshotState {state:?}): what it holds now is imported",
                 dir.join("Status.plist").display()
             );
         }
         let manifest = dir.join("Manifest.db");
-        let catalogue = Connection::open_with_flags(&manifest, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| invalid(format!("Manifest.db: {e}")))?;
+        let encrypted = manifest_plist.as_ref().and_then(|m| m.get("IsEncrypted")).and_then(|v| v.as_boolean());
+        let (keys, decrypted) = if encrypted == Some(true) {
+            let manifest_plist = manifest_plist.as_ref().expect("it said IsEncrypted");
+            let keys = unlock(manifest_plist, password).map_err(|e| match e {
+                UnlockError::Password(e) => e,
+                UnlockError::Damaged(why) => invalid(format!("Manifest.plist: {why}")),
+            })?;
+            let stored_key = manifest_plist
+                .get("ManifestKey")
+                .and_then(|v| v.as_data())
+                .ok_or_else(|| invalid("Manifest.plist says the backup is encrypted but has no ManifestKey".into()))?;
+            let key = keys.unwrap_key(stored_key).map_err(|e| invalid(format!("its ManifestKey: {e}")))?;
+            let plain = decrypt_to_unlinked_file(&manifest, &key)
+                .map_err(|e| invalid(format!("decrypting Manifest.db into a temporary file: {e}")))?;
+            (Some(keys), Some(plain))
+        } else {
+            (None, None)
+        };
+        let catalogue = match &decrypted {
+            Some((_, path)) => Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY),
+            None => Connection::open_with_flags(&manifest, OpenFlags::SQLITE_OPEN_READ_ONLY),
+        }
+        .map_err(|e| invalid(format!("Manifest.db: {e}")));
+        // SQLite holds the decrypted copy open now: its name goes, so nothing decrypted outlives us.
+        let decrypted = decrypted.map(|(file, path)| {
+            let _ = std::fs::remove_file(path);
+            Arc::new(file)
+        });
+        let catalogue = catalogue?;
         // A private temporary file, deleted when closed.
         let index = Connection::open("").map_err(|e| invalid(format!("an index of the backup: {e}")))?;
         // A scratch copy, rebuilt on every run: no journal, no syncs, one transaction.
@@ -172,7 +249,42 @@ impl IosBackupSource {
         let root_meta = std::fs::metadata(&manifest)
             .map(|m| Meta { mode: 0o755, ..Meta::of(&m) })
             .map_err(|e| invalid(format!("Manifest.db: {e}")))?;
-        Ok(IosBackupSource { dir, index: Mutex::new(index), rejected, root_meta })
+        let own_files = own_files(&dir, decrypted).map_err(|e| invalid(format!("the backup's own files: {e}")))?;
+        Ok(IosBackupSource { dir, index: Mutex::new(index), rejected, root_meta, keys, own_files, info })
+    }
+
+    /// A blob's size as the snapshot keeps it (an encrypted one's plaintext, from its last
+    /// block), and what is odd about it.
+    fn blob_size(&self, blob: &File, mb: &MbFile) -> io::Result<BlobSize> {
+        let on_disk = blob.metadata()?.len();
+        let Some(keys) = &self.keys else {
+            let note = (on_disk != mb.size).then(|| size_note(on_disk, mb.size));
+            return Ok(BlobSize { plain: on_disk, on_disk, key: None, unpadded: false, note });
+        };
+        let stored = mb.encryption_key.as_deref().ok_or_else(|| io::Error::other("no EncryptionKey in its record"))?;
+        let key = keys.unwrap_key(stored).map_err(io::Error::other)?;
+        let whole = on_disk / 16 * 16;
+        if whole != on_disk {
+            let note = format!(
+                "its encrypted length, {on_disk} bytes, is not whole 16-byte blocks: the last {} bytes cannot be decrypted and are left out",
+                on_disk - whole
+            );
+            return Ok(BlobSize { plain: whole, on_disk, key: Some(key), unpadded: false, note: Some(note) });
+        }
+        let tail_len = whole.min(32);
+        let mut tail = vec![0u8; tail_len as usize];
+        blob.read_exact_at(&mut tail, whole - tail_len)?;
+        Ok(match ios_crypto::plain_len(&key, whole, &tail) {
+            Some(plain) => {
+                let note = (plain != mb.size).then(|| size_note(plain, mb.size));
+                BlobSize { plain, on_disk, key: Some(key), unpadded: true, note }
+            }
+            None if whole == 0 => BlobSize { plain: 0, on_disk, key: Some(key), unpadded: false, note: None },
+            None => {
+                let note = "its padding does not decrypt as PKCS#7 (damage, or not this file's key): every decrypted byte is kept".to_string();
+                BlobSize { plain: whole, on_disk, key: Some(key), unpadded: false, note: Some(note) }
+            }
+        })
     }
 
     fn blob_path(&self, file_id: &str) -> Option<PathBuf> {
@@ -180,32 +292,36 @@ impl IosBackupSource {
         valid.then(|| self.dir.join(&file_id[..2]).join(file_id))
     }
 
+    /// The entry of an index row, and a note when its blob is not what its record says.
     fn entry(
         &self,
         name: Vec<u8>,
         flags: i64,
         file_id: Option<String>,
         record: Option<Vec<u8>>,
-    ) -> io::Result<SourceEntry> {
+    ) -> io::Result<(SourceEntry, Option<String>)> {
         let mb = match &record {
             Some(bytes) => decode_mbfile(bytes).map_err(|why| io::Error::other(format!("its MBFile record: {why}")))?,
             None => MbFile { mode: 0o40755, ..MbFile::default() },
         };
         let meta = Meta { mode: mb.mode & 0o7777, uid: mb.uid, gid: mb.gid, mtime_sec: mb.mtime, mtime_nsec: 0 };
+        let mut note = None;
         let kind = match flags {
             FLAG_DIR => SourceKind::Dir,
-            FLAG_SYMLINK => {
-                SourceKind::Symlink { target: mb.target.ok_or_else(|| io::Error::other("a symlink without a target"))? }
-            }
+            FLAG_SYMLINK => SourceKind::Symlink {
+                target: mb.target.clone().ok_or_else(|| io::Error::other("a symlink without a target"))?,
+            },
             _ => {
                 let blob = file_id
                     .as_deref()
                     .and_then(|id| self.blob_path(id))
                     .ok_or_else(|| io::Error::other("no valid fileID"))?;
-                SourceKind::File { size: std::fs::metadata(blob)?.len() }
+                let size = self.blob_size(&File::open(blob)?, &mb)?;
+                note = size.note;
+                SourceKind::File { size: size.plain }
             }
         };
-        Ok(SourceEntry { name, meta, kind })
+        Ok((SourceEntry { name, meta, kind }, note))
     }
 }
 
@@ -227,19 +343,99 @@ fn files_over_folders(index: &Connection) -> rusqlite::Result<Vec<(Vec<u8>, Stri
     Ok(found)
 }
 
-/// A top-level value of a plist file, if the file reads and has it (a hand-made copy of a
-/// backup may have neither Manifest.plist nor Status.plist).
-fn plist_value(path: &Path, key: &str) -> Option<plist::Value> {
-    let value = plist::Value::from_file(path).ok()?;
-    value.as_dictionary()?.get(key).cloned()
+/// A plist file's top dictionary; `None` if the file is not there (a hand-made copy of a backup
+/// may have only Manifest.db and the blobs). Damage is an error: guessing could import wrongly.
+fn read_plist(path: &Path) -> Result<Option<plist::Dictionary>, String> {
+    let file = match File::open(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        other => other.map_err(|e| e.to_string())?,
+    };
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    if len > MAX_PLIST {
+        return Err(format!("{len} bytes, more than a backup's plist holds"));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(MAX_PLIST).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    let value = plist::Value::from_reader(io::Cursor::new(bytes)).map_err(|e| format!("not a readable plist: {e}"))?;
+    match value {
+        plist::Value::Dictionary(top) => Ok(Some(top)),
+        _ => Err("not a dictionary of keys".into()),
+    }
 }
 
-fn plist_flag(path: &Path, key: &str) -> Option<bool> {
-    plist_value(path, key)?.as_boolean()
+fn text_of(dict: &plist::Dictionary, key: &str) -> Option<String> {
+    dict.get(key)?.as_string().map(str::to_string)
 }
 
-fn plist_text(path: &Path, key: &str) -> Option<String> {
-    plist_value(path, key)?.as_string().map(str::to_string)
+enum UnlockError {
+    Password(SourceError),
+    Damaged(String),
+}
+
+/// Unlocks the keybag of Manifest.plist with the backup's password.
+fn unlock(manifest_plist: &plist::Dictionary, password: ArchivePassword) -> Result<ClassKeys, UnlockError> {
+    let bag = manifest_plist
+        .get("BackupKeyBag")
+        .and_then(|v| v.as_data())
+        .ok_or_else(|| UnlockError::Damaged("an encrypted backup without BackupKeyBag".into()))?;
+    let keybag: Keybag = ios_crypto::parse_keybag(bag).map_err(|e| UnlockError::Damaged(e.to_string()))?;
+    let password = password().map_err(UnlockError::Password)?;
+    keybag.unlock(&password).map_err(|e| match e {
+        ios_crypto::IosCryptoError::WrongPassword => UnlockError::Password(SourceError::ArchivePassword(
+            "wrong password for this encrypted iPhone backup (the one set in Finder, iTunes or idevicebackup2)".into(),
+        )),
+        other => UnlockError::Damaged(other.to_string()),
+    })
+}
+
+/// Decrypts `path` (padding kept, so that encrypting it again gives the same bytes) into a new
+/// private file in the temporary folder. The caller opens it by its name, then removes the name.
+fn decrypt_to_unlinked_file(path: &Path, key: &[u8; 32]) -> io::Result<(File, PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = format!("phonebak-manifest-{}.db", hex::encode(rand::random::<[u8; 8]>()));
+    let temp = std::env::temp_dir().join(name);
+    let mut out = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&temp)?;
+    let copied = File::open(path).and_then(|f| io::copy(&mut DecryptingReader::new(f, key, false), &mut out));
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
+    Ok((out, temp))
+}
+
+/// The backup's own files that are there, as the snapshot's `.ios-backup/` keeps them.
+fn own_files(dir: &Path, decrypted: Option<Arc<File>>) -> io::Result<Vec<(&'static str, Meta, u64, OwnFile)>> {
+    let mut found = Vec::new();
+    for name in OWN_FILES {
+        let path = dir.join(name);
+        let meta = match std::fs::metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            other => other?,
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let (size, read) = match (&decrypted, name) {
+            (Some(file), "Manifest.db") => (file.metadata()?.len(), OwnFile::Decrypted(file.clone())),
+            _ => (meta.len(), OwnFile::Path(path)),
+        };
+        found.push((name, Meta::of(&meta), size, read));
+    }
+    Ok(found)
+}
+
+fn size_note(found: u64, recorded: u64) -> String {
+    format!("{found} bytes where its Manifest.db record says {recorded}: imported as it is")
+}
+
+/// A blob's size: its plaintext, the file's, the key that decrypts it, and whether a valid
+/// PKCS#7 padding comes off its end.
+struct BlobSize {
+    plain: u64,
+    on_disk: u64,
+    key: Option<[u8; 32]>,
+    unpadded: bool,
+    note: Option<String>,
 }
 
 /// The folder holding Manifest.db: `dir` itself, or its one `<UDID>/` subfolder that has one.
@@ -274,13 +470,37 @@ fn usable_device_name(name: &str) -> Option<String> {
 
 impl Source for IosBackupSource {
     fn device_name(&self) -> Option<String> {
-        usable_device_name(&plist_text(&self.dir.join("Info.plist"), "Device Name")?)
+        usable_device_name(&text_of(self.info.as_ref()?, "Device Name")?)
     }
 
     fn taken_at_ns(&self) -> Option<i64> {
-        let date = plist_value(&self.dir.join("Info.plist"), "Last Backup Date")?.as_date()?;
+        let date = self.info.as_ref()?.get("Last Backup Date")?.as_date()?;
         let since = std::time::SystemTime::from(date).duration_since(std::time::UNIX_EPOCH).ok()?;
         i64::try_from(since.as_nanos()).ok()
+    }
+
+    fn facts(&self) -> BTreeMap<String, String> {
+        let mut facts = BTreeMap::new();
+        facts.insert("kind".into(), "ios-backup".into());
+        facts.insert("encrypted".into(), self.keys.is_some().to_string());
+        let Some(info) = &self.info else { return facts };
+        for (key, name) in [
+            ("device_name", "Device Name"),
+            ("product_type", "Product Type"),
+            ("product_version", "Product Version"),
+            ("build_version", "Build Version"),
+            ("serial_number", "Serial Number"),
+            ("imei", "IMEI"),
+            ("udid", "Unique Identifier"),
+        ] {
+            if let Some(value) = text_of(info, name).filter(|v| !v.is_empty()) {
+                facts.insert(key.into(), value);
+            }
+        }
+        if let Some(date) = info.get("Last Backup Date").and_then(|d| d.as_date()) {
+            facts.insert("last_backup_date".into(), date.to_xml_format());
+        }
+        facts
     }
 
     fn describe(&self) -> String {
@@ -293,6 +513,14 @@ impl Source for IosBackupSource {
     }
 
     fn list(&self, dir: &Path) -> Result<Listing, SourceError> {
+        if dir == Path::new(OWN_FILES_DIR) {
+            let entries = self.own_files.iter().map(|(name, meta, size, _)| SourceEntry {
+                name: name.as_bytes().to_vec(),
+                meta: meta.clone(),
+                kind: SourceKind::File { size: *size },
+            });
+            return Ok(Listing { entries: entries.collect(), ..Listing::default() });
+        }
         let error = |e: rusqlite::Error| SourceError::Unreadable {
             path: dir.display().to_string(),
             source: io::Error::other(e),
@@ -312,11 +540,23 @@ impl Source for IosBackupSource {
         let mut listing = Listing::default();
         for (name, flags, file_id, record) in found {
             match self.entry(name.clone(), flags, file_id, record) {
-                Ok(entry) => listing.entries.push(entry),
+                Ok((entry, note)) => {
+                    if let Some(note) = note {
+                        listing.notes.push((name, note));
+                    }
+                    listing.entries.push(entry);
+                }
                 Err(e) => listing.unreadable.push((name, e)),
             }
         }
         if dir.as_os_str().is_empty() {
+            if !self.own_files.is_empty() {
+                listing.entries.push(SourceEntry {
+                    name: OWN_FILES_DIR.as_bytes().to_vec(),
+                    meta: Meta { mode: 0o700, ..self.root_meta.clone() },
+                    kind: SourceKind::Dir,
+                });
+            }
             for (path, why) in &self.rejected {
                 listing.unreadable.push((path.clone(), io::Error::other(format!("not imported: {why}"))));
             }
@@ -327,6 +567,18 @@ impl Source for IosBackupSource {
     fn open(&self, file: &Path) -> Result<Box<dyn SourceFile>, SourceError> {
         let unreadable = |source: io::Error| SourceError::Unreadable { path: file.display().to_string(), source };
         let (parent, name) = (file.parent().unwrap_or(Path::new("")), file.file_name().unwrap_or_default());
+        if parent == Path::new(OWN_FILES_DIR) {
+            let (_, meta, _, own) = self
+                .own_files
+                .iter()
+                .find(|(n, ..)| n.as_bytes() == std::os::unix::ffi::OsStrExt::as_bytes(name))
+                .ok_or_else(|| unreadable(io::Error::from(io::ErrorKind::NotFound)))?;
+            let file = match own {
+                OwnFile::Path(path) => Arc::new(File::open(path).map_err(unreadable)?),
+                OwnFile::Decrypted(file) => file.clone(),
+            };
+            return Ok(Box::new(OwnFileReader { file, at: 0, mtime: meta.mtime_sec, mtime_nsec: meta.mtime_nsec }));
+        }
         let as_bytes = |p: &std::ffi::OsStr| std::os::unix::ffi::OsStrExt::as_bytes(p).to_vec();
         let row: Option<(Option<String>, Option<Vec<u8>>)> = {
             let index = self.index.lock().expect("index lock");
@@ -344,28 +596,68 @@ impl Source for IosBackupSource {
             .as_deref()
             .and_then(|id| self.blob_path(id))
             .ok_or_else(|| unreadable(io::Error::other("no valid fileID")))?;
-        let mtime = record.as_deref().and_then(|r| decode_mbfile(r).ok()).map_or(0, |mb| mb.mtime);
+        let mb = match record.as_deref() {
+            Some(bytes) => decode_mbfile(bytes).map_err(|why| unreadable(io::Error::other(why)))?,
+            None => MbFile::default(),
+        };
         let file = File::open(blob).map_err(unreadable)?;
-        Ok(Box::new(Blob { file, mtime }))
+        let size = self.blob_size(&file, &mb).map_err(unreadable)?;
+        let reader: Box<dyn Read + Send> = match size.key {
+            None => Box::new(file.try_clone().map_err(unreadable)?),
+            Some(key) => {
+                let whole = file.try_clone().map_err(unreadable)?.take(size.on_disk / 16 * 16);
+                Box::new(DecryptingReader::new(whole, &key, size.unpadded))
+            }
+        };
+        Ok(Box::new(Blob { reader, file, mtime: mb.mtime, on_disk: size.on_disk, plain: size.plain }))
     }
 }
 
 /// A row of the index: name, flags, fileID, MBFile record.
 type IndexRow = (Vec<u8>, i64, Option<String>, Option<Vec<u8>>);
 
+/// A blob being read: its plaintext, and the file itself to tell whether it changed meanwhile.
 struct Blob {
+    reader: Box<dyn Read + Send>,
     file: File,
     mtime: i64,
+    on_disk: u64,
+    plain: u64,
 }
 
 impl Read for Blob {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.file.read(buf)
+        self.reader.read(buf)
     }
 }
 
 impl SourceFile for Blob {
     fn current_state(&self) -> io::Result<(u64, i64, u32)> {
-        Ok((self.file.metadata()?.len(), self.mtime, 0))
+        // A blob whose length changed since it was opened no longer has the size it had.
+        let now = self.file.metadata()?.len();
+        Ok((if now == self.on_disk { self.plain } else { now }, self.mtime, 0))
+    }
+}
+
+/// One of the backup's own files, read at its own offset (the decrypted Manifest.db is one
+/// shared file with no name left to open again).
+struct OwnFileReader {
+    file: Arc<File>,
+    at: u64,
+    mtime: i64,
+    mtime_nsec: u32,
+}
+
+impl Read for OwnFileReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+impl SourceFile for OwnFileReader {
+    fn current_state(&self) -> io::Result<(u64, i64, u32)> {
+        Ok((self.file.metadata()?.len(), self.mtime, self.mtime_nsec))
     }
 }

@@ -5,11 +5,12 @@
 mod dir;
 mod ios;
 
+use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::Path;
 
 pub use dir::DirSource;
-pub use ios::{decode_mbfile, IosBackupSource, MbFile};
+pub use ios::{decode_mbfile, ArchivePassword, IosBackupSource, MbFile, OWN_FILES, OWN_FILES_DIR};
 
 use crate::tree::Meta;
 
@@ -38,6 +39,9 @@ pub struct SourceEntry {
 pub struct Listing {
     pub entries: Vec<SourceEntry>,
     pub unreadable: Vec<(Vec<u8>, io::Error)>,
+    /// Names that are imported but not as their source describes them (an iPhone backup's blob
+    /// whose length differs from its record): said, not failed.
+    pub notes: Vec<(Vec<u8>, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +55,9 @@ pub enum SourceError {
     Vanished { source_name: String, cause: io::Error },
     #[error("cannot use {spec:?} as a source: {why}")]
     Invalid { spec: String, why: String },
+    /// An encrypted iPhone backup's password is wrong or was not given: nothing is imported.
+    #[error("{0}")]
+    ArchivePassword(String),
 }
 
 /// An open file being backed up, which can tell whether it changed while it was read.
@@ -73,17 +80,23 @@ pub trait Source: Send + Sync {
     fn taken_at_ns(&self) -> Option<i64> {
         None
     }
+    /// What the source records of the device (model, OS version, serial...), kept with the
+    /// snapshot and shown by `snapshots`.
+    fn facts(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
 }
 
-/// Parses a SOURCE argument: `dir:PATH` or a plain path.
-pub fn open_source(spec: &str) -> Result<Box<dyn Source>, SourceError> {
+/// Parses a SOURCE argument: `dir:PATH`, `ios-backup:DIR` or a plain path. `archive_password`
+/// is asked only for an encrypted backup.
+pub fn open_source(spec: &str, archive_password: ArchivePassword) -> Result<Box<dyn Source>, SourceError> {
     let invalid = |why: &str| SourceError::Invalid { spec: spec.to_string(), why: why.to_string() };
     if let Some((scheme, _)) = spec.split_once(':') {
         match scheme {
             "dir" => {}
             "ios-backup" => {
                 let dir = &spec["ios-backup:".len()..];
-                return IosBackupSource::open(Path::new(dir)).map(|s| Box::new(s) as Box<dyn Source>);
+                return IosBackupSource::open(Path::new(dir), archive_password).map(|s| Box::new(s) as Box<dyn Source>);
             }
             "adb" | "ab" | "tar" => return Err(invalid(&format!("`{scheme}:` sources are not supported yet"))),
             _ if !Path::new(spec).exists() => return Err(invalid(&format!("unknown source kind `{scheme}:`"))),

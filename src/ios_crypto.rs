@@ -1,0 +1,459 @@
+//! The encryption of iOS backups, as iOS does it: a keybag (TLV records in Manifest.plist's
+//! `BackupKeyBag`) whose class keys are wrapped (RFC 3394) with a key derived from the backup's
+//! password (PBKDF2-HMAC-SHA256 over DPSL/DPIC, then PBKDF2-HMAC-SHA1 over SALT/ITER); each file,
+//! and Manifest.db, is AES-256-CBC (zero IV, PKCS#7) under its own key, wrapped with a class key
+//! and stored as 4 bytes of class (little-endian) then the 40-byte wrapped key.
+//!
+//! Used both ways: the `ios-backup:` source decrypts, `export --format ios-backup` encrypts again
+//! with the same keys, so the ciphertext is the same bytes.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+
+use aes::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
+
+type Decryptor = cbc::Decryptor<aes::Aes256>;
+type Encryptor = cbc::Encryptor<aes::Aes256>;
+
+const BLOCK: usize = 16;
+/// iOS uses 10 000 000 (SHA-256) and 10 000 (SHA-1); a crafted keybag must not make phonebak
+/// derive for hours.
+pub const MAX_ITERATIONS: u32 = 100_000_000;
+/// The keybags iOS writes are about 2 KiB.
+pub const MAX_KEYBAG: usize = 1 << 16;
+/// Wrapping is only for the backup's password here (WRAP bit 2); device-bound keys (bit 1)
+/// cannot be unwrapped off the phone.
+const WRAP_PASSCODE: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IosCryptoError {
+    #[error("the keybag is damaged: {0}")]
+    Keybag(String),
+    #[error("wrong password for this encrypted iPhone backup")]
+    WrongPassword,
+    #[error("a wrapped key is damaged: {0}")]
+    WrappedKey(String),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ClassKeyRecord {
+    pub class: u32,
+    pub wrap: u32,
+    pub wrapped: Vec<u8>,
+}
+
+/// A parsed backup keybag: what derives the passcode key, and the wrapped class keys.
+#[derive(Clone, Debug, Default)]
+pub struct Keybag {
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub dp_salt: Vec<u8>,
+    pub dp_iterations: u32,
+    pub class_keys: Vec<ClassKeyRecord>,
+}
+
+/// Parses the TLV records of a keybag: 4-byte tag, 4-byte big-endian length, value. The first
+/// `UUID` is the keybag's own; each later one starts a class key.
+pub fn parse_keybag(bytes: &[u8]) -> Result<Keybag, IosCryptoError> {
+    let bad = |why: String| IosCryptoError::Keybag(why);
+    if bytes.len() > MAX_KEYBAG {
+        return Err(bad(format!("{} bytes, more than any keybag", bytes.len())));
+    }
+    let mut keybag = Keybag::default();
+    let mut current: Option<ClassKeyRecord> = None;
+    let mut seen_uuid = false;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let (header, after) = rest.split_first_chunk::<8>().ok_or_else(|| bad("a record cut short".into()))?;
+        let tag: [u8; 4] = header[..4].try_into().expect("4 bytes");
+        let len = u32::from_be_bytes(header[4..].try_into().expect("4 bytes")) as usize;
+        if len > after.len() {
+            return Err(bad(format!("record {} claims {len} bytes, {} are left", tag_text(&tag), after.len())));
+        }
+        let (value, after) = after.split_at(len);
+        rest = after;
+        let int = || -> Result<u32, IosCryptoError> {
+            <[u8; 4]>::try_from(value)
+                .map(u32::from_be_bytes)
+                .map_err(|_| bad(format!("{} is {len} bytes, not 4", tag_text(&tag))))
+        };
+        match &tag {
+            b"UUID" if !seen_uuid => seen_uuid = true,
+            b"UUID" => {
+                if let Some(done) = current.take() {
+                    keybag.class_keys.push(done);
+                }
+                current = Some(ClassKeyRecord::default());
+            }
+            b"CLAS" | b"WRAP" | b"WPKY" if current.is_some() => {
+                let key = current.as_mut().expect("checked");
+                match &tag {
+                    b"CLAS" => key.class = int()?,
+                    b"WRAP" => key.wrap = int()?,
+                    _ => key.wrapped = value.to_vec(),
+                }
+            }
+            b"SALT" => keybag.salt = value.to_vec(),
+            b"ITER" => keybag.iterations = int()?,
+            b"DPSL" => keybag.dp_salt = value.to_vec(),
+            b"DPIC" => keybag.dp_iterations = int()?,
+            _ => {} // VERS, TYPE, HMCK, KTYP, PBKY, DPWT and tags newer iOS adds
+        }
+    }
+    if let Some(done) = current {
+        keybag.class_keys.push(done);
+    }
+    if keybag.salt.is_empty() || keybag.iterations == 0 {
+        return Err(bad("no SALT or ITER".into()));
+    }
+    for (what, count) in [("ITER", keybag.iterations), ("DPIC", keybag.dp_iterations)] {
+        if count > MAX_ITERATIONS {
+            return Err(bad(format!("{what} {count} is beyond any iOS (at most {MAX_ITERATIONS})")));
+        }
+    }
+    if !keybag.class_keys.iter().any(|k| k.wrap & WRAP_PASSCODE != 0) {
+        return Err(bad("no class key wrapped with the backup's password".into()));
+    }
+    Ok(keybag)
+}
+
+fn tag_text(tag: &[u8; 4]) -> String {
+    String::from_utf8_lossy(tag).escape_debug().to_string()
+}
+
+/// The class keys of an unlocked keybag, by protection class.
+pub struct ClassKeys {
+    keys: HashMap<u32, [u8; 32]>,
+}
+
+impl Keybag {
+    /// The key the class keys are wrapped with: what the password opens.
+    pub fn passcode_key(&self, password: &[u8]) -> [u8; 32] {
+        let mut key = [0u8; 32];
+        if self.dp_iterations > 0 && !self.dp_salt.is_empty() {
+            let mut first = [0u8; 32];
+            pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, &self.dp_salt, self.dp_iterations, &mut first);
+            pbkdf2::pbkdf2_hmac::<sha1::Sha1>(&first, &self.salt, self.iterations, &mut key);
+        } else {
+            // Keybags from before iOS 10.2 have only the SHA-1 round.
+            pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password, &self.salt, self.iterations, &mut key);
+        }
+        key
+    }
+
+    /// Unwraps every class key with the password; a key that fails RFC 3394's integrity check
+    /// means the password is wrong.
+    pub fn unlock(&self, password: &[u8]) -> Result<ClassKeys, IosCryptoError> {
+        let passcode_key = aes_kw::KekAes256::from(self.passcode_key(password));
+        let mut keys = HashMap::new();
+        for record in self.class_keys.iter().filter(|k| k.wrap & WRAP_PASSCODE != 0) {
+            if record.wrapped.len() != 40 {
+                return Err(IosCryptoError::Keybag(format!(
+                    "class {}'s wrapped key is {} bytes, not 40",
+                    record.class,
+                    record.wrapped.len()
+                )));
+            }
+            let mut key = [0u8; 32];
+            passcode_key.unwrap(&record.wrapped, &mut key).map_err(|_| IosCryptoError::WrongPassword)?;
+            keys.insert(record.class, key);
+        }
+        Ok(ClassKeys { keys })
+    }
+}
+
+impl ClassKeys {
+    /// Unwraps a file's (or Manifest.db's) key: 4 bytes of protection class, little-endian,
+    /// then the 40-byte wrapped key.
+    pub fn unwrap_key(&self, stored: &[u8]) -> Result<[u8; 32], IosCryptoError> {
+        let bad = |why: String| IosCryptoError::WrappedKey(why);
+        if stored.len() != 44 {
+            return Err(bad(format!("{} bytes, not 44", stored.len())));
+        }
+        let class = u32::from_le_bytes(stored[..4].try_into().expect("4 bytes"));
+        let class_key = self.keys.get(&class).ok_or_else(|| bad(format!("no key of protection class {class}")))?;
+        let mut key = [0u8; 32];
+        aes_kw::KekAes256::from(*class_key)
+            .unwrap(&stored[4..], &mut key)
+            .map_err(|_| bad(format!("it does not unwrap with class {class}'s key")))?;
+        Ok(key)
+    }
+}
+
+/// The plaintext length of a ciphertext whose last two blocks are `tail` (32 bytes, or 16 when
+/// the ciphertext is one block) at the end of `total` bytes: `None` if its padding is not
+/// PKCS#7 (damage), so the caller keeps every decrypted byte.
+pub fn plain_len(key: &[u8; 32], total: u64, tail: &[u8]) -> Option<u64> {
+    if total == 0 || !total.is_multiple_of(BLOCK as u64) || (tail.len() != BLOCK && tail.len() != 2 * BLOCK) {
+        return None;
+    }
+    let (iv, last) =
+        if tail.len() == BLOCK { ([0u8; BLOCK], tail) } else { (tail[..BLOCK].try_into().ok()?, &tail[BLOCK..]) };
+    let mut block = [0u8; BLOCK];
+    block.copy_from_slice(last);
+    Decryptor::new(key.into(), &iv.into()).decrypt_block_mut((&mut block).into());
+    let pad = pkcs7_pad_len(&block)?;
+    Some(total - pad as u64)
+}
+
+fn pkcs7_pad_len(last: &[u8; BLOCK]) -> Option<usize> {
+    let pad = last[BLOCK - 1] as usize;
+    ((1..=BLOCK).contains(&pad) && last[BLOCK - pad..].iter().all(|&b| b as usize == pad)).then_some(pad)
+}
+
+/// Reads AES-256-CBC ciphertext (zero IV) as plaintext. With `strip_padding`, a valid PKCS#7
+/// padding is removed at the end (an invalid one is kept, as decrypted); a length that is not
+/// whole blocks is an error at the end.
+pub struct DecryptingReader<R> {
+    inner: R,
+    cipher: Decryptor,
+    strip_padding: bool,
+    /// Decrypted bytes ready to hand out, from `ready_at`.
+    ready: Vec<u8>,
+    ready_at: usize,
+    /// The last decrypted block, held back until it is known whether it is the last.
+    held: Option<[u8; BLOCK]>,
+    /// Ciphertext bytes read past the last whole block.
+    partial: Vec<u8>,
+    done: bool,
+}
+
+const READ_SIZE: usize = 1 << 16;
+
+impl<R: Read> DecryptingReader<R> {
+    pub fn new(inner: R, key: &[u8; 32], strip_padding: bool) -> Self {
+        DecryptingReader {
+            inner,
+            cipher: Decryptor::new(key.into(), &[0u8; BLOCK].into()),
+            strip_padding,
+            ready: Vec::new(),
+            ready_at: 0,
+            held: None,
+            partial: Vec::new(),
+            done: false,
+        }
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    fn refill(&mut self) -> io::Result<()> {
+        self.ready.clear();
+        self.ready_at = 0;
+        let mut buf = std::mem::take(&mut self.partial);
+        let start = buf.len();
+        buf.resize(start + READ_SIZE, 0);
+        let n = loop {
+            match self.inner.read(&mut buf[start..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        buf.truncate(start + n);
+        if n == 0 {
+            self.done = true;
+            if !buf.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "its encrypted length is not a whole number of 16-byte blocks",
+                ));
+            }
+            if let Some(last) = self.held.take() {
+                let keep = match pkcs7_pad_len(&last) {
+                    Some(pad) if self.strip_padding => BLOCK - pad,
+                    _ => BLOCK,
+                };
+                self.ready.extend_from_slice(&last[..keep]);
+            }
+            return Ok(());
+        }
+        let whole = buf.len() / BLOCK * BLOCK;
+        self.partial = buf[whole..].to_vec();
+        buf.truncate(whole);
+        for block in buf.chunks_exact_mut(BLOCK) {
+            self.cipher.decrypt_block_mut(block.into());
+        }
+        if let Some(held) = self.held.take() {
+            self.ready.extend_from_slice(&held);
+        }
+        if whole > 0 {
+            self.held = Some(buf[whole - BLOCK..].try_into().expect("one block"));
+            self.ready.extend_from_slice(&buf[..whole - BLOCK]);
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for DecryptingReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.ready_at == self.ready.len() {
+            if self.done {
+                return Ok(0);
+            }
+            self.refill()?;
+        }
+        let n = out.len().min(self.ready.len() - self.ready_at);
+        out[..n].copy_from_slice(&self.ready[self.ready_at..self.ready_at + n]);
+        self.ready_at += n;
+        Ok(n)
+    }
+}
+
+/// Reads plaintext as AES-256-CBC ciphertext (zero IV), with PKCS#7 padding when `pad`.
+pub struct EncryptingReader<R> {
+    inner: R,
+    cipher: Encryptor,
+    pad: bool,
+    ready: Vec<u8>,
+    ready_at: usize,
+    partial: Vec<u8>,
+    done: bool,
+}
+
+impl<R: Read> EncryptingReader<R> {
+    pub fn new(inner: R, key: &[u8; 32], pad: bool) -> Self {
+        EncryptingReader {
+            inner,
+            cipher: Encryptor::new(key.into(), &[0u8; BLOCK].into()),
+            pad,
+            ready: Vec::new(),
+            ready_at: 0,
+            partial: Vec::new(),
+            done: false,
+        }
+    }
+
+    fn refill(&mut self) -> io::Result<()> {
+        let mut buf = std::mem::take(&mut self.partial);
+        let start = buf.len();
+        buf.resize(start + READ_SIZE, 0);
+        let n = loop {
+            match self.inner.read(&mut buf[start..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        buf.truncate(start + n);
+        if n == 0 {
+            self.done = true;
+            if self.pad {
+                let pad = BLOCK - buf.len() % BLOCK;
+                buf.extend(std::iter::repeat_n(pad as u8, pad));
+            } else if !buf.len().is_multiple_of(BLOCK) {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "not a whole number of blocks to encrypt"));
+            }
+        } else {
+            let whole = buf.len() / BLOCK * BLOCK;
+            self.partial = buf[whole..].to_vec();
+            buf.truncate(whole);
+        }
+        for block in buf.chunks_exact_mut(BLOCK) {
+            self.cipher.encrypt_block_mut(block.into());
+        }
+        self.ready = buf;
+        self.ready_at = 0;
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for EncryptingReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.ready_at == self.ready.len() {
+            if self.done {
+                return Ok(0);
+            }
+            self.refill()?;
+        }
+        let n = out.len().min(self.ready.len() - self.ready_at);
+        out[..n].copy_from_slice(&self.ready[self.ready_at..self.ready_at + n]);
+        self.ready_at += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(len: usize, chunk: usize) {
+        let key = [7u8; 32];
+        let plain: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        let mut cipher = Vec::new();
+        EncryptingReader::new(&plain[..], &key, true).read_to_end(&mut cipher).unwrap();
+        assert_eq!(cipher.len(), (len / BLOCK + 1) * BLOCK);
+        let tail = &cipher[cipher.len().saturating_sub(32)..];
+        assert_eq!(plain_len(&key, cipher.len() as u64, tail), Some(len as u64));
+        // Hand the ciphertext over in odd pieces, as a pipe would.
+        struct Trickle<'a>(&'a [u8], usize);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+                let n = self.1.min(out.len()).min(self.0.len());
+                out[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut back = Vec::new();
+        DecryptingReader::new(Trickle(&cipher, chunk), &key, true).read_to_end(&mut back).unwrap();
+        assert_eq!(back, plain);
+        let mut raw = Vec::new();
+        DecryptingReader::new(&cipher[..], &key, false).read_to_end(&mut raw).unwrap();
+        let mut again = Vec::new();
+        EncryptingReader::new(&raw[..], &key, false).read_to_end(&mut again).unwrap();
+        assert_eq!(again, cipher, "decrypting without unpadding and encrypting again gives the same bytes");
+    }
+
+    #[test]
+    fn cbc_streams_round_trip_at_every_boundary() {
+        for len in [0, 1, 15, 16, 17, 31, 32, 33, 65535, 65536, 65537, 200_000] {
+            for chunk in [1, 7, 16, 70_000] {
+                if len > 70_000 && chunk < 16 {
+                    continue;
+                }
+                roundtrip(len, chunk);
+            }
+        }
+    }
+
+    #[test]
+    fn a_cut_short_ciphertext_is_an_error_and_bad_padding_is_kept() {
+        let key = [1u8; 32];
+        let mut cipher = Vec::new();
+        EncryptingReader::new(&[0x20u8; 40][..], &key, true).read_to_end(&mut cipher).unwrap();
+        let mut out = Vec::new();
+        let err = DecryptingReader::new(&cipher[..cipher.len() - 3], &key, true).read_to_end(&mut out).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // Cut at a block boundary: the last block is not padding, so all of it is kept.
+        let mut out = Vec::new();
+        DecryptingReader::new(&cipher[..32], &key, true).read_to_end(&mut out).unwrap();
+        assert_eq!(out, vec![0x20u8; 32]);
+        assert_eq!(plain_len(&key, 32, &cipher[..32]), None);
+    }
+
+    #[test]
+    fn keybags_with_wrong_lengths_or_absurd_counts_are_refused() {
+        let record = |tag: &[u8; 4], value: &[u8]| [&tag[..], &(value.len() as u32).to_be_bytes(), value].concat();
+        let good = [
+            record(b"VERS", &4u32.to_be_bytes()),
+            record(b"UUID", &[0; 16]),
+            record(b"SALT", &[1; 20]),
+            record(b"ITER", &5u32.to_be_bytes()),
+            record(b"UUID", &[2; 16]),
+            record(b"CLAS", &3u32.to_be_bytes()),
+            record(b"WRAP", &2u32.to_be_bytes()),
+            record(b"WPKY", &[9; 40]),
+        ]
+        .concat();
+        let keybag = parse_keybag(&good).unwrap();
+        assert_eq!(keybag.class_keys.len(), 1);
+        assert!(matches!(keybag.unlock(b"x"), Err(IosCryptoError::WrongPassword)));
+        assert!(parse_keybag(&good[..good.len() - 1]).is_err(), "cut short");
+        let absurd = [good.clone(), record(b"DPIC", &u32::MAX.to_be_bytes())].concat();
+        assert!(parse_keybag(&absurd).unwrap_err().to_string().contains("DPIC"));
+        let short_int = [good.clone(), record(b"ITER", &[1, 2])].concat();
+        assert!(parse_keybag(&short_int).is_err());
+        let short_key = [good[..good.len() - 48].to_vec(), record(b"WPKY", &[9; 39])].concat();
+        assert!(matches!(parse_keybag(&short_key).unwrap().unlock(b"x"), Err(IosCryptoError::Keybag(_))));
+    }
+}
