@@ -13,7 +13,7 @@ use crate::repo::snapshot::{self, SnapshotInfo};
 use crate::repo::{InitOptions, RepoError, Repository};
 use crate::source::SourceError;
 use crate::tree::{lookup_path, Entry, Node};
-use crate::{check, device, exit, forget, mount, origin, prune, push, repair, restore, say, source, stats};
+use crate::{check, device, exit, export, forget, mount, origin, prune, push, repair, restore, say, source, stats};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -108,6 +108,19 @@ enum Command {
         /// Replace files and symlinks in the way (a folder in the way is never deleted).
         #[arg(long)]
         overwrite: bool,
+    },
+    /// Give a snapshot back in the form it came in: `--format ios-backup` writes the iPhone
+    /// backup folder it was imported from, byte for byte (encrypted ones too, with their
+    /// password), ready for Finder or `idevicebackup2 restore`. OUT must be new or empty.
+    Export {
+        snapshot: String,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// An encrypted iPhone backup's password, from this file (or set
+        /// PHONEBAK_ARCHIVE_PASSWORD; on a terminal it is asked for).
+        #[arg(long)]
+        archive_password_file: Option<PathBuf>,
+        out: PathBuf,
     },
     /// Verify the repository; --read-data also reads and verifies every stored byte.
     Check {
@@ -250,6 +263,9 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Snapshots { device } => cmd_snapshots(g, device.as_deref()),
         Command::Ls { snapshot, path, long } => cmd_ls(g, &snapshot, path.as_deref(), long),
         Command::Restore { snapshot, target, overwrite } => cmd_restore(g, &snapshot, &target, overwrite),
+        Command::Export { snapshot, format: ExportFormat::IosBackup, archive_password_file, out } => {
+            cmd_export(g, &snapshot, &out, archive_password_file.as_deref())
+        }
         Command::Check { read_data } => cmd_check(g, read_data),
         Command::Forget { device, keep_last, keep_daily, keep_weekly, keep_monthly, dry_run, prune } => {
             let policy = Policy { keep_last, keep_daily, keep_weekly, keep_monthly };
@@ -556,6 +572,37 @@ fn is_closed_pipe(error: &anyhow::Error) -> bool {
         cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
     };
     error.chain().any(pipe)
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ExportFormat {
+    /// The iPhone backup folder the snapshot was imported from.
+    IosBackup,
+}
+
+fn cmd_export(g: &Global, spec: &str, out: &Path, archive_password_file: Option<&Path>) -> Result<i32> {
+    let repo = open_repo(g)?;
+    let list = snapshot::list(&repo)?;
+    let info = snapshot::select(&list, spec)?;
+    let report = export::ios_backup(&repo, info, out, || archive_password(archive_password_file))?;
+    if g.json {
+        print_json(json!({"snapshot": info.id.to_hex(), "out": report.out, "files": report.files,
+                          "bytes": report.bytes, "missing": report.missing}));
+    } else {
+        say!(
+            "exported {}/{} as an iPhone backup into {}: {} ({})",
+            info.snapshot.device,
+            info.name,
+            report.out.display(),
+            count(report.files, "file"),
+            human(report.bytes)
+        );
+    }
+    Ok(report_paths(
+        &report.missing,
+        "of the backup's catalogue have no file in the snapshot, as at import",
+        exit::PARTIAL,
+    ))
 }
 
 fn cmd_restore(g: &Global, spec: &str, target: &Path, overwrite: bool) -> Result<i32> {

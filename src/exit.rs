@@ -2,6 +2,7 @@
 
 use crate::backup::BackupError;
 use crate::device::DeviceError;
+use crate::export::ExportError;
 use crate::push::PushError;
 use crate::repo::RepoError;
 use crate::restore::RestoreError;
@@ -76,6 +77,14 @@ pub fn for_error(error: &anyhow::Error) -> i32 {
             Some(e) if e.target_is_full() => return NO_SPACE,
             Some(RestoreError::Target { .. }) => return TARGET,
             Some(RestoreError::Repo(repo)) => return for_repo_error(repo),
+            _ => {}
+        }
+        match cause.downcast_ref::<ExportError>() {
+            Some(e) if e.target_is_full() => return NO_SPACE,
+            Some(ExportError::Target { .. } | ExportError::OutExists(_)) => return TARGET,
+            Some(ExportError::Repo(repo)) => return for_repo_error(repo),
+            Some(ExportError::Damaged { .. }) => return CORRUPTION,
+            Some(ExportError::Password(SourceError::ArchivePassword(_))) => return ARCHIVE_PASSWORD,
             _ => {}
         }
         if let Some(BackupError::Repo(repo)) = cause.downcast_ref::<BackupError>() {

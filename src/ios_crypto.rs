@@ -372,6 +372,61 @@ impl<R: Read> Read for EncryptingReader<R> {
     }
 }
 
+/// Why an encrypted backup's keys could not be had.
+pub enum UnlockError<E> {
+    /// The password could not be had (not given, unreadable).
+    Password(E),
+    WrongPassword,
+    /// Manifest.plist lacks what it needs or holds damaged keys.
+    Damaged(String),
+}
+
+/// An encrypted backup's keys: its class keys, and Manifest.db's own key.
+pub struct BackupKeys {
+    pub class_keys: ClassKeys,
+    pub manifest_key: [u8; 32],
+}
+
+/// Unlocks an encrypted backup from its Manifest.plist (`BackupKeyBag`, `ManifestKey`); the
+/// password is asked for only once the keybag is known to be sound.
+pub fn unlock_backup<E>(
+    manifest_plist: &plist::Dictionary,
+    password: impl FnOnce() -> Result<Vec<u8>, E>,
+) -> Result<BackupKeys, UnlockError<E>> {
+    let data = |key: &str| {
+        manifest_plist
+            .get(key)
+            .and_then(|v| v.as_data())
+            .ok_or_else(|| UnlockError::Damaged(format!("an encrypted backup without {key}")))
+    };
+    let keybag = parse_keybag(data("BackupKeyBag")?).map_err(|e| UnlockError::Damaged(e.to_string()))?;
+    let stored_manifest_key = data("ManifestKey")?;
+    let password = password().map_err(UnlockError::Password)?;
+    let class_keys = keybag.unlock(&password).map_err(|e| match e {
+        IosCryptoError::WrongPassword => UnlockError::WrongPassword,
+        other => UnlockError::Damaged(other.to_string()),
+    })?;
+    let manifest_key = class_keys
+        .unwrap_key(stored_manifest_key)
+        .map_err(|e| UnlockError::Damaged(format!("its ManifestKey: {e}")))?;
+    Ok(BackupKeys { class_keys, manifest_key })
+}
+
+/// Copies `reader` (a decrypted Manifest.db) into a new private file in the temporary folder,
+/// for SQLite to open by its name. The caller removes the name as soon as SQLite has the file
+/// open, so nothing decrypted outlives the process, however it ends.
+pub fn scratch_copy(mut reader: impl Read) -> io::Result<(std::fs::File, std::path::PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = format!("phonebak-manifest-{}.db", hex::encode(rand::random::<[u8; 8]>()));
+    let path = std::env::temp_dir().join(name);
+    let mut out = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
+    if let Err(e) = io::copy(&mut reader, &mut out) {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok((out, path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

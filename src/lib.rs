@@ -12,6 +12,7 @@ pub mod chunker;
 pub mod cli;
 pub mod device;
 pub mod exit;
+pub mod export;
 pub mod forget;
 #[doc(hidden)]
 pub mod fuzz;

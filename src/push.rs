@@ -158,9 +158,7 @@ impl Source<'_> {
                 }
                 Ok(Box::new(file))
             }
-            Source::Snapshot { repo, .. } => {
-                Ok(Box::new(ChunkReader { repo, chunks: item.chunks.clone(), next: 0, current: Vec::new(), at: 0 }))
-            }
+            Source::Snapshot { repo, .. } => Ok(Box::new(tree::ChunkReader::new(repo, item.chunks.clone()))),
         }
     }
 
@@ -311,30 +309,6 @@ fn find_origins(snapshots: &Snapshots, items: &mut [Item]) {
             let name = items[at].path.file_name().unwrap_or_default().as_bytes();
             items[at].origin = found.by_name.remove(name).unwrap_or_default();
         }
-    }
-}
-
-/// A snapshot's file as a stream, chunk by chunk (each verified as it is loaded).
-struct ChunkReader<'a> {
-    repo: &'a Repository,
-    chunks: Vec<ChunkRef>,
-    next: usize,
-    current: Vec<u8>,
-    at: usize,
-}
-
-impl Read for ChunkReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.current.len() {
-            let Some(chunk) = self.chunks.get(self.next) else { return Ok(0) };
-            self.current = self.repo.load_blob(&chunk.id).map_err(io::Error::other)?;
-            self.next += 1;
-            self.at = 0;
-        }
-        let n = buf.len().min(self.current.len() - self.at);
-        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
     }
 }
 

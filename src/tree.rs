@@ -126,6 +126,44 @@ pub fn load_tree(repo: &Repository, id: &BlobId) -> Result<Tree, RepoError> {
     Tree::decode(&bytes).map_err(|why| RepoError::Corrupt(format!("tree {id}: {why}")))
 }
 
+/// A snapshot's file as a stream, chunk by chunk, each verified as it is loaded.
+pub struct ChunkReader<'a> {
+    repo: &'a Repository,
+    chunks: Vec<ChunkRef>,
+    next: usize,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl<'a> ChunkReader<'a> {
+    pub fn new(repo: &'a Repository, chunks: Vec<ChunkRef>) -> ChunkReader<'a> {
+        ChunkReader { repo, chunks, next: 0, current: Vec::new(), at: 0 }
+    }
+}
+
+impl std::io::Read for ChunkReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.current.len() {
+            let Some(chunk) = self.chunks.get(self.next) else { return Ok(0) };
+            self.repo.load_blob_into(&chunk.id, &mut self.current).map_err(std::io::Error::other)?;
+            if self.current.len() != chunk.len as usize {
+                return Err(std::io::Error::other(RepoError::Corrupt(format!(
+                    "chunk {} has {} bytes where the folder listing says {}",
+                    chunk.id,
+                    self.current.len(),
+                    chunk.len
+                ))));
+            }
+            self.next += 1;
+            self.at = 0;
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PathError {
     #[error("{0} is not in the snapshot")]

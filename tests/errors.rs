@@ -145,38 +145,6 @@ fn unreadable_files_are_skipped_listed_and_exit_3() {
     assert_eq!(snaps[0]["stats"]["unreadable"], 2);
 }
 
-/// A small tmpfs mounted on a scratch folder, unmounted on drop.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(at: &std::path::Path, size: &str) -> SmallDisk {
-        assert!(is_root(), "needs root to mount a small tmpfs (CI runs as root)");
-        std::fs::create_dir_all(at).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
-            .arg(at)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        SmallDisk(at.to_path_buf())
-    }
-
-    fn resize(&self, size: &str) {
-        let status = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 fn temp_files(repo: &std::path::Path) -> Vec<String> {
     names(&repo.join("tmp"))
 }

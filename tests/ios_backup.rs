@@ -21,6 +21,7 @@ struct Backup {
 }
 
 /// An encrypted backup's keys, made up here as iOS makes them.
+#[derive(Clone)]
 struct Encryption {
     keybag: Vec<u8>,
     class_keys: std::collections::HashMap<u32, [u8; 32]>,
@@ -78,6 +79,18 @@ impl Encryption {
         aes_kw::KekAes256::from(self.class_keys[&class]).wrap(key, &mut wrapped).unwrap();
         [&class.to_le_bytes()[..], &wrapped].concat()
     }
+}
+
+fn cbc_decrypt(key: &[u8; 32], data: &[u8]) -> Vec<u8> {
+    use aes::cipher::{BlockDecryptMut, KeyIvInit};
+    let mut out = data.to_vec();
+    let mut cipher = cbc::Decryptor::<aes::Aes256>::new(key.into(), &[0u8; 16].into());
+    for block in out.chunks_exact_mut(16) {
+        cipher.decrypt_block_mut(block.into());
+    }
+    let pad = *out.last().unwrap() as usize;
+    out.truncate(out.len() - pad);
+    out
 }
 
 /// AES-256-CBC, zero IV, PKCS#7: how iOS encrypts a backup's files.
@@ -183,6 +196,22 @@ impl Backup {
              CREATE TABLE Properties (key TEXT PRIMARY KEY, value BLOB);",
         )
         .unwrap();
+        Backup { dir: dir.to_path_buf(), db, plain_db, encryption }
+    }
+
+    /// The same backup folder, for the next day's backup to update in place (as iOS does); an
+    /// encrypted one is decrypted again first.
+    fn reopen(dir: &Path, encryption: Option<Encryption>) -> Backup {
+        let plain_db = match &encryption {
+            Some(e) => {
+                let path = dir.with_extension("plain-manifest.db");
+                let cipher = std::fs::read(dir.join("Manifest.db")).unwrap();
+                std::fs::write(&path, cbc_decrypt(&e.manifest_key, &cipher)).unwrap();
+                path
+            }
+            None => dir.join("Manifest.db"),
+        };
+        let db = rusqlite::Connection::open(&plain_db).unwrap();
         Backup { dir: dir.to_path_buf(), db, plain_db, encryption }
     }
 
@@ -644,4 +673,185 @@ fn the_mount_shows_an_iphone_backup_as_the_phones_folders() {
     let domain: String =
         db.query_row("SELECT domain FROM Files WHERE relativePath LIKE '%.HEIC'", [], |r| r.get(0)).unwrap();
     assert_eq!(domain, "CameraRollDomain");
+}
+
+/// Every file below `root`, by relative path, with its bytes.
+fn contents(root: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    files_under(root)
+        .into_iter()
+        .map(|p| (p.strip_prefix(root).unwrap().to_path_buf(), std::fs::read(&p).unwrap()))
+        .collect()
+}
+
+fn status_plist(dir: &Path) {
+    let mut status = plist::Dictionary::new();
+    status.insert("SnapshotState".into(), plist::Value::String("finished".into()));
+    status.insert("IsFullBackup".into(), plist::Value::Boolean(false));
+    status.insert("UUID".into(), plist::Value::String("4D8F6A2E-0000-4000-8000-00000000ABCD".into()));
+    plist::Value::Dictionary(status).to_file_binary(dir.join("Status.plist")).unwrap();
+}
+
+#[test]
+fn an_exported_backup_is_byte_for_byte_the_one_imported_plain_or_encrypted() {
+    let s = Scratch::with_repo();
+    let plain_dir = s.path("plain/UDID");
+    let plain = Backup::new(&plain_dir);
+    phone_data(&plain);
+    plain.finish();
+    info_plist(&plain_dir, "plain");
+    status_plist(&plain_dir);
+    let mut manifest = plist::Dictionary::new();
+    manifest.insert("IsEncrypted".into(), plist::Value::Boolean(false));
+    plist::Value::Dictionary(manifest).to_file_binary(plain_dir.join("Manifest.plist")).unwrap();
+    let encrypted_dir = s.path("encrypted/UDID");
+    let encrypted = Backup::encrypted(&encrypted_dir, Encryption::new("pw", 10, 5));
+    phone_data(&encrypted);
+    encrypted.finish();
+    info_plist(&encrypted_dir, "encrypted");
+    status_plist(&encrypted_dir);
+    s.ok(&["backup", &format!("ios-backup:{}", plain_dir.display())]);
+    let mut import = s.command(&["backup", &format!("ios-backup:{}", encrypted_dir.display())]);
+    assert!(import.env("PHONEBAK_ARCHIVE_PASSWORD", "pw").status().unwrap().success());
+
+    let out = s.path("exports/plain");
+    let said = s.ok(&["export", "plain/latest", "--format", "ios-backup", out.to_str().unwrap()]);
+    assert!(said.contains("5 files"), "{said}");
+    assert_eq!(contents(&out), contents(&plain_dir));
+
+    // The encrypted one needs its password again: the same keys give the same ciphertext.
+    let out = s.path("exports/encrypted");
+    let refused = s.run(&["export", "encrypted/latest", "--format", "ios-backup", out.to_str().unwrap()]);
+    assert_eq!(code(&refused), 19, "{}", stderr(&refused));
+    std::fs::write(s.path("wrong"), "not it").unwrap();
+    let wrong_file = s.path("wrong");
+    let args = ["export", "encrypted/latest", "--format", "ios-backup", "--archive-password-file"];
+    let refused = s.run(&[&args[..], &[wrong_file.to_str().unwrap(), out.to_str().unwrap()]].concat());
+    assert_eq!(code(&refused), 19, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("wrong password"), "{}", stderr(&refused));
+    assert!(!out.exists());
+    // Into an empty folder that is there, under umask 022: nothing in it readable by others.
+    std::fs::create_dir_all(&out).unwrap();
+    let mut export = s.command(&["export", "encrypted/latest", "--format", "ios-backup", out.to_str().unwrap()]);
+    let done = export.env("PHONEBAK_ARCHIVE_PASSWORD", "pw").output().unwrap();
+    assert_eq!(code(&done), 0, "{}", stderr(&done));
+    assert_eq!(contents(&out), contents(&encrypted_dir));
+    use std::os::unix::fs::MetadataExt;
+    for path in files_under(&out).iter().chain([&out, &out.join(names(&out)[0].as_str())]) {
+        assert_eq!(std::fs::metadata(path).unwrap().mode() & 0o077, 0, "{}", path.display());
+    }
+    assert_eq!(names(&s.path("exports")), ["encrypted", "plain"], "no temporary folder is left");
+
+    // OUT holding something is refused and left alone; a folder snapshot is not an iPhone backup.
+    let refused = s.run(&["export", "plain/latest", "--format", "ios-backup", out.to_str().unwrap()]);
+    assert_eq!(code(&refused), 18, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("is not an empty folder"), "{}", stderr(&refused));
+    assert_eq!(contents(&out), contents(&encrypted_dir));
+    std::fs::create_dir(s.path("folder")).unwrap();
+    write(&s.path("folder/a.txt"), b"a");
+    s.ok(&["backup", "--device", "folder", s.path("folder").to_str().unwrap()]);
+    let refused = s.run(&["export", "folder/latest", "--format", "ios-backup", s.path("x").to_str().unwrap()]);
+    assert_eq!(code(&refused), 1, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("did not come from an iPhone backup"), "{}", stderr(&refused));
+    assert!(!s.path("x").exists());
+}
+
+#[test]
+fn an_export_lists_what_the_import_could_not_take_and_a_full_disk_leaves_nothing() {
+    let s = Scratch::with_repo();
+    let dir = s.path("backup");
+    let backup = Backup::new(&dir);
+    backup.file("CameraRollDomain", "Media/DCIM/100APPLE/IMG_0002.JPG", &bytes(9, 300_000, false), 1_700_000_000);
+    backup.file("HomeDomain", "../escape", b"x", 1);
+    let gone = backup.row("HomeDomain", "Library/gone.jpg", 1, mbfile(0o100644, 1, 9, None));
+    backup.finish();
+    assert_eq!(code(&s.run(&["backup", "--device", "phone", &format!("ios-backup:{}", dir.display())])), 3);
+    let out = s.path("out");
+    let listed = s.run(&["export", "phone/latest", "--format", "ios-backup", out.to_str().unwrap()]);
+    assert_eq!(code(&listed), 3, "{}", stderr(&listed));
+    let said = stderr(&listed);
+    assert!(
+        said.contains("HomeDomain-../escape: not imported") && said.contains("HomeDomain-Library/gone.jpg"),
+        "{said}"
+    );
+    assert!(!out.join(&gone[..2]).join(&gone).exists());
+    assert!(!s.path("escape").exists() && !out.join("escape").exists());
+
+    // A disk that fills: the exact error, exit 15, and no folder that looks like a backup.
+    let disk = SmallDisk::mount(&s.path("small"), "200k");
+    let full = s.run(&["export", "phone/latest", "--format", "ios-backup", s.path("small/out").to_str().unwrap()]);
+    assert_eq!(code(&full), 15, "{}", stderr(&full));
+    assert!(stderr(&full).contains("No space left on device"), "{}", stderr(&full));
+    assert_eq!(names(&s.path("small")), Vec::<String>::new(), "the partial export is removed");
+    drop(disk);
+}
+
+#[test]
+fn the_next_days_backup_reads_only_what_changed_and_stores_only_that() {
+    for encrypted in [false, true] {
+        let s = Scratch::with_repo();
+        let dir = s.path("backup");
+        let keys = Encryption::new("pw", 10, 5);
+        let backup = Backup::create(&dir, encrypted.then(|| keys.clone()));
+        let sms = bytes(2, 400_000, true);
+        let photo = backup.file(
+            "CameraRollDomain",
+            "Media/DCIM/100APPLE/IMG_0001.HEIC",
+            &bytes(1, 700_000, false),
+            1_700_000_000,
+        );
+        backup.file(
+            "HomeDomain",
+            "Library/SMS/sms.db",
+            &[b"SQLite format 3\0".as_slice(), &sms].concat(),
+            1_700_000_100,
+        );
+        let backup_run = |s: &Scratch| {
+            let mut command =
+                s.command(&["backup", "--device", "phone", "--json", &format!("ios-backup:{}", dir.display())]);
+            let out = command.env("PHONEBAK_ARCHIVE_PASSWORD", "pw").output().unwrap();
+            assert_eq!(code(&out), 0, "{}", stderr(&out));
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        };
+        let photo_record = backup
+            .db
+            .query_row("SELECT file FROM Files WHERE relativePath LIKE '%HEIC'", [], |r| r.get::<_, Vec<u8>>(0))
+            .unwrap();
+        backup.finish();
+        backup_run(&s);
+
+        // The next day: a new photo, a few pages of sms.db changed; the old photo's blob is
+        // rewritten with other bytes of its size, under an unchanged record. Reused, not read.
+        let backup = Backup::reopen(&dir, encrypted.then(|| keys.clone()));
+        let mut sms2 = sms.clone();
+        sms2[8192..8192 + 100].copy_from_slice(&[0xEE; 100]);
+        backup.file(
+            "HomeDomain",
+            "Library/SMS/sms.db",
+            &[b"SQLite format 3\0".as_slice(), &sms2].concat(),
+            1_700_086_500,
+        );
+        backup.file("CameraRollDomain", "Media/DCIM/100APPLE/IMG_0002.HEIC", &bytes(3, 500_000, false), 1_700_086_400);
+        backup.finish();
+        let other = match encrypted {
+            false => bytes(4, 700_000, false),
+            true => {
+                let stored = phonebak::source::decode_mbfile(&photo_record).unwrap().encryption_key.unwrap();
+                let wrapped_key = &stored[4..];
+                let mut key = [0u8; 32];
+                aes_kw::KekAes256::from(keys.class_keys[&3]).unwrap(wrapped_key, &mut key).unwrap();
+                cbc_encrypt(&key, &bytes(4, 700_000, false))
+            }
+        };
+        std::fs::write(&photo, other).unwrap();
+        let day2 = backup_run(&s);
+        let new_bytes = day2["stats"]["new_bytes"].as_u64().unwrap();
+        // The new photo, sms.db's changed pages and the new Manifest.db: not the 700 kB photo again.
+        assert!((500_000..640_000).contains(&new_bytes), "encrypted {encrypted}: {day2}");
+        let target = s.path("day2");
+        s.ok(&["restore", "phone/latest", "--target", target.to_str().unwrap()]);
+        let camera = target.join("CameraRollDomain/Media/DCIM/100APPLE");
+        assert_eq!(std::fs::read(camera.join("IMG_0001.HEIC")).unwrap(), bytes(1, 700_000, false), "reused");
+        assert_eq!(std::fs::read(camera.join("IMG_0002.HEIC")).unwrap(), bytes(3, 500_000, false));
+        assert_eq!(std::fs::read(target.join("HomeDomain/Library/SMS/sms.db")).unwrap()[16..], sms2[..]);
+    }
 }

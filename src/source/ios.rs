@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{Listing, Source, SourceEntry, SourceError, SourceFile, SourceKind};
-use crate::ios_crypto::{self, ClassKeys, DecryptingReader, Keybag};
+use crate::ios_crypto::{self, ClassKeys, DecryptingReader, UnlockError};
 use crate::tree::Meta;
 use crate::tree_builder::invalid_name_reason;
 
@@ -133,7 +133,7 @@ pub fn decode_mbfile(bytes: &[u8]) -> Result<MbFile, String> {
 }
 
 /// Why a catalogue path cannot become entries, if it cannot.
-fn path_problem(domain: &str, relative: &str) -> Option<String> {
+pub fn path_problem(domain: &str, relative: &str) -> Option<String> {
     if relative.starts_with('/') {
         return Some("a relativePath that starts with `/`".into());
     }
@@ -167,18 +167,17 @@ impl IosBackupSource {
         let encrypted = manifest_plist.as_ref().and_then(|m| m.get("IsEncrypted")).and_then(|v| v.as_boolean());
         let (keys, decrypted) = if encrypted == Some(true) {
             let manifest_plist = manifest_plist.as_ref().expect("it said IsEncrypted");
-            let keys = unlock(manifest_plist, password).map_err(|e| match e {
+            let keys = ios_crypto::unlock_backup(manifest_plist, password).map_err(|e| match e {
                 UnlockError::Password(e) => e,
+                UnlockError::WrongPassword => SourceError::ArchivePassword(WRONG_PASSWORD.into()),
                 UnlockError::Damaged(why) => invalid(format!("Manifest.plist: {why}")),
             })?;
-            let stored_key = manifest_plist
-                .get("ManifestKey")
-                .and_then(|v| v.as_data())
-                .ok_or_else(|| invalid("Manifest.plist says the backup is encrypted but has no ManifestKey".into()))?;
-            let key = keys.unwrap_key(stored_key).map_err(|e| invalid(format!("its ManifestKey: {e}")))?;
-            let plain = decrypt_to_unlinked_file(&manifest, &key)
+            let key = keys.manifest_key;
+            // Padding kept, so that encrypting it again gives the same bytes.
+            let plain = File::open(&manifest)
+                .and_then(|f| ios_crypto::scratch_copy(DecryptingReader::new(f, &key, false)))
                 .map_err(|e| invalid(format!("decrypting Manifest.db into a temporary file: {e}")))?;
-            (Some(keys), Some(plain))
+            (Some(keys.class_keys), Some(plain))
         } else {
             (None, None)
         };
@@ -367,41 +366,9 @@ fn text_of(dict: &plist::Dictionary, key: &str) -> Option<String> {
     dict.get(key)?.as_string().map(str::to_string)
 }
 
-enum UnlockError {
-    Password(SourceError),
-    Damaged(String),
-}
-
-/// Unlocks the keybag of Manifest.plist with the backup's password.
-fn unlock(manifest_plist: &plist::Dictionary, password: ArchivePassword) -> Result<ClassKeys, UnlockError> {
-    let bag = manifest_plist
-        .get("BackupKeyBag")
-        .and_then(|v| v.as_data())
-        .ok_or_else(|| UnlockError::Damaged("an encrypted backup without BackupKeyBag".into()))?;
-    let keybag: Keybag = ios_crypto::parse_keybag(bag).map_err(|e| UnlockError::Damaged(e.to_string()))?;
-    let password = password().map_err(UnlockError::Password)?;
-    keybag.unlock(&password).map_err(|e| match e {
-        ios_crypto::IosCryptoError::WrongPassword => UnlockError::Password(SourceError::ArchivePassword(
-            "wrong password for this encrypted iPhone backup (the one set in Finder, iTunes or idevicebackup2)".into(),
-        )),
-        other => UnlockError::Damaged(other.to_string()),
-    })
-}
-
-/// Decrypts `path` (padding kept, so that encrypting it again gives the same bytes) into a new
-/// private file in the temporary folder. The caller opens it by its name, then removes the name.
-fn decrypt_to_unlinked_file(path: &Path, key: &[u8; 32]) -> io::Result<(File, PathBuf)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = format!("phonebak-manifest-{}.db", hex::encode(rand::random::<[u8; 8]>()));
-    let temp = std::env::temp_dir().join(name);
-    let mut out = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&temp)?;
-    let copied = File::open(path).and_then(|f| io::copy(&mut DecryptingReader::new(f, key, false), &mut out));
-    if let Err(e) = copied {
-        let _ = std::fs::remove_file(&temp);
-        return Err(e);
-    }
-    Ok((out, temp))
-}
+/// What the user is told for a wrong password, on import and export alike.
+pub const WRONG_PASSWORD: &str =
+    "wrong password for this encrypted iPhone backup (the one set in Finder, iTunes or idevicebackup2)";
 
 /// The backup's own files that are there, as the snapshot's `.ios-backup/` keeps them.
 fn own_files(dir: &Path, decrypted: Option<Arc<File>>) -> io::Result<Vec<(&'static str, Meta, u64, OwnFile)>> {

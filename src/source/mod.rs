@@ -10,7 +10,9 @@ use std::io::{self, Read};
 use std::path::Path;
 
 pub use dir::DirSource;
-pub use ios::{decode_mbfile, ArchivePassword, IosBackupSource, MbFile, OWN_FILES, OWN_FILES_DIR};
+pub use ios::{
+    decode_mbfile, path_problem, ArchivePassword, IosBackupSource, MbFile, OWN_FILES, OWN_FILES_DIR, WRONG_PASSWORD,
+};
 
 use crate::tree::Meta;
 

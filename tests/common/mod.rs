@@ -341,3 +341,35 @@ pub fn files_under(root: &Path) -> Vec<PathBuf> {
     }
     all
 }
+
+/// A small tmpfs mounted on a scratch folder, unmounted on drop.
+pub struct SmallDisk(pub std::path::PathBuf);
+
+impl SmallDisk {
+    pub fn mount(at: &std::path::Path, size: &str) -> SmallDisk {
+        assert!(is_root(), "needs root to mount a small tmpfs (CI runs as root)");
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        SmallDisk(at.to_path_buf())
+    }
+
+    pub fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
