@@ -74,11 +74,36 @@ pub fn mbfile(data: &[u8]) {
     let _ = crate::source::decode_mbfile(data);
 }
 
+/// An iPhone backup's keybag (TLV records); one that parses and is cheap to derive from is
+/// also unlocked, with a password that is surely wrong.
+pub fn ios_keybag(data: &[u8]) {
+    if let Ok(keybag) = crate::ios_crypto::parse_keybag(data) {
+        if keybag.iterations <= 16 && keybag.dp_iterations <= 16 {
+            let _ = keybag.unlock(b"fuzz");
+        }
+    }
+}
+
+/// An iPhone backup's plists: Info.plist's facts, and Manifest.plist's keys unlocked (when
+/// cheap to derive).
+pub fn ios_plist(data: &[u8]) {
+    let Ok(top) = crate::source::parse_plist(data) else { return };
+    let _ = crate::source::info_facts(&top);
+    let cheap = top
+        .get("BackupKeyBag")
+        .and_then(|v| v.as_data())
+        .and_then(|bag| crate::ios_crypto::parse_keybag(bag).ok())
+        .is_some_and(|k| k.iterations <= 16 && k.dp_iterations <= 16);
+    if cheap {
+        let _ = crate::ios_crypto::unlock_backup(&top, || Ok::<_, ()>(b"fuzz".to_vec()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
-    const TARGETS: [fn(&[u8]); 10] = [
+    const TARGETS: [fn(&[u8]); 12] = [
         super::tree,
         super::index_trailer,
         super::index_header,
@@ -89,6 +114,8 @@ mod tests {
         super::snapshot_record,
         super::push_journal_line,
         super::mbfile,
+        super::ios_keybag,
+        super::ios_plist,
     ];
 
     proptest! {

@@ -355,11 +355,37 @@ fn read_plist(path: &Path) -> Result<Option<plist::Dictionary>, String> {
     }
     let mut bytes = Vec::with_capacity(len as usize);
     file.take(MAX_PLIST).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
-    let value = plist::Value::from_reader(io::Cursor::new(bytes)).map_err(|e| format!("not a readable plist: {e}"))?;
-    match value {
-        plist::Value::Dictionary(top) => Ok(Some(top)),
+    parse_plist(&bytes).map(Some)
+}
+
+/// A backup's plist (XML or binary): its top dictionary.
+pub fn parse_plist(bytes: &[u8]) -> Result<plist::Dictionary, String> {
+    match plist::Value::from_reader(io::Cursor::new(bytes)).map_err(|e| format!("not a readable plist: {e}"))? {
+        plist::Value::Dictionary(top) => Ok(top),
         _ => Err("not a dictionary of keys".into()),
     }
+}
+
+/// What Info.plist says of the phone, as the snapshot keeps it.
+pub fn info_facts(info: &plist::Dictionary) -> BTreeMap<String, String> {
+    let mut facts = BTreeMap::new();
+    for (key, name) in [
+        ("device_name", "Device Name"),
+        ("product_type", "Product Type"),
+        ("product_version", "Product Version"),
+        ("build_version", "Build Version"),
+        ("serial_number", "Serial Number"),
+        ("imei", "IMEI"),
+        ("udid", "Unique Identifier"),
+    ] {
+        if let Some(value) = text_of(info, name).filter(|v| !v.is_empty()) {
+            facts.insert(key.into(), value);
+        }
+    }
+    if let Some(date) = info.get("Last Backup Date").and_then(|d| d.as_date()) {
+        facts.insert("last_backup_date".into(), date.to_xml_format());
+    }
+    facts
 }
 
 fn text_of(dict: &plist::Dictionary, key: &str) -> Option<String> {
@@ -447,26 +473,9 @@ impl Source for IosBackupSource {
     }
 
     fn facts(&self) -> BTreeMap<String, String> {
-        let mut facts = BTreeMap::new();
+        let mut facts = self.info.as_ref().map(info_facts).unwrap_or_default();
         facts.insert("kind".into(), "ios-backup".into());
         facts.insert("encrypted".into(), self.keys.is_some().to_string());
-        let Some(info) = &self.info else { return facts };
-        for (key, name) in [
-            ("device_name", "Device Name"),
-            ("product_type", "Product Type"),
-            ("product_version", "Product Version"),
-            ("build_version", "Build Version"),
-            ("serial_number", "Serial Number"),
-            ("imei", "IMEI"),
-            ("udid", "Unique Identifier"),
-        ] {
-            if let Some(value) = text_of(info, name).filter(|v| !v.is_empty()) {
-                facts.insert(key.into(), value);
-            }
-        }
-        if let Some(date) = info.get("Last Backup Date").and_then(|d| d.as_date()) {
-            facts.insert("last_backup_date".into(), date.to_xml_format());
-        }
         facts
     }
 
