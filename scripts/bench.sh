@@ -3,6 +3,7 @@
 #
 #   scripts/bench.sh                                # ~1.5 GB, 24.5k files, 3 rounds
 #   BENCH_SCALE=0.1 BENCH_RUNS=1 scripts/bench.sh   # a quick look
+#   BENCH_ONLY=ios scripts/bench.sh                 # one part: phone (issues 2-4) or ios (issue 15)
 #
 # Each round gives every tool a fresh repository and measures: first backup, unchanged
 # re-backup, next-day backup (new photos, databases changed in place, deletions, a renamed
@@ -24,6 +25,7 @@ need_debs restic borgbackup python3 time rsync
 scale=${BENCH_SCALE:-1}
 runs=${BENCH_RUNS:-3}
 work=${BENCH_DIR:-/tmp/phonebak-bench}
+want() { [ -z "${BENCH_ONLY:-}" ] || [ "$BENCH_ONLY" = "$1" ]; }
 cargo build --release --quiet
 phonebak=$PWD/target/release/phonebak
 
@@ -55,6 +57,7 @@ export PHONEBAK_PASSWORD=bench RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench
 export BORG_RELOCATED_REPO_ACCESS_IS_OK=yes BORG_BASE_DIR=$work/borg-home RESTIC_CACHE_DIR=$work/restic-cache
 csv=$work/figures.csv
 : > "$csv"
+: > "${work%/}.results.txt"
 
 echo "generating the phone (scale $scale) ..."
 scripts/gen-phone "$work/day1" --scale "$scale"
@@ -85,6 +88,8 @@ backup() { # TOOL STEP REPO
     esac
 }
 
+# The phone benchmarks (issues 2, 3 and 4); BENCH_ONLY=phone or BENCH_ONLY=ios runs one part.
+if want phone; then
 order=(phonebak restic borg)
 for round in $(seq "$runs"); do
     echo "round $round of $runs"
@@ -212,7 +217,7 @@ for round in $(seq "$runs"); do
     rm -rf "$work/local-copy" "$work/device-cp" "$work/device-push" "$staged"
 done
 
-python3 - "$csv" "$(du -sb "$phone" | cut -f1)" "$(find "$phone" -type f | wc -l)" "$mcsv" "$can_drop" "$scsv" "$(du -sb "$phone/DCIM" | cut -f1)" <<'PY' | tee "${work%/}.results.txt"
+python3 - "$csv" "$(du -sb "$phone" | cut -f1)" "$(find "$phone" -type f | wc -l)" "$mcsv" "$can_drop" "$scsv" "$(du -sb "$phone/DCIM" | cut -f1)" <<'PY' | tee -a "${work%/}.results.txt"
 import csv, statistics, sys
 rows = list(csv.reader(open(sys.argv[1])))
 phone_bytes, phone_files = int(sys.argv[2]), int(sys.argv[3])
@@ -281,6 +286,91 @@ for name, s in [("medians", lambda what: statistics.median(srows[what])), ("fast
     print(f"  {name}: push >= 80% of cp -a to the same folder: {100 * s('cp_sync') / s('push'):.0f}% of cp -a && sync -f "
           f"({100 * s('cp') / s('push'):.0f}% of cp -a alone): " + ok(s('push') <= s('cp_sync') / 0.8))
 PY
+fi
+
+# --- iPhone backups (issue 15). The day-1 phone made into an encrypted iPhone backup with iOS's
+# own key derivation costs (scripts/gen-ios-backup; there is no iPhone here), then updated in
+# place with the next day's phone, as iOS does. Measured: phonebak's first import against restic
+# backing up the same folder raw, and against iphone_backup_decrypt (PyPI) decrypting it to a
+# folder; the next day's import, and what it stores against what changed; the key derivation
+# alone (a run with a wrong password); export of the latest snapshot against `cp -r` of the
+# folder (alone, and followed by `sync -f`, as export makes its copy durable).
+if want ios; then
+python3 -c "import cryptography" 2> /dev/null || pip install -q cryptography
+decryptor=yes
+python3 -c "import iphone_backup_decrypt" 2> /dev/null || pip install -q iphone_backup_decrypt > /dev/null 2>&1 || decryptor=no
+export PHONEBAK_ARCHIVE_PASSWORD=bench-iphone
+ios_root=$work/ios-backup
+ios=$ios_root/00008030-001A2B3C4D5E802E
+for round in $(seq "$runs"); do
+    echo "iPhone round $round of $runs"
+    rm -rf "$work"/repo-* "$ios_root" "$ios.keys.json" "$work"/ios-*
+    scripts/gen-ios-backup "$work/day1" "$ios" --password "$PHONEBAK_ARCHIVE_PASSWORD" > /dev/null
+    "$phonebak" init --repo "$work/repo-phonebak" > /dev/null
+    restic init -q -r "$work/repo-restic"
+    tar cf - -C "$ios_root" . | cat > /dev/null
+    measure phonebak ios-first "$phonebak" backup --repo "$work/repo-phonebak" "ios-backup:$ios"
+    measure restic ios-first restic -r "$work/repo-restic" backup -q "$ios"
+    if [ "$decryptor" = yes ]; then
+        measure iphone_backup_decrypt ios-first python3 -c "
+import sys
+from iphone_backup_decrypt import EncryptedBackup
+EncryptedBackup(backup_directory=sys.argv[1], passphrase=sys.argv[2]).extract_files(
+    relative_paths_like='%', output_folder=sys.argv[3], preserve_folders=True, domain_subfolders=True)
+" "$ios" "$PHONEBAK_ARCHIVE_PASSWORD" "$work/ios-decrypted"
+    fi
+    changes=$(scripts/gen-ios-backup "$work/day2" "$ios" --password "$PHONEBAK_ARCHIVE_PASSWORD")
+    tar cf - -C "$ios_root" . | cat > /dev/null
+    measure phonebak ios-next-day "$phonebak" backup --repo "$work/repo-phonebak" --json "ios-backup:$ios"
+    python3 -c "import json, sys; c = json.loads(sys.argv[1]); s = json.load(open(sys.argv[2]))['stats']
+print(f\"ios-stored,phonebak,{s['new_bytes']},{c['changed_bytes']}\")" "$changes" "$work/last.out" >> "$csv"
+    echo "ios-manifest,phonebak,$(stat -c %s "$ios/Manifest.db"),0" >> "$csv"
+    measure phonebak ios-key-derivation sh -c "PHONEBAK_ARCHIVE_PASSWORD=wrong '$phonebak' backup --repo '$work/repo-phonebak' 'ios-backup:$ios' 2> /dev/null; [ \$? = 19 ]"
+    for turn in 1 2; do
+        rm -rf "$work/ios-export" "$work/ios-copy"; sync
+        measure phonebak ios-export "$phonebak" export --repo "$work/repo-phonebak" latest --format ios-backup "$work/ios-export"
+        measure cp ios-export cp -r "$ios" "$work/ios-copy"
+        rm -rf "$work/ios-copy"; sync
+        measure cp_sync ios-export sh -c "cp -r '$ios' '$work/ios-copy' && sync -f '$work/ios-copy'"
+    done
+    diff -r "$ios" "$work/ios-export" > /dev/null || { echo "the exported iPhone backup differs from the imported one"; exit 1; }
+done
+python3 - "$csv" "$(du -sb "$ios" | cut -f1)" "$(find "$ios" -type f | wc -l)" "$decryptor" <<'PY' | tee -a "${work%/}.results.txt"
+import csv, statistics, sys
+rows = list(csv.reader(open(sys.argv[1])))
+size, files, decryptor = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "yes"
+med = lambda step, tool, col=2: statistics.median(float(r[col]) for r in rows if r[0] == step and r[1] == tool)
+ok = lambda c: "met" if c else "NOT met"
+rounds = len([r for r in rows if r[0] == "ios-first" and r[1] == "phonebak"])
+print(f"\niPhone backup, encrypted with iOS's key derivation costs (next day: {size / 1e9:.2f} GB in {files} files); medians of {rounds} round(s):")
+print(f"  {'':52} {'s':>7} {'MB/s':>7} {'peak MiB':>9}")
+lines = [("ios-first", "phonebak", "phonebak backup ios-backup: (first import)"),
+         ("ios-first", "restic", "restic backup of the raw folder"),
+         ("ios-first", "iphone_backup_decrypt", "iphone_backup_decrypt, decrypting to a folder"),
+         ("ios-next-day", "phonebak", "phonebak backup ios-backup: (next day)"),
+         ("ios-key-derivation", "phonebak", "  of which the key derivation (a wrong password)"),
+         ("ios-export", "phonebak", "phonebak export --format ios-backup"),
+         ("ios-export", "cp", "cp -r of the backup folder"),
+         ("ios-export", "cp_sync", "cp -r ... && sync -f")]
+for step, tool, label in lines:
+    if tool == "iphone_backup_decrypt" and not decryptor:
+        print(f"  {label:52} (iphone_backup_decrypt does not install here)")
+        continue
+    print(f"  {label:52} {med(step, tool):7.2f} {size / med(step, tool) / 1e6:7.0f} {med(step, tool, 3):9.0f}")
+stored, changed, manifest = med("ios-stored", "phonebak"), med("ios-stored", "phonebak", 3), med("ios-manifest", "phonebak")
+print(f"  next day stored {stored / 1e6:.1f} MB; the changed and new files are {changed / 1e6:.1f} MB, and Manifest.db {manifest / 1e6:.1f} MB")
+print("targets (issue 15):")
+print(f"  first import at least as fast as restic on the raw folder: {med('ios-first', 'restic') / med('ios-first', 'phonebak'):.2f}x: "
+      + ok(med('ios-first', 'phonebak') <= med('ios-first', 'restic')))
+print(f"  next-day import stores no more than the changes: {stored / 1e6:.1f} MB <= {(changed + manifest) / 1e6:.1f} MB: " + ok(stored <= changed + manifest))
+print(f"  next-day import under 2 s: {med('ios-next-day', 'phonebak'):.2f} s (the key derivation alone {med('ios-key-derivation', 'phonebak'):.2f} s): "
+      + ok(med('ios-next-day', 'phonebak') < 2))
+print(f"  export at least as fast as cp -r: {med('ios-export', 'cp') / med('ios-export', 'phonebak'):.2f}x of cp -r, "
+      f"{med('ios-export', 'cp_sync') / med('ios-export', 'phonebak'):.2f}x of cp -r && sync -f: " + ok(med('ios-export', 'phonebak') <= med('ios-export', 'cp')))
+peak = max(med(s, "phonebak", 3) for s in ["ios-first", "ios-next-day", "ios-export"])
+print(f"  peak memory under 200 MiB: {peak:.0f} MiB: " + ok(peak < 200))
+PY
+fi
 
 if [ -z "${BENCH_KEEP:-}" ] && mountpoint -q "$work"; then
     umount "$work" && losetup -j "${work%/}.img" -O NAME -n | xargs -r -n1 losetup -d && rm -f "${work%/}.img"

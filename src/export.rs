@@ -269,7 +269,11 @@ fn plan_blobs(
         .map_err(damaged)?;
     let mut found = rows.query([]).map_err(damaged)?;
     let mut folders = FolderCache::new(repo, root);
-    let mut made_subfolders = std::collections::HashSet::new();
+    // Finder and iTunes make the 256 blob folders up front, empty ones included.
+    for n in 0..=255u8 {
+        let subfolder = temp.join(format!("{n:02x}"));
+        std::fs::DirBuilder::new().mode(0o700).create(&subfolder).map_err(target(&subfolder))?;
+    }
     while let Some(row) = found.next().map_err(damaged)? {
         let text = |at: usize| row.get::<_, Option<String>>(at).ok().flatten().unwrap_or_default();
         let (file_id, domain, relative) = (text(0), text(1), text(2));
@@ -308,7 +312,8 @@ fn plan_blobs(
             }
         };
         let subfolder = temp.join(&file_id[..2]);
-        if made_subfolders.insert(file_id[..2].to_ascii_lowercase()) {
+        if !file_id[..2].bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()) {
+            // Not one of the 256 folders made below (an uppercase fileID): made when first met.
             match std::fs::DirBuilder::new().mode(0o700).create(&subfolder) {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(target(&subfolder)(e)),
                 _ => {}

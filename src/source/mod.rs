@@ -11,7 +11,8 @@ use std::path::Path;
 
 pub use dir::DirSource;
 pub use ios::{
-    decode_mbfile, info_facts, parse_plist, path_problem, ArchivePassword, IosBackupSource, MbFile, OWN_FILES, OWN_FILES_DIR, WRONG_PASSWORD,
+    decode_mbfile, info_facts, parse_plist, path_problem, ArchivePassword, IosBackupSource, MbFile, OWN_FILES,
+    OWN_FILES_DIR, WRONG_PASSWORD,
 };
 
 use crate::tree::Meta;
