@@ -8,6 +8,23 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+/// Opens `path` for reading only if it is a regular file: never through a symlink (a backup
+/// folder received from elsewhere could point one at /etc/shadow), never waiting on a FIFO.
+pub fn open_regular_nofollow(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).map_err(
+            |e| match e.raw_os_error() {
+                Some(libc::ELOOP) => io::Error::new(io::ErrorKind::InvalidData, "a symlink, not a file: not read"),
+                _ => e,
+            },
+        )?;
+    if !opened.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file (a FIFO, a device...): not read"));
+    }
+    Ok(opened)
+}
+
 pub fn c_string(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }

@@ -224,13 +224,13 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     let code = match run(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("phonebak: {error:#}");
+            crate::tell!("phonebak: {error:#}");
             exit::for_error(&error)
         }
     };
     match crate::stdout::finish() {
         Some(e) if code == exit::OK || code == exit::PARTIAL => {
-            eprintln!("phonebak: the command's report could not be written to standard output: {e}");
+            crate::tell!("phonebak: the command's report could not be written to standard output: {e}");
             let full = e.raw_os_error() == Some(libc::ENOSPC);
             ExitCode::from(if full { exit::NO_SPACE } else { exit::ERROR } as u8)
         }
@@ -443,9 +443,9 @@ fn report_paths(paths: &[(String, String)], what: &str, code: i32) -> i32 {
     if paths.is_empty() {
         return exit::OK;
     }
-    eprintln!("phonebak: {} path(s) {what}:", paths.len());
+    crate::tell!("phonebak: {} path(s) {what}:", paths.len());
     for (path, why) in paths {
-        eprintln!("  {path}: {why}");
+        crate::tell!("  {path}: {why}");
     }
     code
 }
@@ -866,14 +866,14 @@ fn cmd_push(
     }
     if let Some(error) = outcome.stopped {
         let error = anyhow::Error::new(error);
-        eprintln!("phonebak: {error:#}");
+        crate::tell!("phonebak: {error:#}");
         if outcome.report.pushed > 0 {
-            eprintln!("phonebak: run the same command again to resume: finished files are not pushed again");
+            crate::tell!("phonebak: run the same command again to resume: finished files are not pushed again");
         }
         return Ok(exit::for_error(&error));
     }
     for path in &outcome.report.conflicts {
-        eprintln!("phonebak: skipped {path}: the device has a different file there (see --on-conflict)");
+        crate::tell!("phonebak: skipped {path}: the device has a different file there (see --on-conflict)");
     }
     let code = report_paths(&outcome.report.failed, "could not be pushed", exit::PARTIAL);
     // Skipped files stay staged, not pushed: as `restore` does with what is in its way.
@@ -885,7 +885,7 @@ fn cmd_push(
 fn warn_if_full(staging: &Path) {
     const NEARLY_NOTHING: u64 = 1 << 20;
     if crate::repo::free_space(staging).is_some_and(|free| free < NEARLY_NOTHING) {
-        eprintln!(
+        crate::tell!(
             "phonebak: warning: the disk of the staging folder {} is full: copies into it may have been cut short (push keeps any staged file that is not what its snapshot holds)",
             staging.display()
         );

@@ -62,6 +62,9 @@ pub fn for_error(error: &anyhow::Error) -> i32 {
         match cause.downcast_ref::<SourceError>() {
             Some(SourceError::Vanished { .. }) => return SOURCE_VANISHED,
             Some(SourceError::ArchivePassword(_)) => return ARCHIVE_PASSWORD,
+            Some(SourceError::Scratch { source, .. }) if source.raw_os_error() == Some(libc::ENOSPC) => {
+                return NO_SPACE
+            }
             _ => {}
         }
         if let Some(device) = cause.downcast_ref::<DeviceError>() {
@@ -81,7 +84,7 @@ pub fn for_error(error: &anyhow::Error) -> i32 {
         }
         match cause.downcast_ref::<ExportError>() {
             Some(e) if e.target_is_full() => return NO_SPACE,
-            Some(ExportError::Target { .. } | ExportError::OutExists(_)) => return TARGET,
+            Some(ExportError::Target { .. } | ExportError::OutUnusable { .. }) => return TARGET,
             Some(ExportError::Repo(repo)) => return for_repo_error(repo),
             Some(ExportError::Damaged { .. }) => return CORRUPTION,
             Some(ExportError::Password(SourceError::ArchivePassword(_))) => return ARCHIVE_PASSWORD,

@@ -4,8 +4,10 @@
 //! on a phone. An encrypted backup is encrypted again with its own keys (its password unlocks
 //! them), which gives the same ciphertext.
 //!
-//! Everything is written into a new private folder next to OUT, made durable, and only then
-//! renamed to OUT: an interrupted export never leaves a folder that looks like a whole backup.
+//! Everything is written into a private folder inside OUT (the same disk, even when OUT is an
+//! empty disk's mount point), made durable, and only then moved into OUT, Manifest.db last: an
+//! interrupted export never leaves a folder that looks like a whole backup, and a rerun clears
+//! what it left.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -17,11 +19,11 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::ios_crypto::{self, ClassKeys, EncryptingReader, UnlockError};
+use crate::ios_crypto::{self, ClassKeys, EncryptingReader, Scratch, UnlockError};
 use crate::progress::Progress;
 use crate::repo::snapshot::SnapshotInfo;
 use crate::repo::{BlobId, RepoError, Repository};
-use crate::source::{decode_mbfile, path_problem, SourceError, OWN_FILES, OWN_FILES_DIR};
+use crate::source::{decode_mbfile, CatalogueRow, SourceError, CATALOGUE_QUERY, OWN_FILES, OWN_FILES_DIR, SECOND_ROW};
 use crate::tree::{load_tree, ChunkReader, ChunkRef, Node, Tree};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,21 +32,26 @@ pub enum ExportError {
         "{0} did not come from an iPhone backup, so it cannot be given back as one (`restore` gives back its files)"
     )]
     NotIosBackup(String),
-    #[error("{0} is there and is not an empty folder: name a new folder to export into")]
-    OutExists(PathBuf),
+    #[error("{}: {why}", path.display())]
+    OutUnusable { path: PathBuf, why: String },
     #[error(transparent)]
     Repo(#[from] RepoError),
     #[error(transparent)]
     Password(#[from] SourceError),
     #[error("the snapshot's copy of the backup's {what} is damaged: {why}")]
     Damaged { what: String, why: String },
-    #[error("{}: {source}", path.display())]
-    Target { path: PathBuf, source: io::Error },
+    #[error("{}: {error}", path.display())]
+    Target { path: PathBuf, error: io::Error },
+    /// The temporary folder (TMPDIR), where an encrypted backup's catalogue is decrypted for
+    /// SQLite, failed: full (exit 15) or not writable.
+    #[error("decrypting Manifest.db into the temporary folder {}: {error}", std::env::temp_dir().display())]
+    Scratch { error: io::Error },
 }
 
 impl ExportError {
     pub fn target_is_full(&self) -> bool {
-        matches!(self, ExportError::Target { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+        matches!(self, ExportError::Target { error, .. } | ExportError::Scratch { error }
+            if error.raw_os_error() == Some(libc::ENOSPC))
     }
 }
 
@@ -52,8 +59,9 @@ impl ExportError {
 pub struct ExportReport {
     pub files: u64,
     pub bytes: u64,
-    /// Catalogue rows whose file the snapshot does not hold (never imported: missing from the
-    /// backup, or refused), with why: the exported backup lacks their blobs as the original did.
+    /// Catalogue rows whose blob is not given back as it was, with why: the snapshot does not
+    /// hold their file (never imported: missing from the backup, or refused), or held it other
+    /// than its record says (damaged encryption), so its blob is written but may differ.
     pub missing: Vec<(String, String)>,
     /// The folder written.
     pub out: PathBuf,
@@ -93,50 +101,83 @@ pub fn ios_backup(
         None => None,
     };
 
-    let temp = prepare_out(out)?;
-    let written = write_backup(repo, &root, &own, &manifest_db, keys.as_ref(), &temp);
-    let report = match written {
-        Ok(report) => report,
+    let (temp, made_out) = prepare_out(out)?;
+    let finished = write_backup(repo, &root, &own, &manifest_db, keys.as_ref(), &temp)
+        .and_then(|report| move_into_place(&temp, out).map(|()| report));
+    match finished {
+        Ok(report) => Ok(ExportReport { out: out.to_path_buf(), ..report }),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&temp);
-            return Err(e);
+            if made_out {
+                let _ = std::fs::remove_dir(out);
+            }
+            Err(e)
         }
-    };
-    // Renaming over an empty folder replaces it; over anything else fails, and nothing is lost.
-    std::fs::rename(&temp, out).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&temp);
-        target(out)(e)
-    })?;
-    let parent = parent_of(out);
-    crate::repo::fsync_dir(&parent).map_err(target(&parent))?;
-    Ok(ExportReport { out: out.to_path_buf(), ..report })
+    }
 }
 
 fn target(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
-    move |source| ExportError::Target { path: path.to_path_buf(), source }
+    move |error| ExportError::Target { path: path.to_path_buf(), error }
 }
 
-fn parent_of(out: &Path) -> PathBuf {
-    match out.parent() {
+const TEMP_PREFIX: &str = ".phonebak-export-";
+
+/// Checks that OUT is new, or an empty folder (but for what an interrupted export left, which
+/// goes), and makes the private folder inside it that is written first. Says whether OUT was
+/// made here.
+fn prepare_out(out: &Path) -> Result<(PathBuf, bool), ExportError> {
+    let unusable = |why: &str| ExportError::OutUnusable { path: out.to_path_buf(), why: why.into() };
+    let made_out = match std::fs::symlink_metadata(out) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(target(parent))?;
+            }
+            std::fs::DirBuilder::new().mode(0o700).create(out).map_err(target(out))?;
+            true
+        }
+        Err(e) => return Err(target(out)(e)),
+        Ok(meta) if meta.file_type().is_symlink() => return Err(unusable("a symlink: name the folder itself")),
+        Ok(meta) if !meta.is_dir() => return Err(unusable("not a folder: name a new or empty folder to export into")),
+        Ok(_) => {
+            let mut leftovers = Vec::new();
+            for entry in std::fs::read_dir(out).map_err(target(out))? {
+                let entry = entry.map_err(target(out))?;
+                if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                    return Err(unusable("not empty: name a new or empty folder to export into"));
+                }
+                leftovers.push(entry.path());
+            }
+            for leftover in leftovers {
+                std::fs::remove_dir_all(&leftover).map_err(target(&leftover))?;
+            }
+            false
+        }
+    };
+    let temp = out.join(format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>()));
+    std::fs::DirBuilder::new().mode(0o700).create(&temp).map_err(target(&temp))?;
+    Ok((temp, made_out))
+}
+
+/// Moves the finished, synced backup from `temp` into OUT, Manifest.db last (a folder without
+/// it is no backup to any tool), and makes the moves durable.
+fn move_into_place(temp: &Path, out: &Path) -> Result<(), ExportError> {
+    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(temp)
+        .map_err(target(temp))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(target(temp))?;
+    names.sort_by_key(|n| n == "Manifest.db");
+    for name in names {
+        let (from, to) = (temp.join(&name), out.join(&name));
+        std::fs::rename(&from, &to).map_err(target(&to))?;
+    }
+    std::fs::remove_dir(temp).map_err(target(temp))?;
+    crate::repo::fsync_dir(out).map_err(target(out))?;
+    let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
-    }
-}
-
-/// Checks that OUT is new (or an empty folder) and makes the private folder written first.
-fn prepare_out(out: &Path) -> Result<PathBuf, ExportError> {
-    match std::fs::symlink_metadata(out) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(target(out)(e)),
-        Ok(meta) if meta.is_dir() && std::fs::read_dir(out).map_err(target(out))?.next().is_none() => {}
-        Ok(_) => return Err(ExportError::OutExists(out.to_path_buf())),
-    }
-    let parent = parent_of(out);
-    std::fs::create_dir_all(&parent).map_err(target(&parent))?;
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "backup".into());
-    let temp = parent.join(format!(".{name}.phonebak-export-{:016x}", rand::random::<u64>()));
-    std::fs::DirBuilder::new().mode(0o700).create(&temp).map_err(target(&temp))?;
-    Ok(temp)
+    };
+    crate::repo::fsync_dir(&parent).map_err(target(&parent))
 }
 
 /// Reads the snapshot's Manifest.plist; for an encrypted backup, unlocks its keys.
@@ -184,24 +225,31 @@ fn write_backup(
     }
     let plain_db = ChunkReader::new(repo, manifest_db.to_vec());
     let dest_db = temp.join("Manifest.db");
-    // The catalogue is read by SQLite from a file: for a plain backup the one just written,
-    // for an encrypted one a decrypted copy whose name is gone once SQLite has it open.
-    let catalogue = match keys {
+    // The catalogue is read by SQLite from a file: for a plain backup the one just written, for
+    // an encrypted one a decrypted copy that has no name.
+    let (plain_catalogue, scratch) = match keys {
         None => {
             write_file(&dest_db, "Manifest.db", plain_db)?;
-            Connection::open_with_flags(&dest_db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            let opened = Connection::open_with_flags(&dest_db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(|e| ExportError::Damaged { what: "Manifest.db".into(), why: e.to_string() })?;
+            (Some(opened), None)
         }
         Some(keys) => {
-            let damaged = |e: io::Error| ExportError::Damaged { what: "Manifest.db".into(), why: e.to_string() };
-            let (scratch, path) = ios_crypto::scratch_copy(plain_db).map_err(damaged)?;
-            let opened = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY);
-            let _ = std::fs::remove_file(&path);
-            let plain = ReadAt { file: scratch, at: 0 };
+            let scratch =
+                Scratch::copy_of(plain_db).map_err(|e| match e.get_ref().is_some_and(|e| e.is::<RepoError>()) {
+                    true => ExportError::Damaged { what: "Manifest.db".into(), why: e.to_string() },
+                    false => ExportError::Scratch { error: e },
+                })?;
+            let plain = ReadAt { file: scratch.file(), at: 0 };
             write_file(&dest_db, "Manifest.db", EncryptingReader::new(plain, &keys.manifest_key, false))?;
-            opened
+            (None, Some(scratch))
         }
-    }
-    .map_err(|e| ExportError::Damaged { what: "Manifest.db".into(), why: e.to_string() })?;
+    };
+    let catalogue = match (&plain_catalogue, &scratch) {
+        (Some(opened), _) => opened,
+        (None, Some(scratch)) => scratch.catalogue(),
+        (None, None) => unreachable!("one of the two is made above"),
+    };
 
     let class_keys = keys.map(|k| &k.class_keys);
     let progress = Progress::bytes("export", None);
@@ -235,7 +283,7 @@ fn write_backup(
                 }
             });
         }
-        let planned = plan_blobs(repo, root, &catalogue, class_keys, temp, &tx, &mut report);
+        let planned = plan_blobs(repo, root, catalogue, class_keys, temp, &tx, &mut report);
         drop(tx);
         planned
     });
@@ -263,10 +311,13 @@ fn plan_blobs(
     jobs: &std::sync::mpsc::SyncSender<Job>,
     report: &mut ExportReport,
 ) -> Result<(), ExportError> {
-    let damaged = |e: rusqlite::Error| ExportError::Damaged { what: "Manifest.db".into(), why: e.to_string() };
-    let mut rows = catalogue
-        .prepare("SELECT fileID, domain, relativePath, file FROM Files WHERE flags = 1 ORDER BY domain, relativePath")
-        .map_err(damaged)?;
+    let damaged = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => {
+            ExportError::Scratch { error: io::Error::from_raw_os_error(libc::ENOSPC) }
+        }
+        _ => ExportError::Damaged { what: "Manifest.db".into(), why: e.to_string() },
+    };
+    let mut rows = catalogue.prepare(CATALOGUE_QUERY).map_err(damaged)?;
     let mut found = rows.query([]).map_err(damaged)?;
     let mut folders = FolderCache::new(repo, root);
     // Finder and iTunes make the 256 blob folders up front, empty ones included.
@@ -274,31 +325,53 @@ fn plan_blobs(
         let subfolder = temp.join(format!("{n:02x}"));
         std::fs::DirBuilder::new().mode(0o700).create(&subfolder).map_err(target(&subfolder))?;
     }
+    let mut previous_path: Option<(String, String)> = None;
+    let mut written = std::collections::HashSet::new();
     while let Some(row) = found.next().map_err(damaged)? {
-        let text = |at: usize| row.get::<_, Option<String>>(at).ok().flatten().unwrap_or_default();
-        let (file_id, domain, relative) = (text(0), text(1), text(2));
-        let record: Option<Vec<u8>> = row.get(3).ok().flatten();
-        let shown = format!("{domain}-{relative}");
-        // The same names the import took: anything else was never imported.
-        if let Some(why) = path_problem(&domain, &relative) {
-            report.missing.push((shown, format!("not imported: {why}")));
+        // The rows the import took, read and settled as it read and settled them.
+        let (shown, read) = CatalogueRow::read(row);
+        let shown = String::from_utf8_lossy(&shown).into_owned();
+        let row = match read {
+            Ok(row) => row,
+            Err(why) => {
+                report.missing.push((shown, format!("not imported: {why}")));
+                continue;
+            }
+        };
+        let same_path = previous_path.as_ref().is_some_and(|(d, r)| *d == row.domain && *r == row.relative);
+        previous_path = Some((row.domain.clone(), row.relative.clone()));
+        if row.flags != 1 {
             continue;
         }
+        if same_path {
+            report.missing.push((shown, format!("not imported: {SECOND_ROW}")));
+            continue;
+        }
+        let file_id = &row.file_id;
         if file_id.len() < 2 || !file_id.bytes().all(|b| b.is_ascii_hexdigit()) {
             report.missing.push((shown, "no valid fileID".into()));
             continue;
         }
-        let path: Vec<&str> =
-            std::iter::once(domain.as_str()).chain(relative.split('/').filter(|c| !c.is_empty())).collect();
-        let Some((chunks, size)) = folders.file(&path)? else {
-            report.missing.push((shown, "not in the snapshot (its blob was missing or unreadable at import)".into()));
+        if !written.insert(file_id.clone()) {
+            report.missing.push((shown, "another row has the same fileID: its blob is written once".into()));
+            continue;
+        }
+        let Some((chunks, size)) = folders.file(&row.path())? else {
+            report.missing.push((shown, "not in the snapshot (the import did not take it: see its report)".into()));
             continue;
         };
+        let record = row.record;
         let key = match class_keys {
             None => None,
             Some(keys) => {
-                let stored = record.as_deref().and_then(|r| decode_mbfile(r).ok()).and_then(|mb| mb.encryption_key);
-                match stored.map(|s| keys.unwrap_key(&s)) {
+                let mb = record.as_deref().and_then(|r| decode_mbfile(r).ok());
+                if mb.as_ref().is_some_and(|mb| mb.size != size) {
+                    // The import kept what its damaged encryption gave: encrypting that again
+                    // cannot be told to give the original bytes.
+                    let why = "its blob did not decrypt to its recorded size at import: written, but not as it was";
+                    report.missing.push((shown.clone(), why.into()));
+                }
+                match mb.and_then(|mb| mb.encryption_key).map(|s| keys.unwrap_key(&s)) {
                     Some(Ok(key)) => Some(key),
                     Some(Err(e)) => {
                         report.missing.push((shown, format!("its key: {e}")));
@@ -319,7 +392,7 @@ fn plan_blobs(
                 _ => {}
             }
         }
-        let job = Job { chunks, size, dest: subfolder.join(&file_id), key, shown };
+        let job = Job { chunks, size, dest: subfolder.join(file_id), key, shown };
         if jobs.send(job).is_err() {
             break; // the writers stopped; their error is reported
         }
@@ -391,14 +464,14 @@ fn write_file(dest: &Path, what: &str, mut content: impl Read) -> Result<(), Exp
 }
 
 /// A file read from its start with positioned reads (its name may be gone).
-struct ReadAt {
-    file: File,
+struct ReadAt<'a> {
+    file: &'a File,
     at: u64,
 }
 
-impl Read for ReadAt {
+impl Read for ReadAt<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = std::os::unix::fs::FileExt::read_at(&self.file, buf, self.at)?;
+        let n = std::os::unix::fs::FileExt::read_at(self.file, buf, self.at)?;
         self.at += n as u64;
         Ok(n)
     }

@@ -18,7 +18,7 @@ type Encryptor = cbc::Encryptor<aes::Aes256>;
 const BLOCK: usize = 16;
 /// iOS uses 10 000 000 (SHA-256) and 10 000 (SHA-1); a crafted keybag must not make phonebak
 /// derive for hours.
-pub const MAX_ITERATIONS: u32 = 100_000_000;
+pub const MAX_ITERATIONS: u32 = 50_000_000;
 /// The keybags iOS writes are about 2 KiB.
 pub const MAX_KEYBAG: usize = 1 << 16;
 /// Wrapping is only for the backup's password here (WRAP bit 2); device-bound keys (bit 1)
@@ -458,19 +458,52 @@ pub fn unlock_backup<E>(
     Ok(BackupKeys { class_keys, manifest_key })
 }
 
-/// Copies `reader` (a decrypted Manifest.db) into a new private file in the temporary folder,
-/// for SQLite to open by its name. The caller removes the name as soon as SQLite has the file
-/// open, so nothing decrypted outlives the process, however it ends.
-pub fn scratch_copy(mut reader: impl Read) -> io::Result<(std::fs::File, std::path::PathBuf)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = format!("phonebak-manifest-{}.db", hex::encode(rand::random::<[u8; 8]>()));
-    let path = std::env::temp_dir().join(name);
-    let mut out = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
-    if let Err(e) = io::copy(&mut reader, &mut out) {
+/// A decrypted Manifest.db for SQLite to read, whose contents never have a name on disk: SQLite
+/// opens an empty new file in a private folder, the name and folder go, and only then are the
+/// decrypted bytes written, through a descriptor of that nameless file. So nothing decrypted
+/// outlives the process, however it ends. (SQLite cannot open a file that has no name at all:
+/// it resolves `/proc/self/fd/N` to the name the file no longer has.)
+pub struct Scratch {
+    file: std::fs::File,
+    catalogue: rusqlite::Connection,
+}
+
+impl Scratch {
+    pub fn copy_of(mut reader: impl Read) -> io::Result<Scratch> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir = std::env::temp_dir().join(format!("phonebak-{}", hex::encode(rand::random::<[u8; 8]>())));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let path = dir.join("Manifest.db");
+        let opened =
+            std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path).and_then(
+                |file| {
+                    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+                    let catalogue = rusqlite::Connection::open_with_flags(&path, flags).map_err(io::Error::other)?;
+                    Ok((file, catalogue))
+                },
+            );
         let _ = std::fs::remove_file(&path);
-        return Err(e);
+        let _ = std::fs::remove_dir(&dir);
+        let (mut file, catalogue) = opened?;
+        io::copy(&mut reader, &mut file)?;
+        Ok(Scratch { file, catalogue })
     }
-    Ok((out, path))
+
+    /// The decrypted bytes, to read them again (with positioned reads: the copy's offset is at
+    /// its end).
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// SQLite's connection to the decrypted catalogue.
+    pub fn catalogue(&self) -> &rusqlite::Connection {
+        &self.catalogue
+    }
+
+    /// The decrypted bytes, to read them again (once the catalogue is no longer needed).
+    pub fn into_file(self) -> std::fs::File {
+        self.file
+    }
 }
 
 #[cfg(test)]
@@ -530,6 +563,24 @@ mod tests {
         DecryptingReader::new(&cipher[..32], &key, true).read_to_end(&mut out).unwrap();
         assert_eq!(out, vec![0x20u8; 32]);
         assert_eq!(plain_len(&key, 32, &cipher[..32]), None);
+    }
+
+    #[test]
+    fn sqlite_reads_a_scratch_copy_whose_bytes_never_had_a_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("made.db");
+        let db = rusqlite::Connection::open(&db_path).unwrap();
+        db.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (42);").unwrap();
+        drop(db);
+        let before: Vec<_> = std::fs::read_dir(std::env::temp_dir()).unwrap().map(|e| e.unwrap().path()).collect();
+        let scratch = Scratch::copy_of(std::fs::File::open(&db_path).unwrap()).unwrap();
+        let after: Vec<_> = std::fs::read_dir(std::env::temp_dir()).unwrap().map(|e| e.unwrap().path()).collect();
+        assert!(after.iter().all(|p| before.contains(p) || !p.to_string_lossy().contains("phonebak-")), "{after:?}");
+        let x: i64 = scratch.catalogue().query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(x, 42);
+        let mut bytes = Vec::new();
+        scratch.into_file().read_to_end(&mut bytes).unwrap();
+        assert!(bytes.is_empty(), "read from the end: the copy's own offset");
     }
 
     #[test]

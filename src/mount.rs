@@ -177,7 +177,7 @@ pub fn find_staging(repo: &Repository, options: &MountOptions) -> Result<Option<
     match usable_staging(&dir).and_then(|dir| keep_staging_private(&dir).map(|()| dir)) {
         Ok(dir) => Ok(Some(dir)),
         Err(e) => {
-            eprintln!("phonebak: warning: mounting without restore/: staging folder {}: {e}", dir.display());
+            crate::tell!("phonebak: warning: mounting without restore/: staging folder {}: {e}", dir.display());
             Ok(None)
         }
     }
@@ -190,7 +190,7 @@ pub fn keep_staging_private(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(dir)?.permissions().mode();
     if mode & 0o077 != 0 {
-        eprintln!(
+        crate::tell!(
             "phonebak: warning: the staging folder {} was open to others (mode {:o}); made private again (0700)",
             dir.display(),
             mode & 0o777
@@ -228,7 +228,7 @@ pub fn logger(foreground: bool, file: Option<PathBuf>) -> Box<dyn Fn(&str) + Sen
         });
     }
     if foreground {
-        return Box::new(|line| eprintln!("{line}"));
+        return Box::new(|line| crate::tell!("{line}"));
     }
     Box::new(|line| {
         if let Ok(text) = CString::new(line.replace('%', "%%")) {

@@ -69,7 +69,7 @@ impl Progress {
     /// Prints a line above the bar (or plainly when there is no bar).
     pub fn note(&self, line: &str) {
         if self.bar.is_hidden() {
-            eprintln!("{line}");
+            crate::tell!("{line}");
         } else {
             self.bar.println(line);
         }

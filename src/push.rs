@@ -298,7 +298,7 @@ fn find_origins(snapshots: &Snapshots, items: &mut [Item]) {
             files.iter().map(|&at| items[at].path.file_name().unwrap_or_default().as_bytes()).collect();
         let mut found = snapshots.origins_in(&folder, &names);
         if let Some(first) = found.unreadable.first() {
-            eprintln!(
+            crate::tell!(
                 "phonebak: warning: staged files in {}/ are not checked against {} snapshot(s) ({first}{}): their folder listings do not load (see `phonebak check`)",
                 folder.display(),
                 found.unreadable.len(),

@@ -44,3 +44,18 @@ macro_rules! say {
         $crate::stdout::line(format_args!($($arg)*))
     };
 }
+
+/// Writes one line to standard error, dropping it if standard error is closed (`2>&1 | head -1`):
+/// a message that cannot be shown must not stop the command it is about.
+pub fn tell_line(text: std::fmt::Arguments) {
+    let mut err = io::stderr().lock();
+    let _ = err.write_fmt(text).and_then(|()| err.write_all(b"\n"));
+}
+
+/// `eprintln!` that never panics: see `tell_line`.
+#[macro_export]
+macro_rules! tell {
+    ($($arg:tt)*) => {
+        $crate::stdout::tell_line(format_args!($($arg)*))
+    };
+}

@@ -292,7 +292,8 @@ fn an_ios_backup_is_a_snapshot_of_the_phones_real_paths() {
     backup.file("HomeDomain", "a//b", b"x", 1);
     backup.file("Home/Domain", "c", b"x", 1);
     let gone = backup.row("HomeDomain", "Library/gone.jpg", 1, mbfile(0o100644, 1, 9, None));
-    // A file row where other rows have a folder: what is below it cannot be imported, and says so.
+    // A file row where other rows have a folder: the folder and its rows win, and the file row
+    // is named.
     backup.file("MediaDomain", "Photos/below.jpg", b"below", 1);
     backup.file("MediaDomain", "Photos", b"a file", 1);
     backup.finish();
@@ -309,7 +310,7 @@ fn an_ios_backup_is_a_snapshot_of_the_phones_real_paths() {
         "HomeDomain-a//b",
         "Home/Domain-c",
         "gone.jpg",
-        "MediaDomain/Photos",
+        "MediaDomain-Photos: not imported: a file in the catalogue where other rows have a folder",
     ] {
         assert!(said.contains(hostile), "{hostile} is named: {said}");
     }
@@ -323,6 +324,7 @@ fn an_ios_backup_is_a_snapshot_of_the_phones_real_paths() {
     assert_eq!((meta.mode() & 0o7777, meta.mtime(), meta.uid()), (0o644, 1_700_000_000, 501));
     assert_eq!(std::fs::metadata(target.join("CameraRollDomain/Media")).unwrap().mtime(), 1_690_000_001);
     assert_eq!(std::fs::read(target.join("AppDomain-net.whatsapp.WhatsApp/Documents/chat.txt")).unwrap(), b"hello");
+    assert_eq!(std::fs::read(target.join("MediaDomain/Photos/below.jpg")).unwrap(), b"below");
     assert_eq!(std::fs::read_link(target.join("HomeDomain/Library/link")).unwrap(), Path::new("SMS/sms.db"));
     let all: Vec<String> =
         files_under(&target).iter().map(|p| p.strip_prefix(&target).unwrap().display().to_string()).collect();
@@ -740,7 +742,9 @@ fn an_exported_backup_is_byte_for_byte_the_one_imported_plain_or_encrypted() {
     assert_eq!(code(&done), 0, "{}", stderr(&done));
     assert_eq!(contents(&out), contents(&encrypted_dir));
     use std::os::unix::fs::MetadataExt;
-    for path in files_under(&out).iter().chain([&out, &out.join(names(&out)[0].as_str())]) {
+    // The folder export made is private; one the user made keeps its mode, its contents not.
+    let made = s.path("exports/plain");
+    for path in files_under(&out).iter().chain([&out.join(names(&out)[0].as_str()), &made]) {
         assert_eq!(std::fs::metadata(path).unwrap().mode() & 0o077, 0, "{}", path.display());
     }
     assert_eq!(names(&s.path("exports")), ["encrypted", "plain"], "no temporary folder is left");
@@ -748,7 +752,7 @@ fn an_exported_backup_is_byte_for_byte_the_one_imported_plain_or_encrypted() {
     // OUT holding something is refused and left alone; a folder snapshot is not an iPhone backup.
     let refused = s.run(&["export", "plain/latest", "--format", "ios-backup", out.to_str().unwrap()]);
     assert_eq!(code(&refused), 18, "{}", stderr(&refused));
-    assert!(stderr(&refused).contains("is not an empty folder"), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("not empty: name a new or empty folder"), "{}", stderr(&refused));
     assert_eq!(contents(&out), contents(&encrypted_dir));
     std::fs::create_dir(s.path("folder")).unwrap();
     write(&s.path("folder/a.txt"), b"a");

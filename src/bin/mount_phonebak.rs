@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         }
     }
     if positional.len() != 2 {
-        eprintln!("usage: mount.phonebak REPOSITORY MOUNTPOINT [-o OPTIONS]");
+        phonebak::tell!("usage: mount.phonebak REPOSITORY MOUNTPOINT [-o OPTIONS]");
         return ExitCode::from(2);
     }
     let mut command: Vec<OsString> = vec!["phonebak".into(), "mount".into(), "--repo".into(), positional.remove(0)];

@@ -138,7 +138,7 @@ fn find_conflict(repo: &Repository, kind: LockKind, own_name: &str) -> Result<Op
             std::fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).unwrap_or_default();
         let Ok(other) = serde_json::from_slice::<LockRecord>(&bytes) else {
             if age > Duration::from_secs(60) {
-                eprintln!("phonebak: removing unreadable lock file {}", path.display());
+                crate::tell!("phonebak: removing unreadable lock file {}", path.display());
                 repo.remove_file(&path)?;
             }
             continue;
@@ -146,9 +146,12 @@ fn find_conflict(repo: &Repository, kind: LockKind, own_name: &str) -> Result<Op
         let dead = other.hostname == this_host && !process_alive(other.pid);
         if dead || age > STALE_AFTER {
             let why = if dead { "its process is gone" } else { "it has not been refreshed for 30 minutes" };
-            eprintln!(
+            crate::tell!(
                 "phonebak: removing stale lock of `{}` (pid {} on {}, since {}): {why}",
-                other.command, other.pid, other.hostname, other.time
+                other.command,
+                other.pid,
+                other.hostname,
+                other.time
             );
             repo.remove_file(&path)?;
             continue;

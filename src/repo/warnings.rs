@@ -13,7 +13,10 @@ pub struct Warnings {
 
 impl Default for Warnings {
     fn default() -> Self {
-        Warnings { sink: RwLock::new(Box::new(|line| eprintln!("phonebak: warning: {line}"))), said: Mutex::default() }
+        Warnings {
+            sink: RwLock::new(Box::new(|line| crate::tell!("phonebak: warning: {line}"))),
+            said: Mutex::default(),
+        }
     }
 }
 

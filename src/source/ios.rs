@@ -5,12 +5,14 @@
 //!
 //! The rows are copied once into an index by folder: a private temporary SQLite file, so that a
 //! backup of any size is listed with a bounded amount of memory. Rows whose paths cannot be
-//! stored (`..`, a leading `/`, an empty component, NUL) never become entries: they are listed
-//! as unreadable at the top, with why.
+//! stored (`..`, a leading `/`, an empty component, NUL, not UTF-8 text) never become entries,
+//! nor does a second row for one path, or a file row where other rows have a folder (the folder
+//! and its rows win): they are listed as unreadable at the top, with why.
 //!
 //! An encrypted backup is read with its password (`crate::ios_crypto`): Manifest.db is decrypted
-//! into a private temporary file that is unlinked at once (nothing decrypted stays on disk, even
-//! after `kill -9`), each blob through its own key as it is read.
+//! into a temporary file that never has a name (nothing decrypted stays on disk, even after
+//! `kill -9`), each blob through its own key as it is read. Blobs and the backup's own files are
+//! read only if they are regular files: never through a symlink, never waiting on a FIFO.
 //!
 //! The backup's own files (Info.plist, Manifest.plist, Status.plist and Manifest.db, decrypted)
 //! become the folder `.ios-backup/` of the snapshot, so that `export --format ios-backup` can give
@@ -26,7 +28,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{Listing, Source, SourceEntry, SourceError, SourceFile, SourceKind};
-use crate::ios_crypto::{self, ClassKeys, DecryptingReader, UnlockError};
+use crate::beneath::open_regular_nofollow;
+use crate::ios_crypto::{self, ClassKeys, DecryptingReader, Scratch, UnlockError};
 use crate::tree::Meta;
 use crate::tree_builder::invalid_name_reason;
 
@@ -46,8 +49,7 @@ pub struct IosBackupSource {
     /// The folder holding Manifest.db and the blobs.
     dir: PathBuf,
     index: Mutex<Connection>,
-    /// Rows that cannot be stored: (the row's domain-relativePath, why).
-    rejected: Vec<(Vec<u8>, String)>,
+    rejected: Rejected,
     root_meta: Meta,
     /// An encrypted backup's class keys, unlocked with its password.
     keys: Option<ClassKeys>,
@@ -60,7 +62,7 @@ pub struct IosBackupSource {
 #[derive(Clone)]
 enum OwnFile {
     Path(PathBuf),
-    /// Manifest.db of an encrypted backup, decrypted into an unlinked temporary file.
+    /// Manifest.db of an encrypted backup, decrypted into a temporary file without a name.
     Decrypted(Arc<File>),
 }
 
@@ -83,7 +85,8 @@ pub struct MbFile {
 /// Decodes an MBFile record: an NSKeyedArchiver plist whose root object holds the fields, and
 /// whose `Target` (a symlink's) is a reference to a string in `$objects`.
 pub fn decode_mbfile(bytes: &[u8]) -> Result<MbFile, String> {
-    let value = plist::Value::from_reader(io::Cursor::new(bytes)).map_err(|e| format!("not a plist: {e}"))?;
+    let value = plist::Value::from_reader(io::Cursor::new(bytes))
+        .map_err(|_| "not a readable plist (damaged or cut short)".to_string())?;
     let archive = value.as_dictionary().ok_or("not a keyed archive")?;
     let objects = archive.get("$objects").and_then(|o| o.as_array()).ok_or("no $objects")?;
     fn object<'a>(objects: &'a [plist::Value], v: &'a plist::Value) -> Option<&'a plist::Value> {
@@ -105,7 +108,11 @@ pub fn decode_mbfile(bytes: &[u8]) -> Result<MbFile, String> {
     let small = |key: &str| -> Result<u32, String> {
         u32::try_from(number(key)?).map_err(|_| format!("{key} is out of range"))
     };
-    let mtime = i64::try_from(number("LastModified")?).map_err(|_| "LastModified is out of range".to_string())?;
+    // Signed: a file can be older than 1970.
+    let mtime = match root.get("LastModified").and_then(object) {
+        None => 0,
+        Some(v) => v.as_signed_integer().ok_or("LastModified is not a number or out of range")?,
+    };
     let target = match root.get("Target").and_then(object) {
         None => None,
         Some(plist::Value::String(text)) => Some(text.as_bytes().to_vec()),
@@ -158,7 +165,7 @@ impl IosBackupSource {
         let info = read_plist("Info.plist")?;
         let status = read_plist("Status.plist")?;
         if let Some(state) = status.as_ref().and_then(|s| text_of(s, "SnapshotState")).filter(|s| s != "finished") {
-            eprintln!(
+            crate::tell!(
                 "phonebak: warning: {} says the backup is not finished (SnapshotState {state:?}): what it holds now is imported",
                 dir.join("Status.plist").display()
             );
@@ -174,80 +181,44 @@ impl IosBackupSource {
             })?;
             let key = keys.manifest_key;
             // Padding kept, so that encrypting it again gives the same bytes.
-            let plain = File::open(&manifest)
-                .and_then(|f| ios_crypto::scratch_copy(DecryptingReader::new(f, &key, false)))
-                .map_err(|e| invalid(format!("decrypting Manifest.db into a temporary file: {e}")))?;
+            let encrypted_db = open_regular_nofollow(&manifest).map_err(|e| invalid(format!("Manifest.db: {e}")))?;
+            let plain = Scratch::copy_of(DecryptingReader::new(encrypted_db, &key, false)).map_err(|e| {
+                if e.kind() == io::ErrorKind::InvalidData {
+                    invalid(format!("Manifest.db: {e}"))
+                } else {
+                    scratch_error("decrypting Manifest.db into", e)
+                }
+            })?;
             (Some(keys.class_keys), Some(plain))
         } else {
             (None, None)
         };
-        let catalogue = match &decrypted {
-            Some((_, path)) => Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY),
-            None => Connection::open_with_flags(&manifest, OpenFlags::SQLITE_OPEN_READ_ONLY),
-        }
-        .map_err(|e| invalid(format!("Manifest.db: {e}")));
-        // SQLite holds the decrypted copy open now: its name goes, so nothing decrypted outlives us.
-        let decrypted = decrypted.map(|(file, path)| {
-            let _ = std::fs::remove_file(path);
-            Arc::new(file)
-        });
-        let catalogue = catalogue?;
-        // A private temporary file, deleted when closed.
-        let index = Connection::open("").map_err(|e| invalid(format!("an index of the backup: {e}")))?;
-        // A scratch copy, rebuilt on every run: no journal, no syncs, one transaction.
-        index
-            .execute_batch(
-                "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
-                 CREATE TABLE entries (parent BLOB NOT NULL, name BLOB NOT NULL, flags INTEGER NOT NULL,
-                     file_id TEXT, record BLOB, PRIMARY KEY (parent, name)) WITHOUT ROWID;
-                 BEGIN;",
-            )
-            .map_err(|e| invalid(format!("an index of the backup: {e}")))?;
-        let mut rejected = Vec::new();
-        {
-            let mut rows = catalogue
-                .prepare("SELECT fileID, domain, relativePath, flags, file FROM Files")
-                .map_err(|e| invalid(format!("Manifest.db has no readable Files table: {e}")))?;
-            let mut insert = index
-                .prepare("INSERT OR REPLACE INTO entries VALUES (?1, ?2, ?3, ?4, ?5)")
-                .map_err(|e| invalid(e.to_string()))?;
-            let mut folder = index
-                .prepare("INSERT OR IGNORE INTO entries VALUES (?1, ?2, 2, NULL, NULL)")
-                .map_err(|e| invalid(e.to_string()))?;
-            let mut found = rows.query([]).map_err(|e| invalid(format!("Manifest.db: {e}")))?;
-            while let Some(row) = found.next().map_err(|e| invalid(format!("Manifest.db: {e}")))? {
-                let text = |at: usize| row.get::<_, Option<String>>(at).ok().flatten().unwrap_or_default();
-                let (file_id, domain, relative) = (text(0), text(1), text(2));
-                let flags: i64 = row.get(3).unwrap_or(0);
-                let record: Option<Vec<u8>> = row.get(4).ok().flatten();
-                let shown = format!("{domain}-{relative}").into_bytes();
-                if let Some(why) = path_problem(&domain, &relative) {
-                    rejected.push((shown, why));
-                    continue;
-                }
-                if ![FLAG_FILE, FLAG_DIR, FLAG_SYMLINK].contains(&flags) {
-                    rejected.push((shown, format!("unknown flags {flags}")));
-                    continue;
-                }
-                let path: Vec<&str> =
-                    std::iter::once(domain.as_str()).chain(relative.split('/').filter(|c| !c.is_empty())).collect();
-                for depth in 1..path.len() {
-                    let parent = path[..depth - 1].join("/");
-                    folder
-                        .execute(params![parent.as_bytes(), path[depth - 1].as_bytes()])
-                        .map_err(|e| invalid(e.to_string()))?;
-                }
-                let (name, parent) = (path[path.len() - 1], path[..path.len() - 1].join("/"));
-                insert
-                    .execute(params![parent.as_bytes(), name.as_bytes(), flags, file_id, record])
-                    .map_err(|e| invalid(e.to_string()))?;
+        let plain_catalogue = match &decrypted {
+            Some(_) => None,
+            None => Some(
+                Connection::open_with_flags(&manifest, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    .map_err(|e| invalid(format!("Manifest.db: {e}")))?,
+            ),
+        };
+        let catalogue = match (&plain_catalogue, &decrypted) {
+            (Some(opened), _) => opened,
+            (None, Some(scratch)) => scratch.catalogue(),
+            (None, None) => unreachable!("one of the two is made above"),
+        };
+        let (index, rejected) = build_index(catalogue).map_err(|e| match e {
+            IndexError::Catalogue(e) if e.sqlite_error_code() != Some(rusqlite::ErrorCode::DiskFull) => {
+                invalid(format!("Manifest.db: {e}"))
             }
-        }
-        index.execute_batch("COMMIT;").map_err(|e| invalid(format!("an index of the backup: {e}")))?;
-        rejected.extend(files_over_folders(&index).map_err(|e| invalid(format!("an index of the backup: {e}")))?);
+            IndexError::Catalogue(e) | IndexError::Scratch(e) => {
+                let full = e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull);
+                let e = if full { io::Error::from_raw_os_error(libc::ENOSPC) } else { io::Error::other(e) };
+                scratch_error("indexing the backup in", e)
+            }
+        })?;
         let root_meta = std::fs::metadata(&manifest)
             .map(|m| Meta { mode: 0o755, ..Meta::of(&m) })
             .map_err(|e| invalid(format!("Manifest.db: {e}")))?;
+        let decrypted = decrypted.map(|scratch| Arc::new(scratch.into_file()));
         let own_files = own_files(&dir, decrypted).map_err(|e| invalid(format!("the backup's own files: {e}")))?;
         Ok(IosBackupSource { dir, index: Mutex::new(index), rejected, root_meta, keys, own_files, info })
     }
@@ -315,7 +286,7 @@ impl IosBackupSource {
                     .as_deref()
                     .and_then(|id| self.blob_path(id))
                     .ok_or_else(|| io::Error::other("no valid fileID"))?;
-                let size = self.blob_size(&File::open(blob)?, &mb)?;
+                let size = self.blob_size(&open_regular_nofollow(&blob)?, &mb)?;
                 note = size.note;
                 SourceKind::File { size: size.plain }
             }
@@ -324,28 +295,181 @@ impl IosBackupSource {
     }
 }
 
-/// Files or symlinks in the catalogue at a path where other rows have a folder: the rows below
-/// them cannot be reached in a tree, and are named instead of silently missing.
-fn files_over_folders(index: &Connection) -> rusqlite::Result<Vec<(Vec<u8>, String)>> {
-    let mut entries = index.prepare("SELECT parent, name FROM entries WHERE flags != 2")?;
-    let mut below = index.prepare("SELECT 1 FROM entries WHERE parent = ?1 LIMIT 1")?;
-    let mut found = Vec::new();
-    let rows: Vec<(Vec<u8>, Vec<u8>)> =
-        entries.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
-    for (parent, name) in rows {
-        let path = if parent.is_empty() { name } else { [parent.as_slice(), b"/", name.as_slice()].concat() };
-        if below.exists(params![path])? {
-            let why = "a file in the catalogue where other rows have a folder: the rows below it are not imported";
-            found.push((path, why.to_string()));
+/// The catalogue's rows in the one order import and export both read them, so that both settle
+/// two rows of one path alike (the smaller fileID is the one imported).
+pub const CATALOGUE_QUERY: &str =
+    "SELECT fileID, domain, relativePath, flags, file FROM Files ORDER BY domain, relativePath, fileID";
+
+/// A row of Manifest.db's Files table, as read.
+pub struct CatalogueRow {
+    pub file_id: String,
+    pub domain: String,
+    pub relative: String,
+    pub flags: i64,
+    pub record: Option<Vec<u8>>,
+}
+
+impl CatalogueRow {
+    /// Reads a row of `CATALOGUE_QUERY`: its name for messages (`domain-relativePath`), and the
+    /// row, or why it cannot be imported (a path that is not text: NULL, a blob, not UTF-8).
+    pub fn read(row: &rusqlite::Row) -> (Vec<u8>, Result<CatalogueRow, String>) {
+        use rusqlite::types::ValueRef;
+        let text = |at: usize, what: &str| -> Result<String, String> {
+            match row.get_ref(at) {
+                Ok(ValueRef::Text(bytes)) => {
+                    String::from_utf8(bytes.to_vec()).map_err(|_| format!("a {what} that is not UTF-8 text"))
+                }
+                Ok(ValueRef::Null) => Err(format!("no {what}")),
+                _ => Err(format!("a {what} that is not text")),
+            }
+        };
+        let lossy = |at: usize| match row.get_ref(at) {
+            Ok(ValueRef::Text(bytes) | ValueRef::Blob(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+            _ => String::new(),
+        };
+        let shown = format!("{}-{}", lossy(1), lossy(2)).into_bytes();
+        let read = || -> Result<CatalogueRow, String> {
+            let (domain, relative) = (text(1, "domain")?, text(2, "relativePath")?);
+            let file_id = text(0, "fileID").unwrap_or_default();
+            let flags = match row.get_ref(3) {
+                Ok(ValueRef::Integer(flags)) => flags,
+                _ => return Err("flags that are not a number".into()),
+            };
+            let record = match row.get_ref(4) {
+                Ok(ValueRef::Blob(bytes)) => Some(bytes.to_vec()),
+                _ => None,
+            };
+            if let Some(why) = path_problem(&domain, &relative) {
+                return Err(why);
+            }
+            if ![FLAG_FILE, FLAG_DIR, FLAG_SYMLINK].contains(&flags) {
+                return Err(format!("unknown flags {flags}"));
+            }
+            Ok(CatalogueRow { file_id, domain, relative, flags, record })
+        };
+        (shown, read())
+    }
+
+    /// The tree path: the domain, then relativePath's components (none for the domain itself).
+    pub fn path(&self) -> Vec<&str> {
+        std::iter::once(self.domain.as_str()).chain(self.relative.split('/').filter(|c| !c.is_empty())).collect()
+    }
+}
+
+/// A row imported where another has the same path already.
+pub const SECOND_ROW: &str = "a second row for the same path (the row with the smaller fileID is imported)";
+/// A file row where other rows have a folder: the folder, with everything below it, wins.
+const FILE_OVER_FOLDER: &str = "a file in the catalogue where other rows have a folder (those rows are imported)";
+
+/// Rows that cannot be entries: `domain-relativePath`, and why.
+type Rejected = Vec<(Vec<u8>, String)>;
+
+enum IndexError {
+    Catalogue(rusqlite::Error),
+    Scratch(rusqlite::Error),
+}
+
+/// Copies the catalogue into an index by folder (a private temporary SQLite file), and names
+/// every row that cannot become an entry, with why.
+fn build_index(catalogue: &Connection) -> Result<(Connection, Rejected), IndexError> {
+    let scratch = IndexError::Scratch;
+    // A private temporary file, deleted when closed; a scratch copy rebuilt on every run: no
+    // journal, no syncs, one transaction.
+    let index = Connection::open("").map_err(scratch)?;
+    index
+        .execute_batch(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
+             CREATE TABLE entries (parent BLOB NOT NULL, name BLOB NOT NULL, flags INTEGER NOT NULL,
+                 file_id TEXT, record BLOB, shown BLOB, PRIMARY KEY (parent, name)) WITHOUT ROWID;
+             BEGIN;",
+        )
+        .map_err(scratch)?;
+    let mut rejected = Vec::new();
+    {
+        let mut rows = catalogue.prepare(CATALOGUE_QUERY).map_err(IndexError::Catalogue)?;
+        let mut found = rows.query([]).map_err(IndexError::Catalogue)?;
+        let mut existing = index
+            .prepare("SELECT flags, file_id, shown FROM entries WHERE parent = ?1 AND name = ?2")
+            .map_err(scratch)?;
+        let mut insert = index.prepare("INSERT INTO entries VALUES (?1, ?2, ?3, ?4, ?5, ?6)").map_err(scratch)?;
+        let mut remove = index.prepare("DELETE FROM entries WHERE parent = ?1 AND name = ?2").map_err(scratch)?;
+        let mut describe = index
+            .prepare("UPDATE entries SET file_id = ?3, record = ?4, shown = ?5 WHERE parent = ?1 AND name = ?2")
+            .map_err(scratch)?;
+        while let Some(row) = found.next().map_err(IndexError::Catalogue)? {
+            let (shown, read) = CatalogueRow::read(row);
+            let row = match read {
+                Ok(row) => row,
+                Err(why) => {
+                    rejected.push((shown, why));
+                    continue;
+                }
+            };
+            let path = row.path();
+            // The folders leading to it: one made up where no row has it, a file in the way
+            // given up (the folder and what is below it win).
+            for depth in 1..path.len() {
+                let (parent, name) = (path[..depth - 1].join("/"), path[depth - 1]);
+                let key = params![parent.as_bytes(), name.as_bytes()];
+                let there: Option<(i64, Option<String>, Option<Vec<u8>>)> =
+                    existing.query_row(key, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional().map_err(scratch)?;
+                match there {
+                    Some((FLAG_DIR, ..)) => continue,
+                    Some((_, _, file_shown)) => {
+                        remove.execute(key).map_err(scratch)?;
+                        rejected.push((file_shown.unwrap_or_default(), FILE_OVER_FOLDER.into()));
+                    }
+                    None => {}
+                }
+                insert
+                    .execute(params![
+                        parent.as_bytes(),
+                        name.as_bytes(),
+                        FLAG_DIR,
+                        None::<String>,
+                        None::<Vec<u8>>,
+                        None::<Vec<u8>>
+                    ])
+                    .map_err(scratch)?;
+            }
+            let (parent, name) = (path[..path.len() - 1].join("/"), path[path.len() - 1]);
+            let key = params![parent.as_bytes(), name.as_bytes()];
+            let there: Option<(i64, Option<String>, Option<Vec<u8>>)> =
+                existing.query_row(key, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional().map_err(scratch)?;
+            match there {
+                None => {
+                    insert
+                        .execute(params![parent.as_bytes(), name.as_bytes(), row.flags, row.file_id, row.record, shown])
+                        .map_err(scratch)?;
+                }
+                // A folder made up for the rows below it: this row describes it.
+                Some((FLAG_DIR, _, None)) if row.flags == FLAG_DIR => {
+                    describe
+                        .execute(params![parent.as_bytes(), name.as_bytes(), row.file_id, row.record, shown])
+                        .map_err(scratch)?;
+                }
+                Some((FLAG_DIR, _, None)) => rejected.push((shown, FILE_OVER_FOLDER.into())),
+                Some(_) => rejected.push((shown, SECOND_ROW.into())),
+            }
         }
     }
-    Ok(found)
+    index.execute_batch("COMMIT;").map_err(scratch)?;
+    Ok((index, rejected))
+}
+
+/// A failure in the temporary folder (TMPDIR), where the index and a decrypted Manifest.db go:
+/// said as such, and a full one is a full disk (exit 15).
+fn scratch_error(doing: &str, e: io::Error) -> SourceError {
+    SourceError::Scratch {
+        doing: format!("{doing} the temporary folder {}", std::env::temp_dir().display()),
+        source: e,
+    }
 }
 
 /// A plist file's top dictionary; `None` if the file is not there (a hand-made copy of a backup
 /// may have only Manifest.db and the blobs). Damage is an error: guessing could import wrongly.
 fn read_plist(path: &Path) -> Result<Option<plist::Dictionary>, String> {
-    let file = match File::open(path) {
+    let file = match open_regular_nofollow(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         other => other.map_err(|e| e.to_string())?,
     };
@@ -360,7 +484,9 @@ fn read_plist(path: &Path) -> Result<Option<plist::Dictionary>, String> {
 
 /// A backup's plist (XML or binary): its top dictionary.
 pub fn parse_plist(bytes: &[u8]) -> Result<plist::Dictionary, String> {
-    match plist::Value::from_reader(io::Cursor::new(bytes)).map_err(|e| format!("not a readable plist: {e}"))? {
+    // The plist crate's errors are its internal state, not words for a user.
+    let value = plist::Value::from_reader(io::Cursor::new(bytes));
+    match value.map_err(|_| "not a readable plist (damaged or cut short)".to_string())? {
         plist::Value::Dictionary(top) => Ok(top),
         _ => Err("not a dictionary of keys".into()),
     }
@@ -401,18 +527,16 @@ fn own_files(dir: &Path, decrypted: Option<Arc<File>>) -> io::Result<Vec<(&'stat
     let mut found = Vec::new();
     for name in OWN_FILES {
         let path = dir.join(name);
-        let meta = match std::fs::metadata(&path) {
+        let meta = match open_regular_nofollow(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            other => other?,
+            other => other?.metadata()?,
         };
-        if !meta.is_file() {
-            continue;
-        }
         let (size, read) = match (&decrypted, name) {
             (Some(file), "Manifest.db") => (file.metadata()?.len(), OwnFile::Decrypted(file.clone())),
             _ => (meta.len(), OwnFile::Path(path)),
         };
-        found.push((name, Meta::of(&meta), size, read));
+        // Private whatever the backup folder's modes: the phone's identity, its decrypted catalogue.
+        found.push((name, Meta { mode: 0o600, ..Meta::of(&meta) }, size, read));
     }
     Ok(found)
 }
@@ -550,7 +674,7 @@ impl Source for IosBackupSource {
                 .find(|(n, ..)| n.as_bytes() == std::os::unix::ffi::OsStrExt::as_bytes(name))
                 .ok_or_else(|| unreadable(io::Error::from(io::ErrorKind::NotFound)))?;
             let file = match own {
-                OwnFile::Path(path) => Arc::new(File::open(path).map_err(unreadable)?),
+                OwnFile::Path(path) => Arc::new(open_regular_nofollow(path).map_err(unreadable)?),
                 OwnFile::Decrypted(file) => file.clone(),
             };
             return Ok(Box::new(OwnFileReader { file, at: 0, mtime: meta.mtime_sec, mtime_nsec: meta.mtime_nsec }));
@@ -576,7 +700,7 @@ impl Source for IosBackupSource {
             Some(bytes) => decode_mbfile(bytes).map_err(|why| unreadable(io::Error::other(why)))?,
             None => MbFile::default(),
         };
-        let file = File::open(blob).map_err(unreadable)?;
+        let file = open_regular_nofollow(&blob).map_err(unreadable)?;
         let size = self.blob_size(&file, &mb).map_err(unreadable)?;
         let reader: Box<dyn Read + Send> = match size.key {
             None => Box::new(file.try_clone().map_err(unreadable)?),

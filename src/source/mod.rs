@@ -11,8 +11,8 @@ use std::path::Path;
 
 pub use dir::DirSource;
 pub use ios::{
-    decode_mbfile, info_facts, parse_plist, path_problem, ArchivePassword, IosBackupSource, MbFile, OWN_FILES,
-    OWN_FILES_DIR, WRONG_PASSWORD,
+    decode_mbfile, info_facts, parse_plist, path_problem, ArchivePassword, CatalogueRow, IosBackupSource, MbFile,
+    CATALOGUE_QUERY, OWN_FILES, OWN_FILES_DIR, SECOND_ROW, WRONG_PASSWORD,
 };
 
 use crate::tree::Meta;
@@ -58,6 +58,9 @@ pub enum SourceError {
     Vanished { source_name: String, cause: io::Error },
     #[error("cannot use {spec:?} as a source: {why}")]
     Invalid { spec: String, why: String },
+    /// The temporary folder (TMPDIR) failed: full (exit 15), or not writable.
+    #[error("{doing}: {source}")]
+    Scratch { doing: String, source: io::Error },
     /// An encrypted iPhone backup's password is wrong or was not given: nothing is imported.
     #[error("{0}")]
     ArchivePassword(String),
