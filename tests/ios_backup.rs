@@ -10,6 +10,7 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// An iOS backup folder being written; `finish` completes it.
 struct Backup {
@@ -716,7 +717,7 @@ fn an_exported_backup_is_byte_for_byte_the_one_imported_plain_or_encrypted() {
     status_plist(&encrypted_dir);
     s.ok(&["backup", &format!("ios-backup:{}", plain_dir.display())]);
     let mut import = s.command(&["backup", &format!("ios-backup:{}", encrypted_dir.display())]);
-    assert!(import.env("PHONEBAK_ARCHIVE_PASSWORD", "pw").status().unwrap().success());
+    assert!(import.env("PHONEBAK_ARCHIVE_PASSWORD", "pw").output().unwrap().status.success());
 
     let out = s.path("exports/plain");
     let said = s.ok(&["export", "plain/latest", "--format", "ios-backup", out.to_str().unwrap()]);
@@ -863,4 +864,235 @@ fn the_next_days_backup_reads_only_what_changed_and_stores_only_that() {
         assert_eq!(std::fs::read(camera.join("IMG_0002.HEIC")).unwrap(), bytes(3, 500_000, false));
         assert_eq!(std::fs::read(target.join("HomeDomain/Library/SMS/sms.db")).unwrap()[16..], sms2[..]);
     }
+}
+
+#[test]
+fn hostile_catalogue_rows_are_named_and_never_cost_other_files() {
+    let s = Scratch::with_repo();
+    let dir = s.path("backup");
+    let backup = Backup::new(&dir);
+    backup.folder("HomeDomain", "", 1_600_000_000);
+    for i in 0..3 {
+        backup.file("HomeDomain", &format!("Library/photo{i}.jpg"), format!("precious {i}").as_bytes(), 1_700_000_000);
+    }
+    let record = mbfile(0o100644, 1_700_000_000, 4, None);
+    // A relativePath that is not UTF-8 text, and one that is NULL: named, never "" (the domain).
+    backup
+        .db
+        .execute(
+            "INSERT INTO Files VALUES ('aa01', 'HomeDomain', CAST(?1 AS TEXT), 1, ?2)",
+            rusqlite::params![b"Library/caf\xe9.txt".to_vec(), record],
+        )
+        .unwrap();
+    backup.db.execute("INSERT INTO Files VALUES ('aa02', 'HomeDomain', NULL, 1, ?1)", [&record]).unwrap();
+    // Two rows for one path: the smaller fileID is imported, the other named.
+    let dup = |id: &str, content: &[u8]| {
+        let record = mbfile(0o100644, 1_700_000_000, content.len() as u64, None);
+        backup
+            .db
+            .execute(
+                "INSERT INTO Files VALUES (?1, 'HomeDomain', 'Library/dup.txt', 1, ?2)",
+                rusqlite::params![id, record],
+            )
+            .unwrap();
+        write(&dir.join(&id[..2]).join(id), content);
+    };
+    dup("bb01", b"first copy");
+    dup("bb02", b"second copy!!");
+    // Before 1970.
+    backup.row("HomeDomain", "Library/old.txt", 1, mbfile(0o100644, -86_400, 3, None));
+    let old = dir.join(&sha1_hex("HomeDomain-Library/old.txt")[..2]).join(sha1_hex("HomeDomain-Library/old.txt"));
+    write(&old, b"old");
+    // A blob that is a symlink to a file of this machine, and one that is a FIFO.
+    write(&s.path("secret"), b"this machine's secret");
+    let linked = backup.file("HomeDomain", "Library/linked", b"x", 1_700_000_000);
+    std::fs::remove_file(&linked).unwrap();
+    std::os::unix::fs::symlink(s.path("secret"), &linked).unwrap();
+    let fifo = backup.file("HomeDomain", "Library/fifo", b"x", 1_700_000_000);
+    std::fs::remove_file(&fifo).unwrap();
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    backup.finish();
+    // Two rows sharing one fileID (a catalogue without its primary key).
+    let db = rusqlite::Connection::open(dir.join("Manifest.db")).unwrap();
+    db.execute_batch(
+        "CREATE TABLE F2 AS SELECT * FROM Files; DROP TABLE Files; ALTER TABLE F2 RENAME TO Files;
+         INSERT INTO Files SELECT fileID, domain, 'Library/same-id.jpg', flags, file FROM Files
+             WHERE relativePath = 'Library/photo0.jpg';",
+    )
+    .unwrap();
+    drop(db);
+
+    let out = run_bounded(&s, &["backup", "--device", "phone", &format!("ios-backup:{}", dir.display())]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let said = stderr(&out);
+    for expected in [
+        "HomeDomain-Library/caf\u{fffd}.txt: not imported: a relativePath that is not UTF-8 text",
+        "HomeDomain-: not imported: no relativePath",
+        "HomeDomain-Library/dup.txt: not imported: a second row for the same path",
+        "Library/linked: a symlink, not a file: not read",
+        "Library/fifo: not a regular file",
+    ] {
+        assert!(said.contains(expected), "{expected}: {said}");
+    }
+    let target = s.path("out");
+    let restore = s.command(&["restore", "phone/latest", "--target", target.to_str().unwrap()]);
+    let restored = run_with_umask(restore, 0o022);
+    assert_eq!(code(&restored), 0, "{}", stderr(&restored));
+    let library = target.join("HomeDomain/Library");
+    for i in 0..3 {
+        assert_eq!(std::fs::read(library.join(format!("photo{i}.jpg"))).unwrap(), format!("precious {i}").as_bytes());
+    }
+    assert_eq!(std::fs::read(library.join("same-id.jpg")).unwrap(), b"precious 0");
+    assert_eq!(std::fs::read(library.join("dup.txt")).unwrap(), b"first copy");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(library.join("old.txt")).unwrap().mtime(), -86_400);
+    assert!(!library.join("linked").exists() && !library.join("fifo").exists());
+    // The catalogue and the phone's identity stay private, even restored on their own.
+    let alone = s.path("alone");
+    let restore = s.command(&["restore", "phone/latest:.ios-backup/Manifest.db", "--target", alone.to_str().unwrap()]);
+    assert_eq!(code(&run_with_umask(restore, 0o022)), 0);
+    assert_eq!(std::fs::metadata(alone.join("Manifest.db")).unwrap().mode() & 0o777, 0o600);
+
+    // Export settles the rows as the import did: the second row's blob is not written with the
+    // first's content, a shared fileID is written once, and both are listed.
+    let exported = s.path("exported");
+    let out = run_bounded(&s, &["export", "phone/latest", "--format", "ios-backup", exported.to_str().unwrap()]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("HomeDomain-Library/dup.txt: not imported: a second row"), "{said}");
+    assert!(said.contains("another row has the same fileID"), "{said}");
+    assert_eq!(std::fs::read(exported.join("bb/bb01")).unwrap(), b"first copy");
+    assert!(!exported.join("bb/bb02").exists());
+}
+
+/// Runs a command under `umask`, as a user's shell would.
+fn run_with_umask(mut command: Command, umask: u32) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: umask is async-signal-safe and only changes the child's own mask.
+    unsafe {
+        command.pre_exec(move || {
+            libc::umask(umask);
+            Ok(())
+        });
+    }
+    command.output().unwrap()
+}
+
+#[test]
+fn nothing_decrypted_ever_has_a_name_and_a_full_tmpdir_is_said() {
+    let s = Scratch::with_repo();
+    let dir = s.path("backup");
+    let backup = Backup::encrypted(&dir, Encryption::new("pw", 10, 5));
+    backup.file("HomeDomain", "Library/secret.txt", b"top secret", 1_700_000_000);
+    // A catalogue of some size, so that decrypting it takes a while.
+    backup.db.execute("INSERT INTO Properties VALUES ('pad', ?1)", [bytes(7, 30_000_000, true)]).unwrap();
+    backup.finish();
+    let tmp = s.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let source = format!("ios-backup:{}", dir.display());
+    let watch = |child: &mut std::process::Child, kill_after: Option<Duration>| {
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            // A name may exist for an instant, for an empty file: never for a byte of the catalogue.
+            for file in files_under(&tmp) {
+                let len = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+                assert_eq!(len, 0, "{} has a name and {len} bytes", file.display());
+            }
+            if kill_after.is_some_and(|after| started.elapsed() > after) {
+                child.kill().unwrap();
+            }
+        }
+    };
+    let mut command = s.command(&["backup", "--device", "phone", &source]);
+    command.env("PHONEBAK_ARCHIVE_PASSWORD", "pw").env("TMPDIR", &tmp).stderr(std::process::Stdio::null());
+    let mut child = command.spawn().unwrap();
+    watch(&mut child, None);
+    assert!(child.wait().unwrap().success());
+    // kill -9 while it decrypts: nothing decrypted is left.
+    let mut child = command.spawn().unwrap();
+    watch(&mut child, Some(Duration::from_millis(150)));
+    assert!(files_under(&tmp).iter().all(|f| std::fs::metadata(f).unwrap().len() == 0));
+    assert_eq!(s.json(&["snapshots"]).as_array().unwrap().len(), 1);
+
+    // A TMPDIR too small for the catalogue: the disk is named, exit 15, nothing stored.
+    let small = SmallDisk::mount(&s.path("small"), "2m");
+    let mut command = s.command(&["backup", "--device", "phone", &source]);
+    let out = command.env("PHONEBAK_ARCHIVE_PASSWORD", "pw").env("TMPDIR", &small.0).output().unwrap();
+    assert_eq!(code(&out), 15, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the temporary folder") && stderr(&out).contains("No space left"),
+        "{}",
+        stderr(&out)
+    );
+    let mut command = s.command(&["export", "phone/latest", "--format", "ios-backup", s.path("x").to_str().unwrap()]);
+    let out = command.env("PHONEBAK_ARCHIVE_PASSWORD", "pw").env("TMPDIR", &small.0).output().unwrap();
+    assert_eq!(code(&out), 15, "{}", stderr(&out));
+    assert!(!s.path("x").exists(), "no partial export");
+    assert_eq!(s.json(&["snapshots"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_closed_stderr_never_stops_a_backup() {
+    let s = Scratch::with_repo();
+    let dir = s.path("backup");
+    let backup = Backup::new(&dir);
+    backup.file("HomeDomain", "Library/a.txt", b"a", 1_700_000_000);
+    for i in 0..50 {
+        backup.row("HomeDomain", &format!("Library/gone{i}.jpg"), 1, mbfile(0o100644, 1, 9, None));
+    }
+    backup.finish();
+    let mut child = s
+        .command(&["backup", "--device", "phone", &format!("ios-backup:{}", dir.display())])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take()); // the reader went away (`2>&1 | head -1`)
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(3));
+    assert_eq!(s.json(&["snapshots"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn an_export_goes_onto_an_empty_disk_clears_an_interrupted_one_and_lists_what_it_cannot_give_back() {
+    let s = Scratch::with_repo();
+    let dir = s.path("backup");
+    let backup = Backup::encrypted(&dir, Encryption::new("pw", 10, 5));
+    backup.file("HomeDomain", "Library/fine.txt", b"fine", 1_700_000_000);
+    let cut = backup.file("HomeDomain", "Library/cut.bin", &bytes(3, 100, false), 1_700_000_000);
+    backup.finish();
+    let mut command = s.command(&["backup", "--device", "phone", &format!("ios-backup:{}", dir.display())]);
+    assert!(command.env("PHONEBAK_ARCHIVE_PASSWORD", "pw").output().unwrap().status.success());
+    let export = |out: &Path| {
+        let mut command = s.command(&["export", "phone/latest", "--format", "ios-backup", out.to_str().unwrap()]);
+        command.env("PHONEBAK_ARCHIVE_PASSWORD", "pw").output().unwrap()
+    };
+    // The root of an empty disk (a mount point cannot be renamed over).
+    let disk = SmallDisk::mount(&s.path("usb"), "20m");
+    let done = export(&disk.0);
+    assert_eq!(code(&done), 0, "{}", stderr(&done));
+    assert_eq!(contents(&disk.0), contents(&dir));
+    // What an interrupted export left inside OUT goes; anything else in OUT is refused.
+    let out = s.path("again");
+    write(&out.join(".phonebak-export-0123456789abcdef/Manifest.db"), b"half");
+    let done = export(&out);
+    assert_eq!(code(&done), 0, "{}", stderr(&done));
+    assert_eq!(contents(&out), contents(&dir));
+    std::os::unix::fs::symlink(&out, s.path("link")).unwrap();
+    let refused = export(&s.path("link"));
+    assert_eq!(code(&refused), 18, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("a symlink: name the folder itself"), "{}", stderr(&refused));
+
+    // A blob whose encryption was damaged at import is written, and listed as not as it was.
+    let cipher = std::fs::read(&cut).unwrap();
+    std::fs::write(&cut, &cipher[..cipher.len() - 5]).unwrap();
+    let mut command = s.command(&["backup", "--device", "phone", &format!("ios-backup:{}", dir.display())]);
+    assert!(command.env("PHONEBAK_ARCHIVE_PASSWORD", "pw").output().unwrap().status.success());
+    let listed = export(&s.path("damaged"));
+    assert_eq!(code(&listed), 3, "{}", stderr(&listed));
+    assert!(
+        stderr(&listed).contains("HomeDomain-Library/cut.bin: its blob did not decrypt to its recorded size"),
+        "{}",
+        stderr(&listed)
+    );
+    drop(disk);
 }
