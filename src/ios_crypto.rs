@@ -131,7 +131,8 @@ impl Keybag {
     pub fn passcode_key(&self, password: &[u8]) -> [u8; 32] {
         let mut key = [0u8; 32];
         if self.dp_iterations > 0 && !self.dp_salt.is_empty() {
-            let first = pbkdf2_sha256_32(password, &self.dp_salt, self.dp_iterations);
+            let mut first = [0u8; 32];
+            pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, &self.dp_salt, self.dp_iterations, &mut first);
             pbkdf2::pbkdf2_hmac::<sha1::Sha1>(&first, &self.salt, self.iterations, &mut key);
         } else {
             // Keybags from before iOS 10.2 have only the SHA-1 round.
@@ -159,53 +160,6 @@ impl Keybag {
         }
         Ok(ClassKeys { keys })
     }
-}
-
-/// PBKDF2-HMAC-SHA256 with a 32-byte output. Every round after the first hashes a 32-byte value,
-/// so it is two SHA-256 compressions from the HMAC states, precomputed once; the generic crate
-/// spends a third of its time around them, and iOS asks for 10 000 000 rounds.
-fn pbkdf2_sha256_32(password: &[u8], salt: &[u8], rounds: u32) -> [u8; 32] {
-    use sha2::digest::generic_array::GenericArray;
-    use sha2::Digest;
-    const IV: [u32; 8] =
-        [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
-    let mut first = [0u8; 32];
-    pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, salt, 1, &mut first);
-    if rounds <= 1 {
-        return first;
-    }
-    let mut key = [0u8; 64];
-    if password.len() > 64 {
-        key[..32].copy_from_slice(&sha2::Sha256::digest(password));
-    } else {
-        key[..password.len()].copy_from_slice(password);
-    }
-    let state_after = |pad: u8| {
-        let mut state = IV;
-        let block: [u8; 64] = std::array::from_fn(|i| key[i] ^ pad);
-        sha2::compress256(&mut state, &[GenericArray::from(block)]);
-        state
-    };
-    let (inner, outer) = (state_after(0x36), state_after(0x5c));
-    // A 32-byte message after the 64-byte key block: 96 bytes, 768 bits, in one padded block.
-    let mut block = [0u8; 64];
-    block[32] = 0x80;
-    block[56..].copy_from_slice(&768u64.to_be_bytes());
-    let (mut previous, mut result) = (first, first);
-    for _ in 1..rounds {
-        for start in [inner, outer] {
-            let mut state = start;
-            block[..32].copy_from_slice(&previous);
-            sha2::compress256(&mut state, &[GenericArray::from(block)]);
-            for (word, bytes) in state.iter().zip(previous.chunks_exact_mut(4)) {
-                bytes.copy_from_slice(&word.to_be_bytes());
-            }
-        }
-        for (r, p) in result.iter_mut().zip(previous) {
-            *r ^= p;
-        }
-    }
-    result
 }
 
 impl ClassKeys {
@@ -581,17 +535,6 @@ mod tests {
         let mut bytes = Vec::new();
         scratch.into_file().read_to_end(&mut bytes).unwrap();
         assert!(bytes.is_empty(), "read from the end: the copy's own offset");
-    }
-
-    #[test]
-    fn the_fast_pbkdf2_equals_the_crates() {
-        for password in [&b""[..], b"pw", &[7u8; 64], &[9u8; 65], &[1u8; 200]] {
-            for rounds in [1, 2, 3, 1000] {
-                let mut expected = [0u8; 32];
-                pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, b"salt of twenty bytes", rounds, &mut expected);
-                assert_eq!(pbkdf2_sha256_32(password, b"salt of twenty bytes", rounds), expected, "{rounds}");
-            }
-        }
     }
 
     #[test]
