@@ -220,7 +220,7 @@ fn write_backup(
     for name in OWN_FILES.iter().filter(|n| **n != "Manifest.db") {
         if let Some(Node::File { chunks, .. }) = own.find(name.as_bytes()).map(|e| &e.node) {
             let dest = temp.join(name);
-            write_file(&dest, name, ChunkReader::new(repo, chunks.clone()))?;
+            write_file(&dest, name, &mut ChunkReader::new(repo, chunks.clone()), &mut vec![0; WRITE_BUFFER])?;
         }
     }
     let plain_db = ChunkReader::new(repo, manifest_db.to_vec());
@@ -229,7 +229,7 @@ fn write_backup(
     // an encrypted one a decrypted copy that has no name.
     let (plain_catalogue, scratch) = match keys {
         None => {
-            write_file(&dest_db, "Manifest.db", plain_db)?;
+            write_file(&dest_db, "Manifest.db", &mut { plain_db }, &mut vec![0; WRITE_BUFFER])?;
             let opened = Connection::open_with_flags(&dest_db, OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .map_err(|e| ExportError::Damaged { what: "Manifest.db".into(), why: e.to_string() })?;
             (Some(opened), None)
@@ -241,7 +241,8 @@ fn write_backup(
                     false => ExportError::Scratch { error: e },
                 })?;
             let plain = ReadAt { file: scratch.file(), at: 0 };
-            write_file(&dest_db, "Manifest.db", EncryptingReader::new(plain, &keys.manifest_key, false))?;
+            let mut encrypted = EncryptingReader::new(plain, &keys.manifest_key, false);
+            write_file(&dest_db, "Manifest.db", &mut encrypted, &mut vec![0; WRITE_BUFFER])?;
             (None, Some(scratch))
         }
     };
@@ -260,25 +261,34 @@ fn write_backup(
     let totals = Mutex::new((0u64, 0u64));
     let planned = std::thread::scope(|scope| {
         for _ in 0..workers {
-            scope.spawn(|| loop {
-                let Ok(job) = rx.lock().expect("export queue lock").recv() else { return };
-                if failed.lock().expect("failure lock").is_some() {
-                    continue; // drained: the export has stopped
-                }
-                let content = ChunkReader::new(repo, job.chunks);
-                let written = match job.key {
-                    None => write_file(&job.dest, &job.shown, content),
-                    Some(key) => write_file(&job.dest, &job.shown, EncryptingReader::new(content, &key, true)),
-                };
-                match written {
-                    Ok(()) => {
-                        let mut totals = totals.lock().expect("totals lock");
-                        totals.0 += 1;
-                        totals.1 += job.size;
-                        progress.add(job.size);
+            scope.spawn(|| {
+                // Kept from file to file: large buffers made anew for each file cost a page fault
+                // for every page, every time.
+                let (mut chunk_buffer, mut write_buffer) = (Vec::new(), vec![0u8; WRITE_BUFFER]);
+                loop {
+                    let Ok(job) = rx.lock().expect("export queue lock").recv() else { return };
+                    if failed.lock().expect("failure lock").is_some() {
+                        continue; // drained: the export has stopped
                     }
-                    Err(e) => {
-                        failed.lock().expect("failure lock").get_or_insert(e);
+                    let mut content = ChunkReader::with_buffer(repo, job.chunks, std::mem::take(&mut chunk_buffer));
+                    let written = match job.key {
+                        None => write_file(&job.dest, &job.shown, &mut content, &mut write_buffer),
+                        Some(key) => {
+                            let mut encrypted = EncryptingReader::new(&mut content, &key, true);
+                            write_file(&job.dest, &job.shown, &mut encrypted, &mut write_buffer)
+                        }
+                    };
+                    chunk_buffer = content.into_buffer();
+                    match written {
+                        Ok(()) => {
+                            let mut totals = totals.lock().expect("totals lock");
+                            totals.0 += 1;
+                            totals.1 += job.size;
+                            progress.add(job.size);
+                        }
+                        Err(e) => {
+                            failed.lock().expect("failure lock").get_or_insert(e);
+                        }
                     }
                 }
             });
@@ -438,7 +448,9 @@ impl<'a> FolderCache<'a> {
 
 /// Writes a new private file from `content`. A damaged chunk is the repository's fault, said as
 /// such; anything else is the target's.
-fn write_file(dest: &Path, what: &str, mut content: impl Read) -> Result<(), ExportError> {
+const WRITE_BUFFER: usize = 1 << 17;
+
+fn write_file(dest: &Path, what: &str, content: &mut dyn Read, buf: &mut [u8]) -> Result<(), ExportError> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -446,9 +458,8 @@ fn write_file(dest: &Path, what: &str, mut content: impl Read) -> Result<(), Exp
         .mode(0o600)
         .open(dest)
         .map_err(target(dest))?;
-    let mut buf = vec![0u8; 1 << 17];
     loop {
-        let n = match content.read(&mut buf) {
+        let n = match content.read(buf) {
             Ok(0) => {
                 // Starts writing it out now, so the one sync at the end has little left to wait for.
                 // SAFETY: the descriptor is open for the call, which only schedules writeback.

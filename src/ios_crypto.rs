@@ -215,6 +215,7 @@ pub struct DecryptingReader<R> {
     held: Option<[u8; BLOCK]>,
     /// Ciphertext bytes read past the last whole block.
     partial: Vec<u8>,
+    input: Vec<u8>,
     done: bool,
 }
 
@@ -230,6 +231,7 @@ impl<R: Read> DecryptingReader<R> {
             ready_at: 0,
             held: None,
             partial: Vec::new(),
+            input: Vec::new(),
             done: false,
         }
     }
@@ -241,7 +243,10 @@ impl<R: Read> DecryptingReader<R> {
     fn refill(&mut self) -> io::Result<()> {
         self.ready.clear();
         self.ready_at = 0;
-        let mut buf = std::mem::take(&mut self.partial);
+        // The same input buffer every time (a fresh one per read would be an allocation per read).
+        let mut buf = std::mem::take(&mut self.input);
+        buf.clear();
+        buf.append(&mut self.partial);
         let start = buf.len();
         buf.resize(start + READ_SIZE, 0);
         let n = loop {
@@ -269,7 +274,7 @@ impl<R: Read> DecryptingReader<R> {
             return Ok(());
         }
         let whole = buf.len() / BLOCK * BLOCK;
-        self.partial = buf[whole..].to_vec();
+        self.partial.extend_from_slice(&buf[whole..]);
         buf.truncate(whole);
         for block in buf.chunks_exact_mut(BLOCK) {
             self.cipher.decrypt_block_mut(block.into());
@@ -281,6 +286,7 @@ impl<R: Read> DecryptingReader<R> {
             self.held = Some(buf[whole - BLOCK..].try_into().expect("one block"));
             self.ready.extend_from_slice(&buf[..whole - BLOCK]);
         }
+        self.input = buf;
         Ok(())
     }
 }
@@ -325,7 +331,10 @@ impl<R: Read> EncryptingReader<R> {
     }
 
     fn refill(&mut self) -> io::Result<()> {
-        let mut buf = std::mem::take(&mut self.partial);
+        // The same buffer every time: a fresh one per read would be a fresh allocation per read.
+        let mut buf = std::mem::take(&mut self.ready);
+        buf.clear();
+        buf.append(&mut self.partial);
         let start = buf.len();
         buf.resize(start + READ_SIZE, 0);
         let n = loop {
@@ -345,7 +354,7 @@ impl<R: Read> EncryptingReader<R> {
             }
         } else {
             let whole = buf.len() / BLOCK * BLOCK;
-            self.partial = buf[whole..].to_vec();
+            self.partial.extend_from_slice(&buf[whole..]);
             buf.truncate(whole);
         }
         for block in buf.chunks_exact_mut(BLOCK) {

@@ -137,7 +137,17 @@ pub struct ChunkReader<'a> {
 
 impl<'a> ChunkReader<'a> {
     pub fn new(repo: &'a Repository, chunks: Vec<ChunkRef>) -> ChunkReader<'a> {
-        ChunkReader { repo, chunks, next: 0, current: Vec::new(), at: 0 }
+        Self::with_buffer(repo, chunks, Vec::new())
+    }
+
+    /// Reads into `buffer` (one kept from file to file, so its pages stay mapped).
+    pub fn with_buffer(repo: &'a Repository, chunks: Vec<ChunkRef>, mut buffer: Vec<u8>) -> ChunkReader<'a> {
+        buffer.clear();
+        ChunkReader { repo, chunks, next: 0, current: buffer, at: 0 }
+    }
+
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.current
     }
 }
 
