@@ -201,56 +201,49 @@ fn pkcs7_pad_len(last: &[u8; BLOCK]) -> Option<usize> {
     ((1..=BLOCK).contains(&pad) && last[BLOCK - pad..].iter().all(|&b| b as usize == pad)).then_some(pad)
 }
 
-/// Reads AES-256-CBC ciphertext (zero IV) as plaintext. With `strip_padding`, a valid PKCS#7
-/// padding is removed at the end (an invalid one is kept, as decrypted); a length that is not
-/// whole blocks is an error at the end.
-pub struct DecryptingReader<R> {
-    inner: R,
-    cipher: Decryptor,
-    strip_padding: bool,
-    /// Decrypted bytes ready to hand out, from `ready_at`.
-    ready: Vec<u8>,
-    ready_at: usize,
-    /// The last decrypted block, held back until it is known whether it is the last.
-    held: Option<[u8; BLOCK]>,
-    /// Ciphertext bytes read past the last whole block.
-    partial: Vec<u8>,
-    input: Vec<u8>,
-    done: bool,
-}
-
 const READ_SIZE: usize = 1 << 16;
 
-impl<R: Read> DecryptingReader<R> {
-    pub fn new(inner: R, key: &[u8; 32], strip_padding: bool) -> Self {
-        DecryptingReader {
-            inner,
-            cipher: Decryptor::new(key.into(), &[0u8; BLOCK].into()),
-            strip_padding,
-            ready: Vec::new(),
-            ready_at: 0,
-            held: None,
-            partial: Vec::new(),
-            input: Vec::new(),
-            done: false,
+/// Bytes a reader has made ready (decrypted or encrypted), handed out in order; both readers
+/// below refill it a block-aligned read at a time, reusing its buffers.
+#[derive(Default)]
+struct Ready {
+    bytes: Vec<u8>,
+    at: usize,
+    done: bool,
+    /// The buffer a refill reads into (kept: a fresh one per read is an allocation per read).
+    input: Vec<u8>,
+    /// Bytes read past the last whole block.
+    partial: Vec<u8>,
+}
+
+impl Ready {
+    /// Hands out what is ready, refilling first while nothing is and the stream goes on.
+    fn read(&mut self, out: &mut [u8], mut refill: impl FnMut(&mut Ready) -> io::Result<()>) -> io::Result<usize> {
+        while self.at == self.bytes.len() {
+            if self.done {
+                return Ok(0);
+            }
+            self.bytes.clear();
+            self.at = 0;
+            refill(self)?;
         }
+        let n = out.len().min(self.bytes.len() - self.at);
+        out[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 
-    pub fn get_ref(&self) -> &R {
-        &self.inner
-    }
-
-    fn refill(&mut self) -> io::Result<()> {
-        self.ready.clear();
-        self.ready_at = 0;
-        // The same input buffer every time (a fresh one per read would be an allocation per read).
+    /// Reads the next piece of `inner` after the partial block kept from the last one, and
+    /// splits off the new partial block: the whole blocks read, or all that is left at the end
+    /// (`done`).
+    fn read_blocks(&mut self, inner: &mut impl Read) -> io::Result<Vec<u8>> {
         let mut buf = std::mem::take(&mut self.input);
         buf.clear();
         buf.append(&mut self.partial);
         let start = buf.len();
         buf.resize(start + READ_SIZE, 0);
         let n = loop {
-            match self.inner.read(&mut buf[start..]) {
+            match inner.read(&mut buf[start..]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => break other?,
             }
@@ -258,51 +251,66 @@ impl<R: Read> DecryptingReader<R> {
         buf.truncate(start + n);
         if n == 0 {
             self.done = true;
-            if !buf.is_empty() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "its encrypted length is not a whole number of 16-byte blocks",
-                ));
-            }
-            if let Some(last) = self.held.take() {
-                let keep = match pkcs7_pad_len(&last) {
-                    Some(pad) if self.strip_padding => BLOCK - pad,
-                    _ => BLOCK,
-                };
-                self.ready.extend_from_slice(&last[..keep]);
-            }
-            return Ok(());
+        } else {
+            let whole = buf.len() / BLOCK * BLOCK;
+            self.partial.extend_from_slice(&buf[whole..]);
+            buf.truncate(whole);
         }
-        let whole = buf.len() / BLOCK * BLOCK;
-        self.partial.extend_from_slice(&buf[whole..]);
-        buf.truncate(whole);
-        for block in buf.chunks_exact_mut(BLOCK) {
-            self.cipher.decrypt_block_mut(block.into());
-        }
-        if let Some(held) = self.held.take() {
-            self.ready.extend_from_slice(&held);
-        }
-        if whole > 0 {
-            self.held = Some(buf[whole - BLOCK..].try_into().expect("one block"));
-            self.ready.extend_from_slice(&buf[..whole - BLOCK]);
-        }
-        self.input = buf;
-        Ok(())
+        Ok(buf)
+    }
+}
+
+/// Reads AES-256-CBC ciphertext (zero IV) as plaintext. With `strip_padding`, a valid PKCS#7
+/// padding is removed at the end (an invalid one is kept, as decrypted); a length that is not
+/// whole blocks is an error at the end.
+pub struct DecryptingReader<R> {
+    inner: R,
+    cipher: Decryptor,
+    strip_padding: bool,
+    /// The last decrypted block, held back until it is known whether it is the last.
+    held: Option<[u8; BLOCK]>,
+    ready: Ready,
+}
+
+impl<R: Read> DecryptingReader<R> {
+    pub fn new(inner: R, key: &[u8; 32], strip_padding: bool) -> Self {
+        let cipher = Decryptor::new(key.into(), &[0u8; BLOCK].into());
+        DecryptingReader { inner, cipher, strip_padding, held: None, ready: Ready::default() }
     }
 }
 
 impl<R: Read> Read for DecryptingReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.ready_at == self.ready.len() {
-            if self.done {
-                return Ok(0);
+        let DecryptingReader { inner, cipher, strip_padding, held, ready } = self;
+        ready.read(out, |ready| {
+            let mut buf = ready.read_blocks(inner)?;
+            if ready.done {
+                if !buf.is_empty() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "its encrypted length is not a whole number of 16-byte blocks",
+                    ));
+                }
+                if let Some(last) = held.take() {
+                    let keep = match pkcs7_pad_len(&last) {
+                        Some(pad) if *strip_padding => BLOCK - pad,
+                        _ => BLOCK,
+                    };
+                    ready.bytes.extend_from_slice(&last[..keep]);
+                }
+            } else {
+                for block in buf.chunks_exact_mut(BLOCK) {
+                    cipher.decrypt_block_mut(block.into());
+                }
+                ready.bytes.extend(held.take().iter().flatten());
+                if let Some(last) = buf.len().checked_sub(BLOCK) {
+                    *held = Some(buf[last..].try_into().expect("one block"));
+                    ready.bytes.extend_from_slice(&buf[..last]);
+                }
             }
-            self.refill()?;
-        }
-        let n = out.len().min(self.ready.len() - self.ready_at);
-        out[..n].copy_from_slice(&self.ready[self.ready_at..self.ready_at + n]);
-        self.ready_at += n;
-        Ok(n)
+            ready.input = buf;
+            Ok(())
+        })
     }
 }
 
@@ -311,73 +319,34 @@ pub struct EncryptingReader<R> {
     inner: R,
     cipher: Encryptor,
     pad: bool,
-    ready: Vec<u8>,
-    ready_at: usize,
-    partial: Vec<u8>,
-    done: bool,
+    ready: Ready,
 }
 
 impl<R: Read> EncryptingReader<R> {
     pub fn new(inner: R, key: &[u8; 32], pad: bool) -> Self {
-        EncryptingReader {
-            inner,
-            cipher: Encryptor::new(key.into(), &[0u8; BLOCK].into()),
-            pad,
-            ready: Vec::new(),
-            ready_at: 0,
-            partial: Vec::new(),
-            done: false,
-        }
-    }
-
-    fn refill(&mut self) -> io::Result<()> {
-        // The same buffer every time: a fresh one per read would be a fresh allocation per read.
-        let mut buf = std::mem::take(&mut self.ready);
-        buf.clear();
-        buf.append(&mut self.partial);
-        let start = buf.len();
-        buf.resize(start + READ_SIZE, 0);
-        let n = loop {
-            match self.inner.read(&mut buf[start..]) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other?,
-            }
-        };
-        buf.truncate(start + n);
-        if n == 0 {
-            self.done = true;
-            if self.pad {
-                let pad = BLOCK - buf.len() % BLOCK;
-                buf.extend(std::iter::repeat_n(pad as u8, pad));
-            } else if !buf.len().is_multiple_of(BLOCK) {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "not a whole number of blocks to encrypt"));
-            }
-        } else {
-            let whole = buf.len() / BLOCK * BLOCK;
-            self.partial.extend_from_slice(&buf[whole..]);
-            buf.truncate(whole);
-        }
-        for block in buf.chunks_exact_mut(BLOCK) {
-            self.cipher.encrypt_block_mut(block.into());
-        }
-        self.ready = buf;
-        self.ready_at = 0;
-        Ok(())
+        let cipher = Encryptor::new(key.into(), &[0u8; BLOCK].into());
+        EncryptingReader { inner, cipher, pad, ready: Ready::default() }
     }
 }
 
 impl<R: Read> Read for EncryptingReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.ready_at == self.ready.len() {
-            if self.done {
-                return Ok(0);
+        let EncryptingReader { inner, cipher, pad, ready } = self;
+        ready.read(out, |ready| {
+            let mut buf = ready.read_blocks(inner)?;
+            if ready.done && *pad {
+                let pad = BLOCK - buf.len() % BLOCK;
+                buf.extend(std::iter::repeat_n(pad as u8, pad));
+            } else if ready.done && !buf.len().is_multiple_of(BLOCK) {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "not a whole number of blocks to encrypt"));
             }
-            self.refill()?;
-        }
-        let n = out.len().min(self.ready.len() - self.ready_at);
-        out[..n].copy_from_slice(&self.ready[self.ready_at..self.ready_at + n]);
-        self.ready_at += n;
-        Ok(n)
+            for block in buf.chunks_exact_mut(BLOCK) {
+                cipher.encrypt_block_mut(block.into());
+            }
+            // The encrypted blocks are what is ready; the old ready buffer is read into next.
+            ready.input = std::mem::replace(&mut ready.bytes, buf);
+            Ok(())
+        })
     }
 }
 
