@@ -326,14 +326,16 @@ EncryptedBackup(backup_directory=sys.argv[1], passphrase=sys.argv[2]).extract_fi
 print(f\"ios-stored,phonebak,{s['new_bytes']},{c['changed_bytes']}\")" "$changes" "$work/last.out" >> "$csv"
     echo "ios-manifest,phonebak,$(stat -c %s "$ios/Manifest.db"),0" >> "$csv"
     measure phonebak ios-key-derivation sh -c "PHONEBAK_ARCHIVE_PASSWORD=wrong '$phonebak' backup --repo '$work/repo-phonebak' 'ios-backup:$ios' 2> /dev/null; [ \$? = 19 ]"
+    # Each copy into a folder of its own, none deleted until the round ends: ext4 skips inodes
+    # freed in the last minute when it makes files, which slowed whichever copy came next.
     for turn in 1 2; do
-        rm -rf "$work/ios-export" "$work/ios-copy"; sync
-        measure phonebak ios-export "$phonebak" export --repo "$work/repo-phonebak" latest --format ios-backup "$work/ios-export"
-        measure cp ios-export cp -r "$ios" "$work/ios-copy"
-        rm -rf "$work/ios-copy"; sync
-        measure cp_sync ios-export sh -c "cp -r '$ios' '$work/ios-copy' && sync -f '$work/ios-copy'"
+        sync
+        measure phonebak ios-export "$phonebak" export --repo "$work/repo-phonebak" latest --format ios-backup "$work/ios-export-$turn"
+        measure cp ios-export cp -r "$ios" "$work/ios-copy-$turn"
+        sync
+        measure cp_sync ios-export sh -c "cp -r '$ios' '$work/ios-copy-sync-$turn' && sync -f '$work/ios-copy-sync-$turn'"
     done
-    diff -r "$ios" "$work/ios-export" > /dev/null || { echo "the exported iPhone backup differs from the imported one"; exit 1; }
+    diff -r "$ios" "$work/ios-export-1" > /dev/null || { echo "the exported iPhone backup differs from the imported one"; exit 1; }
 done
 python3 - "$csv" "$(du -sb "$ios" | cut -f1)" "$(find "$ios" -type f | wc -l)" "$decryptor" <<'PY' | tee -a "${work%/}.results.txt"
 import csv, statistics, sys

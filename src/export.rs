@@ -139,13 +139,19 @@ fn prepare_out(out: &Path) -> Result<(PathBuf, bool), ExportError> {
         Ok(meta) if meta.file_type().is_symlink() => return Err(unusable("a symlink: name the folder itself")),
         Ok(meta) if !meta.is_dir() => return Err(unusable("not a folder: name a new or empty folder to export into")),
         Ok(_) => {
-            let mut leftovers = Vec::new();
+            let (mut leftovers, mut others) = (Vec::new(), 0);
             for entry in std::fs::read_dir(out).map_err(target(out))? {
                 let entry = entry.map_err(target(out))?;
-                if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
-                    return Err(unusable("not empty: name a new or empty folder to export into"));
+                match entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                    true => leftovers.push(entry.path()),
+                    false => others += 1,
                 }
-                leftovers.push(entry.path());
+            }
+            match (leftovers.is_empty(), others) {
+                (_, 0) => {}
+                (true, _) => return Err(unusable("not empty: name a new or empty folder to export into")),
+                // Stopped while its files were being moved in: what is there is not whole.
+                (false, _) => return Err(unusable("holds part of an interrupted export: empty it and export again")),
             }
             for leftover in leftovers {
                 std::fs::remove_dir_all(&leftover).map_err(target(&leftover))?;

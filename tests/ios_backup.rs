@@ -1077,6 +1077,13 @@ fn an_export_goes_onto_an_empty_disk_clears_an_interrupted_one_and_lists_what_it
     let done = export(&out);
     assert_eq!(code(&done), 0, "{}", stderr(&done));
     assert_eq!(contents(&out), contents(&dir));
+    // Stopped while moving its files in: what is there is not whole, and said so.
+    let partial = s.path("partial");
+    write(&partial.join(".phonebak-export-00000000000000aa/Manifest.db"), b"half");
+    std::fs::create_dir(partial.join("00")).unwrap();
+    let refused = export(&partial);
+    assert_eq!(code(&refused), 18, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("holds part of an interrupted export"), "{}", stderr(&refused));
     std::os::unix::fs::symlink(&out, s.path("link")).unwrap();
     let refused = export(&s.path("link"));
     assert_eq!(code(&refused), 18, "{}", stderr(&refused));
