@@ -121,8 +121,15 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
     snapshot::validate_device_name(&options.device).map_err(BackupError::Device)?;
     let lock = RepoLock::acquire(repo, LockKind::Shared, "backup")?;
     let started = Instant::now();
-    let time_ns = options.time_ns.unwrap_or_else(|| chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0));
-    let parent = snapshot::list(repo)?.into_iter().rfind(|s| s.snapshot.device == options.device);
+    let snapshots = snapshot::list(repo)?;
+    let mut time_ns = options.time_ns.unwrap_or_else(|| chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0));
+    // Two snapshots of a device at one time (a backup imported again with its own date) would be
+    // ordered by their random ids, not by when they were made: `latest` could be the older one
+    // and names would change. The later one is a nanosecond later.
+    while snapshots.iter().any(|s| s.snapshot.device == options.device && s.snapshot.time_ns == time_ns) {
+        time_ns += 1;
+    }
+    let parent = snapshots.into_iter().rfind(|s| s.snapshot.device == options.device);
     let parent_root = match (&parent, options.force) {
         (Some(info), false) => match load_tree(repo, &info.snapshot.root) {
             Ok(tree) => Some(tree),

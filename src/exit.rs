@@ -62,9 +62,7 @@ pub fn for_error(error: &anyhow::Error) -> i32 {
         match cause.downcast_ref::<SourceError>() {
             Some(SourceError::Vanished { .. }) => return SOURCE_VANISHED,
             Some(SourceError::ArchivePassword(_)) => return ARCHIVE_PASSWORD,
-            Some(SourceError::Scratch { source, .. }) if source.raw_os_error() == Some(libc::ENOSPC) => {
-                return NO_SPACE
-            }
+            Some(SourceError::Scratch { error, .. }) if error.raw_os_error() == Some(libc::ENOSPC) => return NO_SPACE,
             _ => {}
         }
         if let Some(device) = cause.downcast_ref::<DeviceError>() {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 
 use crate::ios_crypto::{self, ClassKeys, EncryptingReader, Scratch, UnlockError};
 use crate::progress::Progress;
@@ -101,7 +101,11 @@ pub fn ios_backup(
         None => None,
     };
 
-    let (temp, made_out) = prepare_out(out)?;
+    if is_inside(out, repo.root()) {
+        let why = "inside the repository folder: name a folder outside it";
+        return Err(ExportError::OutUnusable { path: out.to_path_buf(), why: why.into() });
+    }
+    let (temp, made_out, _lock) = prepare_out(out)?;
     let finished = write_backup(repo, &root, &own, &manifest_db, keys.as_ref(), &temp)
         .and_then(|report| move_into_place(&temp, out).map(|()| report));
     match finished {
@@ -122,11 +126,24 @@ fn target(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
 
 const TEMP_PREFIX: &str = ".phonebak-export-";
 
+/// Is `path` (which may not exist yet) inside `folder`? Compared by their real paths.
+fn is_inside(path: &Path, folder: &Path) -> bool {
+    let Ok(folder) = std::fs::canonicalize(folder) else { return false };
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let existing = absolute.ancestors().find_map(|a| std::fs::canonicalize(a).ok().map(|real| (a, real)));
+    existing.is_some_and(|(ancestor, real)| {
+        let rest = absolute.strip_prefix(ancestor).unwrap_or(Path::new(""));
+        let whole = real.join(rest);
+        whole.starts_with(&folder) && !rest.components().any(|c| c == std::path::Component::ParentDir)
+    })
+}
+
 /// Checks that OUT is new, or an empty folder (but for what an interrupted export left, which
-/// goes), and makes the private folder inside it that is written first. Says whether OUT was
-/// made here.
-fn prepare_out(out: &Path) -> Result<(PathBuf, bool), ExportError> {
+/// goes), takes it for this export alone, and makes the private folder inside it that is
+/// written first. Says whether OUT was made here, and gives the lock to hold.
+fn prepare_out(out: &Path) -> Result<(PathBuf, bool, File), ExportError> {
     let unusable = |why: &str| ExportError::OutUnusable { path: out.to_path_buf(), why: why.into() };
+    let mut lock = None;
     let made_out = match std::fs::symlink_metadata(out) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -139,10 +156,12 @@ fn prepare_out(out: &Path) -> Result<(PathBuf, bool), ExportError> {
         Ok(meta) if meta.file_type().is_symlink() => return Err(unusable("a symlink: name the folder itself")),
         Ok(meta) if !meta.is_dir() => return Err(unusable("not a folder: name a new or empty folder to export into")),
         Ok(_) => {
+            lock = Some(lock_out(out)?);
             let (mut leftovers, mut others) = (Vec::new(), 0);
             for entry in std::fs::read_dir(out).map_err(target(out))? {
                 let entry = entry.map_err(target(out))?;
-                match entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                match is_dir && entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
                     true => leftovers.push(entry.path()),
                     false => others += 1,
                 }
@@ -159,9 +178,29 @@ fn prepare_out(out: &Path) -> Result<(PathBuf, bool), ExportError> {
             false
         }
     };
+    let lock = match lock {
+        Some(lock) => lock,
+        None => lock_out(out)?,
+    };
     let temp = out.join(format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>()));
     std::fs::DirBuilder::new().mode(0o700).create(&temp).map_err(target(&temp))?;
-    Ok((temp, made_out))
+    Ok((temp, made_out, lock))
+}
+
+/// Takes OUT for this export alone (a lock on the folder, held until the export ends): another
+/// export starting into it would take the folder it is writing for an interrupted one's.
+fn lock_out(out: &Path) -> Result<File, ExportError> {
+    let folder = File::open(out).map_err(target(out))?;
+    // SAFETY: the descriptor is open for the call; flock only takes an advisory lock.
+    if unsafe { libc::flock(folder.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let why = "another phonebak export is writing into it now";
+            return Err(ExportError::OutUnusable { path: out.to_path_buf(), why: why.into() });
+        }
+        return Err(target(out)(error));
+    }
+    Ok(folder)
 }
 
 /// Moves the finished, synced backup from `temp` into OUT, Manifest.db last (a folder without
@@ -236,7 +275,7 @@ fn write_backup(
     let (plain_catalogue, scratch) = match keys {
         None => {
             write_file(&dest_db, "Manifest.db", &mut { plain_db }, &mut vec![0; WRITE_BUFFER])?;
-            let opened = Connection::open_with_flags(&dest_db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            let opened = ios_crypto::open_catalogue(&dest_db)
                 .map_err(|e| ExportError::Damaged { what: "Manifest.db".into(), why: e.to_string() })?;
             (Some(opened), None)
         }

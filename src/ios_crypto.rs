@@ -390,6 +390,23 @@ pub fn unlock_backup<E>(
     Ok(BackupKeys { class_keys, manifest_key })
 }
 
+/// Opens a backup's catalogue (Manifest.db) read-only and immutable: SQLite then takes no lock
+/// and makes no `-shm` or `-wal` file beside it (never a write into the user's backup folder, a
+/// scratch folder or an export), and reads a WAL-mode file as it is, without a log.
+pub fn open_catalogue(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &byte in path.as_os_str().as_bytes() {
+        match byte.is_ascii_alphanumeric() || b"/._-~".contains(&byte) {
+            true => uri.push(byte as char),
+            false => uri.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    uri.push_str("?immutable=1");
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+    rusqlite::Connection::open_with_flags(uri, flags)
+}
+
 /// A decrypted Manifest.db for SQLite to read, whose contents never have a name on disk: SQLite
 /// opens an empty new file in a private folder, the name and folder go, and only then are the
 /// decrypted bytes written, through a descriptor of that nameless file. So nothing decrypted

@@ -566,7 +566,9 @@ fn blobs_that_differ_from_their_records_are_imported_and_said() {
     let cipher = std::fs::read(&cut).unwrap();
     std::fs::write(&cut, &cipher[..cipher.len() - 5]).unwrap();
     let mut cipher = std::fs::read(&flipped).unwrap();
-    *cipher.last_mut().unwrap() ^= 0x40;
+    // The block before the last: its bit flips the same bit of the padding (0x08 becomes 0x48).
+    let at = cipher.len() - 17;
+    cipher[at] ^= 0x40;
     std::fs::write(&flipped, &cipher).unwrap();
     let mut command = s.command(&["backup", "--device", "enc", &format!("ios-backup:{}", dir.display())]);
     let out = command.env("PHONEBAK_ARCHIVE_PASSWORD", "pw").output().unwrap();
@@ -581,7 +583,11 @@ fn blobs_that_differ_from_their_records_are_imported_and_said() {
     assert_eq!(std::fs::read(library.join("fine.bin")).unwrap(), bytes(5, 33, false));
     assert_eq!(std::fs::read(library.join("cut.bin")).unwrap(), bytes(3, 96, false), "the whole blocks");
     let flipped_back = std::fs::read(library.join("flipped.bin")).unwrap();
-    assert_eq!((flipped_back.len(), &flipped_back[..32]), (48, &bytes(4, 32, false)[..]));
+    assert_eq!(
+        (flipped_back.len(), &flipped_back[..16]),
+        (48, &bytes(4, 16, false)[..]),
+        "all 3 blocks, the first intact"
+    );
 }
 
 #[test]
@@ -1102,4 +1108,98 @@ fn an_export_goes_onto_an_empty_disk_clears_an_interrupted_one_and_lists_what_it
         stderr(&listed)
     );
     drop(disk);
+}
+
+#[test]
+fn a_backup_imported_again_is_the_latest_and_no_name_changes() {
+    let s = Scratch::with_repo();
+    let dir = s.path("backup");
+    let backup = Backup::new(&dir);
+    backup.file("HomeDomain", "Library/a.txt", b"a", 1_700_000_000);
+    backup.finish();
+    info_plist(&dir, "phone");
+    let mut ids = Vec::new();
+    let mut names_seen: Vec<Vec<String>> = Vec::new();
+    for _ in 0..3 {
+        let out = s.json(&["backup", &format!("ios-backup:{}", dir.display())]);
+        ids.push(out["id"].as_str().unwrap().to_string());
+        let list = s.json(&["snapshots"]);
+        names_seen.push(list.as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap().to_string()).collect());
+    }
+    // Each import keeps its name; the last one made is `latest`, and the parent of nothing older.
+    assert_eq!(names_seen[2][..2], names_seen[1][..], "{names_seen:?}");
+    assert_eq!(names_seen[1][..1], names_seen[0][..], "{names_seen:?}");
+    let list = s.json(&["snapshots"]);
+    assert_eq!(list.as_array().unwrap().last().unwrap()["id"], ids[2].as_str());
+    assert_eq!(list.as_array().unwrap()[2]["parent"], ids[1].as_str());
+    let plan = s.json(&["forget", "--keep-last", "1", "--dry-run"]);
+    let kept: Vec<&str> = plan["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["keep"] == true)
+        .map(|x| x["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, [ids[2].as_str()], "{plan}");
+}
+
+#[test]
+fn odd_records_a_wal_catalogue_and_a_busy_or_unfit_export_folder() {
+    let s = Scratch::with_repo();
+    let dir = s.path("backup");
+    let backup = Backup::new(&dir);
+    backup.file("HomeDomain", "Library/a.txt", b"a", 1_700_000_000);
+    backup.row("HomeDomain", "Library/setuid", 1, mbfile(0o106755, 1_700_000_000, 2, None));
+    write(&dir.join(&sha1_hex("HomeDomain-Library/setuid")[..2]).join(sha1_hex("HomeDomain-Library/setuid")), b"#!");
+    backup.row("HomeDomain", "Library/future", 1, mbfile(0o100644, 1 << 62, 1, None));
+    write(&dir.join(&sha1_hex("HomeDomain-Library/future")[..2]).join(sha1_hex("HomeDomain-Library/future")), b"f");
+    backup.db.execute("INSERT INTO Files VALUES ('cc01', 'HomeDomain', 'Library/norecord', 1, NULL)", []).unwrap();
+    write(&dir.join("cc/cc01"), b"n");
+    // A catalogue left in WAL mode with a row only in its log (a backup that was not closed).
+    backup.db.execute_batch("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;").unwrap();
+    backup.file("HomeDomain", "Library/in-the-log.txt", b"log", 1_700_000_000);
+    std::mem::forget(backup.db); // keeps the log as a crash would
+    let before = names(&dir);
+    let out = s.run(&["backup", "--device", "phone", &format!("ios-backup:{}", dir.display())]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("Manifest.db-wal is there: the backup was not closed"), "{said}");
+    assert!(said.contains("Library/setuid: its set-user-id or set-group-id bit is dropped"), "{said}");
+    assert!(said.contains("Library/future: its time") && said.contains("kept as 1970-01-01"), "{said}");
+    assert!(said.contains("HomeDomain-Library/norecord: not imported: no MBFile record"), "{said}");
+    assert_eq!(names(&dir), before, "nothing is written into the backup folder");
+    let target = s.path("out");
+    s.run(&["restore", "phone/latest", "--target", target.to_str().unwrap()]);
+    use std::os::unix::fs::MetadataExt;
+    let library = target.join("HomeDomain/Library");
+    assert_eq!(std::fs::metadata(library.join("setuid")).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(std::fs::metadata(library.join("future")).unwrap().mtime(), 0);
+    // The tree and .ios-backup/Manifest.db agree: both without the log's row.
+    assert!(!library.join("in-the-log.txt").exists());
+
+    // An export adds nothing of SQLite's to OUT.
+    let exported = s.path("exported");
+    let out = s.run(&["export", "phone/latest", "--format", "ios-backup", exported.to_str().unwrap()]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(!exported.join("Manifest.db-wal").exists() && !exported.join("Manifest.db-shm").exists());
+
+    // A folder another export holds, a file of the export's name pattern, the repository itself.
+    let busy = s.path("busy");
+    std::fs::create_dir(&busy).unwrap();
+    let held = std::fs::File::open(&busy).unwrap();
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) }, 0);
+    let refused = s.run(&["export", "phone/latest", "--format", "ios-backup", busy.to_str().unwrap()]);
+    assert_eq!(code(&refused), 18, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("another phonebak export is writing into it now"), "{}", stderr(&refused));
+    drop(held);
+    let odd = s.path("odd");
+    write(&odd.join(".phonebak-export-cccc"), b"mine");
+    let refused = s.run(&["export", "phone/latest", "--format", "ios-backup", odd.to_str().unwrap()]);
+    assert!(stderr(&refused).contains("not empty"), "{}", stderr(&refused));
+    assert_eq!(std::fs::read(odd.join(".phonebak-export-cccc")).unwrap(), b"mine");
+    let inside = s.repo.join("exported");
+    let refused = s.run(&["export", "phone/latest", "--format", "ios-backup", inside.to_str().unwrap()]);
+    assert_eq!(code(&refused), 18, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("inside the repository folder"), "{}", stderr(&refused));
+    assert!(!inside.exists());
 }

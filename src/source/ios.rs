@@ -25,7 +25,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{Listing, Source, SourceEntry, SourceError, SourceFile, SourceKind};
 use crate::beneath::open_regular_nofollow;
@@ -41,6 +41,9 @@ const FLAG_SYMLINK: i64 = 4;
 pub const OWN_FILES_DIR: &str = ".ios-backup";
 /// The backup's own files, in the order export writes them.
 pub const OWN_FILES: [&str; 4] = ["Info.plist", "Manifest.plist", "Status.plist", "Manifest.db"];
+/// Times a file system can hold (ext4: 1901 to 2446): a record's time beyond them is kept as 0.
+const MIN_TIME: i64 = -(1 << 31);
+const MAX_TIME: i64 = 15_032_385_535;
 /// Plists in a backup are at most a few MiB (Info.plist can carry app data); a larger one is
 /// not read whole.
 const MAX_PLIST: u64 = 64 << 20;
@@ -171,6 +174,12 @@ impl IosBackupSource {
             );
         }
         let manifest = dir.join("Manifest.db");
+        if std::fs::metadata(dir.join("Manifest.db-wal")).is_ok_and(|m| m.len() > 0) {
+            crate::tell!(
+                "phonebak: warning: {} is there: the backup was not closed, and what its log holds is not imported (Manifest.db as it is, is)",
+                dir.join("Manifest.db-wal").display()
+            );
+        }
         let encrypted = manifest_plist.as_ref().and_then(|m| m.get("IsEncrypted")).and_then(|v| v.as_boolean());
         let (keys, decrypted) = if encrypted == Some(true) {
             let manifest_plist = manifest_plist.as_ref().expect("it said IsEncrypted");
@@ -195,10 +204,7 @@ impl IosBackupSource {
         };
         let plain_catalogue = match &decrypted {
             Some(_) => None,
-            None => Some(
-                Connection::open_with_flags(&manifest, OpenFlags::SQLITE_OPEN_READ_ONLY)
-                    .map_err(|e| invalid(format!("Manifest.db: {e}")))?,
-            ),
+            None => Some(ios_crypto::open_catalogue(&manifest).map_err(|e| invalid(format!("Manifest.db: {e}")))?),
         };
         let catalogue = match (&plain_catalogue, &decrypted) {
             (Some(opened), _) => opened,
@@ -270,12 +276,33 @@ impl IosBackupSource {
         file_id: Option<String>,
         record: Option<Vec<u8>>,
     ) -> io::Result<(SourceEntry, Option<String>)> {
-        let mb = match &record {
-            Some(bytes) => decode_mbfile(bytes).map_err(|why| io::Error::other(format!("its MBFile record: {why}")))?,
-            None => MbFile { mode: 0o40755, ..MbFile::default() },
+        let (mb, made_up) = match &record {
+            Some(bytes) => {
+                (decode_mbfile(bytes).map_err(|why| io::Error::other(format!("its MBFile record: {why}")))?, false)
+            }
+            // A folder no row describes, made for the rows below it: the backup's own owner and time.
+            None => {
+                let root = &self.root_meta;
+                (
+                    MbFile { mode: 0o40755, uid: root.uid, gid: root.gid, mtime: root.mtime_sec, ..MbFile::default() },
+                    true,
+                )
+            }
         };
-        let meta = Meta { mode: mb.mode & 0o7777, uid: mb.uid, gid: mb.gid, mtime_sec: mb.mtime, mtime_nsec: 0 };
-        let mut note = None;
+        let mut notes = Vec::new();
+        let mut meta = Meta { mode: mb.mode & 0o7777, uid: mb.uid, gid: mb.gid, mtime_sec: mb.mtime, mtime_nsec: 0 };
+        if meta.mode & 0o6000 != 0 {
+            // Nothing on a phone needs them, and a crafted backup could plant a set-id program.
+            meta.mode &= !0o6000;
+            notes.push("its set-user-id or set-group-id bit is dropped".to_string());
+        }
+        if !made_up && !(MIN_TIME..=MAX_TIME).contains(&meta.mtime_sec) {
+            notes.push(format!(
+                "its time ({} s from 1970) is beyond any file system's: kept as 1970-01-01",
+                meta.mtime_sec
+            ));
+            meta.mtime_sec = 0;
+        }
         let kind = match flags {
             FLAG_DIR => SourceKind::Dir,
             FLAG_SYMLINK => SourceKind::Symlink {
@@ -287,10 +314,11 @@ impl IosBackupSource {
                     .and_then(|id| self.blob_path(id))
                     .ok_or_else(|| io::Error::other("no valid fileID"))?;
                 let size = self.blob_size(&open_regular_nofollow(&blob)?, &mb)?;
-                note = size.note;
+                notes.extend(size.note);
                 SourceKind::File { size: size.plain }
             }
         };
+        let note = (!notes.is_empty()).then(|| notes.join("; "));
         Ok((SourceEntry { name, meta, kind }, note))
     }
 }
@@ -337,7 +365,7 @@ impl CatalogueRow {
             };
             let record = match row.get_ref(4) {
                 Ok(ValueRef::Blob(bytes)) => Some(bytes.to_vec()),
-                _ => None,
+                _ => return Err("no MBFile record".into()),
             };
             if let Some(why) = path_problem(&domain, &relative) {
                 return Err(why);
@@ -460,10 +488,7 @@ fn build_index(catalogue: &Connection) -> Result<(Connection, Rejected), IndexEr
 /// A failure in the temporary folder (TMPDIR), where the index and a decrypted Manifest.db go:
 /// said as such, and a full one is a full disk (exit 15).
 fn scratch_error(doing: &str, e: io::Error) -> SourceError {
-    SourceError::Scratch {
-        doing: format!("{doing} the temporary folder {}", std::env::temp_dir().display()),
-        source: e,
-    }
+    SourceError::Scratch { doing: format!("{doing} the temporary folder {}", std::env::temp_dir().display()), error: e }
 }
 
 /// A plist file's top dictionary; `None` if the file is not there (a hand-made copy of a backup

@@ -59,8 +59,8 @@ pub enum SourceError {
     #[error("cannot use {spec:?} as a source: {why}")]
     Invalid { spec: String, why: String },
     /// The temporary folder (TMPDIR) failed: full (exit 15), or not writable.
-    #[error("{doing}: {source}")]
-    Scratch { doing: String, source: io::Error },
+    #[error("{doing}: {error}")]
+    Scratch { doing: String, error: io::Error },
     /// An encrypted iPhone backup's password is wrong or was not given: nothing is imported.
     #[error("{0}")]
     ArchivePassword(String),
