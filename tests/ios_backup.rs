@@ -303,18 +303,18 @@ fn an_ios_backup_is_a_snapshot_of_the_phones_real_paths() {
     // The folder above the backup, holding one: found.
     let source = format!("ios-backup:{}", s.path("Backup").display());
     let out = s.run(&["backup", "--device", "iphone", &source]);
-    assert_eq!(code(&out), 3, "{}", stderr(&out));
-    let said = stderr(&out);
-    for hostile in [
-        "HomeDomain-../../etc/evil",
-        "HomeDomain-/absolute",
-        "HomeDomain-a//b",
-        "Home/Domain-c",
-        "gone.jpg",
-        "MediaDomain-Photos: not imported: a file in the catalogue where other rows have a folder",
-    ] {
-        assert!(said.contains(hostile), "{hostile} is named: {said}");
-    }
+    assert_said(
+        &out,
+        3,
+        &[
+            "HomeDomain-../../etc/evil",
+            "HomeDomain-/absolute",
+            "HomeDomain-a//b",
+            "Home/Domain-c",
+            "gone.jpg",
+            "MediaDomain-Photos: not imported: a file in the catalogue where other rows have a folder",
+        ],
+    );
 
     let target = s.path("restored");
     s.ok(&["restore", "iphone/latest", "--target", target.to_str().unwrap()]);
@@ -377,8 +377,7 @@ fn an_encrypted_backup_without_its_keybag_is_refused_and_an_unfinished_one_warne
     let source = format!("ios-backup:{}", dir.display());
     plist_with("Status.plist", "SnapshotState", plist::Value::String("uploading".into()));
     let out = s.run(&["backup", "--device", "iphone", &source]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).contains("not finished"), "{}", stderr(&out));
+    assert_said(&out, 0, &["not finished"]);
     plist_with("Manifest.plist", "IsEncrypted", plist::Value::Boolean(true));
     let out = s.run(&["backup", "--device", "iphone", &source]);
     assert_ne!(code(&out), 0);
@@ -465,14 +464,12 @@ fn an_encrypted_backup_is_read_with_its_password_and_shares_its_data_with_a_plai
     let source = format!("ios-backup:{}", encrypted_dir.display());
     // No password, a wrong one, a missing password file: exit 19 and nothing committed.
     let out = run_with(&s, &[("TMPDIR", &tmp)], &["backup", &source]);
-    assert_eq!(code(&out), 19, "{}", stderr(&out));
-    assert!(stderr(&out).contains("--archive-password-file"), "{}", stderr(&out));
+    assert_said(&out, 19, &["--archive-password-file"]);
     std::fs::write(s.path("wrong"), "hunter3\n").unwrap();
     let wrong = s.path("wrong");
     let out =
         run_with(&s, &[("TMPDIR", &tmp)], &["backup", "--archive-password-file", wrong.to_str().unwrap(), &source]);
-    assert_eq!(code(&out), 19, "{}", stderr(&out));
-    assert!(stderr(&out).contains("wrong password for this encrypted iPhone backup"), "{}", stderr(&out));
+    assert_said(&out, 19, &["wrong password for this encrypted iPhone backup"]);
     let out = run_with(&s, &[], &["backup", "--archive-password-file", s.path("none").to_str().unwrap(), &source]);
     assert_eq!(code(&out), 19, "{}", stderr(&out));
     assert_eq!(s.json(&["snapshots"]).as_array().unwrap().len(), 1, "nothing committed");
@@ -552,8 +549,7 @@ fn blobs_that_differ_from_their_records_are_imported_and_said() {
     plain.finish();
     std::fs::write(&longer, b"twelve bytes and more").unwrap();
     let out = s.run(&["backup", "--device", "plain", &format!("ios-backup:{}", s.path("plain").display())]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).contains("longer.txt: 21 bytes where its Manifest.db record says 12"), "{}", stderr(&out));
+    assert_said(&out, 0, &["longer.txt: 21 bytes where its Manifest.db record says 12"]);
     let listed = s.ok(&["ls", "-l", "plain/latest", "HomeDomain/Library"]);
     assert!(listed.contains("21"), "{listed}");
 
@@ -687,6 +683,15 @@ fn the_mount_shows_an_iphone_backup_as_the_phones_folders() {
     assert_eq!(domain, "CameraRollDomain");
 }
 
+/// Asserts that `out` exited with `expected` and that its messages say each of `lines`.
+fn assert_said(out: &std::process::Output, expected: i32, lines: &[&str]) {
+    let said = stderr(out);
+    assert_eq!(code(out), expected, "{said}");
+    for line in lines {
+        assert!(said.contains(line), "{line:?} is not said: {said}");
+    }
+}
+
 /// Every file below `root`, by relative path, with its bytes.
 fn contents(root: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
     files_under(root)
@@ -739,8 +744,7 @@ fn an_exported_backup_is_byte_for_byte_the_one_imported_plain_or_encrypted() {
     let wrong_file = s.path("wrong");
     let args = ["export", "encrypted/latest", "--format", "ios-backup", "--archive-password-file"];
     let refused = s.run(&[&args[..], &[wrong_file.to_str().unwrap(), out.to_str().unwrap()]].concat());
-    assert_eq!(code(&refused), 19, "{}", stderr(&refused));
-    assert!(stderr(&refused).contains("wrong password"), "{}", stderr(&refused));
+    assert_said(&refused, 19, &["wrong password"]);
     assert!(!out.exists());
     // Into an empty folder that is there, under umask 022: nothing in it readable by others.
     std::fs::create_dir_all(&out).unwrap();
@@ -758,15 +762,13 @@ fn an_exported_backup_is_byte_for_byte_the_one_imported_plain_or_encrypted() {
 
     // OUT holding something is refused and left alone; a folder snapshot is not an iPhone backup.
     let refused = s.run(&["export", "plain/latest", "--format", "ios-backup", out.to_str().unwrap()]);
-    assert_eq!(code(&refused), 18, "{}", stderr(&refused));
-    assert!(stderr(&refused).contains("not empty: name a new or empty folder"), "{}", stderr(&refused));
+    assert_said(&refused, 18, &["not empty: name a new or empty folder"]);
     assert_eq!(contents(&out), contents(&encrypted_dir));
     std::fs::create_dir(s.path("folder")).unwrap();
     write(&s.path("folder/a.txt"), b"a");
     s.ok(&["backup", "--device", "folder", s.path("folder").to_str().unwrap()]);
     let refused = s.run(&["export", "folder/latest", "--format", "ios-backup", s.path("x").to_str().unwrap()]);
-    assert_eq!(code(&refused), 1, "{}", stderr(&refused));
-    assert!(stderr(&refused).contains("did not come from an iPhone backup"), "{}", stderr(&refused));
+    assert_said(&refused, 1, &["did not come from an iPhone backup"]);
     assert!(!s.path("x").exists());
 }
 
@@ -794,8 +796,7 @@ fn an_export_lists_what_the_import_could_not_take_and_a_full_disk_leaves_nothing
     // A disk that fills: the exact error, exit 15, and no folder that looks like a backup.
     let disk = SmallDisk::mount(&s.path("small"), "200k");
     let full = s.run(&["export", "phone/latest", "--format", "ios-backup", s.path("small/out").to_str().unwrap()]);
-    assert_eq!(code(&full), 15, "{}", stderr(&full));
-    assert!(stderr(&full).contains("No space left on device"), "{}", stderr(&full));
+    assert_said(&full, 15, &["No space left on device"]);
     assert_eq!(names(&s.path("small")), Vec::<String>::new(), "the partial export is removed");
     drop(disk);
 }
@@ -929,17 +930,17 @@ fn hostile_catalogue_rows_are_named_and_never_cost_other_files() {
     drop(db);
 
     let out = run_bounded(&s, &["backup", "--device", "phone", &format!("ios-backup:{}", dir.display())]);
-    assert_eq!(code(&out), 3, "{}", stderr(&out));
-    let said = stderr(&out);
-    for expected in [
-        "HomeDomain-Library/caf\u{fffd}.txt: not imported: a relativePath that is not UTF-8 text",
-        "HomeDomain-: not imported: no relativePath",
-        "HomeDomain-Library/dup.txt: not imported: a second row for the same path",
-        "Library/linked: a symlink, not a file: not read",
-        "Library/fifo: not a regular file",
-    ] {
-        assert!(said.contains(expected), "{expected}: {said}");
-    }
+    assert_said(
+        &out,
+        3,
+        &[
+            "HomeDomain-Library/caf\u{fffd}.txt: not imported: a relativePath that is not UTF-8 text",
+            "HomeDomain-: not imported: no relativePath",
+            "HomeDomain-Library/dup.txt: not imported: a second row for the same path",
+            "Library/linked: a symlink, not a file: not read",
+            "Library/fifo: not a regular file",
+        ],
+    );
     let target = s.path("out");
     let restore = s.command(&["restore", "phone/latest", "--target", target.to_str().unwrap()]);
     let restored = run_with_umask(restore, 0o022);
@@ -1088,12 +1089,10 @@ fn an_export_goes_onto_an_empty_disk_clears_an_interrupted_one_and_lists_what_it
     write(&partial.join(".phonebak-export-00000000000000aa/Manifest.db"), b"half");
     std::fs::create_dir(partial.join("00")).unwrap();
     let refused = export(&partial);
-    assert_eq!(code(&refused), 18, "{}", stderr(&refused));
-    assert!(stderr(&refused).contains("holds part of an interrupted export"), "{}", stderr(&refused));
+    assert_said(&refused, 18, &["holds part of an interrupted export"]);
     std::os::unix::fs::symlink(&out, s.path("link")).unwrap();
     let refused = export(&s.path("link"));
-    assert_eq!(code(&refused), 18, "{}", stderr(&refused));
-    assert!(stderr(&refused).contains("a symlink: name the folder itself"), "{}", stderr(&refused));
+    assert_said(&refused, 18, &["a symlink: name the folder itself"]);
 
     // A blob whose encryption was damaged at import is written, and listed as not as it was.
     let cipher = std::fs::read(&cut).unwrap();
@@ -1189,8 +1188,7 @@ fn odd_records_a_wal_catalogue_and_a_busy_or_unfit_export_folder() {
     let held = std::fs::File::open(&busy).unwrap();
     assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) }, 0);
     let refused = s.run(&["export", "phone/latest", "--format", "ios-backup", busy.to_str().unwrap()]);
-    assert_eq!(code(&refused), 18, "{}", stderr(&refused));
-    assert!(stderr(&refused).contains("another phonebak export is writing into it now"), "{}", stderr(&refused));
+    assert_said(&refused, 18, &["another phonebak export is writing into it now"]);
     drop(held);
     let odd = s.path("odd");
     write(&odd.join(".phonebak-export-cccc"), b"mine");
@@ -1199,7 +1197,6 @@ fn odd_records_a_wal_catalogue_and_a_busy_or_unfit_export_folder() {
     assert_eq!(std::fs::read(odd.join(".phonebak-export-cccc")).unwrap(), b"mine");
     let inside = s.repo.join("exported");
     let refused = s.run(&["export", "phone/latest", "--format", "ios-backup", inside.to_str().unwrap()]);
-    assert_eq!(code(&refused), 18, "{}", stderr(&refused));
-    assert!(stderr(&refused).contains("inside the repository folder"), "{}", stderr(&refused));
+    assert_said(&refused, 18, &["inside the repository folder"]);
     assert!(!inside.exists());
 }
