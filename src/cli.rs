@@ -302,12 +302,8 @@ fn password_from(password_file: Option<&Path>, prompt: &str) -> Result<Vec<u8>, 
         return Ok(password.into_bytes());
     }
     if let Some(file) = password_file {
-        let mut text = std::fs::read(file)
-            .map_err(|e| RepoError::Io { context: format!("reading password file {}", file.display()), source: e })?;
-        while text.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            text.pop();
-        }
-        return Ok(text);
+        return read_password_file(file)
+            .map_err(|e| RepoError::Io { context: format!("reading password file {}", file.display()), source: e });
     }
     if std::io::stdin().is_terminal() {
         return rpassword::prompt_password(prompt)
@@ -317,6 +313,15 @@ fn password_from(password_file: Option<&Path>, prompt: &str) -> Result<Vec<u8>, 
     Err(RepoError::PasswordRequired)
 }
 
+/// A password file's content, less the line ending an editor leaves at its end.
+fn read_password_file(file: &Path) -> std::io::Result<Vec<u8>> {
+    let mut text = std::fs::read(file)?;
+    while text.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        text.pop();
+    }
+    Ok(text)
+}
+
 /// An encrypted iPhone backup's password: PHONEBAK_ARCHIVE_PASSWORD, the file given, or a
 /// prompt on a terminal.
 fn archive_password(file: Option<&Path>) -> Result<Vec<u8>, SourceError> {
@@ -324,13 +329,9 @@ fn archive_password(file: Option<&Path>) -> Result<Vec<u8>, SourceError> {
         return Ok(password.into_bytes());
     }
     if let Some(file) = file {
-        let mut text = std::fs::read(file).map_err(|e| {
+        return read_password_file(file).map_err(|e| {
             SourceError::ArchivePassword(format!("cannot read the backup's password file {}: {e}", file.display()))
-        })?;
-        while text.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            text.pop();
-        }
-        return Ok(text);
+        });
     }
     if std::io::stdin().is_terminal() {
         return rpassword::prompt_password("the iPhone backup's password: ")
