@@ -15,14 +15,30 @@ pub fn open_regular_nofollow(path: &Path) -> io::Result<std::fs::File> {
     let opened =
         std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).map_err(
             |e| match e.raw_os_error() {
-                Some(libc::ELOOP) => io::Error::new(io::ErrorKind::InvalidData, "a symlink, not a file: not read"),
+                Some(libc::ELOOP) => not_regular(true),
                 _ => e,
             },
         )?;
     if !opened.metadata()?.is_file() {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file (a FIFO, a device...): not read"));
+        return Err(not_regular(false));
     }
     Ok(opened)
+}
+
+/// The length of `path` if it is a regular file (not through a symlink): what
+/// `open_regular_nofollow` would open, looked at without opening it.
+pub fn regular_file_len(path: &Path) -> io::Result<u64> {
+    let meta = std::fs::symlink_metadata(path)?;
+    match meta.file_type() {
+        t if t.is_file() => Ok(meta.len()),
+        t => Err(not_regular(t.is_symlink())),
+    }
+}
+
+fn not_regular(symlink: bool) -> io::Error {
+    let why =
+        if symlink { "a symlink, not a file: not read" } else { "not a regular file (a FIFO, a device...): not read" };
+    io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
 pub fn c_string(bytes: &[u8]) -> io::Result<CString> {

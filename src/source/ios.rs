@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{Listing, Source, SourceEntry, SourceError, SourceFile, SourceKind};
-use crate::beneath::open_regular_nofollow;
+use crate::beneath::{open_regular_nofollow, regular_file_len};
 use crate::ios_crypto::{self, ClassKeys, DecryptingReader, Scratch, UnlockError};
 use crate::tree::Meta;
 use crate::tree_builder::invalid_name_reason;
@@ -231,14 +231,17 @@ impl IosBackupSource {
 
     /// A blob's size as the snapshot keeps it (an encrypted one's plaintext, from its last
     /// block), and what is odd about it.
-    fn blob_size(&self, blob: &File, mb: &MbFile) -> io::Result<BlobSize> {
-        let on_disk = blob.metadata()?.len();
+    fn blob_size(&self, blob: &Path, mb: &MbFile) -> io::Result<BlobSize> {
+        // A plain blob's size is its length: looked at, not opened, for each of thousands of files.
         let Some(keys) = &self.keys else {
+            let on_disk = regular_file_len(blob)?;
             let note = (on_disk != mb.size).then(|| size_note(on_disk, mb.size));
             return Ok(BlobSize { plain: on_disk, on_disk, key: None, unpadded: false, note });
         };
         let stored = mb.encryption_key.as_deref().ok_or_else(|| io::Error::other("no EncryptionKey in its record"))?;
         let key = keys.unwrap_key(stored).map_err(io::Error::other)?;
+        let blob = open_regular_nofollow(blob)?;
+        let on_disk = blob.metadata()?.len();
         let whole = on_disk / 16 * 16;
         if whole != on_disk {
             let note = format!(
@@ -313,7 +316,7 @@ impl IosBackupSource {
                     .as_deref()
                     .and_then(|id| self.blob_path(id))
                     .ok_or_else(|| io::Error::other("no valid fileID"))?;
-                let size = self.blob_size(&open_regular_nofollow(&blob)?, &mb)?;
+                let size = self.blob_size(&blob, &mb)?;
                 notes.extend(size.note);
                 SourceKind::File { size: size.plain }
             }
@@ -726,7 +729,7 @@ impl Source for IosBackupSource {
             None => MbFile::default(),
         };
         let file = open_regular_nofollow(&blob).map_err(unreadable)?;
-        let size = self.blob_size(&file, &mb).map_err(unreadable)?;
+        let size = self.blob_size(&blob, &mb).map_err(unreadable)?;
         let reader: Box<dyn Read + Send> = match size.key {
             None => Box::new(file.try_clone().map_err(unreadable)?),
             Some(key) => {
