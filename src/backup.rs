@@ -5,9 +5,10 @@
 //! between them keep memory flat whatever the phone's size. The snapshot record is written only
 //! after every pack and index it needs is durable.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Cursor, Read};
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
 
@@ -20,9 +21,9 @@ use crate::repo::pack::PackEntry;
 use crate::repo::packer::{Packer, PackerReport};
 use crate::repo::snapshot::{self, Snapshot, SnapshotInfo, SnapshotStats};
 use crate::repo::{BlobId, BlobKind, PackId, RepoError, Repository, SnapshotId};
-use crate::source::{Source, SourceEntry, SourceError, SourceFile, SourceKind};
+use crate::source::{Content, EntrySink, Source, SourceError, SourceFile, SourceKind, StreamEntry};
 use crate::tree::{is_valid_symlink_target, load_tree, ChunkRef, Entry, Meta, Node, Tree};
-use crate::tree_builder;
+use crate::tree_builder::{self, TreeBuilder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -130,8 +131,9 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
         time_ns += 1;
     }
     let parent = snapshots.into_iter().rfind(|s| s.snapshot.device == options.device);
-    let parent_root = match (&parent, options.force) {
-        (Some(info), false) => match load_tree(repo, &info.snapshot.root) {
+    let reuse = !options.force && source.trusts_size_and_mtime();
+    let parent_root = match (&parent, reuse) {
+        (Some(info), true) => match load_tree(repo, &info.snapshot.root) {
             Ok(tree) => Some(tree),
             // Damage to the last snapshot must not stop the next one: it only costs reading.
             Err(e) if e.is_corruption() => {
@@ -143,7 +145,7 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
         _ => None,
     };
     let mut known = repo.index().known_blobs()?;
-    if let (Some(info), None, false) = (&parent, &parent_root, options.force) {
+    if let (Some(info), None, true) = (&parent, &parent_root, reuse) {
         known.remove(&info.snapshot.root); // it could not be read: stored again if unchanged
     }
     let unindexed = repo.index().unindexed_packs();
@@ -152,8 +154,13 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
 
     let (walk_result, pack_result) = std::thread::scope(|scope| {
         if progress.is_visible() {
-            // Only for the bar's ETA: a second listing, worth it on a terminal only.
-            scope.spawn(|| progress.set_total(total_size(source, &options.filter, Path::new(""))));
+            // Only for the bar's ETA: for a folder, a second listing, worth it on a terminal only.
+            scope.spawn(|| {
+                let excluded = |path: &[u8]| options.filter.excluded(Path::new(os_name(path)));
+                if let Some(total) = source.expected_bytes(&excluded) {
+                    progress.set_total(total);
+                }
+            });
         }
         let (job_tx, job_rx) = sync_channel::<Vec<Job>>(workers * 2);
         let (enc_tx, enc_rx) = sync_channel::<Vec<Encoded>>(workers * 2);
@@ -167,9 +174,8 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
         drop(job_rx);
         drop(enc_tx);
         let writer = scope.spawn(move || pack_blobs(repo, enc_rx, unindexed));
-        let mut walker = Walker {
+        let mut engine = Engine {
             repo,
-            source,
             filter: &options.filter,
             params: repo.config().chunker,
             seed: repo.chunker_seed(),
@@ -177,26 +183,29 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
             jobs: job_tx,
             batch: Vec::new(),
             batch_bytes: 0,
-            stats: SnapshotStats::default(),
+            builder: TreeBuilder::default(),
+            parent: ParentTrees { repo, root: parent_root.map(Rc::new), dirs: HashMap::new() },
+            reuse,
+            new_bytes: 0,
+            files_seen: 0,
             unreadable: Vec::new(),
             skipped: Vec::new(),
             notes: Vec::new(),
             progress: &progress,
             writer_stopped: false,
+            failure: None,
         };
-        let walked = walker.walk_root(parent_root.as_ref()).and_then(|root| {
-            walker.flush().map_err(|_| BackupError::WriterStopped)?;
-            Ok(root)
-        });
-        let Walker { stats, unreadable, skipped, notes, jobs, .. } = walker;
+        let walked = engine.take_all(source);
+        let Engine { unreadable, skipped, notes, jobs, new_bytes, .. } = engine;
         drop(jobs); // lets the workers, then the writer, finish
         let packed = writer.join().expect("pack writer does not panic");
-        (walked.map(|root| (root, stats, unreadable, skipped, notes)), packed)
+        (walked.map(|(root, stats)| (root, stats, new_bytes, unreadable, skipped, notes)), packed)
     });
     progress.finish();
     // A failed writer makes the walker fail too (its channel closes): report the writer's cause.
     let report = pack_result?;
-    let (root, mut stats, unreadable, skipped, notes) = walk_result?;
+    let (root, mut stats, new_bytes, unreadable, skipped, notes) = walk_result?;
+    stats.new_bytes = new_bytes;
     stats.added_bytes = report.added_bytes;
     stats.unreadable = unreadable.len() as u64;
     stats.duration_ms = started.elapsed().as_millis() as u64;
@@ -260,9 +269,56 @@ fn pack_blobs(
 /// than compressing a small file.
 const BATCH_BYTES: usize = 1 << 20;
 
-struct Walker<'a> {
+/// The last snapshot's folders, looked up by path as entries arrive (a folder's listing is
+/// loaded once while its entries come; order does not matter, only speed).
+struct ParentTrees<'a> {
     repo: &'a Repository,
-    source: &'a dyn Source,
+    root: Option<Rc<Tree>>,
+    dirs: HashMap<Vec<u8>, Option<Rc<Tree>>>,
+}
+
+/// Loaded folders kept at most: a walk needs those on its path, an archive in any order more.
+const PARENT_DIRS_KEPT: usize = 4096;
+
+impl ParentTrees<'_> {
+    fn dir(&mut self, names: &[&[u8]], known: &mut HashSet<BlobId>) -> Option<Rc<Tree>> {
+        let Some((last, parents)) = names.split_last() else { return self.root.clone() };
+        let key = names.join(&b'/');
+        if let Some(found) = self.dirs.get(&key) {
+            return found.clone();
+        }
+        let found = match self.dir(parents, known)?.find(last).map(|e| &e.node) {
+            Some(Node::Dir { tree }) => match load_tree(self.repo, tree) {
+                Ok(tree) => Some(Rc::new(tree)),
+                Err(_) => {
+                    // Its stored copy is damaged or gone: if this folder is unchanged, its
+                    // listing is stored again instead of pointing at that copy.
+                    known.remove(tree);
+                    None
+                }
+            },
+            _ => None,
+        };
+        if self.dirs.len() >= PARENT_DIRS_KEPT {
+            self.dirs.clear();
+        }
+        self.dirs.insert(key, found.clone());
+        found
+    }
+
+    fn entry(&mut self, names: &[&[u8]], known: &mut HashSet<BlobId>) -> Option<Entry> {
+        let (last, parents) = names.split_last()?;
+        self.dir(parents, known)?.find(last).cloned()
+    }
+
+    fn forget(&mut self, names: &[&[u8]]) {
+        self.dirs.remove(&names.join(&b'/'));
+    }
+}
+
+/// The backup engine: takes what the source sends, reads what is new, and builds the trees.
+struct Engine<'a> {
+    repo: &'a Repository,
     filter: &'a PathFilter,
     params: ChunkerParams,
     seed: u64,
@@ -270,182 +326,157 @@ struct Walker<'a> {
     jobs: SyncSender<Vec<Job>>,
     batch: Vec<Job>,
     batch_bytes: usize,
-    stats: SnapshotStats,
+    builder: TreeBuilder,
+    parent: ParentTrees<'a>,
+    /// Whether files unchanged since the last snapshot are taken from it unread.
+    reuse: bool,
+    new_bytes: u64,
+    files_seen: u64,
     unreadable: Vec<(String, String)>,
     skipped: Vec<String>,
     notes: Vec<(String, String)>,
     progress: &'a Progress,
     writer_stopped: bool,
+    /// Why the engine stopped the source, when the reason is its own.
+    failure: Option<BackupError>,
 }
 
-/// How a file's content was obtained.
-enum Content {
-    Read { chunks: Vec<ChunkRef>, size: u64 },
-    Unreadable,
-}
-
-impl Walker<'_> {
-    fn walk_root(&mut self, parent: Option<&Tree>) -> Result<BlobId, BackupError> {
-        self.source.root_meta()?;
-        // A top folder that cannot be listed is an empty snapshot, with the reason listed.
-        let tree = match self.walk_dir(Path::new(""), parent, false)? {
-            Some((tree, _)) => tree,
-            None => self.store_tree(&Tree::default()),
-        };
-        Ok(tree)
+impl Engine<'_> {
+    /// Takes every entry of `source` and stores the trees: the top tree's id and the stats.
+    fn take_all(&mut self, source: &dyn Source) -> Result<(BlobId, SnapshotStats), BackupError> {
+        let sent = source.send_entries(self);
+        if let Some(failure) = self.failure.take() {
+            return Err(failure);
+        }
+        sent?;
+        if self.writer_stopped {
+            return Err(BackupError::WriterStopped);
+        }
+        let builder = std::mem::take(&mut self.builder);
+        let (root, stats) = builder.finish(&mut |tree| self.store_tree(tree));
+        self.flush().map_err(|_| BackupError::WriterStopped)?;
+        Ok((root, stats))
     }
 
-    /// Stores the tree of `dir` and returns its id and how many entries it kept; nothing if
-    /// `dir` cannot be listed (it is reported, and left out rather than stored as an empty
-    /// folder, which a restore would give back as if it had been empty).
-    fn walk_dir(
-        &mut self,
-        dir: &Path,
-        parent: Option<&Tree>,
-        inside_included: bool,
-    ) -> Result<Option<(BlobId, usize)>, BackupError> {
-        let listing = match self.source.list(dir) {
-            Ok(listing) => listing,
-            Err(SourceError::Unreadable { path, source }) => {
-                self.note_unreadable(path, source.to_string())?;
-                return Ok(None);
-            }
-            Err(other) => return Err(other.into()),
-        };
-        for (name, error) in listing.unreadable {
-            self.note_unreadable(dir.join(os_name(&name)).display().to_string(), error.to_string())?;
-        }
-        for (name, why) in listing.notes {
-            let path = dir.join(os_name(&name)).display().to_string();
+    /// Stops the source for a reason of the engine's own.
+    fn stop(&mut self, error: BackupError) -> SourceError {
+        self.failure.get_or_insert(error);
+        SourceError::Stopped
+    }
+
+    fn excluded(&self, names: &[&[u8]]) -> bool {
+        self.filter.excludes.is_some() && (1..=names.len()).any(|n| self.filter.excluded(&joined(&names[..n])))
+    }
+
+    /// Wanted for itself, or inside a folder that is (with `--include`).
+    fn wanted(&self, names: &[&[u8]]) -> bool {
+        self.filter.includes.is_none() || (1..=names.len()).any(|n| self.filter.included(&joined(&names[..n]), false))
+    }
+
+    fn refuse(&mut self, path: &[u8], why: impl std::fmt::Display) {
+        let path = String::from_utf8_lossy(path).into_owned();
+        let why = format!("{why}: not stored");
+        self.progress.note(&format!("phonebak: cannot take {path}: {why}"));
+        self.unreadable.push((path, why));
+    }
+
+    fn noted(&mut self, names: &[&[u8]], note: Option<String>) {
+        if let Some(why) = note {
+            let path = tree_builder::shown(names);
             self.progress.note(&format!("phonebak: note: {path}: {why}"));
             self.notes.push((path, why));
         }
-        let (entries, rejected) = tree_builder::normalize(listing.entries, |e| &e.name);
-        for (item, why) in rejected {
-            let shown = dir.join(String::from_utf8_lossy(&item.name).as_ref()).display().to_string();
-            self.note_unreadable(shown, format!("{why} cannot be stored"))?;
-        }
-        let mut tree = Tree::default();
-        for item in entries {
-            if self.writer_stopped {
-                return Err(BackupError::WriterStopped);
-            }
-            let path = dir.join(os_name(&item.name));
-            if self.filter.excluded(&path) {
-                continue;
-            }
-            let wanted = self.filter.included(&path, inside_included);
-            let previous = parent.and_then(|p| p.find(&item.name));
-            let node = match &item.kind {
-                SourceKind::Dir => self.dir_node(&path, previous, wanted)?,
-                _ if !wanted => None,
-                SourceKind::File { size } => self.file_node(&path, &item, *size, previous)?,
-                SourceKind::Symlink { target } if !is_valid_symlink_target(target) => {
-                    self.note_unreadable(path.display().to_string(), "a symlink whose target cannot be stored".into())?;
-                    None
-                }
-                SourceKind::Symlink { target } => {
-                    self.stats.symlinks += 1;
-                    Some(Node::Symlink { target: target.clone() })
-                }
-                SourceKind::Special => {
-                    self.skipped.push(path.display().to_string());
-                    None
-                }
-            };
-            if let Some(node) = node {
-                tree.entries.push(Entry { name: item.name, meta: item.meta, node });
-            }
-        }
-        let kept = tree.entries.len();
-        Ok(Some((self.store_tree(&tree), kept)))
     }
 
-    fn dir_node(&mut self, path: &Path, previous: Option<&Entry>, wanted: bool) -> Result<Option<Node>, BackupError> {
-        let parent_tree = match previous.map(|e| &e.node) {
-            Some(Node::Dir { tree }) => {
-                let loaded = load_tree(self.repo, tree);
-                if loaded.is_err() {
-                    // The listing's stored copy is damaged or gone: if this folder is unchanged,
-                    // its listing is stored again instead of pointing at that copy.
-                    self.known.remove(tree);
-                }
-                loaded.ok()
+    /// The last snapshot's file at `names`, if unchanged in size and mtime and all its chunks
+    /// are still stored.
+    fn unchanged(&mut self, names: &[&[u8]], meta: &Meta, size: u64) -> Option<Vec<ChunkRef>> {
+        if !self.reuse {
+            return None;
+        }
+        match self.parent.entry(names, &mut self.known)? {
+            Entry { meta: old, node: Node::File { size: old_size, chunks }, .. }
+                if old_size == size && same_mtime(&old, meta) && chunks.iter().all(|c| self.known.contains(&c.id)) =>
+            {
+                Some(chunks)
             }
             _ => None,
-        };
-        let inside = wanted && self.filter.includes.is_some();
-        let Some((tree, kept)) = self.walk_dir(path, parent_tree.as_ref(), inside)? else {
-            return Ok(None);
-        };
-        if kept == 0 && !wanted {
-            return Ok(None);
         }
-        self.stats.dirs += 1;
-        Ok(Some(Node::Dir { tree }))
     }
 
     fn file_node(
         &mut self,
-        path: &Path,
-        item: &SourceEntry,
+        names: &[&[u8]],
+        entry: &StreamEntry,
         size: u64,
-        previous: Option<&Entry>,
-    ) -> Result<Option<Node>, BackupError> {
-        if let Some(Entry { meta, node: Node::File { size: old_size, chunks }, .. }) = previous {
-            let unchanged = *old_size == size && same_mtime(meta, &item.meta);
-            if unchanged && chunks.iter().all(|c| self.known.contains(&c.id)) {
-                self.count_file(size);
-                return Ok(Some(Node::File { size, chunks: chunks.clone() }));
-            }
+        content: Option<&mut dyn Content>,
+    ) -> Result<Option<Node>, SourceError> {
+        if let Some(chunks) = self.unchanged(names, &entry.meta, size) {
+            self.count_file(size);
+            return Ok(Some(Node::File { size, chunks }));
         }
-        match self.read_file(path, item, size)? {
-            Content::Read { chunks, size } => {
-                self.count_file(size);
-                Ok(Some(Node::File { size, chunks }))
-            }
-            Content::Unreadable => Ok(None),
-        }
+        let Some(content) = content else {
+            self.refuse(&entry.path, "the source did not send its content");
+            return Ok(None);
+        };
+        let read = self.read_file(&entry.path, &entry.meta, size, content)?;
+        Ok(read.map(|(chunks, size)| {
+            self.count_file(size);
+            Node::File { size, chunks }
+        }))
     }
 
     fn count_file(&mut self, size: u64) {
-        self.stats.files += 1;
-        self.stats.bytes += size;
+        self.files_seen += 1;
         self.progress.add(size);
-        self.progress.message(format!("{} files", self.stats.files));
+        self.progress.message(format!("{} files", self.files_seen));
     }
 
-    /// Reads a file; if it changes while being read, reads it again, and in the end records
-    /// exactly the bytes that were read, so size and content always agree.
-    fn read_file(&mut self, path: &Path, item: &SourceEntry, size: u64) -> Result<Content, BackupError> {
+    /// Reads a file; if it changes while being read (and the source can open it again), reads
+    /// it again, and in the end records exactly the bytes that were read, so size and content
+    /// always agree. `None`: unreadable, reported.
+    fn read_file(
+        &mut self,
+        path: &[u8],
+        meta: &Meta,
+        size: u64,
+        content: &mut dyn Content,
+    ) -> Result<Option<(Vec<ChunkRef>, u64)>, SourceError> {
+        let attempts = if content.can_reopen() { 3 } else { 1 };
         let mut last = None;
-        for _attempt in 0..3 {
-            let result = self.source.open(path).and_then(|file| {
-                self.chunk_file(file, size)
-                    .map_err(|e| SourceError::Unreadable { path: path.display().to_string(), source: e })
-            });
-            match result {
+        for _attempt in 0..attempts {
+            let read = match content.open() {
+                Ok(file) => self.chunk_file(file, size),
+                Err(SourceError::Unreadable { source, .. }) => {
+                    self.refuse(path, source);
+                    return Ok(None);
+                }
+                Err(other) => return Err(other),
+            };
+            match read {
                 Ok((chunks, read, state_after)) => {
-                    let stable = state_after == (size, item.meta.mtime_sec, item.meta.mtime_nsec) && read == size;
-                    last = Some(Content::Read { chunks, size: read });
+                    let stable = state_after == (size, meta.mtime_sec, meta.mtime_nsec) && read == size;
+                    last = Some((chunks, read));
                     if stable {
                         break;
                     }
                 }
-                Err(_) if self.writer_stopped => return Err(BackupError::WriterStopped),
-                Err(SourceError::Unreadable { path, source }) => {
-                    self.note_unreadable(path, source.to_string())?;
-                    return Ok(Content::Unreadable);
-                }
-                Err(other) => return Err(other.into()),
+                Err(_) if self.writer_stopped => return Err(self.stop(BackupError::WriterStopped)),
+                Err(error) => match content.read_failed(error) {
+                    SourceError::Unreadable { source, .. } => {
+                        self.refuse(path, source);
+                        return Ok(None);
+                    }
+                    other => return Err(other),
+                },
             }
         }
-        Ok(last.expect("at least one attempt"))
+        Ok(last)
     }
 
     fn chunk_file(
         &mut self,
-        mut file: Box<dyn SourceFile>,
+        mut file: Box<dyn SourceFile + '_>,
         size: u64,
     ) -> std::io::Result<(Vec<ChunkRef>, u64, FileState)> {
         let mut refs = Vec::new();
@@ -475,7 +506,7 @@ impl Walker<'_> {
         let id = self.repo.blob_id(&plain);
         let len = plain.len() as u32;
         if self.known.insert(id) {
-            self.stats.new_bytes += len as u64;
+            self.new_bytes += len as u64;
             self.send(Job { id, kind: BlobKind::Data, plain })?;
         }
         Ok(ChunkRef { id, len })
@@ -510,13 +541,124 @@ impl Walker<'_> {
             std::io::Error::other("the repository writer stopped")
         })
     }
+}
 
-    /// Records a path that could not be read, unless the whole source has gone, which ends the
-    /// backup without a snapshot.
-    fn note_unreadable(&mut self, path: String, why: String) -> Result<(), BackupError> {
-        self.source.root_meta()?;
+impl EntrySink for Engine<'_> {
+    fn wants_dir(&mut self, path: &[u8]) -> bool {
+        // A path that cannot be split is taken, to be refused (and reported) as an entry.
+        tree_builder::split_path(path).map_or(true, |names| !self.excluded(&names))
+    }
+
+    fn wants_content(&mut self, entry: &StreamEntry) -> bool {
+        let (Ok(names), SourceKind::File { size }) = (tree_builder::split_path(&entry.path), &entry.kind) else {
+            return false;
+        };
+        !names.is_empty()
+            && !self.excluded(&names)
+            && self.wanted(&names)
+            && self.unchanged(&names, &entry.meta, *size).is_none()
+    }
+
+    fn entry(&mut self, entry: StreamEntry, content: Option<&mut dyn Content>) -> Result<(), SourceError> {
+        if self.writer_stopped {
+            return Err(self.stop(BackupError::WriterStopped));
+        }
+        let names = match tree_builder::split_path(&entry.path) {
+            Ok(names) => names,
+            Err(why) => {
+                self.refuse(&entry.path, why);
+                return Ok(());
+            }
+        };
+        if names.is_empty() {
+            // The top folder itself (an archive's `./`): the snapshot is that folder.
+            if entry.kind != SourceKind::Dir {
+                self.refuse(&entry.path, "an entry with no name");
+            }
+            return Ok(());
+        }
+        if self.excluded(&names) {
+            return Ok(());
+        }
+        let wanted = self.wanted(&names);
+        let added = match &entry.kind {
+            SourceKind::Dir => {
+                if self.reuse {
+                    self.parent.dir(&names, &mut self.known);
+                }
+                self.builder.add_dir(&names, entry.meta.clone(), wanted)
+            }
+            _ if !wanted => return Ok(()),
+            SourceKind::File { size } => {
+                if let Err(why) = self.builder.check(&names) {
+                    self.refuse(&entry.path, why);
+                    return Ok(());
+                }
+                match self.file_node(&names, &entry, *size, content)? {
+                    Some(node) => self.builder.add_leaf(&names, entry.meta.clone(), node),
+                    None => return Ok(()),
+                }
+            }
+            SourceKind::Symlink { target } if !is_valid_symlink_target(target) => {
+                self.refuse(&entry.path, "a symlink whose target cannot be stored");
+                return Ok(());
+            }
+            SourceKind::Symlink { target } => {
+                self.builder.add_leaf(&names, entry.meta.clone(), Node::Symlink { target: target.clone() })
+            }
+            SourceKind::HardLink { target } => {
+                let linked = tree_builder::split_path(target).ok().and_then(|t| self.builder.file(&t).cloned());
+                match linked {
+                    Some(node) => {
+                        if let Node::File { size, .. } = &node {
+                            self.count_file(*size);
+                        }
+                        self.builder.add_leaf(&names, entry.meta.clone(), node)
+                    }
+                    None => {
+                        let target = String::from_utf8_lossy(target);
+                        self.refuse(
+                            &entry.path,
+                            format!("a hard link to {target}, which is not a file sent before it"),
+                        );
+                        return Ok(());
+                    }
+                }
+            }
+            SourceKind::Special => {
+                self.skipped.push(tree_builder::shown(&names));
+                return Ok(());
+            }
+        };
+        match added {
+            Ok(note) => self.noted(&names, note),
+            Err(why) => self.refuse(&entry.path, why),
+        }
+        Ok(())
+    }
+
+    fn unreadable(&mut self, path: &[u8], why: String) -> Result<(), SourceError> {
+        let path = String::from_utf8_lossy(path).into_owned();
         self.progress.note(&format!("phonebak: cannot read {path}: {why} (skipped)"));
         self.unreadable.push((path, why));
+        Ok(())
+    }
+
+    fn note(&mut self, path: &[u8], why: String) {
+        let path = String::from_utf8_lossy(path).into_owned();
+        self.progress.note(&format!("phonebak: note: {path}: {why}"));
+        self.notes.push((path, why));
+    }
+
+    fn dir_done(&mut self, path: &[u8]) -> Result<(), SourceError> {
+        let Ok(names) = tree_builder::split_path(path) else { return Ok(()) };
+        self.parent.forget(&names);
+        let mut builder = std::mem::take(&mut self.builder);
+        builder.seal(&names, &mut |tree| self.store_tree(tree));
+        self.builder = builder;
+        if self.writer_stopped {
+            return Err(self.stop(BackupError::WriterStopped));
+        }
         Ok(())
     }
 }
@@ -526,22 +668,8 @@ fn os_name(name: &[u8]) -> &std::ffi::OsStr {
     std::ffi::OsStr::from_bytes(name)
 }
 
-/// Bytes below `dir` that a backup would take (unreadable parts count as nothing).
-fn total_size(source: &dyn Source, filter: &PathFilter, dir: &Path) -> u64 {
-    let Ok(listing) = source.list(dir) else { return 0 };
-    let mut total = 0;
-    for entry in listing.entries {
-        let path = dir.join(os_name(&entry.name));
-        if filter.excluded(&path) {
-            continue;
-        }
-        total += match entry.kind {
-            SourceKind::File { size } => size,
-            SourceKind::Dir => total_size(source, filter, &path),
-            _ => 0,
-        };
-    }
-    total
+fn joined(names: &[&[u8]]) -> std::path::PathBuf {
+    Path::new(os_name(&names.join(&b'/'))).to_path_buf()
 }
 
 /// SQLite databases (messages, contacts, app state) change a few pages in place between

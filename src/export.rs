@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
-use crate::ios_crypto::{self, ClassKeys, EncryptingReader, Scratch, UnlockError};
+use crate::cbc_stream::EncryptingReader;
+use crate::ios_crypto::{self, ClassKeys, Scratch, UnlockError, ZERO_IV};
 use crate::progress::Progress;
 use crate::repo::snapshot::SnapshotInfo;
 use crate::repo::{BlobId, RepoError, Repository};
@@ -286,7 +287,7 @@ fn write_backup(
                     false => ExportError::Scratch { error: e },
                 })?;
             let plain = ReadAt { file: scratch.file(), at: 0 };
-            let mut encrypted = EncryptingReader::new(plain, &keys.manifest_key, false);
+            let mut encrypted = EncryptingReader::new(plain, &keys.manifest_key, &ZERO_IV, false);
             write_file(&dest_db, "Manifest.db", &mut encrypted, &mut vec![0; WRITE_BUFFER])?;
             (None, Some(scratch))
         }
@@ -319,7 +320,7 @@ fn write_backup(
                     let written = match job.key {
                         None => write_file(&job.dest, &job.shown, &mut content, &mut write_buffer),
                         Some(key) => {
-                            let mut encrypted = EncryptingReader::new(&mut content, &key, true);
+                            let mut encrypted = EncryptingReader::new(&mut content, &key, &ZERO_IV, true);
                             write_file(&job.dest, &job.shown, &mut encrypted, &mut write_buffer)
                         }
                     };

@@ -5,8 +5,10 @@
 //! staged files (the mount's `restore/`) -> `push` -> `device`.
 //! The repository knows nothing of phones; sources know nothing of the repository.
 
+pub mod archive;
 pub mod backup;
 pub mod beneath;
+pub mod cbc_stream;
 pub mod check;
 pub mod chunker;
 pub mod cli;

@@ -13,7 +13,7 @@ use phonebak::chunker::ChunkerParams;
 use phonebak::repo::crypto::KdfParams;
 use phonebak::repo::snapshot;
 use phonebak::repo::{InitOptions, Repository};
-use phonebak::source::{DirSource, Listing, Source, SourceError, SourceFile};
+use phonebak::source::{DirSource, EntrySink, ListedSource, Listing, Source, SourceError, SourceFile};
 use phonebak::tree::{lookup_path, Meta};
 use proptest::prelude::*;
 
@@ -123,6 +123,12 @@ impl Source for VanishingPhone {
     fn describe(&self) -> String {
         "vanishing phone".into()
     }
+    fn send_entries(&self, sink: &mut dyn EntrySink) -> Result<(), SourceError> {
+        phonebak::source::walk::send(self, sink)
+    }
+}
+
+impl ListedSource for VanishingPhone {
     fn root_meta(&self) -> Result<Meta, SourceError> {
         if self.opened.load(std::sync::atomic::Ordering::SeqCst) >= 3 {
             return Err(SourceError::Vanished {
@@ -277,6 +283,12 @@ impl Source for UnorderedSource {
     fn describe(&self) -> String {
         "unordered".into()
     }
+    fn send_entries(&self, sink: &mut dyn EntrySink) -> Result<(), SourceError> {
+        phonebak::source::walk::send(self, sink)
+    }
+}
+
+impl ListedSource for UnorderedSource {
     fn root_meta(&self) -> Result<Meta, SourceError> {
         Ok(Meta { mode: 0o755, ..Meta::default() })
     }
@@ -387,6 +399,12 @@ impl Source for ExtremeTimes {
     fn describe(&self) -> String {
         "extreme".into()
     }
+    fn send_entries(&self, sink: &mut dyn EntrySink) -> Result<(), SourceError> {
+        phonebak::source::walk::send(self, sink)
+    }
+}
+
+impl ListedSource for ExtremeTimes {
     fn root_meta(&self) -> Result<Meta, SourceError> {
         Ok(Meta { mode: 0o755, ..Meta::default() })
     }

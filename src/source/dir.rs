@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{Listing, Source, SourceEntry, SourceError, SourceFile, SourceKind};
+use super::{walk, EntrySink, ListedSource, Listing, Source, SourceEntry, SourceError, SourceFile, SourceKind};
 use crate::tree::Meta;
 
 pub struct DirSource {
@@ -54,6 +54,16 @@ impl Source for DirSource {
         format!("dir:{}", absolute.display())
     }
 
+    fn send_entries(&self, sink: &mut dyn EntrySink) -> Result<(), SourceError> {
+        walk::send(self, sink)
+    }
+
+    fn expected_bytes(&self, excluded: &(dyn Fn(&[u8]) -> bool + Sync)) -> Option<u64> {
+        Some(walk::total_size(self, excluded, Path::new("")))
+    }
+}
+
+impl ListedSource for DirSource {
     fn root_meta(&self) -> Result<Meta, SourceError> {
         std::fs::metadata(&self.root).map(|m| Meta::of(&m)).map_err(|e| self.classify(Path::new(""), e))
     }
@@ -82,6 +92,10 @@ impl Source for DirSource {
         File::open(self.root.join(file))
             .map(|f| Box::new(OpenFile { file: f }) as Box<dyn SourceFile>)
             .map_err(|e| self.classify(file, e))
+    }
+
+    fn read_failed(&self, file: &Path, error: io::Error) -> SourceError {
+        self.classify(file, error)
     }
 }
 

@@ -27,9 +27,10 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Listing, Source, SourceEntry, SourceError, SourceFile, SourceKind};
+use super::{walk, EntrySink, ListedSource, Listing, Source, SourceEntry, SourceError, SourceFile, SourceKind};
 use crate::beneath::{open_regular_nofollow, regular_file_len};
-use crate::ios_crypto::{self, ClassKeys, DecryptingReader, Scratch, UnlockError};
+use crate::cbc_stream::DecryptingReader;
+use crate::ios_crypto::{self, ClassKeys, Scratch, UnlockError, ZERO_IV};
 use crate::tree::Meta;
 use crate::tree_builder::invalid_name_reason;
 
@@ -191,7 +192,7 @@ impl IosBackupSource {
             let key = keys.manifest_key;
             // Padding kept, so that encrypting it again gives the same bytes.
             let encrypted_db = open_regular_nofollow(&manifest).map_err(|e| invalid(format!("Manifest.db: {e}")))?;
-            let plain = Scratch::copy_of(DecryptingReader::new(encrypted_db, &key, false)).map_err(|e| {
+            let plain = Scratch::copy_of(DecryptingReader::new(encrypted_db, &key, &ZERO_IV, false)).map_err(|e| {
                 if e.kind() == io::ErrorKind::InvalidData {
                     invalid(format!("Manifest.db: {e}"))
                 } else {
@@ -636,6 +637,16 @@ impl Source for IosBackupSource {
         format!("ios-backup:{}", absolute.display())
     }
 
+    fn send_entries(&self, sink: &mut dyn EntrySink) -> Result<(), SourceError> {
+        walk::send(self, sink)
+    }
+
+    fn expected_bytes(&self, excluded: &(dyn Fn(&[u8]) -> bool + Sync)) -> Option<u64> {
+        Some(walk::total_size(self, excluded, Path::new("")))
+    }
+}
+
+impl ListedSource for IosBackupSource {
     fn root_meta(&self) -> Result<Meta, SourceError> {
         Ok(self.root_meta.clone())
     }
@@ -734,7 +745,7 @@ impl Source for IosBackupSource {
             None => Box::new(file.try_clone().map_err(unreadable)?),
             Some(key) => {
                 let whole = file.try_clone().map_err(unreadable)?.take(size.on_disk / 16 * 16);
-                Box::new(DecryptingReader::new(whole, &key, size.unpadded))
+                Box::new(DecryptingReader::new(whole, &key, &ZERO_IV, size.unpadded))
             }
         };
         Ok(Box::new(Blob { reader, file, mtime: mb.mtime, on_disk: size.on_disk, plain: size.plain }))

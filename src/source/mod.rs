@@ -1,14 +1,22 @@
-//! Where a backup reads from. A source lists folders and opens files; it knows nothing about the
-//! repository. Today: `dir:PATH` (a phone mounted over MTP, or any folder) and
-//! `ios-backup:DIR` (an iPhone's backup folder, read as the phone's folders).
+//! Where a backup reads from. A source hands the backup engine its entries one by one, in any
+//! order, each file with a way to read its content (`Source::send_entries`); the engine decides
+//! what it reads and builds the trees (src/tree_builder.rs), so sources are not trusted with
+//! names, order or duplicates.
+//!
+//! - Sources read folder by folder (`ListedSource`: `dir:PATH`, a phone mounted over MTP or any
+//!   folder; `ios-backup:DIR`, an iPhone's backup folder) are walked by `walk`.
+//! - Archives (`tar:FILE`, `ab:FILE`, `-` for standard input) are read once, in order.
 
+mod archive;
 mod dir;
 mod ios;
+pub mod walk;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::Path;
 
+pub use archive::ArchiveSource;
 pub use dir::DirSource;
 pub use ios::{
     decode_mbfile, info_facts, parse_plist, path_problem, ArchivePassword, CatalogueRow, IosBackupSource, MbFile,
@@ -26,13 +34,28 @@ pub enum SourceKind {
     Symlink {
         target: Vec<u8>,
     },
+    /// A second name for a file listed earlier (an archive's hard link), by that file's path:
+    /// stored as a file with the same content.
+    HardLink {
+        target: Vec<u8>,
+    },
     /// Device nodes, sockets and pipes: not phone data, noted and skipped.
     Special,
 }
 
+/// An entry of a folder's listing: its name, not yet checked.
 #[derive(Clone, Debug)]
 pub struct SourceEntry {
     pub name: Vec<u8>,
+    pub meta: Meta,
+    pub kind: SourceKind,
+}
+
+/// An entry as a source sends it: its path below the source's root, `/` between names, exactly
+/// as the source names it (the engine checks it: `..`, absolute paths and NUL are refused).
+#[derive(Clone, Debug)]
+pub struct StreamEntry {
+    pub path: Vec<u8>,
     pub meta: Meta,
     pub kind: SourceKind,
 }
@@ -56,28 +79,73 @@ pub enum SourceError {
     /// no snapshot.
     #[error("the source {source_name} disappeared during the backup ({cause})")]
     Vanished { source_name: String, cause: io::Error },
+    /// An archive is cut short or damaged: the backup stops and writes no snapshot.
+    #[error("{source_name}: {why}")]
+    Damaged { source_name: String, why: String },
     #[error("cannot use {spec:?} as a source: {why}")]
     Invalid { spec: String, why: String },
     /// The temporary folder (TMPDIR) failed: full (exit 15), or not writable.
     #[error("{doing}: {error}")]
     Scratch { doing: String, error: io::Error },
-    /// An encrypted iPhone backup's password is wrong or was not given: nothing is imported.
+    /// An encrypted backup's password is wrong or was not given: nothing is imported.
     #[error("{0}")]
     ArchivePassword(String),
+    /// The engine stopped taking entries; it reports its own reason.
+    #[error("the backup stopped")]
+    Stopped,
 }
 
 /// An open file being backed up, which can tell whether it changed while it was read.
-pub trait SourceFile: Read + Send {
+pub trait SourceFile: Read {
     /// Size and mtime now, to compare with what the listing said.
     fn current_state(&self) -> io::Result<(u64, i64, u32)>;
+}
+
+/// A file's content as a source offers it with its entry.
+pub trait Content {
+    fn open(&mut self) -> Result<Box<dyn SourceFile + '_>, SourceError>;
+    /// Whether `open` may be called again, to read a file that changed while it was read.
+    fn can_reopen(&self) -> bool {
+        false
+    }
+    /// What a failed read means: this one file (`Unreadable`), or the whole source.
+    fn read_failed(&self, error: io::Error) -> SourceError;
+}
+
+/// The backup engine, as sources see it. Methods that return an error stop the source, which
+/// returns `SourceError::Stopped`.
+pub trait EntrySink {
+    /// Whether the folder at `path` is wanted (a source that lists folders one by one does not
+    /// list the others).
+    fn wants_dir(&mut self, path: &[u8]) -> bool;
+    /// Whether the engine would read this file's content (not when excluded, or when the last
+    /// snapshot has it unchanged): a source that fetches content in batches asks first.
+    fn wants_content(&mut self, entry: &StreamEntry) -> bool;
+    /// An entry; a file's content, when the source can give it, comes along.
+    fn entry(&mut self, entry: StreamEntry, content: Option<&mut dyn Content>) -> Result<(), SourceError>;
+    /// A path the source could not read or will not give: left out and reported.
+    fn unreadable(&mut self, path: &[u8], why: String) -> Result<(), SourceError>;
+    /// A path stored, but not as the source describes it.
+    fn note(&mut self, path: &[u8], why: String);
+    /// Everything below the folder `path` has been sent.
+    fn dir_done(&mut self, path: &[u8]) -> Result<(), SourceError>;
 }
 
 pub trait Source: Send + Sync {
     /// What the snapshot records as its source, e.g. `dir:/mnt/phone`.
     fn describe(&self) -> String;
-    fn root_meta(&self) -> Result<Meta, SourceError>;
-    fn list(&self, dir: &Path) -> Result<Listing, SourceError>;
-    fn open(&self, file: &Path) -> Result<Box<dyn SourceFile>, SourceError>;
+    /// Sends every entry to `sink`. An error ends the backup without a snapshot.
+    fn send_entries(&self, sink: &mut dyn EntrySink) -> Result<(), SourceError>;
+    /// About how many bytes of files the backup will see, for a progress bar's estimate, when
+    /// that is cheap to know. `excluded` says which paths the backup leaves out.
+    fn expected_bytes(&self, _excluded: &(dyn Fn(&[u8]) -> bool + Sync)) -> Option<u64> {
+        None
+    }
+    /// Whether a file whose size and mtime equal the last snapshot's may be taken from it
+    /// unread. Archives say no: their bytes go by anyway, and hashing them is the check.
+    fn trusts_size_and_mtime(&self) -> bool {
+        true
+    }
     /// The device's own name, when the source records one (an iPhone backup's Info.plist).
     fn device_name(&self) -> Option<String> {
         None
@@ -93,18 +161,31 @@ pub trait Source: Send + Sync {
     }
 }
 
-/// Parses a SOURCE argument: `dir:PATH`, `ios-backup:DIR` or a plain path. `archive_password`
-/// is asked only for an encrypted backup.
+/// A source read folder by folder, by path; `walk::send` makes its entries.
+pub trait ListedSource: Send + Sync {
+    fn root_meta(&self) -> Result<Meta, SourceError>;
+    fn list(&self, dir: &Path) -> Result<Listing, SourceError>;
+    fn open(&self, file: &Path) -> Result<Box<dyn SourceFile>, SourceError>;
+    /// What a failed read of `file` means: that file, or the whole source.
+    fn read_failed(&self, file: &Path, error: io::Error) -> SourceError {
+        SourceError::Unreadable { path: file.display().to_string(), source: error }
+    }
+}
+
+/// Parses a SOURCE argument: `dir:PATH`, `ios-backup:DIR`, `tar:FILE`, `ab:FILE` (`-` for
+/// standard input) or a plain path. `archive_password` is asked only for an encrypted backup.
 pub fn open_source(spec: &str, archive_password: ArchivePassword) -> Result<Box<dyn Source>, SourceError> {
     let invalid = |why: &str| SourceError::Invalid { spec: spec.to_string(), why: why.to_string() };
-    if let Some((scheme, _)) = spec.split_once(':') {
+    if let Some((scheme, rest)) = spec.split_once(':') {
         match scheme {
             "dir" => {}
             "ios-backup" => {
-                let dir = &spec["ios-backup:".len()..];
-                return IosBackupSource::open(Path::new(dir), archive_password).map(|s| Box::new(s) as Box<dyn Source>);
+                return IosBackupSource::open(Path::new(rest), archive_password)
+                    .map(|s| Box::new(s) as Box<dyn Source>);
             }
-            "adb" | "ab" | "tar" => return Err(invalid(&format!("`{scheme}:` sources are not supported yet"))),
+            "tar" => return ArchiveSource::tar(rest).map(|s| Box::new(s) as Box<dyn Source>),
+            "ab" => return ArchiveSource::ab(rest, archive_password).map(|s| Box::new(s) as Box<dyn Source>),
+            "adb" => return Err(invalid("`adb:` sources are not supported yet")),
             _ if !Path::new(spec).exists() => return Err(invalid(&format!("unknown source kind `{scheme}:`"))),
             _ => {}
         }
