@@ -81,7 +81,7 @@ enum Command {
         /// Read every file, even those unchanged since the last snapshot.
         #[arg(long)]
         force: bool,
-        /// An encrypted iPhone backup's password, from this file (or set
+        /// An encrypted iPhone or Android (.ab) backup's password, from this file (or set
         /// PHONEBAK_ARCHIVE_PASSWORD; on a terminal it is asked for).
         #[arg(long)]
         archive_password_file: Option<PathBuf>,
@@ -322,9 +322,9 @@ fn read_password_file(file: &Path) -> std::io::Result<Vec<u8>> {
     Ok(text)
 }
 
-/// An encrypted iPhone backup's password: PHONEBAK_ARCHIVE_PASSWORD, the file given, or a
-/// prompt on a terminal.
-fn archive_password(file: Option<&Path>) -> Result<Vec<u8>, SourceError> {
+/// An encrypted backup's password (`what`: "iPhone backup", "Android backup"):
+/// PHONEBAK_ARCHIVE_PASSWORD, the file given, or a prompt on a terminal.
+fn archive_password(file: Option<&Path>, what: &str) -> Result<Vec<u8>, SourceError> {
     if let Ok(password) = std::env::var("PHONEBAK_ARCHIVE_PASSWORD") {
         return Ok(password.into_bytes());
     }
@@ -334,13 +334,13 @@ fn archive_password(file: Option<&Path>) -> Result<Vec<u8>, SourceError> {
         });
     }
     if std::io::stdin().is_terminal() {
-        return rpassword::prompt_password("the iPhone backup's password: ")
+        return rpassword::prompt_password(format!("the {what}'s password: "))
             .map(String::into_bytes)
             .map_err(|e| SourceError::ArchivePassword(format!("reading the backup's password: {e}")));
     }
-    Err(SourceError::ArchivePassword(
-        "this iPhone backup is encrypted: give its password with --archive-password-file FILE or PHONEBAK_ARCHIVE_PASSWORD".into(),
-    ))
+    Err(SourceError::ArchivePassword(format!(
+        "this {what} is encrypted: give its password with --archive-password-file FILE or PHONEBAK_ARCHIVE_PASSWORD"
+    )))
 }
 
 fn open_repo(g: &Global) -> Result<Repository> {
@@ -403,7 +403,8 @@ fn cmd_backup(
     options: impl FnOnce(String, Option<i64>) -> BackupOptions,
 ) -> Result<i32> {
     let repo = open_repo(g)?;
-    let source = source::open_source(source_spec, &mut || archive_password(archive_password_file))?;
+    let what = if source_spec.starts_with("ab:") { "Android backup" } else { "iPhone backup" };
+    let source = source::open_source(source_spec, &mut || archive_password(archive_password_file, what))?;
     // The source's own name and date, where it records them, unless given.
     let Some(device) = device.or_else(|| source.device_name()) else {
         bail!("--device is needed: name the phone this backup is of (snapshots are grouped by it)");
@@ -586,7 +587,7 @@ fn cmd_export(g: &Global, spec: &str, out: &Path, archive_password_file: Option<
     let repo = open_repo(g)?;
     let list = snapshot::list(&repo)?;
     let info = snapshot::select(&list, spec)?;
-    let report = export::ios_backup(&repo, info, out, || archive_password(archive_password_file))?;
+    let report = export::ios_backup(&repo, info, out, || archive_password(archive_password_file, "iPhone backup"))?;
     if g.json {
         print_json(json!({"snapshot": info.id.to_hex(), "out": report.out, "files": report.files,
                           "bytes": report.bytes, "missing": report.missing}));

@@ -28,8 +28,10 @@ pub const SOURCE_VANISHED: i32 = 16;
 pub const DEVICE: i32 = 17;
 /// `restore` cannot write to its target folder (read-only, not allowed): the repository is fine.
 pub const TARGET: i32 = 18;
-/// An encrypted iPhone backup's password is wrong or missing: nothing was imported.
+/// An encrypted backup's (iPhone, .ab) password is wrong or missing: nothing was imported.
 pub const ARCHIVE_PASSWORD: i32 = 19;
+/// An archive being imported is cut short or damaged: no snapshot was written.
+pub const SOURCE_DAMAGED: i32 = 20;
 
 fn for_device_error(error: &DeviceError) -> i32 {
     match error {
@@ -59,9 +61,14 @@ pub fn for_error(error: &anyhow::Error) -> i32 {
         if let Some(repo) = cause.downcast_ref::<RepoError>() {
             return for_repo_error(repo);
         }
-        match cause.downcast_ref::<SourceError>() {
+        let source_error = match cause.downcast_ref::<BackupError>() {
+            Some(BackupError::Source(source)) => Some(source),
+            _ => cause.downcast_ref::<SourceError>(),
+        };
+        match source_error {
             Some(SourceError::Vanished { .. }) => return SOURCE_VANISHED,
             Some(SourceError::ArchivePassword(_)) => return ARCHIVE_PASSWORD,
+            Some(SourceError::Damaged { .. }) => return SOURCE_DAMAGED,
             Some(SourceError::Scratch { error, .. }) if error.raw_os_error() == Some(libc::ENOSPC) => return NO_SPACE,
             _ => {}
         }
@@ -90,9 +97,6 @@ pub fn for_error(error: &anyhow::Error) -> i32 {
         }
         if let Some(BackupError::Repo(repo)) = cause.downcast_ref::<BackupError>() {
             return for_repo_error(repo);
-        }
-        if let Some(BackupError::Source(SourceError::Vanished { .. })) = cause.downcast_ref::<BackupError>() {
-            return SOURCE_VANISHED;
         }
     }
     ERROR

@@ -310,13 +310,8 @@ impl<R: Read> Read for Content<'_, R> {
         };
         if got == 0 {
             let (name, size) = self.reader.current.clone().unwrap_or_default();
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "the archive is cut short: it ends inside {} ({left} of its {size} bytes are missing)",
-                    String::from_utf8_lossy(&name)
-                ),
-            ));
+            let why = format!("inside {} ({left} of its {size} bytes are missing)", String::from_utf8_lossy(&name));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, TarError::Truncated(why)));
         }
         self.reader.position += got as u64;
         self.reader.data_left -= got as u64;

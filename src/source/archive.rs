@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, IsTerminal, Read};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -35,6 +35,9 @@ fn open_input(path: &str, scheme: &str) -> Result<Input, SourceError> {
         return Err(invalid(format!("say which archive: {scheme}:FILE, or {scheme}:- for standard input")));
     }
     if path == "-" {
+        if io::stdin().is_terminal() {
+            return Err(invalid("standard input is a terminal: pipe the archive in".into()));
+        }
         return Ok((Box::new(io::stdin()), format!("{scheme}:-"), None));
     }
     let file = File::open(path).map_err(|e| invalid(e.to_string()))?;
@@ -60,9 +63,6 @@ impl ArchiveSource {
                 OpenError::Password(e) => e,
                 OpenError::Ab(AbError::WrongPassword) => {
                     SourceError::ArchivePassword(format!("{spec}: the password does not open this Android backup"))
-                }
-                OpenError::Ab(e @ (AbError::NotAb | AbError::NewerVersion(_))) => {
-                    SourceError::Invalid { spec: spec.clone(), why: e.to_string() }
                 }
                 OpenError::Ab(e) => SourceError::Damaged { source_name: spec.clone(), why: e.to_string() },
             })?;
@@ -176,7 +176,11 @@ impl<R: Read> Content for TarContent<'_, R> {
     }
 
     fn read_failed(&self, error: io::Error) -> SourceError {
-        let why = if error.kind() == io::ErrorKind::UnexpectedEof { error.to_string() } else { read_error(error) };
+        // The tar reader's own errors say what is wrong; those of the layers below it are said here.
+        let why = match error.get_ref() {
+            Some(own) if own.is::<TarError>() => own.to_string(),
+            _ => read_error(error),
+        };
         SourceError::Damaged { source_name: self.spec.to_string(), why }
     }
 }

@@ -99,6 +99,11 @@ impl Observed {
         Observed { mode: 0, uid: 0, gid: 0, ..self.clone() }
     }
 
+    /// As a format that keeps whole seconds (ustar, GNU tar) keeps it.
+    pub fn in_whole_seconds(&self) -> Observed {
+        Observed { mtime: (self.mtime.0, 0), ..self.clone() }
+    }
+
     pub fn same_but_mtime(&self, other: &Observed) -> bool {
         Observed { mtime: other.mtime, ..self.clone() } == *other
     }

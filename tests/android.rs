@@ -1,0 +1,482 @@
+//! Android archives as sources: tar files as phone tools make them (made here by GNU tar, the
+//! real program, in each of its formats, and by hand where an archive must be hostile or
+//! damaged) and Android backups (.ab), which this file writes itself from the documented
+//! format (header lines, zlib, AES-256-CBC with PBKDF2-derived keys) with the RustCrypto crates
+//! directly, not with phonebak's code. There is no phone here.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn assert_said(out: &std::process::Output, expected: i32, lines: &[&str]) {
+    let said = stderr(out);
+    assert_eq!(code(out), expected, "{said}");
+    for line in lines {
+        assert!(said.contains(line), "{line:?} is not said: {said}");
+    }
+}
+
+fn snapshot_count(s: &Scratch) -> usize {
+    s.json(&["snapshots"]).as_array().unwrap().len()
+}
+
+/// A phone's storage as `adb exec-out tar` or TWRP would pack it: photos, music, a hard link,
+/// a symlink, an empty file, names that are not ASCII, a path longer than a ustar name field
+/// (but within its prefix), a private file, a time with nanoseconds.
+fn phone(root: &Path, very_long_name: bool) {
+    let sd = root.join("sdcard");
+    write(&sd.join("DCIM/Camera/IMG_0001.jpg"), &bytes(1, 1_500_000, false));
+    write(&sd.join("Music/song.mp3"), &bytes(2, 200_000, false));
+    std::fs::hard_link(sd.join("Music/song.mp3"), sd.join("Music/song again.mp3")).unwrap();
+    write(&sd.join("empty.txt"), b"");
+    write(&sd.join("Documents/\u{dc}ber \u{2713} caf\u{e9}.txt"), "gr\u{fc}\u{df}e".as_bytes());
+    let deep = "Android/media/com.whatsapp/WhatsApp/Media/WhatsApp Images/Sent/2026/November";
+    write(&sd.join(deep).join("IMG-20261121-WA0001.jpg"), &bytes(3, 30_000, false));
+    if very_long_name {
+        write(&sd.join("Download").join("n".repeat(180) + ".pdf"), &bytes(4, 10_000, true));
+    }
+    std::os::unix::fs::symlink("DCIM/Camera", sd.join("camera")).unwrap();
+    std::fs::set_permissions(sd.join("Documents"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    set_mtime(&sd.join("DCIM/Camera/IMG_0001.jpg"), 1_700_000_000, 123_456_789);
+    set_mtime(&sd.join("empty.txt"), 1_500_000_000, 0);
+}
+
+/// The tree as a tar keeps it: mtimes in whole seconds unless the format is PAX.
+fn seconds_only(tree: std::collections::BTreeMap<PathBuf, Observed>) -> std::collections::BTreeMap<PathBuf, Observed> {
+    tree.into_iter().map(|(p, o)| (p, o.in_whole_seconds())).collect()
+}
+
+fn gnu_tar(root: &Path, format: &str, out: &Path) {
+    let status =
+        Command::new("tar").args(["--format", format, "-C"]).arg(root).arg("-cf").arg(out).arg(".").status().unwrap();
+    assert!(status.success(), "tar --format {format}");
+}
+
+#[test]
+fn tars_of_every_format_give_back_the_phone_exactly() {
+    for (format, exact_times, long_name) in [("ustar", false, false), ("gnu", false, true), ("posix", true, true)] {
+        let s = Scratch::with_repo();
+        let root = s.path("phone");
+        phone(&root, long_name);
+        let archive = s.path("phone.tar");
+        gnu_tar(&root, format, &archive);
+        let report = s.json(&["backup", "--device", "pixel", &format!("tar:{}", archive.display())]);
+        assert_eq!(report["facts"]["kind"], "tar", "{report}");
+        assert!(report["unreadable"].as_array().unwrap().is_empty(), "{format}: {report}");
+        let out = s.path("out");
+        s.ok(&["restore", "pixel/latest", "--target", out.to_str().unwrap()]);
+        let (want, got) = (describe(&root), describe(&out));
+        if exact_times {
+            assert_eq!(got, want, "{format}");
+        } else {
+            assert_eq!(seconds_only(got), seconds_only(want), "{format}");
+        }
+        let check = s.run(&["check", "--read-data"]);
+        assert_eq!(code(&check), 0, "{}", stderr(&check));
+    }
+}
+
+#[test]
+fn a_tar_from_standard_input_is_the_same_snapshot_and_costs_nothing_new() {
+    let s = Scratch::with_repo();
+    let root = s.path("phone");
+    phone(&root, true);
+    let archive = s.path("phone.tar");
+    gnu_tar(&root, "posix", &archive);
+    s.ok(&["backup", "--device", "pixel", &format!("tar:{}", archive.display())]);
+    let mut child = s
+        .command(&["backup", "--json", "--device", "pixel", "tar:-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&std::fs::read(&archive).unwrap()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["stats"]["new_bytes"], 0, "{report}");
+    let roots: Vec<_> = s.json(&["snapshots"]).as_array().unwrap().iter().map(|i| i["root"].clone()).collect();
+    assert_eq!(roots.len(), 2);
+    assert_eq!(roots[0], roots[1], "the same tree");
+}
+
+/// A tar written by hand: ustar headers, PAX records where asked.
+#[derive(Default)]
+struct Tar(Vec<u8>);
+
+fn octal(field: &mut [u8], value: u64) {
+    let text = format!("{:0width$o}\0", value, width = field.len() - 1);
+    field.copy_from_slice(text.as_bytes());
+}
+
+fn ustar_header(name: &[u8], size: u64, flag: u8, link: &[u8]) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name);
+    octal(&mut h[100..108], 0o644);
+    octal(&mut h[108..116], 0);
+    octal(&mut h[116..124], 0);
+    octal(&mut h[124..136], size);
+    octal(&mut h[136..148], 1_700_000_000);
+    h[156] = flag;
+    h[157..157 + link.len()].copy_from_slice(link);
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    seal(&mut h);
+    h
+}
+
+fn seal(h: &mut [u8; 512]) {
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|&b| b as u32).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
+impl Tar {
+    fn raw(&mut self, header: [u8; 512], data: &[u8]) -> &mut Tar {
+        self.0.extend_from_slice(&header);
+        self.0.extend_from_slice(data);
+        self.0.resize(self.0.len().div_ceil(512) * 512, 0);
+        self
+    }
+    fn file(&mut self, name: &[u8], data: &[u8]) -> &mut Tar {
+        self.raw(ustar_header(name, data.len() as u64, b'0', b""), data)
+    }
+    fn dir(&mut self, name: &[u8]) -> &mut Tar {
+        self.raw(ustar_header(name, 0, b'5', b""), b"")
+    }
+    fn symlink(&mut self, name: &[u8], target: &[u8]) -> &mut Tar {
+        self.raw(ustar_header(name, 0, b'2', target), b"")
+    }
+    fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Tar {
+        let mut body = Vec::new();
+        for (key, value) in records {
+            let rest = key.len() + value.len() + 3;
+            let mut len = rest + 1;
+            while len.to_string().len() + rest != len {
+                len += 1;
+            }
+            body.extend_from_slice(format!("{len} {key}=").as_bytes());
+            body.extend_from_slice(value);
+            body.push(b'\n');
+        }
+        self.raw(ustar_header(b"PaxHeader", body.len() as u64, b'x', b""), &body)
+    }
+    fn end(&mut self) -> Vec<u8> {
+        self.0.extend_from_slice(&[0u8; 1024]);
+        self.0.clone()
+    }
+}
+
+#[test]
+fn hostile_names_are_refused_and_named_and_nothing_lands_outside() {
+    let s = Scratch::with_repo();
+    let archive = s.path("hostile.tar");
+    let tar = Tar::default()
+        .file(b"good.txt", b"kept")
+        .file(b"../evil.txt", b"climbs")
+        .file(b"/etc/evil.txt", b"absolute")
+        .file(b"sdcard/../../evil2.txt", b"climbs later")
+        .pax(&[("path", b"nul\0name.txt")])
+        .file(b"ignored-name", b"nul")
+        .symlink(b"link", b"/tmp")
+        .file(b"link/evil3.txt", b"through the symlink")
+        .file(b"good.txt/inside", b"through a file")
+        .end();
+    std::fs::write(&archive, tar).unwrap();
+    let out = s.run(&["backup", "--device", "p", &format!("tar:{}", archive.display())]);
+    assert_said(
+        &out,
+        3,
+        &[
+            "../evil.txt: a path that climbs out with `..`: not stored",
+            "/etc/evil.txt: an absolute path: not stored",
+            "sdcard/../../evil2.txt: a path that climbs out with `..`",
+            "a name with a NUL byte: not stored",
+            "link/evil3.txt: a path through the symlink link: not stored",
+            "good.txt/inside: a path through the file good.txt: not stored",
+        ],
+    );
+    let listed = s.ok(&["ls", "p/latest"]);
+    assert_eq!(listed.lines().collect::<Vec<_>>(), ["/good.txt", "/link"], "{listed}");
+    let target = s.path("out/inner");
+    s.ok(&["restore", "p/latest", "--target", target.to_str().unwrap()]);
+    assert_eq!(names(&s.path("out")), ["inner"]);
+    assert_eq!(names(&target), ["good.txt", "link"]);
+    assert!(!Path::new("/tmp/evil3.txt").exists() && !Path::new("/etc/evil.txt").exists());
+}
+
+#[test]
+fn damaged_tars_give_an_exact_error_and_no_snapshot() {
+    let s = Scratch::with_repo();
+    let good = Tar::default().file(b"a.txt", &bytes(1, 2000, true)).file(b"b.txt", &bytes(2, 3000, true)).end();
+    let mut bad_sum = good.clone();
+    bad_sum[512 * 5 + 3] ^= 0x20; // b.txt's header: a.txt's 2000 bytes are 4 blocks after its own
+    let cut_in_data = good[..512 * 6 + 100].to_vec();
+    let cut_at_entry = good[..512 * 5].to_vec();
+    let mut huge = Tar::default();
+    let mut header = ustar_header(b"huge.bin", 0, b'0', b"");
+    header[124] = 0x80; // base-256: 2^62 bytes
+    header[125..136].fill(0);
+    header[128] = 0x40;
+    seal(&mut header);
+    let huge = huge.raw(header, &bytes(3, 5000, false)).end();
+    let mut pax_bomb = Tar::default().file(b"a.txt", b"x").0.clone();
+    pax_bomb.extend_from_slice(&ustar_header(b"PaxHeader", 1 << 30, b'x', b""));
+    pax_bomb.extend_from_slice(&[b'9'; 4096]);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("bad-sum", bad_sum, "the tar header at byte 2560 is damaged: bad checksum"),
+        (
+            "cut-in-data",
+            cut_in_data,
+            "the archive is cut short: it ends inside b.txt (2900 of its 3000 bytes are missing)",
+        ),
+        ("cut-at-entry", cut_at_entry, "at byte 2560 without the end-of-archive blocks"),
+        ("huge", huge, "it ends inside huge.bin (4611686018427381760 of its 4611686018427387904 bytes are missing)"),
+        ("pax-bomb", pax_bomb, "an extension header of 1073741824 bytes (at most 1048576)"),
+        ("empty", Vec::new(), "at byte 0 without the end-of-archive blocks"),
+    ];
+    for (name, bytes, said) in cases {
+        let path = s.path(&format!("{name}.tar"));
+        std::fs::write(&path, bytes).unwrap();
+        let out = s.run(&["backup", "--device", "p", &format!("tar:{}", path.display())]);
+        assert_said(&out, 20, &[said]);
+        assert_eq!(snapshot_count(&s), 0, "{name}");
+    }
+    assert_eq!(code(&s.run(&["check"])), 0);
+}
+
+#[test]
+fn include_and_exclude_choose_from_an_archive() {
+    let s = Scratch::with_repo();
+    let root = s.path("phone");
+    phone(&root, false);
+    let archive = s.path("phone.tar");
+    gnu_tar(&root, "posix", &archive);
+    let spec = format!("tar:{}", archive.display());
+    s.ok(&["backup", "--device", "a", "--exclude", "*.mp3", &spec]);
+    let listed = s.ok(&["ls", "a/latest"]);
+    assert!(!listed.contains(".mp3") && listed.contains("IMG_0001.jpg"), "{listed}");
+    s.ok(&["backup", "--device", "b", "--include", "sdcard/Music", &spec]);
+    let listed = s.ok(&["ls", "b/latest"]);
+    let paths: Vec<&str> = listed.lines().collect();
+    assert_eq!(
+        paths,
+        ["/sdcard", "/sdcard/Music", "/sdcard/Music/song again.mp3", "/sdcard/Music/song.mp3"],
+        "{listed}"
+    );
+}
+
+// ---- Android backups (.ab), written here from the documented format ----
+
+const AB_ROUNDS: u32 = 10_000;
+
+fn pbkdf2_sha1(secret: &[u8], salt: &[u8]) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<sha1::Sha1>(secret, salt, AB_ROUNDS, &mut key);
+    key
+}
+
+fn cbc_encrypt(key: &[u8; 32], iv: &[u8; 16], data: &[u8]) -> Vec<u8> {
+    use aes::cipher::{BlockEncryptMut, KeyIvInit};
+    let pad = 16 - data.len() % 16;
+    let mut out = [data, &vec![pad as u8; pad]].concat();
+    let mut cipher = cbc::Encryptor::<aes::Aes256>::new(key.into(), iv.into());
+    for block in out.chunks_exact_mut(16) {
+        cipher.encrypt_block_mut(block.into());
+    }
+    out
+}
+
+/// Java's `(char) b` sign-extends: from version 2 the checksum's PBKDF2 gets UTF-8 of that.
+fn java_chars(bytes: &[u8], version: u32) -> Vec<u8> {
+    if version == 1 {
+        return bytes.to_vec();
+    }
+    let text: String = bytes.iter().map(|&b| char::from_u32(b as i8 as i16 as u16 as u32).unwrap()).collect();
+    text.into_bytes()
+}
+
+fn ab(tar: &[u8], version: u32, compressed: bool, password: Option<&str>) -> Vec<u8> {
+    let mut data = tar.to_vec();
+    if compressed {
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&data).unwrap();
+        data = z.finish().unwrap();
+    }
+    let mut out = format!("ANDROID BACKUP\n{version}\n{}\n", compressed as u8).into_bytes();
+    match password {
+        None => out.extend_from_slice(b"none\n"),
+        Some(password) => {
+            let (user_salt, ck_salt): ([u8; 64], [u8; 64]) = (rand_bytes(), rand_bytes());
+            let (user_iv, master_iv, master_key): ([u8; 16], [u8; 16], [u8; 32]) =
+                (rand_bytes(), rand_bytes(), rand_bytes());
+            let password_bytes: Vec<u8> = if version == 1 {
+                password.encode_utf16().map(|u| u as u8).collect()
+            } else {
+                password.as_bytes().to_vec()
+            };
+            let user_key = pbkdf2_sha1(&password_bytes, &user_salt);
+            let check = pbkdf2_sha1(&java_chars(&master_key, version), &ck_salt);
+            let blob = [&[16u8][..], &master_iv, &[32], &master_key, &[32], &check].concat();
+            let sealed = cbc_encrypt(&user_key, &user_iv, &blob);
+            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02X}")).collect::<String>();
+            out.extend_from_slice(
+                format!(
+                    "AES-256\n{}\n{}\n{AB_ROUNDS}\n{}\n{}\n",
+                    hex(&user_salt),
+                    hex(&ck_salt),
+                    hex(&user_iv),
+                    hex(&sealed)
+                )
+                .as_bytes(),
+            );
+            data = cbc_encrypt(&master_key, &master_iv, &data);
+        }
+    }
+    out.extend_from_slice(&data);
+    out
+}
+
+fn rand_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    out.copy_from_slice(&bytes(seed, N, false));
+    out
+}
+
+/// What `adb backup -apk -shared` writes inside: an app's manifest first, its files by domain,
+/// then shared storage.
+fn app_backup_tar() -> Vec<u8> {
+    Tar::default()
+        .file(b"apps/com.example.notes/_manifest", b"1\ncom.example.notes\n42\n33\n0\n0\n")
+        .dir(b"apps/com.example.notes/f")
+        .file(b"apps/com.example.notes/f/notes.json", &bytes(5, 40_000, true))
+        .file(b"apps/com.example.notes/db/notes.db", &bytes(6, 70_000, false))
+        .file(b"apps/com.example.notes/sp/prefs.xml", b"<map><int name=\"n\" value=\"3\" /></map>")
+        .file(b"shared/0/DCIM/Camera/IMG_0001.jpg", &bytes(7, 300_000, false))
+        .end()
+}
+
+#[test]
+fn android_backups_of_every_version_compressed_or_not_encrypted_or_not_import_exactly() {
+    let s = Scratch::with_repo();
+    let tar = app_backup_tar();
+    let expected = s.path("expected");
+    std::fs::create_dir_all(&expected).unwrap();
+    let untar = Command::new("tar").arg("-xf").arg("-").arg("-C").arg(&expected).stdin(Stdio::piped()).spawn();
+    let mut untar = untar.unwrap();
+    untar.stdin.take().unwrap().write_all(&tar).unwrap();
+    assert!(untar.wait().unwrap().success());
+    let password = "p\u{e4}ssw\u{f6}rd"; // not ASCII: version 1 and later versions differ
+    for version in 1..=5 {
+        for compressed in [false, true] {
+            for encrypted in [false, true] {
+                let name = format!("v{version}-{compressed}-{encrypted}");
+                let path = s.path(&format!("{name}.ab"));
+                std::fs::write(&path, ab(&tar, version, compressed, encrypted.then_some(password))).unwrap();
+                let report = s
+                    .command(&["backup", "--json", "--device", &name, &format!("ab:{}", path.display())])
+                    .env("PHONEBAK_ARCHIVE_PASSWORD", password)
+                    .output()
+                    .unwrap();
+                assert_eq!(code(&report), 0, "{name}: {}", stderr(&report));
+                let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+                assert_eq!(report["facts"]["ab-version"], version.to_string(), "{report}");
+                assert_eq!(report["facts"]["encrypted"], encrypted.to_string());
+                let out = s.path(&format!("out-{name}"));
+                s.ok(&["restore", &format!("{name}/latest"), "--target", out.to_str().unwrap()]);
+                assert_eq!(contents(&out), contents(&expected), "{name}");
+            }
+        }
+    }
+}
+
+fn contents(root: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    files_under(root)
+        .into_iter()
+        .map(|p| (p.strip_prefix(root).unwrap().to_path_buf(), std::fs::read(&p).unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_wrong_or_missing_ab_password_stores_nothing() {
+    let s = Scratch::with_repo();
+    let path = s.path("locked.ab");
+    std::fs::write(&path, ab(&app_backup_tar(), 5, true, Some("right"))).unwrap();
+    let spec = format!("ab:{}", path.display());
+    let wrong =
+        s.command(&["backup", "--device", "p", &spec]).env("PHONEBAK_ARCHIVE_PASSWORD", "wrong").output().unwrap();
+    assert_said(&wrong, 19, &["the password does not open this Android backup"]);
+    let missing = s.command(&["backup", "--device", "p", &spec]).stdin(Stdio::null()).output().unwrap();
+    assert_said(&missing, 19, &["this Android backup is encrypted: give its password with --archive-password-file"]);
+    let file = s.path("pw");
+    std::fs::write(&file, "right\n").unwrap();
+    s.ok(&["backup", "--device", "p", "--archive-password-file", file.to_str().unwrap(), &spec]);
+    assert_eq!(snapshot_count(&s), 1);
+}
+
+#[test]
+fn damaged_android_backups_give_an_exact_error_and_no_snapshot() {
+    let s = Scratch::with_repo();
+    let tar = app_backup_tar();
+    let plain = ab(&tar, 5, true, None);
+    let header_len = b"ANDROID BACKUP\n5\n1\nnone\n".len();
+    let mut bad_zlib = plain.clone();
+    for b in &mut bad_zlib[header_len + 10..header_len + 40] {
+        *b ^= 0x5a;
+    }
+    let encrypted = ab(&tar, 5, false, Some("pw"));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("magic", b"ANDROID BACKUQ\n5\n1\nnone\n".to_vec(), "not an Android backup (.ab)"),
+        ("version", b"ANDROID BACKUP\nfive\n1\nnone\n".to_vec(), "its version \"five\" is not a number"),
+        (
+            "newer",
+            b"ANDROID BACKUP\n9\n1\nnone\n".to_vec(),
+            "it is version 9 of the format; phonebak reads versions 1 to 5",
+        ),
+        ("flag", b"ANDROID BACKUP\n5\n2\nnone\n".to_vec(), "its compression flag is \"2\", not 0 or 1"),
+        ("cipher", b"ANDROID BACKUP\n5\n1\nROT13\n".to_vec(), "an unknown encryption \"ROT13\""),
+        ("header-cut", b"ANDROID BACKUP\n5\n1".to_vec(), "it ends before its compression line"),
+        ("zlib", bad_zlib, "the archive's data is damaged"),
+        ("zlib-cut", plain[..plain.len() / 2].to_vec(), "the archive is cut short"),
+        (
+            "cipher-cut",
+            encrypted[..encrypted.len() - 5000].to_vec(),
+            "its encrypted length is not a whole number of 16-byte blocks",
+        ),
+        ("cipher-cut-at-block", encrypted[..encrypted.len() - 4096].to_vec(), "the archive is cut short"),
+    ];
+    for (name, bytes, said) in cases {
+        let path = s.path(&format!("{name}.ab"));
+        std::fs::write(&path, bytes).unwrap();
+        let out = s
+            .command(&["backup", "--device", "p", &format!("ab:{}", path.display())])
+            .env("PHONEBAK_ARCHIVE_PASSWORD", "pw")
+            .output()
+            .unwrap();
+        assert_said(&out, 20, &[said]);
+        assert_eq!(snapshot_count(&s), 0, "{name}");
+    }
+}
+
+#[test]
+fn an_android_backup_from_standard_input() {
+    let s = Scratch::with_repo();
+    let mut child = s
+        .command(&["backup", "--device", "p", "ab:-"])
+        .env("PHONEBAK_ARCHIVE_PASSWORD", "pw")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&ab(&app_backup_tar(), 4, true, Some("pw"))).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let listed = s.ok(&["ls", "p/latest"]);
+    assert!(listed.contains("/apps/com.example.notes/_manifest"), "{listed}");
+}
