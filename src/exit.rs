@@ -69,6 +69,7 @@ pub fn for_error(error: &anyhow::Error) -> i32 {
             Some(SourceError::Vanished { .. }) => return SOURCE_VANISHED,
             Some(SourceError::ArchivePassword(_)) => return ARCHIVE_PASSWORD,
             Some(SourceError::Damaged { .. }) => return SOURCE_DAMAGED,
+            Some(SourceError::Unavailable { .. }) => return DEVICE,
             Some(SourceError::Scratch { error, .. }) if error.raw_os_error() == Some(libc::ENOSPC) => return NO_SPACE,
             _ => {}
         }

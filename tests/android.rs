@@ -480,3 +480,172 @@ fn an_android_backup_from_standard_input() {
     let listed = s.ok(&["ls", "p/latest"]);
     assert!(listed.contains("/apps/com.example.notes/_manifest"), "{listed}");
 }
+
+// ---- A live phone over adb: tests/fake-adb/adb stands in for adb on a local folder (there is
+// no phone here); its shell runs this machine's find, stat and tar as a phone's toybox would.
+
+struct FakePhone {
+    root: PathBuf,
+    path: String,
+}
+
+impl FakePhone {
+    fn new(s: &Scratch) -> FakePhone {
+        let root = s.path("phone");
+        std::fs::create_dir_all(root.join("sdcard")).unwrap();
+        let path = format!("{}/tests/fake-adb:{}", env!("CARGO_MANIFEST_DIR"), std::env::var("PATH").unwrap());
+        FakePhone { root, path }
+    }
+
+    fn sdcard(&self) -> PathBuf {
+        self.root.join("sdcard")
+    }
+
+    fn backup(&self, s: &Scratch, spec: &str) -> std::process::Output {
+        let _ = std::fs::remove_file(self.root.join(".adb-calls"));
+        let _ = std::fs::remove_file(self.root.join(".adb-bytes"));
+        s.command(&["backup", "--json", "--device", "pixel", spec])
+            .env("PATH", &self.path)
+            .env("FAKE_ADB_ROOT", &self.root)
+            .output()
+            .unwrap()
+    }
+
+    /// How many times adb ran, and the bytes its streams carried, in the last backup.
+    fn traffic(&self) -> (usize, u64) {
+        let calls = std::fs::read_to_string(self.root.join(".adb-calls")).unwrap_or_default().lines().count();
+        let bytes = std::fs::read_to_string(self.root.join(".adb-bytes"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.trim().parse::<u64>().unwrap())
+            .sum();
+        (calls, bytes)
+    }
+}
+
+#[test]
+fn a_live_phone_is_backed_up_in_a_few_adb_calls_and_the_next_day_moves_only_what_changed() {
+    let s = Scratch::with_repo();
+    let phone = FakePhone::new(&s);
+    let sd = phone.sdcard();
+    for i in 0..20_000u64 {
+        write(
+            &sd.join(format!("Android/media/com.app/cache/{}/{i}.json", i % 100)),
+            format!("{{\"n\":{i}}}").as_bytes(),
+        );
+    }
+    write(&sd.join("DCIM/Camera/VID_0001.mp4"), &bytes(1, 6_000_000, false));
+    write(&sd.join("DCIM/Camera/IMG_0001.jpg"), &bytes(2, 2_000_000, false));
+    std::os::unix::fs::symlink("DCIM/Camera", sd.join("camera")).unwrap();
+    let first = phone.backup(&s, "adb");
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    let (calls, _) = phone.traffic();
+    assert!(calls <= 4, "{calls} adb calls for 20 002 files");
+    let out = s.path("out");
+    s.ok(&["restore", "pixel/latest", "--target", out.to_str().unwrap()]);
+    assert_eq!(seconds_only(describe(&out)), seconds_only(describe(&sd)));
+
+    // The next day: 1% of the small files changed, one photo added.
+    let mut changed_bytes = 0;
+    for i in (0..20_000u64).step_by(100) {
+        let text = format!("{{\"n\":{i},\"changed\":true}}");
+        changed_bytes += text.len() as u64;
+        let path = sd.join(format!("Android/media/com.app/cache/{}/{i}.json", i % 100));
+        write(&path, text.as_bytes());
+        set_mtime(&path, 1_800_000_000, 0);
+    }
+    write(&sd.join("DCIM/Camera/IMG_0002.jpg"), &bytes(3, 500_000, false));
+    changed_bytes += 500_000;
+    let next = phone.backup(&s, "adb");
+    assert_eq!(code(&next), 0, "{}", stderr(&next));
+    let (calls, moved) = phone.traffic();
+    assert!(calls <= 4, "{calls} adb calls");
+    // Each file costs its tar header (512 bytes) and padding; a symlink one header.
+    let bound = changed_bytes + 201 * 1024 + 10240 + 1024;
+    assert!(moved <= bound, "{moved} bytes moved for {changed_bytes} changed (bound {bound})");
+    let out2 = s.path("out2");
+    s.ok(&["restore", "pixel/latest", "--target", out2.to_str().unwrap()]);
+    assert_eq!(seconds_only(describe(&out2)), seconds_only(describe(&sd)));
+    assert!(std::fs::read_dir(phone.root.join("data/local/tmp")).unwrap().next().is_none(), "the list is removed");
+}
+
+#[test]
+fn a_phone_unplugged_mid_backup_leaves_no_snapshot_and_the_next_run_completes() {
+    let s = Scratch::with_repo();
+    let phone = FakePhone::new(&s);
+    write(&phone.sdcard().join("DCIM/a.jpg"), &bytes(1, 3_000_000, false));
+    write(&phone.sdcard().join("DCIM/b.jpg"), &bytes(2, 3_000_000, false));
+    std::fs::write(phone.root.join(".unplug-after-bytes"), "1000000").unwrap();
+    let out = phone.backup(&s, "adb");
+    assert_said(&out, 16, &["the source adb:/sdcard disappeared during the backup", "the archive is cut short"]);
+    assert_eq!(snapshot_count(&s), 0);
+    assert_eq!(code(&s.run(&["check"])), 0);
+    std::fs::remove_file(phone.root.join(".unplug-after-bytes")).unwrap();
+    std::fs::remove_file(phone.root.join(".unplugged")).unwrap();
+    let again = phone.backup(&s, "adb");
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert_eq!(snapshot_count(&s), 1);
+}
+
+#[test]
+fn which_phone_adb_missing_and_tools_missing_are_said() {
+    let s = Scratch::with_repo();
+    let phone = FakePhone::new(&s);
+    write(&phone.sdcard().join("a.txt"), b"a");
+    let several = s
+        .command(&["backup", "--device", "p", "adb"])
+        .env("PATH", &phone.path)
+        .env("FAKE_ADB_ROOT", &phone.root)
+        .env("FAKE_ADB_OTHER_SERIALS", "R5CT10 emulator-5554")
+        .output()
+        .unwrap();
+    assert_said(
+        &several,
+        17,
+        &["3 phones are connected", "FAKE0001 (device), R5CT10 (device), emulator-5554 (device)"],
+    );
+    let named = s
+        .command(&["backup", "--device", "p", "adb:FAKE0001:/sdcard"])
+        .env("PATH", &phone.path)
+        .env("FAKE_ADB_ROOT", &phone.root)
+        .env("FAKE_ADB_OTHER_SERIALS", "R5CT10 emulator-5554")
+        .output()
+        .unwrap();
+    assert_eq!(code(&named), 0, "{}", stderr(&named));
+    let no_adb = s.command(&["backup", "--device", "p", "adb"]).env("PATH", "/nonexistent").output().unwrap();
+    assert_said(&no_adb, 17, &["the `adb` program is not installed: install Android's platform tools"]);
+    // A phone whose shell has no tar: this machine's tools, but for tar.
+    let bin = s.path("bin-without-tar");
+    std::fs::create_dir_all(&bin).unwrap();
+    for dir in ["/usr/bin", "/bin"] {
+        for tool in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()) {
+            if tool.file_name() != "tar" && !bin.join(tool.file_name()).exists() {
+                std::os::unix::fs::symlink(tool.path(), bin.join(tool.file_name())).unwrap();
+            }
+        }
+    }
+    let no_tar = s
+        .command(&["backup", "--device", "p", "adb"])
+        .env("PATH", format!("{}/tests/fake-adb:{}", env!("CARGO_MANIFEST_DIR"), bin.display()))
+        .env("FAKE_ADB_ROOT", &phone.root)
+        .output()
+        .unwrap();
+    assert_said(&no_tar, 17, &["the phone's shell has no `tar` (toybox or busybox provides them)"]);
+    let no_folder = phone.backup(&s, "adb:/sdcard/nothing");
+    assert_said(&no_folder, 17, &["the phone has no folder /sdcard/nothing"]);
+}
+
+#[test]
+fn odd_names_on_a_phone_are_taken_or_said() {
+    let s = Scratch::with_repo();
+    let phone = FakePhone::new(&s);
+    let sd = phone.sdcard();
+    write(&sd.join("it's \"quoted\" $(touch pwned).txt"), b"quotes");
+    write(&sd.join("-rf"), b"dash");
+    write(&sd.join("line\nbreak.txt"), b"newline");
+    let out = phone.backup(&s, "adb");
+    assert_said(&out, 3, &["line\nbreak.txt: a name with a line break, which the phone's tar cannot be asked for"]);
+    let listed = s.ok(&["ls", "pixel/latest"]);
+    assert_eq!(listed.lines().collect::<Vec<_>>(), ["/-rf", "/it's \"quoted\" $(touch pwned).txt"], "{listed}");
+    assert!(!phone.root.join("pwned").exists() && !sd.join("pwned").exists());
+}

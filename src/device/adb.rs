@@ -18,8 +18,24 @@ pub struct AdbDevice {
     root: String,
 }
 
+/// Splits `adb[:SERIAL][:/ROOT]` into the serial (none: the one phone connected) and the root
+/// folder on the phone (`/sdcard` by default).
+pub fn parse_spec(spec: &str) -> Option<(Option<String>, String)> {
+    if spec != "adb" && !spec.starts_with("adb:") {
+        return None;
+    }
+    let rest = spec.strip_prefix("adb").unwrap_or_default().trim_start_matches(':');
+    let (serial, root) = match rest.split_once(':') {
+        Some((serial, root)) => (serial, root),
+        None if rest.starts_with('/') => ("", rest),
+        None => (rest, ""),
+    };
+    let root = if root.is_empty() { "/sdcard" } else { root };
+    Some(((!serial.is_empty()).then(|| serial.to_string()), root.to_string()))
+}
+
 /// A path quoted for a POSIX shell: inside single quotes, each `'` becomes `'\''`.
-fn quote(bytes: &[u8]) -> Vec<u8> {
+pub fn quote(bytes: &[u8]) -> Vec<u8> {
     let mut out = vec![b'\''];
     for &b in bytes {
         if b == b'\'' {
@@ -33,7 +49,7 @@ fn quote(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// What `adb` prints when the phone is gone (unplugged, rebooting, adb server restarted).
-fn is_gone(text: &str) -> bool {
+pub fn is_gone(text: &str) -> bool {
     ["no devices", "error: device", "device offline", "error: closed", "protocol fault", "device not found"]
         .iter()
         .any(|sign| text.contains(sign))

@@ -130,15 +130,8 @@ pub trait Device: Send + Sync {
 /// Opens a device named as on the command line: `dir:PATH` (or a plain path) or
 /// `adb[:SERIAL][:/ROOT]`.
 pub fn open(spec: &str) -> Result<Box<dyn Device>, DeviceError> {
-    if spec == "adb" || spec.starts_with("adb:") {
-        let rest = spec.strip_prefix("adb").unwrap_or_default().trim_start_matches(':');
-        let (serial, root) = match rest.split_once(':') {
-            Some((serial, root)) => (serial, root),
-            None if rest.starts_with('/') => ("", rest),
-            None => (rest, ""),
-        };
-        let root = if root.is_empty() { "/sdcard" } else { root };
-        return adb::AdbDevice::new((!serial.is_empty()).then(|| serial.to_string()), root).map(|d| Box::new(d) as _);
+    if let Some((serial, root)) = adb::parse_spec(spec) {
+        return adb::AdbDevice::new(serial, &root).map(|d| Box::new(d) as _);
     }
     let path = match spec.strip_prefix("dir:") {
         Some(path) => path,

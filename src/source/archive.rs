@@ -133,7 +133,7 @@ impl Source for ArchiveSource {
             let entry = StreamEntry { path: header.path, meta, kind };
             if matches!(entry.kind, SourceKind::File { .. }) {
                 let mtime = (entry.meta.mtime_sec, entry.meta.mtime_nsec);
-                let mut content = TarContent { tar: &mut tar, size, mtime, spec: &self.spec };
+                let mut content = TarContent::new(&mut tar, size, mtime, &self.spec);
                 sink.entry(entry, Some(&mut content))?;
             } else {
                 sink.entry(entry, None)?;
@@ -163,11 +163,17 @@ fn read_error(error: io::Error) -> String {
 }
 
 /// The data of the entry just read, read once, as the stream goes by.
-struct TarContent<'a, R> {
+pub(super) struct TarContent<'a, R> {
     tar: &'a mut TarReader<R>,
     size: u64,
     mtime: (i64, u32),
     spec: &'a str,
+}
+
+impl<'a, R> TarContent<'a, R> {
+    pub(super) fn new(tar: &'a mut TarReader<R>, size: u64, mtime: (i64, u32), spec: &'a str) -> Self {
+        TarContent { tar, size, mtime, spec }
+    }
 }
 
 impl<R: Read> Content for TarContent<'_, R> {

@@ -6,7 +6,10 @@
 //! - Sources read folder by folder (`ListedSource`: `dir:PATH`, a phone mounted over MTP or any
 //!   folder; `ios-backup:DIR`, an iPhone's backup folder) are walked by `walk`.
 //! - Archives (`tar:FILE`, `ab:FILE`, `-` for standard input) are read once, in order.
+//! - A live phone (`adb[:SERIAL][:/PATH]`) is listed whole, then sends what is wanted as a tar
+//!   stream.
 
+mod adb;
 mod archive;
 mod dir;
 mod ios;
@@ -16,6 +19,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::Path;
 
+pub use adb::AdbSource;
 pub use archive::ArchiveSource;
 pub use dir::DirSource;
 pub use ios::{
@@ -84,6 +88,9 @@ pub enum SourceError {
     Damaged { source_name: String, why: String },
     #[error("cannot use {spec:?} as a source: {why}")]
     Invalid { spec: String, why: String },
+    /// A phone cannot be used: `adb` missing, no phone or several, not allowed, no such folder.
+    #[error("{device}: {why}")]
+    Unavailable { device: String, why: String },
     /// The temporary folder (TMPDIR) failed: full (exit 15), or not writable.
     #[error("{doing}: {error}")]
     Scratch { doing: String, error: io::Error },
@@ -176,6 +183,9 @@ pub trait ListedSource: Send + Sync {
 /// standard input) or a plain path. `archive_password` is asked only for an encrypted backup.
 pub fn open_source(spec: &str, archive_password: ArchivePassword) -> Result<Box<dyn Source>, SourceError> {
     let invalid = |why: &str| SourceError::Invalid { spec: spec.to_string(), why: why.to_string() };
+    if spec == "adb" {
+        return AdbSource::open(spec).map(|s| Box::new(s) as Box<dyn Source>);
+    }
     if let Some((scheme, rest)) = spec.split_once(':') {
         match scheme {
             "dir" => {}
@@ -185,7 +195,7 @@ pub fn open_source(spec: &str, archive_password: ArchivePassword) -> Result<Box<
             }
             "tar" => return ArchiveSource::tar(rest).map(|s| Box::new(s) as Box<dyn Source>),
             "ab" => return ArchiveSource::ab(rest, archive_password).map(|s| Box::new(s) as Box<dyn Source>),
-            "adb" => return Err(invalid("`adb:` sources are not supported yet")),
+            "adb" => return AdbSource::open(spec).map(|s| Box::new(s) as Box<dyn Source>),
             _ if !Path::new(spec).exists() => return Err(invalid(&format!("unknown source kind `{scheme}:`"))),
             _ => {}
         }
