@@ -69,6 +69,41 @@ pub fn push_journal_line(data: &[u8]) {
     let _ = crate::push::Journal::parse(data);
 }
 
+/// A tar stream, read to its end with every entry's data, as an import reads it.
+pub fn tar(data: &[u8]) {
+    let mut reader = crate::archive::tar::TarReader::new(data);
+    while let Ok(Some(header)) = reader.next_entry() {
+        assert!(header.raw.len() as u64 <= reader.position(), "an entry's headers are bytes it read");
+        if std::io::copy(&mut reader.content(), &mut std::io::sink()).is_err() {
+            break;
+        }
+    }
+}
+
+/// An Android backup's header lines; the rest is read as its data (deflated, when it says so).
+pub fn ab_header(data: &[u8]) {
+    let mut input = data;
+    if let Ok(header) = crate::archive::ab::read_header(&mut input) {
+        if header.compressed {
+            let _ = std::io::copy(&mut flate2::read::ZlibDecoder::new(input), &mut std::io::sink());
+        }
+    }
+}
+
+/// An encrypted Android backup: its master key unlocked with a password that is surely wrong
+/// (when cheap to derive), and, past the header, its data decrypted with a key of the input's.
+pub fn ab_decrypt(data: &[u8]) {
+    let mut input = data;
+    let Ok(header) = crate::archive::ab::read_header(&mut input) else { return };
+    if let Some(info) = header.encryption.as_ref().filter(|i| i.rounds <= 16) {
+        let _ = crate::archive::ab::unlock(info, header.version, b"fuzz");
+    }
+    let key = [0x42u8; 32];
+    let iv = [0x24u8; 16];
+    let mut plain = crate::cbc_stream::DecryptingReader::new(input, &key, &iv, true);
+    let _ = std::io::copy(&mut plain, &mut std::io::sink());
+}
+
 /// An MBFile record of an iPhone backup's Manifest.db (a binary or XML plist).
 pub fn mbfile(data: &[u8]) {
     let _ = crate::source::decode_mbfile(data);
@@ -103,7 +138,7 @@ pub fn ios_plist(data: &[u8]) {
 mod tests {
     use proptest::prelude::*;
 
-    const TARGETS: [fn(&[u8]); 12] = [
+    const TARGETS: [fn(&[u8]); 15] = [
         super::tree,
         super::index_trailer,
         super::index_header,
@@ -116,6 +151,9 @@ mod tests {
         super::mbfile,
         super::ios_keybag,
         super::ios_plist,
+        super::tar,
+        super::ab_header,
+        super::ab_decrypt,
     ];
 
     proptest! {
