@@ -457,6 +457,11 @@ fn an_encrypted_backup_is_read_with_its_password_and_shares_its_data_with_a_plai
     phone_data(&encrypted);
     encrypted.finish();
     info_plist(&encrypted_dir, "Anna's iPhone");
+    // Folders no row describes take Manifest.db's time: the same in both, made at different seconds.
+    let made = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_750_000_000);
+    for dir in [s.path("plain/UDID"), encrypted_dir.clone()] {
+        std::fs::File::options().write(true).open(dir.join("Manifest.db")).unwrap().set_modified(made).unwrap();
+    }
     let tmp = s.path("tmp");
     std::fs::create_dir(&tmp).unwrap();
     s.ok(&["backup", "--device", "Anna's iPhone", &format!("ios-backup:{}", s.path("plain").display())]);
