@@ -3,7 +3,7 @@
 #
 #   scripts/bench.sh                                # ~1.5 GB, 24.5k files, 3 rounds
 #   BENCH_SCALE=0.1 BENCH_RUNS=1 scripts/bench.sh   # a quick look
-#   BENCH_ONLY=ios scripts/bench.sh                 # one part: phone (issues 2-4) or ios (issue 15)
+#   BENCH_ONLY=ios scripts/bench.sh                 # one part: phone (issues 2-4), ios (15), android (16)
 #
 # Each round gives every tool a fresh repository and measures: first backup, unchanged
 # re-backup, next-day backup (new photos, databases changed in place, deletions, a renamed
@@ -88,7 +88,7 @@ backup() { # TOOL STEP REPO
     esac
 }
 
-# The phone benchmarks (issues 2, 3 and 4); BENCH_ONLY=phone or BENCH_ONLY=ios runs one part.
+# The phone benchmarks (issues 2, 3 and 4); BENCH_ONLY=phone, ios or android runs one part.
 if want phone; then
 order=(phonebak restic borg)
 for round in $(seq "$runs"); do
@@ -370,6 +370,93 @@ print(f"  next-day import under 2 s: {med('ios-next-day', 'phonebak'):.2f} s (th
 print(f"  export at least as fast as cp -r: {med('ios-export', 'cp') / med('ios-export', 'phonebak'):.2f}x of cp -r, "
       f"{med('ios-export', 'cp_sync') / med('ios-export', 'phonebak'):.2f}x of cp -r && sync -f: " + ok(med('ios-export', 'phonebak') <= med('ios-export', 'cp')))
 peak = max(med(s, "phonebak", 3) for s in ["ios-first", "ios-next-day", "ios-export"])
+print(f"  peak memory under 200 MiB: {peak:.0f} MiB: " + ok(peak < 200))
+PY
+fi
+
+# --- Android (issue 16). The day-1 phone as a tar (GNU tar) and as an unencrypted, compressed
+# .ab (version 5, written here with Python's zlib; there is no phone here). Measured: phonebak's
+# import of each against `tar -xf` of the same archive into a folder (for the .ab, inflated by
+# Python into tar -x) and against restic backing up that extracted folder; peak memory. Then the
+# phone behind the fake adb (tests/fake-adb, serving a local folder, so its costs stand in for a
+# USB cable's): the first backup and the next day's, with how many times adb ran and the bytes
+# its streams carried, against what changed.
+if want android; then
+ab_of() { python3 - "$1" "$2" <<'PY'
+import sys, zlib
+src, dst = sys.argv[1], sys.argv[2]
+z = zlib.compressobj(6)
+with open(src, "rb") as i, open(dst, "wb") as o:
+    o.write(b"ANDROID BACKUP\n5\n1\nnone\n")
+    while block := i.read(1 << 20):
+        o.write(z.compress(block))
+    o.write(z.flush())
+PY
+}
+cat > "$work/inflate-ab.py" <<'PY'
+import sys, zlib
+i = open(sys.argv[1], "rb")
+for _ in range(4):
+    i.readline()
+z, o = zlib.decompressobj(), sys.stdout.buffer
+while block := i.read(1 << 20):
+    o.write(z.decompress(block))
+o.write(z.flush())
+PY
+fake_adb=$PWD/tests/fake-adb
+tar cf "$work/android.tar" -C "$work/day1" .
+ab_of "$work/android.tar" "$work/android.ab"
+for round in $(seq "$runs"); do
+    echo "Android round $round of $runs"
+    rm -rf "$work"/repo-* "$work"/android-x-* "$work/adb-phone"
+    "$phonebak" init --repo "$work/repo-phonebak" > /dev/null
+    restic init -q -r "$work/repo-restic"
+    for kind in tar ab; do
+        cat "$work/android.$kind" > /dev/null
+        measure phonebak "$kind-import" "$phonebak" backup --repo "$work/repo-phonebak" --device "$kind-$round" "$kind:$work/android.$kind"
+        mkdir -p "$work/android-x-$kind"
+        case $kind in
+            tar) measure tar_x "$kind-import" tar -xf "$work/android.tar" -C "$work/android-x-$kind" ;;
+            ab) measure tar_x "$kind-import" sh -c "python3 '$work/inflate-ab.py' '$work/android.ab' | tar -xf - -C '$work/android-x-$kind'" ;;
+        esac
+        measure restic "$kind-import" restic -r "$work/repo-restic" backup -q "$work/android-x-$kind"
+    done
+    mkdir -p "$work/adb-phone"
+    cp -al "$work/day1" "$work/adb-phone/sdcard"
+    adb_backup() { # STEP
+        rm -f "$work/adb-phone/.adb-calls" "$work/adb-phone/.adb-bytes"
+        measure phonebak "$1" env PATH="$fake_adb:$PATH" FAKE_ADB_ROOT="$work/adb-phone" \
+            "$phonebak" backup --repo "$work/repo-phonebak" --device "adb-$round" --json adb:
+        echo "$1-calls,phonebak,$(wc -l < "$work/adb-phone/.adb-calls"),$(awk '{s += $1} END {print s + 0}' "$work/adb-phone/.adb-bytes")" >> "$csv"
+    }
+    adb_backup adb-first
+    rsync -a --delete "$work/day2/" "$work/adb-phone/sdcard/"
+    adb_backup adb-next-day
+    python3 -c "import json, sys; s = json.load(open(sys.argv[1]))['stats']; print(f\"adb-changed,phonebak,{s['new_bytes']},0\")" "$work/last.out" >> "$csv"
+done
+python3 - "$csv" "$(stat -c %s "$work/android.tar")" "$(stat -c %s "$work/android.ab")" "$(find "$work/day1" -type f | wc -l)" "$(du -sb "$work/day2" | cut -f1)" <<'PY' | tee -a "${work%/}.results.txt"
+import csv, statistics, sys
+rows = list(csv.reader(open(sys.argv[1])))
+tar_size, ab_size, files, phone_size = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+med = lambda step, tool, col=2: statistics.median(float(r[col]) for r in rows if r[0] == step and r[1] == tool)
+ok = lambda c: "met" if c else "NOT met"
+rounds = len([r for r in rows if r[0] == "tar-import" and r[1] == "phonebak"])
+print(f"\nAndroid archives: a {tar_size / 1e9:.2f} GB tar of {files} files, and the same as a {ab_size / 1e9:.2f} GB .ab; medians of {rounds} round(s):")
+print(f"  {'':52} {'s':>7} {'MB/s':>7} {'peak MiB':>9}")
+for kind, size in [("tar", tar_size), ("ab", ab_size)]:
+    for tool, label in [("phonebak", f"phonebak backup {kind}: (first import)"), ("tar_x", f"tar -xf into a folder{' (inflated by Python)' if kind == 'ab' else ''}"),
+                        ("restic", "restic backup of the extracted folder")]:
+        print(f"  {label:52} {med(kind + '-import', tool):7.2f} {tar_size / med(kind + '-import', tool) / 1e6:7.0f} {med(kind + '-import', tool, 3):9.0f}")
+for step, label in [("adb-first", "fake adb phone, first backup"), ("adb-next-day", "fake adb phone, next day")]:
+    calls, moved = med(step + "-calls", "phonebak"), med(step + "-calls", "phonebak", 3)
+    print(f"  {label:52} {med(step, 'phonebak'):7.2f} s, {calls:.0f} adb calls, {moved / 1e6:.1f} MB over adb, peak {med(step, 'phonebak', 3):.0f} MiB")
+print(f"  next day: the phone is {phone_size / 1e9:.2f} GB; phonebak stored {med('adb-changed', 'phonebak') / 1e6:.1f} MB of new data")
+print("targets (issue 16):")
+for kind in ["tar", "ab"]:
+    ratio = med(kind + "-import", "tar_x") / med(kind + "-import", "phonebak")
+    print(f"  {kind} import faster than tar -xf: {ratio:.2f}x: " + ok(ratio > 1)
+          + f"; {med(kind + '-import', 'restic') / med(kind + '-import', 'phonebak'):.2f}x restic on the extracted folder")
+peak = max(med(s, "phonebak", 3) for s in ["tar-import", "ab-import", "adb-first", "adb-next-day"])
 print(f"  peak memory under 200 MiB: {peak:.0f} MiB: " + ok(peak < 200))
 PY
 fi

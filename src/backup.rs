@@ -15,6 +15,7 @@ use std::time::Instant;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::chunker::{chunks, ChunkerParams};
+use crate::extras::{self, LayoutWriter, OmittedFile, OmittedWriter};
 use crate::progress::Progress;
 use crate::repo::lock::{hostname, LockKind, RepoLock};
 use crate::repo::pack::PackEntry;
@@ -41,16 +42,23 @@ pub enum BackupError {
 }
 
 /// Which paths a backup takes: excludes win; with includes, only matching paths (and the
-/// folders leading to them) are kept. A pattern without `/` matches a name at any depth.
+/// folders leading to them) are kept; files matching a metadata-only pattern (or inside a
+/// folder that does) are recorded by name, size and time, without content. A pattern without
+/// `/` matches a name at any depth.
 #[derive(Default)]
 pub struct PathFilter {
     excludes: Option<GlobSet>,
     includes: Option<GlobSet>,
+    metadata_only: Option<GlobSet>,
 }
 
 impl PathFilter {
-    pub fn new(excludes: &[String], includes: &[String]) -> Result<PathFilter, BackupError> {
-        Ok(PathFilter { excludes: build_globs(excludes)?, includes: build_globs(includes)? })
+    pub fn new(excludes: &[String], includes: &[String], metadata_only: &[String]) -> Result<PathFilter, BackupError> {
+        Ok(PathFilter {
+            excludes: build_globs(excludes)?,
+            includes: build_globs(includes)?,
+            metadata_only: build_globs(metadata_only)?,
+        })
     }
 
     fn matches(set: &GlobSet, path: &Path) -> bool {
@@ -194,17 +202,21 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
             progress: &progress,
             writer_stopped: false,
             failure: None,
+            layout: None,
+            trailer_len: None,
+            omitted: None,
+            omitted_sizes: HashMap::new(),
         };
         let walked = engine.take_all(source);
         let Engine { unreadable, skipped, notes, jobs, new_bytes, .. } = engine;
         drop(jobs); // lets the workers, then the writer, finish
         let packed = writer.join().expect("pack writer does not panic");
-        (walked.map(|(root, stats)| (root, stats, new_bytes, unreadable, skipped, notes)), packed)
+        (walked.map(|(root, extras, stats)| (root, extras, stats, new_bytes, unreadable, skipped, notes)), packed)
     });
     progress.finish();
     // A failed writer makes the walker fail too (its channel closes): report the writer's cause.
     let report = pack_result?;
-    let (root, mut stats, new_bytes, unreadable, skipped, notes) = walk_result?;
+    let (root, extras, mut stats, new_bytes, unreadable, skipped, notes) = walk_result?;
     stats.new_bytes = new_bytes;
     stats.added_bytes = report.added_bytes;
     stats.unreadable = unreadable.len() as u64;
@@ -219,6 +231,7 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
         root,
         stats,
         facts: source.facts(),
+        extras,
     };
     lock.ensure_held()?;
     let id = snapshot::save(repo, &snapshot)?;
@@ -339,11 +352,19 @@ struct Engine<'a> {
     writer_stopped: bool,
     /// Why the engine stopped the source, when the reason is its own.
     failure: Option<BackupError>,
+    /// An imported archive's layout, as its entries are taken.
+    layout: Option<LayoutWriter>,
+    /// Bytes after the archive's last entry, once the source has said.
+    trailer_len: Option<u64>,
+    /// The files recorded without content, and their sizes by path (for hard links to them).
+    omitted: Option<OmittedWriter>,
+    omitted_sizes: HashMap<Vec<u8>, u64>,
 }
 
 impl Engine<'_> {
-    /// Takes every entry of `source` and stores the trees: the top tree's id and the stats.
-    fn take_all(&mut self, source: &dyn Source) -> Result<(BlobId, SnapshotStats), BackupError> {
+    /// Takes every entry of `source` and stores the trees: the top tree's id, the extras
+    /// tree's (src/extras.rs) and the stats.
+    fn take_all(&mut self, source: &dyn Source) -> Result<(BlobId, Option<BlobId>, SnapshotStats), BackupError> {
         let sent = source.send_entries(self);
         if let Some(failure) = self.failure.take() {
             return Err(failure);
@@ -353,9 +374,25 @@ impl Engine<'_> {
             return Err(BackupError::WriterStopped);
         }
         let builder = std::mem::take(&mut self.builder);
-        let (root, stats) = builder.finish(&mut |tree| self.store_tree(tree));
+        let (root, mut stats) = builder.finish(&mut |tree| self.store_tree(tree));
+        let mut files = Vec::new();
+        let stopped = |_| BackupError::WriterStopped;
+        if let Some(layout) = self.layout.take() {
+            // A source that records a layout says where the archive ended; two zero blocks if not.
+            let trailer_len = self.trailer_len.unwrap_or(2 * crate::archive::tar::BLOCK as u64);
+            files.push((
+                extras::LAYOUT,
+                layout.finish(trailer_len, &mut |piece| self.store_piece(piece)).map_err(stopped)?,
+            ));
+        }
+        if let Some(omitted) = self.omitted.take() {
+            stats.omitted = omitted.count;
+            stats.omitted_bytes = omitted.bytes;
+            files.push((extras::OMITTED, omitted.finish(&mut |piece| self.store_piece(piece)).map_err(stopped)?));
+        }
+        let extras = (!files.is_empty()).then(|| self.store_tree(&extras::tree(files)));
         self.flush().map_err(|_| BackupError::WriterStopped)?;
-        Ok((root, stats))
+        Ok((root, extras, stats))
     }
 
     /// Stops the source for a reason of the engine's own.
@@ -512,6 +549,141 @@ impl Engine<'_> {
         Ok(ChunkRef { id, len })
     }
 
+    /// Stores a piece of the snapshot's extras (not file content: not counted as new bytes).
+    fn store_piece(&mut self, plain: Vec<u8>) -> std::io::Result<ChunkRef> {
+        let id = self.repo.blob_id(&plain);
+        let len = plain.len() as u32;
+        if self.known.insert(id) {
+            self.send(Job { id, kind: BlobKind::Data, plain })?;
+        }
+        Ok(ChunkRef { id, len })
+    }
+
+    /// Records an entry the snapshot took in the archive's layout.
+    fn record_layout(&mut self, header: &[u8], names: &[&[u8]], kind: &SourceKind) -> Result<(), SourceError> {
+        let path = names.join(&b'/');
+        let data_len = match kind {
+            SourceKind::File { size } => *size,
+            _ => 0,
+        };
+        let mut layout = self.layout.take().unwrap_or_default();
+        let written = layout.entry(header, &path, data_len, &mut |piece| self.store_piece(piece));
+        self.layout = Some(layout);
+        written.map_err(|_| self.stop(BackupError::WriterStopped))
+    }
+
+    /// Records a file by name, size and time only.
+    fn record_omitted(&mut self, names: &[&[u8]], meta: &Meta, size: u64) -> Result<(), SourceError> {
+        let file =
+            OmittedFile { path: names.join(&b'/'), size, mtime_sec: meta.mtime_sec, mtime_nsec: meta.mtime_nsec };
+        self.omitted_sizes.insert(file.path.clone(), size);
+        let mut omitted = self.omitted.take().unwrap_or_default();
+        let written = omitted.add(&file, &mut |piece| self.store_piece(piece));
+        self.omitted = Some(omitted);
+        written.map_err(|_| self.stop(BackupError::WriterStopped))
+    }
+
+    fn metadata_only(&self, names: &[&[u8]]) -> bool {
+        self.filter
+            .metadata_only
+            .as_ref()
+            .is_some_and(|set| (1..=names.len()).any(|n| PathFilter::matches(set, &joined(&names[..n]))))
+    }
+
+    /// Takes one entry into the snapshot (or not: excluded, refused, unreadable). Says whether
+    /// the snapshot now holds it (stored, recorded without content, or a special file left out
+    /// by kind), which is when an archive's layout records it.
+    fn take_entry(
+        &mut self,
+        names: &[&[u8]],
+        entry: &StreamEntry,
+        content: Option<&mut dyn Content>,
+    ) -> Result<bool, SourceError> {
+        if names.is_empty() {
+            // The top folder itself (an archive's `./`): the snapshot is that folder.
+            if entry.kind != SourceKind::Dir {
+                self.refuse(&entry.path, "an entry with no name");
+                return Ok(false);
+            }
+            return Ok(true);
+        }
+        if self.excluded(names) {
+            return Ok(false);
+        }
+        let wanted = self.wanted(names);
+        let added = match &entry.kind {
+            SourceKind::Dir => {
+                if self.reuse {
+                    self.parent.dir(names, &mut self.known);
+                }
+                self.builder.add_dir(names, entry.meta.clone(), wanted)
+            }
+            _ if !wanted => return Ok(false),
+            SourceKind::File { size } => {
+                if let Err(why) = self.builder.check(names) {
+                    self.refuse(&entry.path, why);
+                    return Ok(false);
+                }
+                if self.metadata_only(names) {
+                    self.record_omitted(names, &entry.meta, *size)?;
+                    return Ok(true);
+                }
+                match self.file_node(names, entry, *size, content)? {
+                    Some(node) => self.builder.add_leaf(names, entry.meta.clone(), node),
+                    None => return Ok(false),
+                }
+            }
+            SourceKind::Symlink { target } if !is_valid_symlink_target(target) => {
+                self.refuse(&entry.path, "a symlink whose target cannot be stored");
+                return Ok(false);
+            }
+            SourceKind::Symlink { target } => {
+                self.builder.add_leaf(names, entry.meta.clone(), Node::Symlink { target: target.clone() })
+            }
+            SourceKind::HardLink { target } => {
+                let target_names = tree_builder::split_path(target).ok();
+                let linked = target_names.as_ref().and_then(|t| self.builder.file(t).cloned());
+                // A link to a file recorded without content is recorded so too.
+                let omitted_size = target_names.and_then(|t| self.omitted_sizes.get(&t.join(&b'/')).copied());
+                if let (None, Some(size)) = (&linked, omitted_size) {
+                    self.record_omitted(names, &entry.meta, size)?;
+                    return Ok(true);
+                }
+                match linked {
+                    Some(node) => {
+                        if let Node::File { size, .. } = &node {
+                            self.count_file(*size);
+                        }
+                        self.builder.add_leaf(names, entry.meta.clone(), node)
+                    }
+                    None => {
+                        let target = String::from_utf8_lossy(target);
+                        self.refuse(
+                            &entry.path,
+                            format!("a hard link to {target}, which is not a file sent before it"),
+                        );
+                        return Ok(false);
+                    }
+                }
+            }
+            SourceKind::Special => {
+                self.skipped.push(tree_builder::shown(names));
+                // Not stored, but its header alone gives it back in an export.
+                return Ok(true);
+            }
+        };
+        match added {
+            Ok(note) => {
+                self.noted(names, note);
+                Ok(true)
+            }
+            Err(why) => {
+                self.refuse(&entry.path, why);
+                Ok(false)
+            }
+        }
+    }
+
     fn store_tree(&mut self, tree: &Tree) -> BlobId {
         let plain = tree.encode();
         let id = self.repo.blob_id(&plain);
@@ -556,13 +728,15 @@ impl EntrySink for Engine<'_> {
         !names.is_empty()
             && !self.excluded(&names)
             && self.wanted(&names)
+            && !self.metadata_only(&names)
             && self.unchanged(&names, &entry.meta, *size).is_none()
     }
 
-    fn entry(&mut self, entry: StreamEntry, content: Option<&mut dyn Content>) -> Result<(), SourceError> {
+    fn entry(&mut self, mut entry: StreamEntry, content: Option<&mut dyn Content>) -> Result<(), SourceError> {
         if self.writer_stopped {
             return Err(self.stop(BackupError::WriterStopped));
         }
+        let header = entry.archive_header.take();
         let names = match tree_builder::split_path(&entry.path) {
             Ok(names) => names,
             Err(why) => {
@@ -570,71 +744,16 @@ impl EntrySink for Engine<'_> {
                 return Ok(());
             }
         };
-        if names.is_empty() {
-            // The top folder itself (an archive's `./`): the snapshot is that folder.
-            if entry.kind != SourceKind::Dir {
-                self.refuse(&entry.path, "an entry with no name");
+        if self.take_entry(&names, &entry, content)? {
+            if let Some(header) = header {
+                self.record_layout(&header, &names, &entry.kind)?;
             }
-            return Ok(());
-        }
-        if self.excluded(&names) {
-            return Ok(());
-        }
-        let wanted = self.wanted(&names);
-        let added = match &entry.kind {
-            SourceKind::Dir => {
-                if self.reuse {
-                    self.parent.dir(&names, &mut self.known);
-                }
-                self.builder.add_dir(&names, entry.meta.clone(), wanted)
-            }
-            _ if !wanted => return Ok(()),
-            SourceKind::File { size } => {
-                if let Err(why) = self.builder.check(&names) {
-                    self.refuse(&entry.path, why);
-                    return Ok(());
-                }
-                match self.file_node(&names, &entry, *size, content)? {
-                    Some(node) => self.builder.add_leaf(&names, entry.meta.clone(), node),
-                    None => return Ok(()),
-                }
-            }
-            SourceKind::Symlink { target } if !is_valid_symlink_target(target) => {
-                self.refuse(&entry.path, "a symlink whose target cannot be stored");
-                return Ok(());
-            }
-            SourceKind::Symlink { target } => {
-                self.builder.add_leaf(&names, entry.meta.clone(), Node::Symlink { target: target.clone() })
-            }
-            SourceKind::HardLink { target } => {
-                let linked = tree_builder::split_path(target).ok().and_then(|t| self.builder.file(&t).cloned());
-                match linked {
-                    Some(node) => {
-                        if let Node::File { size, .. } = &node {
-                            self.count_file(*size);
-                        }
-                        self.builder.add_leaf(&names, entry.meta.clone(), node)
-                    }
-                    None => {
-                        let target = String::from_utf8_lossy(target);
-                        self.refuse(
-                            &entry.path,
-                            format!("a hard link to {target}, which is not a file sent before it"),
-                        );
-                        return Ok(());
-                    }
-                }
-            }
-            SourceKind::Special => {
-                self.skipped.push(tree_builder::shown(&names));
-                return Ok(());
-            }
-        };
-        match added {
-            Ok(note) => self.noted(&names, note),
-            Err(why) => self.refuse(&entry.path, why),
         }
         Ok(())
+    }
+
+    fn archive_end(&mut self, trailer_len: u64) {
+        self.trailer_len = Some(trailer_len);
     }
 
     fn unreadable(&mut self, path: &[u8], why: String) -> Result<(), SourceError> {

@@ -1,7 +1,7 @@
 //! AES-256-CBC as streams, for formats that encrypt whole files with it: iOS backups (zero IV,
 //! a key per file) and Android's .ab archives (one key and IV for the whole archive).
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 
 use aes::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 
@@ -164,10 +164,81 @@ impl<R: Read> Read for EncryptingReader<R> {
     }
 }
 
+/// Writes plaintext to `inner` as AES-256-CBC ciphertext with PKCS#7 padding, added by
+/// `finish` (without it the ciphertext is cut short, and says so when read).
+pub struct EncryptingWriter<W: Write> {
+    inner: W,
+    cipher: Encryptor,
+    /// Plaintext not yet a whole block.
+    partial: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> EncryptingWriter<W> {
+    pub fn new(inner: W, key: &[u8; 32], iv: &[u8; BLOCK]) -> Self {
+        let cipher = Encryptor::new(key.into(), iv.into());
+        EncryptingWriter { inner, cipher, partial: Vec::with_capacity(BLOCK), buf: Vec::new() }
+    }
+
+    /// Pads and writes the last block; gives back the writer underneath.
+    pub fn finish(mut self) -> io::Result<W> {
+        let pad = BLOCK - self.partial.len();
+        self.partial.extend(std::iter::repeat_n(pad as u8, pad));
+        let mut block = std::mem::take(&mut self.partial);
+        self.cipher.encrypt_block_mut(block.as_mut_slice().into());
+        self.inner.write_all(&block)?;
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for EncryptingWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.clear();
+        self.buf.extend_from_slice(&self.partial);
+        let whole = (self.partial.len() + data.len()) / BLOCK * BLOCK;
+        let taken = whole - self.partial.len().min(whole);
+        if whole == 0 {
+            self.partial.extend_from_slice(data);
+            return Ok(data.len());
+        }
+        self.buf.extend_from_slice(&data[..taken]);
+        for block in self.buf.chunks_exact_mut(BLOCK) {
+            self.cipher.encrypt_block_mut(block.into());
+        }
+        self.inner.write_all(&self.buf)?;
+        self.partial.clear();
+        self.partial.extend_from_slice(&data[taken..]);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ios_crypto::plain_len;
+
+    #[test]
+    fn the_writer_gives_what_the_reader_gives_in_any_pieces() {
+        let key = [9u8; 32];
+        let iv = [3u8; BLOCK];
+        for len in [0, 1, 15, 16, 17, 1000, 70_000] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
+            let mut expected = Vec::new();
+            EncryptingReader::new(&plain[..], &key, &iv, true).read_to_end(&mut expected).unwrap();
+            for piece in [1, 5, 16, 33, 4096] {
+                let mut writer = EncryptingWriter::new(Vec::new(), &key, &iv);
+                for part in plain.chunks(piece) {
+                    writer.write_all(part).unwrap();
+                }
+                assert_eq!(writer.finish().unwrap(), expected, "{len} bytes in pieces of {piece}");
+            }
+        }
+    }
 
     fn roundtrip(len: usize, chunk: usize) {
         let key = [7u8; 32];

@@ -256,15 +256,12 @@ pub fn tree_problems(
     let mut lines = Vec::new();
     for (id, snapshot) in snapshots {
         let mut problems = Vec::new();
-        collect_tree_problems(
-            repo,
-            &snapshot.root,
-            Path::new(""),
-            0,
-            &Known { present, damaged },
-            &mut problems_of_tree,
-            &mut problems,
-        );
+        let known = Known { present, damaged };
+        collect_tree_problems(repo, &snapshot.root, Path::new(""), 0, &known, &mut problems_of_tree, &mut problems);
+        if let Some(extras) = &snapshot.extras {
+            let at = Path::new(EXTRAS_SHOWN);
+            collect_tree_problems(repo, extras, at, 0, &known, &mut problems_of_tree, &mut problems);
+        }
         for (path, why, damage) in problems {
             let shown = if path.as_os_str().is_empty() { "/".into() } else { path.display().to_string() };
             lines.push(TreeProblem {
@@ -276,6 +273,9 @@ pub fn tree_problems(
     }
     lines
 }
+
+/// How problems in a snapshot's extras (src/extras.rs) are placed in reports: beside its folders.
+pub const EXTRAS_SHOWN: &str = "(beside the folders)";
 
 /// Something a snapshot needs that cannot be read.
 pub struct TreeProblem {

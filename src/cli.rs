@@ -72,6 +72,11 @@ enum Command {
         /// Take only paths matching this glob (and the folders leading to them).
         #[arg(long)]
         include: Vec<String>,
+        /// Record files matching this glob (or inside a folder matching it) by name, size and
+        /// time only, without their content: `ls --omitted` lists them; restore, push and the
+        /// mount's folders leave them out.
+        #[arg(long, value_name = "GLOB")]
+        metadata_only: Vec<String>,
         #[arg(long)]
         tag: Vec<String>,
         /// Record this time instead of now (`2026-11-21T08:00:00`, local time, or RFC 3339); an
@@ -99,6 +104,10 @@ enum Command {
         /// Show type, mode, owner, size and time.
         #[arg(long, short = 'l')]
         long: bool,
+        /// List the files recorded without content (`backup --metadata-only`): size, time
+        /// and path.
+        #[arg(long, conflicts_with = "long")]
+        omitted: bool,
     },
     /// Restore SNAPSHOT[:PATH] into a folder. What is already there and differs is left as it
     /// is and reported (exit 3), unless --overwrite.
@@ -110,17 +119,23 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
     },
-    /// Give a snapshot back in the form it came in: `--format ios-backup` writes the iPhone
+    /// Give a snapshot back in a form phone tools take. `--format ios-backup` writes the iPhone
     /// backup folder it was imported from, byte for byte (encrypted ones too, with their
-    /// password), ready for Finder or `idevicebackup2 restore`. OUT must be new or empty.
+    /// password), ready for Finder or `idevicebackup2 restore`; OUT must be a new or empty
+    /// folder. `--format tar` and `--format ab` write SNAPSHOT[:PATH] as a tar or an Android
+    /// backup for `adb restore` (the same entries, byte for byte, when it was imported from
+    /// one) into the new file OUT, or to standard output with `-`.
     Export {
+        /// SNAPSHOT, or SNAPSHOT:PATH for a folder of it (tar and ab).
         snapshot: String,
         #[arg(long, value_enum)]
         format: ExportFormat,
-        /// An encrypted iPhone backup's password, from this file (or set
-        /// PHONEBAK_ARCHIVE_PASSWORD; on a terminal it is asked for).
+        /// The password, from this file (or set PHONEBAK_ARCHIVE_PASSWORD): an encrypted
+        /// iPhone backup's (on a terminal it is asked for), or the one an .ab is encrypted
+        /// with (AES-256; without it the .ab is not encrypted).
         #[arg(long)]
         archive_password_file: Option<PathBuf>,
+        /// A new folder (ios-backup), a new file, or `-` for standard output (tar, ab).
         out: PathBuf,
     },
     /// Verify the repository; --read-data also reads and verifies every stored byte.
@@ -249,9 +264,19 @@ fn run(cli: Cli) -> Result<i32> {
             };
             cmd_init(g, no_encryption, options)
         }
-        Command::Backup { device, exclude, include, tag, time, force, archive_password_file, source } => {
+        Command::Backup {
+            device,
+            exclude,
+            include,
+            metadata_only,
+            tag,
+            time,
+            force,
+            archive_password_file,
+            source,
+        } => {
             let time_ns = time.as_deref().map(parse_time).transpose()?;
-            let filter = PathFilter::new(&exclude, &include)?;
+            let filter = PathFilter::new(&exclude, &include, &metadata_only)?;
             let archive_password = archive_password_file.as_deref();
             cmd_backup(g, &source, archive_password, device, time_ns, |device, time_ns| BackupOptions {
                 device,
@@ -262,10 +287,18 @@ fn run(cli: Cli) -> Result<i32> {
             })
         }
         Command::Snapshots { device } => cmd_snapshots(g, device.as_deref()),
-        Command::Ls { snapshot, path, long } => cmd_ls(g, &snapshot, path.as_deref(), long),
+        Command::Ls { snapshot, path, omitted: true, .. } => cmd_ls_omitted(g, &snapshot, path.as_deref()),
+        Command::Ls { snapshot, path, long, .. } => cmd_ls(g, &snapshot, path.as_deref(), long),
         Command::Restore { snapshot, target, overwrite } => cmd_restore(g, &snapshot, &target, overwrite),
         Command::Export { snapshot, format: ExportFormat::IosBackup, archive_password_file, out } => {
             cmd_export(g, &snapshot, &out, archive_password_file.as_deref())
+        }
+        Command::Export { snapshot, format, archive_password_file, out } => {
+            let format = match format {
+                ExportFormat::Ab => export::ArchiveFormat::Ab,
+                _ => export::ArchiveFormat::Tar,
+            };
+            cmd_export_archive(g, &snapshot, format, &out, archive_password_file.as_deref())
         }
         Command::Check { read_data } => cmd_check(g, read_data),
         Command::Forget { device, keep_last, keep_daily, keep_weekly, keep_monthly, dry_run, prune } => {
@@ -523,6 +556,48 @@ fn find_entry(repo: &Repository, spec: &str, path: Option<&Path>) -> Result<(Sna
     Ok((info.clone(), path, entry))
 }
 
+/// `ls --omitted`: the files under PATH that the snapshot records without content (a folder
+/// that held only such files may not be in the snapshot's folders, so PATH is not looked up).
+fn cmd_ls_omitted(g: &Global, spec: &str, path: Option<&Path>) -> Result<i32> {
+    let repo = open_repo(g)?;
+    let list = snapshot::list(&repo)?;
+    let (info, inner) = snapshot::select_with_path(&list, spec)?;
+    let path = if inner.is_empty() { path.map(Path::to_path_buf).unwrap_or_default() } else { PathBuf::from(inner) };
+    let base = path.strip_prefix("/").unwrap_or(&path).as_os_str().as_bytes().to_vec();
+    let base = base.strip_suffix(b"/").unwrap_or(&base).to_vec();
+    let mut files = Vec::new();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let listed = (|| -> Result<()> {
+        if let Some(reader) = crate::extras::open(&repo, info.snapshot.extras.as_ref(), crate::extras::OMITTED)? {
+            let mut reader = crate::extras::OmittedReader::new(reader);
+            while let Some(file) = reader.next_file().map_err(|e| RepoError::Corrupt(e.to_string()))? {
+                let under = base.is_empty()
+                    || file.path == base
+                    || (file.path.starts_with(&base) && file.path.get(base.len()) == Some(&b'/'));
+                match (under, g.json) {
+                    (false, _) => {}
+                    (true, true) => files.push(file),
+                    (true, false) => out.write_all(&crate::extras::omitted_line(&file))?,
+                }
+            }
+        }
+        if g.json {
+            serde_json::to_writer_pretty(&mut out, &files)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(out.flush()?)
+    })();
+    match listed {
+        Err(e) if is_closed_pipe(&e) => Ok(exit::OK),
+        Err(e) if e.is::<std::io::Error>() => {
+            crate::stdout::failed(e.downcast::<std::io::Error>().expect("an io error"));
+            Ok(exit::OK)
+        }
+        Err(e) => Err(e),
+        Ok(()) => Ok(exit::OK),
+    }
+}
+
 fn cmd_ls(g: &Global, spec: &str, path: Option<&Path>, long: bool) -> Result<i32> {
     let repo = open_repo(g)?;
     let (_, path, start) = find_entry(&repo, spec, path)?;
@@ -581,6 +656,10 @@ fn is_closed_pipe(error: &anyhow::Error) -> bool {
 enum ExportFormat {
     /// The iPhone backup folder the snapshot was imported from.
     IosBackup,
+    /// A tar stream (ustar and PAX, or the imported archive's own headers).
+    Tar,
+    /// An Android backup (.ab) that `adb restore` takes.
+    Ab,
 }
 
 fn cmd_export(g: &Global, spec: &str, out: &Path, archive_password_file: Option<&Path>) -> Result<i32> {
@@ -604,6 +683,69 @@ fn cmd_export(g: &Global, spec: &str, out: &Path, archive_password_file: Option<
     Ok(report_paths(
         &report.missing,
         "of the backup's catalogue have no file in the snapshot, as at import",
+        exit::PARTIAL,
+    ))
+}
+
+fn cmd_export_archive(
+    g: &Global,
+    spec: &str,
+    format: export::ArchiveFormat,
+    out: &Path,
+    password_file: Option<&Path>,
+) -> Result<i32> {
+    let password = match (format, password_file) {
+        (export::ArchiveFormat::Tar, Some(_)) => {
+            crate::tell!("phonebak: --archive-password-file encrypts an .ab: a tar is never encrypted");
+            return Ok(exit::USAGE);
+        }
+        (export::ArchiveFormat::Tar, None) => None,
+        (export::ArchiveFormat::Ab, Some(file)) => Some(read_password_file(file).map_err(|e| {
+            SourceError::ArchivePassword(format!("cannot read the password file {}: {e}", file.display()))
+        })?),
+        (export::ArchiveFormat::Ab, None) => std::env::var("PHONEBAK_ARCHIVE_PASSWORD").ok().map(String::into_bytes),
+    };
+    if password.as_ref().is_some_and(|p| p.is_empty()) {
+        return Err(SourceError::ArchivePassword("the .ab's password is empty".into()).into());
+    }
+    let repo = open_repo(g)?;
+    let (info, path, entry) = find_entry(&repo, spec, None)?;
+    let to =
+        if out.as_os_str() == "-" { export::ArchiveOut::Stdout } else { export::ArchiveOut::File(out.to_path_buf()) };
+    let encrypted = password.is_some();
+    let report = export::archive(&repo, &info, &path, &entry, format, password, &to)?;
+    let kind = match (format, encrypted) {
+        (export::ArchiveFormat::Tar, _) => "a tar",
+        (export::ArchiveFormat::Ab, false) => "an Android backup",
+        (export::ArchiveFormat::Ab, true) => "an encrypted Android backup",
+    };
+    let shown = format!(
+        "{}/{}{}",
+        info.snapshot.device,
+        info.name,
+        if path.as_os_str().is_empty() { String::new() } else { format!(":/{}", path.display()) }
+    );
+    if g.json {
+        print_json(json!({"snapshot": info.id.to_hex(), "out": report.out, "files": report.files,
+                          "bytes": report.bytes, "missing": report.missing, "omitted": report.omitted}));
+    } else if !matches!(to, export::ArchiveOut::Stdout) {
+        say!(
+            "exported {shown} as {kind} into {}: {} ({})",
+            report.out.display(),
+            count(report.files, "file"),
+            human(report.bytes)
+        );
+    }
+    if report.omitted > 0 {
+        crate::tell!(
+            "phonebak: {} recorded without content (--metadata-only) are not in it: `phonebak ls {} --omitted` lists them",
+            count(report.omitted, "file"),
+            info.id.short()
+        );
+    }
+    Ok(report_paths(
+        &report.missing,
+        "of the archive the snapshot was imported from are not in the export",
         exit::PARTIAL,
     ))
 }

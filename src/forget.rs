@@ -109,6 +109,7 @@ mod tests {
             root: Id([0; 32]),
             stats: SnapshotStats::default(),
             facts: Default::default(),
+            extras: None,
         };
         (Id([n; 32]), snapshot)
     }

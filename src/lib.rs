@@ -15,6 +15,7 @@ pub mod cli;
 pub mod device;
 pub mod exit;
 pub mod export;
+pub mod extras;
 pub mod forget;
 #[doc(hidden)]
 pub mod fuzz;

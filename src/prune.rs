@@ -209,7 +209,7 @@ fn used_blobs(
 ) -> Result<(HashSet<BlobId>, HashSet<BlobId>), RepoError> {
     let mut used = HashSet::new();
     let mut unreadable = HashSet::new();
-    let mut pending: Vec<BlobId> = snapshots.iter().map(|(_, s)| s.root).collect();
+    let mut pending: Vec<BlobId> = snapshots.iter().flat_map(|(_, s)| s.trees()).collect();
     while let Some(tree_id) = pending.pop() {
         if !used.insert(tree_id) {
             continue;

@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::check::verify_pack;
+use crate::check::{verify_pack, EXTRAS_SHOWN};
 use crate::progress::Progress;
 use crate::repo::index::{write_index, BlobLocation};
 use crate::repo::lock::{LockKind, RepoLock};
@@ -192,22 +192,30 @@ pub fn snapshots(repo: &Repository) -> Result<SnapshotRepair, RepoError> {
     let mut packer = Packer::new(repo);
     let mut rewriter =
         Rewriter { repo, present: &present, packer: &mut packer, memo: HashMap::new(), written: HashSet::new() };
-    let mut plans: Vec<(SnapshotId, Snapshot, Option<BlobId>, Vec<String>)> = Vec::new();
+    // Per snapshot to rewrite: its new folders' tree (none: lost), its new extras, what is lost.
+    type Plan = (SnapshotId, Snapshot, Option<BlobId>, Option<BlobId>, Vec<String>);
+    let mut plans: Vec<Plan> = Vec::new();
     for (id, snapshot) in snapshots {
         let mut lost = Vec::new();
         let root = rewriter.rewrite(&snapshot.root, Path::new(""), 0, &mut lost)?;
-        if root == Some(snapshot.root) {
+        // What is lost beside the folders (an archive's layout, the omitted list) goes; the
+        // folders stay whole.
+        let extras = match &snapshot.extras {
+            Some(extras) => rewriter.rewrite(extras, Path::new(EXTRAS_SHOWN), 0, &mut lost)?,
+            None => None,
+        };
+        if root == Some(snapshot.root) && extras == snapshot.extras {
             continue;
         }
-        plans.push((id, snapshot, root, lost));
+        plans.push((id, snapshot, root, extras, lost));
     }
     packer.finish()?;
-    for (id, snapshot, root, lost) in plans {
+    for (id, snapshot, root, extras, lost) in plans {
         lock.ensure_held()?;
         let old = repo.path(&format!("snapshots/{}", id.to_hex()));
         match root {
             Some(root) => {
-                let mut repaired = Snapshot { root, ..snapshot.clone() };
+                let mut repaired = Snapshot { root, extras, ..snapshot.clone() };
                 if !repaired.tags.iter().any(|t| t == REPAIRED_TAG) {
                     repaired.tags.push(REPAIRED_TAG.into());
                 }

@@ -183,7 +183,8 @@ impl TreeBuilder {
             Some(Pending::Dir { .. } | Pending::Stored { .. }) => {
                 Some("replaces the folder of the same name sent before it, and what it held".into())
             }
-            _ => None,
+            Some(Pending::Leaf { .. }) => Some("sent again: the last one is kept".into()),
+            None => None,
         })
     }
 

@@ -649,3 +649,331 @@ fn odd_names_on_a_phone_are_taken_or_said() {
     assert_eq!(listed.lines().collect::<Vec<_>>(), ["/-rf", "/it's \"quoted\" $(touch pwned).txt"], "{listed}");
     assert!(!phone.root.join("pwned").exists() && !sd.join("pwned").exists());
 }
+
+/// The entries of a tar stream, in order, as GNU tar lists them.
+fn tar_listing(archive: &[u8]) -> Vec<String> {
+    let mut child =
+        Command::new("tar").args(["-tf", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = archive.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    assert!(out.status.success(), "GNU tar lists it");
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+}
+
+/// The tar stream inside an unencrypted .ab phonebak wrote: its header is version 5,
+/// compressed, not encrypted.
+fn ab_inner_tar(ab: &[u8]) -> Vec<u8> {
+    let header = b"ANDROID BACKUP\n5\n1\nnone\n";
+    assert_eq!(&ab[..header.len()], header, "{:?}", String::from_utf8_lossy(&ab[..40]));
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::ZlibDecoder::new(&ab[header.len()..]), &mut tar).unwrap();
+    tar
+}
+
+fn root_of(s: &Scratch, device: &str) -> serde_json::Value {
+    let list = s.json(&["snapshots", "--device", device]);
+    list.as_array().unwrap().last().unwrap()["root"].clone()
+}
+
+#[test]
+fn an_imported_tar_exports_byte_for_byte_and_imports_again_to_the_same_tree() {
+    for format in ["ustar", "gnu", "posix"] {
+        let s = Scratch::with_repo();
+        let root = s.path("phone");
+        phone(&root, format != "ustar");
+        let archive = s.path("phone.tar");
+        gnu_tar(&root, format, &archive);
+        s.ok(&["backup", "--device", "pixel", &format!("tar:{}", archive.display())]);
+        let exported = s.path("exported.tar");
+        s.ok(&["export", "pixel/latest", "--format", "tar", exported.to_str().unwrap()]);
+        let (original, again) = (std::fs::read(&archive).unwrap(), std::fs::read(&exported).unwrap());
+        assert!(original == again, "{format}: the export is not the imported archive byte for byte");
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&exported).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "the export is private");
+        // Standard output gives the same bytes.
+        let out = s.command(&["export", "pixel/latest", "--format", "tar", "-"]).output().unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(out.stdout == original, "{format}: standard output differs");
+        // Imported again: the same tree.
+        s.ok(&["backup", "--device", "again", &format!("tar:{}", exported.display())]);
+        assert_eq!(root_of(&s, "pixel"), root_of(&s, "again"), "{format}");
+        // A folder of it: its entries only, in the archive's order, with their own headers.
+        let part = s.command(&["export", "pixel/latest:sdcard/Music", "--format", "tar", "-"]).output().unwrap();
+        assert_eq!(code(&part), 0, "{}", stderr(&part));
+        let listed = tar_listing(&part.stdout);
+        let want: Vec<String> = tar_listing(&original)
+            .into_iter()
+            .filter(|n| n.trim_start_matches("./").starts_with("sdcard/Music"))
+            .collect();
+        assert_eq!(listed, want, "{format}");
+        assert!(listed.len() >= 3, "{listed:?}");
+    }
+}
+
+#[test]
+fn the_layout_outlives_prune_and_check_sees_it() {
+    let s = Scratch::with_repo();
+    let root = s.path("phone");
+    phone(&root, true);
+    let archive = s.path("phone.tar");
+    gnu_tar(&root, "posix", &archive);
+    s.ok(&["backup", "--device", "pixel", &format!("tar:{}", archive.display())]);
+    let other = s.path("other");
+    write(&other.join("a.txt"), b"another phone");
+    s.ok(&["backup", "--device", "other", other.to_str().unwrap()]);
+    s.ok(&["forget", "--device", "other", "--keep-last", "1", "--prune"]);
+    s.ok(&["prune"]);
+    let check = s.run(&["check", "--read-data"]);
+    assert_eq!(code(&check), 0, "{}", stderr(&check));
+    let exported = s.path("exported.tar");
+    s.ok(&["export", "pixel/latest", "--format", "tar", exported.to_str().unwrap()]);
+    assert!(std::fs::read(&exported).unwrap() == std::fs::read(&archive).unwrap(), "the layout survived the prune");
+}
+
+#[test]
+fn an_android_backup_exports_as_the_tar_inside_and_as_an_ab_that_imports_again() {
+    let s = Scratch::with_repo();
+    let tar = app_backup_tar();
+    let password = "p\u{e4}ssw\u{f6}rd";
+    let imported = s.path("phone.ab");
+    std::fs::write(&imported, ab(&tar, 5, true, Some(password))).unwrap();
+    let out = s
+        .command(&["backup", "--device", "pixel", &format!("ab:{}", imported.display())])
+        .env("PHONEBAK_ARCHIVE_PASSWORD", password)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // The tar inside, byte for byte.
+    let inner = s.command(&["export", "pixel/latest", "--format", "tar", "-"]).output().unwrap();
+    assert!(inner.stdout == tar, "the tar inside the .ab comes back byte for byte");
+    // An unencrypted .ab: zlib over the same tar.
+    let plain = s.path("plain.ab");
+    s.ok(&["export", "pixel/latest", "--format", "ab", plain.to_str().unwrap()]);
+    assert!(ab_inner_tar(&std::fs::read(&plain).unwrap()) == tar);
+    // An encrypted one, with its own password: phonebak imports it again to the same tree.
+    std::fs::write(s.path("new-password"), "n\u{e9}w secret\n").unwrap();
+    let sealed = s.path("sealed.ab");
+    let pw = s.path("new-password");
+    s.ok(&[
+        "export",
+        "pixel/latest",
+        "--format",
+        "ab",
+        "--archive-password-file",
+        pw.to_str().unwrap(),
+        sealed.to_str().unwrap(),
+    ]);
+    let head = std::fs::read(&sealed).unwrap();
+    assert!(head.starts_with(b"ANDROID BACKUP\n5\n1\nAES-256\n"), "{:?}", String::from_utf8_lossy(&head[..40]));
+    let wrong = s
+        .command(&["backup", "--device", "again", &format!("ab:{}", sealed.display())])
+        .env("PHONEBAK_ARCHIVE_PASSWORD", password)
+        .output()
+        .unwrap();
+    assert_said(&wrong, 19, &["password does not open this Android backup"]);
+    let again = s
+        .command(&["backup", "--device", "again", &format!("ab:{}", sealed.display())])
+        .env("PHONEBAK_ARCHIVE_PASSWORD", "n\u{e9}w secret")
+        .output()
+        .unwrap();
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert_eq!(root_of(&s, "pixel"), root_of(&s, "again"));
+    // One app alone, as `adb restore` takes it.
+    let app = s.command(&["export", "pixel/latest:apps/com.example.notes", "--format", "ab", "-"]).output().unwrap();
+    assert_eq!(code(&app), 0, "{}", stderr(&app));
+    let listed = tar_listing(&ab_inner_tar(&app.stdout));
+    assert_eq!(listed.first().map(String::as_str), Some("apps/com.example.notes/_manifest"), "{listed:?}");
+    assert!(listed.iter().all(|n| n.starts_with("apps/com.example.notes/")), "{listed:?}");
+}
+
+#[test]
+fn a_folder_snapshot_exports_as_a_tar_gnu_tar_extracts_exactly_and_as_an_ab_manifests_first() {
+    let s = Scratch::with_repo();
+    let root = s.path("phone");
+    phone(&root, true);
+    let apps = root.join("apps");
+    for app in ["com.b.app", "com.a.app"] {
+        write(&apps.join(app).join("db/x.db"), &bytes(8, 5_000, true));
+        write(&apps.join(app).join("a/base.apk"), &bytes(9, 9_000, false));
+        write(&apps.join(app).join("f/notes.txt"), b"notes");
+        write(&apps.join(app).join("_manifest"), format!("1\n{app}\n").as_bytes());
+    }
+    write(&apps.join("com.android.sharedstoragebackup/_manifest"), b"1\ncom.android.sharedstoragebackup\n");
+    write(&root.join("shared/0/DCIM/a.jpg"), &bytes(10, 20_000, false));
+    set_mtime(&root.join("shared/0/DCIM/a.jpg"), -86_400, 500);
+    s.ok(&["backup", "--device", "pixel", root.to_str().unwrap()]);
+
+    let tar = s.path("phone.tar");
+    s.ok(&["export", "pixel/latest", "--format", "tar", tar.to_str().unwrap()]);
+    let out = s.path("extracted");
+    std::fs::create_dir(&out).unwrap();
+    let status = Command::new("tar").arg("-xpf").arg(&tar).arg("-C").arg(&out).status().unwrap();
+    assert!(status.success());
+    assert_same_tree(&root, &out);
+
+    let ab = s.command(&["export", "pixel/latest", "--format", "ab", "-"]).output().unwrap();
+    assert_eq!(code(&ab), 0, "{}", stderr(&ab));
+    let listed = tar_listing(&ab_inner_tar(&ab.stdout));
+    for app in ["com.a.app", "com.b.app"] {
+        let first = listed.iter().position(|n| n.starts_with(&format!("apps/{app}/"))).unwrap();
+        assert_eq!(listed[first], format!("apps/{app}/_manifest"), "{listed:?}");
+        let order: Vec<&str> = listed
+            .iter()
+            .filter_map(|n| n.strip_prefix(&format!("apps/{app}/")))
+            .map(|rest| rest.split('/').next().unwrap())
+            .collect();
+        let mut domains = order.clone();
+        domains.dedup();
+        assert_eq!(domains, ["_manifest", "a", "f", "db"], "Android's order: {listed:?}");
+    }
+    let manifest = listed.iter().position(|n| n == "apps/com.android.sharedstoragebackup/_manifest").unwrap();
+    assert!(listed[manifest + 1].starts_with("shared"), "shared storage follows its package: {listed:?}");
+}
+
+#[test]
+fn an_export_never_replaces_a_file_never_leaves_half_of_one_and_says_why() {
+    let s = Scratch::with_repo();
+    let root = s.path("phone");
+    write(&root.join("big.bin"), &bytes(11, 3_000_000, false));
+    s.ok(&["backup", "--device", "pixel", root.to_str().unwrap()]);
+    let existing = s.path("existing.tar");
+    std::fs::write(&existing, b"mine").unwrap();
+    let out = s.run(&["export", "pixel/latest", "--format", "tar", existing.to_str().unwrap()]);
+    assert_said(&out, 18, &["already exists: phonebak never replaces a file"]);
+    assert_eq!(std::fs::read(&existing).unwrap(), b"mine");
+    let pw = s.path("pw");
+    std::fs::write(&pw, "x").unwrap();
+    let out =
+        s.run(&["export", "pixel/latest", "--format", "tar", "--archive-password-file", pw.to_str().unwrap(), "-"]);
+    assert_said(&out, 2, &["a tar is never encrypted"]);
+    let out = s.run(&["export", "pixel/latest:nothing/here", "--format", "tar", "-"]);
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("nothing/here"), "{}", stderr(&out));
+    // A disk that fills: exit 15, and nothing of the archive is left there.
+    let disk = SmallDisk::mount(&s.path("small"), "1M");
+    let target = disk.0.join("phone.tar");
+    let out = s.run(&["export", "pixel/latest", "--format", "tar", target.to_str().unwrap()]);
+    assert_said(&out, 15, &["No space left on device"]);
+    assert_eq!(names(&disk.0), Vec::<String>::new(), "no half-written archive, no temporary file");
+    // A reader that stops early: a clear error of its own, no panic.
+    let mut child = s
+        .command(&["export", "pixel/latest", "--format", "tar", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 512];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_said(&out, 18, &["standard output: Broken pipe"]);
+    assert!(!stderr(&out).contains("panicked"));
+}
+
+#[test]
+fn metadata_only_files_are_listed_never_given_back_and_shown_in_the_mount() {
+    let s = Scratch::with_repo();
+    let root = s.path("phone");
+    write(&root.join("Music/Album/01 song.mp3"), &bytes(12, 400_000, false));
+    write(&root.join("Music/Album/02 song.mp3"), &bytes(13, 300_000, false));
+    write(&root.join("Music/cover.jpg"), &bytes(14, 20_000, false));
+    write(&root.join("DCIM/IMG_1.jpg"), &bytes(15, 50_000, false));
+    set_mtime(&root.join("Music/Album/01 song.mp3"), 1_600_000_000, 0);
+    let report = s.json(&["backup", "--device", "pixel", "--metadata-only", "*.mp3", root.to_str().unwrap()]);
+    assert_eq!(report["stats"]["omitted"], 2, "{report}");
+    assert_eq!(report["stats"]["omitted_bytes"], 700_000, "{report}");
+    assert!(report["stats"]["new_bytes"].as_u64().unwrap() < 100_000, "no mp3 was read: {report}");
+
+    let listed = s.json(&["ls", "pixel/latest", "--omitted"]);
+    let paths: Vec<&str> = listed.as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["Music/Album/01 song.mp3", "Music/Album/02 song.mp3"]);
+    assert_eq!(listed[0]["size"], 400_000);
+    assert_eq!(listed[0]["mtime_sec"], 1_600_000_000);
+    let text = s.ok(&["ls", "pixel/latest", "Music/Album", "--omitted"]);
+    assert!(text.contains("400000") && text.contains("/Music/Album/01 song.mp3"), "{text}");
+    let plain_ls = s.ok(&["ls", "pixel/latest"]);
+    assert!(!plain_ls.contains(".mp3"), "{plain_ls}");
+
+    // Never a fake or empty file: not restored, not exported, not in the mount's folders.
+    let out = s.path("restored");
+    s.ok(&["restore", "pixel/latest", "--target", out.to_str().unwrap()]);
+    assert!(files_under(&out).iter().all(|p| p.extension().is_none_or(|e| e != "mp3")));
+    assert!(out.join("Music/cover.jpg").exists());
+    let tar = s.command(&["export", "pixel/latest", "--format", "tar", "-"]).output().unwrap();
+    assert_said(&tar, 0, &["2 files recorded without content"]);
+    assert!(tar_listing(&tar.stdout).iter().all(|n| !n.ends_with(".mp3")));
+
+    let mount = Mounted::new(&s, &[]);
+    let device = mount.snapshots().join("pixel");
+    let snapshot = names(&device).into_iter().find(|n| n != "latest" && !n.ends_with(".omitted.txt")).unwrap();
+    assert_eq!(names(&device), [snapshot.clone(), format!("{snapshot}.omitted.txt"), "latest".into()]);
+    let listing = std::fs::read_to_string(device.join(format!("{snapshot}.omitted.txt"))).unwrap();
+    assert!(listing.contains("/Music/Album/02 song.mp3") && listing.contains("300000"), "{listing}");
+    assert_eq!(names(&device.join(&snapshot).join("Music/Album")), Vec::<String>::new());
+    let found = Command::new("find").arg(device.join(&snapshot)).arg("-name").arg("*.mp3").output().unwrap();
+    assert!(found.status.success() && found.stdout.is_empty(), "{}", String::from_utf8_lossy(&found.stdout));
+    drop(mount);
+
+    // The list outlives a prune; check reads it.
+    let check = s.run(&["check", "--read-data"]);
+    assert_eq!(code(&check), 0, "{}", stderr(&check));
+    s.ok(&["prune"]);
+    assert_eq!(s.json(&["ls", "pixel/latest", "--omitted"]).as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn metadata_only_in_an_archive_and_on_a_live_phone_moves_no_content() {
+    let s = Scratch::with_repo();
+    let root = s.path("archived");
+    phone(&root, true);
+    let archive = s.path("phone.tar");
+    gnu_tar(&root, "posix", &archive);
+    s.ok(&["backup", "--device", "pixel", "--metadata-only", "Music", &format!("tar:{}", archive.display())]);
+    let listed = s.json(&["ls", "pixel/latest", "--omitted"]);
+    let paths: Vec<&str> = listed.as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["sdcard/Music/song.mp3", "sdcard/Music/song again.mp3"], "a hard link to one is one too");
+    // The export gives back every other entry with its own bytes, and says what it cannot.
+    let tar = s.command(&["export", "pixel/latest", "--format", "tar", "-"]).output().unwrap();
+    assert_said(&tar, 0, &["2 files recorded without content"]);
+    let entries = tar_listing(&tar.stdout);
+    assert!(!entries.iter().any(|n| n.contains("song")), "{entries:?}");
+    assert!(entries.iter().any(|n| n.ends_with("IMG_0001.jpg")));
+
+    let phone = FakePhone::new(&s);
+    write(&phone.sdcard().join("Music/big.mp3"), &bytes(16, 2_000_000, false));
+    write(&phone.sdcard().join("DCIM/a.jpg"), &bytes(17, 10_000, false));
+    let out = s
+        .command(&["backup", "--json", "--device", "live", "--metadata-only", "*.mp3", "adb:"])
+        .env("PATH", &phone.path)
+        .env("FAKE_ADB_ROOT", &phone.root)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let (_, moved) = phone.traffic();
+    assert!(moved < 100_000, "the mp3 never crossed the cable: {moved} bytes");
+    let listed = s.json(&["ls", "live/latest", "--omitted"]);
+    assert_eq!(listed[0]["path"], "Music/big.mp3");
+    assert_eq!(listed[0]["size"], 2_000_000);
+}
+
+#[test]
+fn an_archive_with_a_name_twice_exports_what_the_snapshot_holds_and_names_the_rest() {
+    let s = Scratch::with_repo();
+    let tar = Tar::default().file(b"notes.txt", b"first").file(b"other.txt", b"x").file(b"notes.txt", b"later").end();
+    let archive = s.path("twice.tar");
+    std::fs::write(&archive, &tar).unwrap();
+    let out = s.run(&["backup", "--device", "pixel", &format!("tar:{}", archive.display())]);
+    assert_said(&out, 0, &["notes.txt: sent again: the last one is kept"]);
+    let exported = s.command(&["export", "pixel/latest", "--format", "tar", "-"]).output().unwrap();
+    assert_said(&exported, 3, &["notes.txt: the archive has it again further on"]);
+    assert_eq!(tar_listing(&exported.stdout), ["other.txt", "notes.txt"]);
+    let back = s.path("back");
+    std::fs::create_dir(&back).unwrap();
+    let mut untar = Command::new("tar").arg("-xf").arg("-").arg("-C").arg(&back).stdin(Stdio::piped()).spawn().unwrap();
+    untar.stdin.take().unwrap().write_all(&exported.stdout).unwrap();
+    assert!(untar.wait().unwrap().success());
+    assert_eq!(std::fs::read(back.join("notes.txt")).unwrap(), b"later");
+}

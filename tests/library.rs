@@ -484,6 +484,7 @@ fn save_snapshot(repo: &Repository, root: phonebak::repo::BlobId) {
         root,
         stats: Default::default(),
         facts: Default::default(),
+        extras: None,
     };
     snapshot::save(repo, &snapshot).unwrap();
 }

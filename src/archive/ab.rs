@@ -9,9 +9,9 @@
 //! chars, and that turning sign-extends: from version 2 a byte 0x80..0xff becomes U+FF80..U+FFFF
 //! and reaches PBKDF2 as three UTF-8 bytes. Both encodings are tried, as some writers mixed them.
 
-use std::io::{self, BufRead, Read};
+use std::io::{self, BufRead, Read, Write};
 
-use crate::cbc_stream::{DecryptingReader, BLOCK};
+use crate::cbc_stream::{DecryptingReader, EncryptingWriter, BLOCK};
 
 pub const MAGIC: &str = "ANDROID BACKUP";
 /// The versions Android has written (1: 4.0, 2: 4.4, 3: 5.0, 4: 6.0, 5: 7.0 and later).
@@ -222,4 +222,71 @@ pub fn open<'r, E>(
         }
     };
     Ok(if header.compressed { (header, Box::new(flate2::read::ZlibDecoder::new(data))) } else { (header, data) })
+}
+
+/// The version phonebak writes: the newest, which every Android since 7.0 restores.
+pub const WRITE_VERSION: u32 = NEWEST_VERSION;
+/// Android's own key derivation rounds and salt length for a new archive.
+const WRITE_ROUNDS: u32 = 10_000;
+const SALT_LEN: usize = 64;
+
+/// The header of a new archive (compressed; encrypted under `password` when given), and the key
+/// and IV its data is then encrypted with.
+pub fn new_header(password: Option<&[u8]>) -> (Vec<u8>, Option<MasterKey>) {
+    let mut header = format!("{MAGIC}\n{WRITE_VERSION}\n1\n").into_bytes();
+    let Some(password) = password else {
+        header.extend_from_slice(b"none\n");
+        return (header, None);
+    };
+    let user_salt: [u8; SALT_LEN] = std::array::from_fn(|_| rand::random());
+    let checksum_salt: [u8; SALT_LEN] = std::array::from_fn(|_| rand::random());
+    let user_iv: [u8; BLOCK] = rand::random();
+    let master = MasterKey { key: rand::random(), iv: rand::random() };
+    let user_key = pbkdf2(&password_bytes(password, WRITE_VERSION), &user_salt, WRITE_ROUNDS);
+    let checksum = pbkdf2(&checksum_bytes(&master.key, true), &checksum_salt, WRITE_ROUNDS);
+    // [IV length][IV][key length][key][checksum length][checksum], encrypted with the user's key.
+    let mut blob = Vec::with_capacity(3 + BLOCK + 2 * KEY_LEN);
+    for field in [&master.iv[..], &master.key[..], &checksum[..]] {
+        blob.push(field.len() as u8);
+        blob.extend_from_slice(field);
+    }
+    let mut writer = EncryptingWriter::new(Vec::new(), &user_key, &user_iv);
+    writer.write_all(&blob).expect("writing to memory");
+    let sealed = writer.finish().expect("writing to memory");
+    let hex = |bytes: &[u8]| hex::encode_upper(bytes);
+    let lines = [
+        "AES-256".to_string(),
+        hex(&user_salt),
+        hex(&checksum_salt),
+        WRITE_ROUNDS.to_string(),
+        hex(&user_iv),
+        hex(&sealed),
+    ];
+    for line in lines {
+        header.extend_from_slice(line.as_bytes());
+        header.push(b'\n');
+    }
+    (header, Some(master))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_header_reads_back_and_its_password_unlocks_it() {
+        let (plain, key) = new_header(None);
+        assert!(key.is_none());
+        let header = read_header(&mut &plain[..]).unwrap();
+        assert_eq!((header.version, header.compressed, header.encryption), (5, true, None));
+
+        let (sealed, key) = new_header(Some("pässword".as_bytes()));
+        let key = key.unwrap();
+        let header = read_header(&mut &sealed[..]).unwrap();
+        let info = header.encryption.unwrap();
+        assert_eq!(info.rounds, 10_000);
+        let unlocked = unlock(&info, 5, "pässword".as_bytes()).unwrap();
+        assert_eq!((unlocked.key, unlocked.iv), (key.key, key.iv));
+        assert!(matches!(unlock(&info, 5, b"password"), Err(AbError::WrongPassword)));
+    }
 }

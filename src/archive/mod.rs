@@ -3,3 +3,4 @@
 
 pub mod ab;
 pub mod tar;
+pub mod tar_writer;

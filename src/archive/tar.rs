@@ -141,6 +141,9 @@ impl<R: Read> TarReader<R> {
         let mut long_name: Option<Vec<u8>> = None;
         let mut long_link: Option<Vec<u8>> = None;
         let mut pax: Option<Vec<(String, Vec<u8>)>> = None;
+        // Global headers before the entry stay in its `raw` (an export gives them back), but
+        // do not make an entry of their own.
+        let mut global_len = 0;
         loop {
             let at = self.position;
             let mut block = [0u8; BLOCK];
@@ -154,7 +157,7 @@ impl<R: Read> TarReader<R> {
                 return Err(TarError::Truncated(format!("inside the header at byte {at}")));
             }
             if block.iter().all(|&b| b == 0) {
-                if !raw.is_empty() {
+                if raw.len() > global_len {
                     return Err(damaged(at, "extension headers with no entry after them"));
                 }
                 // The end: one zero block is enough (some writers stop there); a second, if
@@ -195,7 +198,7 @@ impl<R: Read> TarReader<R> {
                             if long_name.is_some() || long_link.is_some() || pax.is_some() {
                                 return Err(damaged(at, "a global header between an entry's own headers"));
                             }
-                            raw.clear();
+                            global_len = raw.len();
                             continue;
                         }
                     }
@@ -283,6 +286,22 @@ impl<R: Read> TarReader<R> {
             };
         }
         Ok(header)
+    }
+
+    /// After the end-of-archive block: how many bytes the stream still holds (the second zero
+    /// block, a tool's padding to its record size), read to its end, up to `max` (what is
+    /// beyond is left unread). Counts the end block itself.
+    pub fn rest_len(&mut self, max: u64) -> io::Result<u64> {
+        let mut scratch = [0u8; 8192];
+        let mut rest = BLOCK as u64;
+        while rest < max {
+            let want = (max - rest).min(scratch.len() as u64) as usize;
+            match self.fill(&mut scratch[..want])? {
+                0 => break,
+                got => rest += got as u64,
+            }
+        }
+        Ok(rest)
     }
 
     /// The current entry's data, up to its size; ending early is an error naming the entry.

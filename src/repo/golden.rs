@@ -122,6 +122,7 @@ fn snapshot_record_json() {
         root: Id([0; 32]),
         stats: SnapshotStats { files: 1, ..SnapshotStats::default() },
         facts: Default::default(),
+        extras: None,
     };
     let zeros = vec!["0"; 32].join(",");
     let golden = format!(

@@ -26,6 +26,15 @@ pub struct SnapshotStats {
     pub added_bytes: u64,
     pub unreadable: u64,
     pub duration_ms: u64,
+    /// Files recorded by name, size and time only (`--metadata-only`), and their sizes' sum.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -43,6 +52,17 @@ pub struct Snapshot {
     /// version, serial...). Left out of the record when there is nothing.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub facts: BTreeMap<String, String>,
+    /// A tree of what the snapshot keeps beside its folders (src/extras.rs): an imported
+    /// archive's layout, the files recorded without content. Left out when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extras: Option<BlobId>,
+}
+
+impl Snapshot {
+    /// The trees a snapshot needs: its folders' and its extras'.
+    pub fn trees(&self) -> impl Iterator<Item = BlobId> {
+        std::iter::once(self.root).chain(self.extras)
+    }
 }
 
 /// A stored snapshot with its id and its name within its device (unique even when two backups
@@ -237,6 +257,7 @@ mod tests {
             root: Id([0; 32]),
             stats: SnapshotStats::default(),
             facts: Default::default(),
+            extras: None,
         }
     }
 

@@ -289,7 +289,12 @@ impl Source for AdbSource {
     }
 
     fn facts(&self) -> std::collections::BTreeMap<String, String> {
-        [("kind".to_string(), "adb".to_string())].into()
+        let mut facts: std::collections::BTreeMap<String, String> =
+            [("kind".to_string(), "adb".to_string()), ("root".to_string(), self.root.clone())].into();
+        if let Some(serial) = &self.serial {
+            facts.insert("serial".into(), serial.clone());
+        }
+        facts
     }
 
     fn send_entries(&self, sink: &mut dyn EntrySink) -> Result<(), SourceError> {
@@ -304,7 +309,12 @@ impl Source for AdbSource {
             if listed.path.is_empty() || left_out.iter().any(|dir| listed.path.starts_with(dir)) {
                 continue;
             }
-            let entry = StreamEntry { path: listed.path.clone(), meta: listed.meta.clone(), kind: listed.kind.clone() };
+            let entry = StreamEntry {
+                path: listed.path.clone(),
+                meta: listed.meta.clone(),
+                kind: listed.kind.clone(),
+                archive_header: None,
+            };
             match &listed.kind {
                 SourceKind::Dir if !sink.wants_dir(&listed.path) => left_out.push([&listed.path[..], b"/"].concat()),
                 SourceKind::File { .. } if sink.wants_content(&entry) => {
@@ -362,8 +372,12 @@ impl AdbSource {
             let Some(listed) = wanted.remove(&path) else { continue };
             let sent = match (&header.kind, &listed.kind) {
                 (TarKind::File, SourceKind::File { .. }) => {
-                    let entry =
-                        StreamEntry { path, meta: listed.meta.clone(), kind: SourceKind::File { size: header.size } };
+                    let entry = StreamEntry {
+                        path,
+                        meta: listed.meta.clone(),
+                        kind: SourceKind::File { size: header.size },
+                        archive_header: None,
+                    };
                     let mtime = (listed.meta.mtime_sec, 0);
                     let mut content = TarContent::new(&mut tar, header.size, mtime, &spec);
                     sink.entry(entry, Some(&mut content))
@@ -373,6 +387,7 @@ impl AdbSource {
                         path,
                         meta: listed.meta.clone(),
                         kind: SourceKind::Symlink { target: header.link },
+                        archive_header: None,
                     };
                     sink.entry(entry, None)
                 }

@@ -15,6 +15,9 @@ use crate::tree::Meta;
 
 /// Archives are read in big pieces: a pipe from `adb` or a file on a USB disk.
 const READ_BUFFER: usize = 1 << 20;
+/// Tar tools pad an archive to their record size (10 KiB for GNU tar); what follows beyond this
+/// is not read.
+const MAX_TRAILER: u64 = 1 << 20;
 
 pub struct ArchiveSource {
     /// How it was named: `tar:/abs/path` or `ab:-`.
@@ -130,7 +133,11 @@ impl Source for ArchiveSource {
                 }
             };
             let size = header.size;
-            let entry = StreamEntry { path: header.path, meta, kind };
+            // Data only a file's stored content gives back: other entries are kept by their
+            // header alone, when they have no data.
+            let whole = matches!(kind, SourceKind::File { .. }) || size == 0;
+            let archive_header = whole.then_some(header.raw);
+            let entry = StreamEntry { path: header.path, meta, kind, archive_header };
             if matches!(entry.kind, SourceKind::File { .. }) {
                 let mtime = (entry.meta.mtime_sec, entry.meta.mtime_nsec);
                 let mut content = TarContent::new(&mut tar, size, mtime, &self.spec);
@@ -139,6 +146,10 @@ impl Source for ArchiveSource {
                 sink.entry(entry, None)?;
             }
         }
+        // Read to the end: a zlib stream's checksum is at its end, and an export gives back
+        // the padding's length.
+        let trailer_len = tar.rest_len(MAX_TRAILER).map_err(|e| self.damaged(read_error(e)))?;
+        sink.archive_end(trailer_len);
         Ok(())
     }
 }

@@ -62,6 +62,9 @@ pub struct StreamEntry {
     pub path: Vec<u8>,
     pub meta: Meta,
     pub kind: SourceKind,
+    /// An archive entry's header blocks exactly as the archive holds them, when they and the
+    /// entry's stored content give the entry back whole (src/extras.rs); `None` elsewhere.
+    pub archive_header: Option<Vec<u8>>,
 }
 
 /// A folder's listing: what could be read, and the names that could not.
@@ -136,6 +139,9 @@ pub trait EntrySink {
     fn note(&mut self, path: &[u8], why: String);
     /// Everything below the folder `path` has been sent.
     fn dir_done(&mut self, path: &[u8]) -> Result<(), SourceError>;
+    /// An archive whose entries came with their headers has ended: `trailer_len` bytes
+    /// (end-of-archive blocks, padding) followed its last entry.
+    fn archive_end(&mut self, trailer_len: u64);
 }
 
 pub trait Source: Send + Sync {

@@ -43,7 +43,12 @@ fn send_listing(
     }
     for item in entries {
         let path = dir.join(OsStr::from_bytes(&item.name));
-        let entry = StreamEntry { path: path.as_os_str().as_bytes().to_vec(), meta: item.meta, kind: item.kind };
+        let entry = StreamEntry {
+            path: path.as_os_str().as_bytes().to_vec(),
+            meta: item.meta,
+            kind: item.kind,
+            archive_header: None,
+        };
         match &entry.kind {
             SourceKind::Dir => {
                 if !sink.wants_dir(&entry.path) {

@@ -3,6 +3,7 @@
 //! ```text
 //! /snapshots/<device>/<time>/...   every snapshot, read-only, exact metadata
 //! /snapshots/<device>/latest       a symlink to the newest
+//! /snapshots/<device>/<time>.omitted.txt   the files that snapshot recorded without content
 //! ```
 //!
 //! Nothing proportional to the repository is loaded up front: the snapshot list is re-read when
@@ -32,6 +33,10 @@ use crate::tree::{Entry, Node as TreeNode, Tree};
 use cache::ChunkCache;
 
 pub const ROOT_INO: u64 = 1;
+/// What a snapshot's listing of files kept without content is called, after its name.
+pub const OMITTED_SUFFIX: &str = ".omitted.txt";
+const OMITTED_HEADING: &str =
+    "# Files this snapshot recorded by name, size and time only (backup --metadata-only): size, time, path\n";
 const SNAPSHOTS_INO: u64 = 2;
 /// Decoded trees kept for lookups and listings (shared between snapshots: an unchanged folder
 /// is one tree).
@@ -156,13 +161,21 @@ enum Node {
         tree: Arc<Tree>,
         index: u32,
     },
+    /// `<time>.omitted.txt`: the listing of the files a snapshot recorded without content
+    /// (`--metadata-only`), from its extras tree.
+    OmittedList {
+        name: String,
+        extras: BlobId,
+        time_ns: i64,
+    },
 }
 
 impl Node {
     /// False when both are snapshot folders of different snapshots.
     fn same_snapshot(&self, other: &Node) -> bool {
         match (self, other) {
-            (Node::Snapshot { root: a, time_ns: t, .. }, Node::Snapshot { root: b, time_ns: u, .. }) => {
+            (Node::Snapshot { root: a, time_ns: t, .. }, Node::Snapshot { root: b, time_ns: u, .. })
+            | (Node::OmittedList { extras: a, time_ns: t, .. }, Node::OmittedList { extras: b, time_ns: u, .. }) => {
                 a == b && t == u
             }
             _ => true,
@@ -176,7 +189,7 @@ impl Node {
             Node::Restore => b"restore",
             Node::Device(name) => name.as_bytes(),
             Node::Latest(_) => b"latest",
-            Node::Snapshot { name, .. } => name.as_bytes(),
+            Node::Snapshot { name, .. } | Node::OmittedList { name, .. } => name.as_bytes(),
             Node::Entry { tree, index } => &tree.entries[*index as usize].name,
         }
     }
@@ -260,6 +273,8 @@ pub struct View {
     last_read_ms: AtomicU64,
     started: Instant,
     stored_bytes: Mutex<Option<(Instant, u64)>>,
+    /// The last `.omitted.txt` listings made, by extras tree.
+    omitted_texts: Mutex<LruCache<BlobId, Arc<Vec<u8>>>>,
     log: Box<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -318,6 +333,7 @@ impl View {
             last_read_ms: AtomicU64::new(0),
             started: Instant::now(),
             stored_bytes: Mutex::new(None),
+            omitted_texts: Mutex::new(LruCache::new(NonZeroUsize::new(4).expect("nonzero"))),
             log,
         }
     }
@@ -413,10 +429,14 @@ impl View {
                 let mut rows: Vec<(Vec<u8>, Node)> = list
                     .iter()
                     .filter(|s| &s.snapshot.device == device)
-                    .map(|s| {
+                    .flat_map(|s| {
                         let node =
                             Node::Snapshot { name: s.name.clone(), root: s.snapshot.root, time_ns: s.snapshot.time_ns };
-                        (s.name.as_bytes().to_vec(), node)
+                        let omitted = s.snapshot.extras.filter(|_| s.snapshot.stats.omitted > 0).map(|extras| {
+                            let name = format!("{}{OMITTED_SUFFIX}", s.name);
+                            (name.clone().into_bytes(), Node::OmittedList { name, extras, time_ns: s.snapshot.time_ns })
+                        });
+                        std::iter::once((s.name.as_bytes().to_vec(), node)).chain(omitted)
                     })
                     .collect();
                 if !rows.is_empty() {
@@ -517,7 +537,40 @@ impl View {
                 Attr { perm: 0o755, ..synthetic_dir(*time_ns, 2 + subdirs as u32) }
             }
             Node::Entry { .. } => self.entry_attr(ino, node.entry().expect("entry node"))?,
+            Node::OmittedList { extras, time_ns, .. } => Attr {
+                kind: Kind::File,
+                size: self.omitted_text(extras)?.len() as u64,
+                perm: 0o444,
+                nlink: 1,
+                ..synthetic_dir(*time_ns, 1)
+            },
         })
+    }
+
+    /// The text of a snapshot's `.omitted.txt`, made from its list on first use.
+    fn omitted_text(&self, extras: &BlobId) -> Result<Arc<Vec<u8>>, VfsError> {
+        if let Some(text) = self.omitted_texts.lock().expect("omitted text lock").get(extras) {
+            return Ok(text.clone());
+        }
+        let mut text = OMITTED_HEADING.as_bytes().to_vec();
+        if let Some(list) = crate::extras::open(&self.repo, Some(extras), crate::extras::OMITTED)? {
+            let mut reader = crate::extras::OmittedReader::new(list);
+            while let Some(file) = reader.next_file().map_err(|e| VfsError::Damaged(e.to_string()))? {
+                text.extend_from_slice(&crate::extras::omitted_line(&file));
+            }
+        }
+        let text = Arc::new(text);
+        self.omitted_texts.lock().expect("omitted text lock").put(*extras, text.clone());
+        Ok(text)
+    }
+
+    /// Reads a file that is not in a snapshot's folders: a `.omitted.txt` listing.
+    fn read_text(&self, ino: u64, offset: u64, size: u32) -> Result<ReadData, VfsError> {
+        let (_, Node::OmittedList { extras, .. }) = self.node(ino)? else { return Err(VfsError::IsDir) };
+        let text = self.omitted_text(&extras)?;
+        let start = (offset as usize).min(text.len());
+        let end = start.saturating_add(size as usize).min(text.len());
+        Ok(ReadData::Copied(text[start..end].to_vec()))
     }
 
     fn entry_attr(&self, ino: u64, entry: &Entry) -> Result<Attr, VfsError> {
@@ -728,7 +781,11 @@ impl View {
     /// chunks loaded ahead.
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<ReadData, VfsError> {
         self.last_read_ms.store(self.now_ms(), Ordering::Relaxed);
-        let file = self.reader(ino)?;
+        let file = match self.reader(ino) {
+            Ok(file) => file,
+            Err(VfsError::IsDir) => return self.read_text(ino, offset, size),
+            Err(e) => return Err(e),
+        };
         let TreeNode::File { size: file_size, chunks } = &file.tree.entries[file.index as usize].node else {
             return Err(VfsError::IsDir);
         };
@@ -884,6 +941,7 @@ thread_local! {
 fn kind_of(node: &Node) -> Kind {
     match node {
         Node::Latest(_) | Node::Restore => Kind::Symlink,
+        Node::OmittedList { .. } => Kind::File,
         Node::Entry { .. } => match &node.entry().expect("entry node").node {
             TreeNode::File { .. } => Kind::File,
             TreeNode::Dir { .. } => Kind::Dir,

@@ -15,58 +15,18 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use rusqlite::Connection;
 
+use super::{is_inside, target, ExportError, ExportReport, FolderCache};
 use crate::cbc_stream::EncryptingReader;
 use crate::ios_crypto::{self, ClassKeys, Scratch, UnlockError, ZERO_IV};
 use crate::progress::Progress;
 use crate::repo::snapshot::SnapshotInfo;
-use crate::repo::{BlobId, RepoError, Repository};
+use crate::repo::{RepoError, Repository};
 use crate::source::{decode_mbfile, CatalogueRow, SourceError, CATALOGUE_QUERY, OWN_FILES, OWN_FILES_DIR, SECOND_ROW};
 use crate::tree::{load_tree, ChunkReader, ChunkRef, Node, Tree};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ExportError {
-    #[error(
-        "{0} did not come from an iPhone backup, so it cannot be given back as one (`restore` gives back its files)"
-    )]
-    NotIosBackup(String),
-    #[error("{}: {why}", path.display())]
-    OutUnusable { path: PathBuf, why: String },
-    #[error(transparent)]
-    Repo(#[from] RepoError),
-    #[error(transparent)]
-    Password(#[from] SourceError),
-    #[error("the snapshot's copy of the backup's {what} is damaged: {why}")]
-    Damaged { what: String, why: String },
-    #[error("{}: {error}", path.display())]
-    Target { path: PathBuf, error: io::Error },
-    /// The temporary folder (TMPDIR), where an encrypted backup's catalogue is decrypted for
-    /// SQLite, failed: full (exit 15) or not writable.
-    #[error("decrypting Manifest.db into the temporary folder {}: {error}", std::env::temp_dir().display())]
-    Scratch { error: io::Error },
-}
-
-impl ExportError {
-    pub fn target_is_full(&self) -> bool {
-        matches!(self, ExportError::Target { error, .. } | ExportError::Scratch { error }
-            if error.raw_os_error() == Some(libc::ENOSPC))
-    }
-}
-
-#[derive(Default)]
-pub struct ExportReport {
-    pub files: u64,
-    pub bytes: u64,
-    /// Catalogue rows whose blob is not given back as it was, with why: the snapshot does not
-    /// hold their file (never imported: missing from the backup, or refused), or held it other
-    /// than its record says (damaged encryption), so its blob is written but may differ.
-    pub missing: Vec<(String, String)>,
-    /// The folder written.
-    pub out: PathBuf,
-}
 
 /// One blob to write: its content, where, and the key to encrypt it with.
 struct Job {
@@ -121,23 +81,7 @@ pub fn ios_backup(
     }
 }
 
-fn target(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
-    move |error| ExportError::Target { path: path.to_path_buf(), error }
-}
-
 const TEMP_PREFIX: &str = ".phonebak-export-";
-
-/// Is `path` (which may not exist yet) inside `folder`? Compared by their real paths.
-fn is_inside(path: &Path, folder: &Path) -> bool {
-    let Ok(folder) = std::fs::canonicalize(folder) else { return false };
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let existing = absolute.ancestors().find_map(|a| std::fs::canonicalize(a).ok().map(|real| (a, real)));
-    existing.is_some_and(|(ancestor, real)| {
-        let rest = absolute.strip_prefix(ancestor).unwrap_or(Path::new(""));
-        let whole = real.join(rest);
-        whole.starts_with(&folder) && !rest.components().any(|c| c == std::path::Component::ParentDir)
-    })
-}
 
 /// Checks that OUT is new, or an empty folder (but for what an interrupted export left, which
 /// goes), takes it for this export alone, and makes the private folder inside it that is
@@ -456,37 +400,12 @@ fn plan_blobs(
     Ok(())
 }
 
-/// Finds files by path, keeping the last folders loaded (the catalogue is read in path order,
-/// so neighbours share them).
-struct FolderCache<'a> {
-    repo: &'a Repository,
-    root: Arc<Tree>,
-    folders: lru::LruCache<BlobId, Arc<Tree>>,
-}
-
-impl<'a> FolderCache<'a> {
-    fn new(repo: &'a Repository, root: &Tree) -> FolderCache<'a> {
-        let folders = lru::LruCache::new(std::num::NonZeroUsize::new(256).expect("not zero"));
-        FolderCache { repo, root: Arc::new(root.clone()), folders }
-    }
-
+impl FolderCache<'_> {
+    /// The file at a catalogue row's path (domain, then the relative path's names).
     fn file(&mut self, path: &[&str]) -> Result<Option<(Vec<ChunkRef>, u64)>, ExportError> {
-        let Some((name, folders)) = path.split_last() else { return Ok(None) };
-        let mut current = self.root.clone();
-        for folder in folders {
-            let Some(Node::Dir { tree }) = current.find(folder.as_bytes()).map(|e| &e.node) else { return Ok(None) };
-            let id = *tree;
-            current = match self.folders.get(&id) {
-                Some(tree) => tree.clone(),
-                None => {
-                    let tree = Arc::new(load_tree(self.repo, &id)?);
-                    self.folders.put(id, tree.clone());
-                    tree
-                }
-            };
-        }
-        Ok(current.find(name.as_bytes()).and_then(|e| match &e.node {
-            Node::File { chunks, size } => Some((chunks.clone(), *size)),
+        let names: Vec<&[u8]> = path.iter().map(|name| name.as_bytes()).collect();
+        Ok(self.entry(&names)?.and_then(|e| match e.node {
+            Node::File { chunks, size } => Some((chunks, size)),
             _ => None,
         }))
     }
