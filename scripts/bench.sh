@@ -409,24 +409,26 @@ ab_of "$work/android.tar" "$work/android.ab"
 for round in $(seq "$runs"); do
     echo "Android round $round of $runs"
     rm -rf "$work"/repo-* "$work"/android-x-* "$work/adb-phone"
-    "$phonebak" init --repo "$work/repo-phonebak" > /dev/null
-    restic init -q -r "$work/repo-restic"
     for kind in tar ab; do
+        # A fresh repository for each: the second import would find all its data stored.
+        "$phonebak" init --repo "$work/repo-phonebak-$kind" > /dev/null
+        restic init -q -r "$work/repo-restic-$kind"
         cat "$work/android.$kind" > /dev/null
-        measure phonebak "$kind-import" "$phonebak" backup --repo "$work/repo-phonebak" --device "$kind-$round" "$kind:$work/android.$kind"
+        measure phonebak "$kind-import" "$phonebak" backup --repo "$work/repo-phonebak-$kind" --device phone "$kind:$work/android.$kind"
         mkdir -p "$work/android-x-$kind"
         case $kind in
             tar) measure tar_x "$kind-import" tar -xf "$work/android.tar" -C "$work/android-x-$kind" ;;
             ab) measure tar_x "$kind-import" sh -c "python3 '$work/inflate-ab.py' '$work/android.ab' | tar -xf - -C '$work/android-x-$kind'" ;;
         esac
-        measure restic "$kind-import" restic -r "$work/repo-restic" backup -q "$work/android-x-$kind"
+        measure restic "$kind-import" restic -r "$work/repo-restic-$kind" backup -q "$work/android-x-$kind"
     done
     mkdir -p "$work/adb-phone"
     cp -al "$work/day1" "$work/adb-phone/sdcard"
+    "$phonebak" init --repo "$work/repo-phonebak-adb" > /dev/null
     adb_backup() { # STEP
         rm -f "$work/adb-phone/.adb-calls" "$work/adb-phone/.adb-bytes"
         measure phonebak "$1" env PATH="$fake_adb:$PATH" FAKE_ADB_ROOT="$work/adb-phone" \
-            "$phonebak" backup --repo "$work/repo-phonebak" --device "adb-$round" --json adb:
+            "$phonebak" backup --repo "$work/repo-phonebak-adb" --device phone --json adb:
         echo "$1-calls,phonebak,$(wc -l < "$work/adb-phone/.adb-calls"),$(awk '{s += $1} END {print s + 0}' "$work/adb-phone/.adb-bytes")" >> "$csv"
     }
     adb_backup adb-first

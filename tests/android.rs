@@ -977,3 +977,41 @@ fn an_archive_with_a_name_twice_exports_what_the_snapshot_holds_and_names_the_re
     assert!(untar.wait().unwrap().success());
     assert_eq!(std::fs::read(back.join("notes.txt")).unwrap(), b"later");
 }
+
+#[test]
+fn an_export_killed_before_it_is_named_leaves_nothing_and_its_leftover_goes_next_time() {
+    let s = Scratch::with_repo();
+    let root = s.path("phone");
+    write(&root.join("DCIM/a.jpg"), &bytes(18, 300_000, false));
+    s.ok(&["backup", "--device", "pixel", root.to_str().unwrap()]);
+    for named in [false, true] {
+        let folder = s.path(if named { "named" } else { "nameless" });
+        std::fs::create_dir(&folder).unwrap();
+        let out = folder.join("phone.tar");
+        let mut killed = s.command(&["export", "pixel/latest", "--format", "tar", out.to_str().unwrap()]);
+        // The first durable step of an export is the sync of its finished archive: killed there.
+        killed.env("PHONEBAK_CRASH_AT", "1");
+        if named {
+            killed.env("PHONEBAK_NAMED_TEMP", "1");
+        }
+        let status = killed.status().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "killed");
+        let left = names(&folder);
+        if named {
+            // A file system without nameless files: a hidden, private leftover...
+            assert_eq!(left.len(), 1, "{left:?}");
+            assert!(left[0].starts_with(".phone.tar.phonebak-"), "{left:?}");
+        } else {
+            assert_eq!(left, Vec::<String>::new(), "nothing is left by a killed export");
+        }
+        // ...which the next export to the same file removes.
+        let mut again = s.command(&["export", "pixel/latest", "--format", "tar", out.to_str().unwrap()]);
+        if named {
+            again.env("PHONEBAK_NAMED_TEMP", "1");
+        }
+        let done = again.output().unwrap();
+        assert_eq!(code(&done), 0, "{}", stderr(&done));
+        assert_eq!(names(&folder), ["phone.tar"]);
+        assert!(tar_listing(&std::fs::read(&out).unwrap()).contains(&"DCIM/a.jpg".to_string()));
+    }
+}

@@ -14,6 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -94,10 +95,10 @@ pub fn archive(
     let progress = Progress::bytes("export", whole);
     let written = (|| {
         let raw: Box<dyn Write> = match &destination {
-            Some(temp) => Box::new(temp.file.try_clone().map_err(target(&temp.path))?),
+            Some(temp) => Box::new(temp.file.try_clone().map_err(target(&temp.shown))?),
             None => Box::new(io::stdout().lock()),
         };
-        let out_path = destination.as_ref().map_or_else(|| PathBuf::from("standard output"), |t| t.path.clone());
+        let out_path = destination.as_ref().map_or_else(|| PathBuf::from("standard output"), |t| t.shown.clone());
         let mut sink = Sink::new(BufWriter::with_capacity(COPY_BUFFER, raw), format, password.as_deref(), &out_path)?;
         let mut writer = Writer { repo, sink: &mut sink, progress: &progress, report: ExportReport::default() };
         let omitted = omitted_paths(repo, info, &base)?;
@@ -422,10 +423,37 @@ impl Sink {
     }
 }
 
-/// The private file an archive is written into before it takes its name.
+/// The private file (mode 0600) an archive is written into before it takes its name. Where the
+/// file system can, it has no name at all until it is complete (O_TMPFILE), so even `kill -9`
+/// leaves nothing; elsewhere it is `.<OUT>.phonebak-<random>`, locked while written, and an
+/// export to the same OUT removes those whose writer is gone.
 struct TempFile {
-    path: PathBuf,
     file: File,
+    /// The temporary name, when the file has one.
+    path: Option<PathBuf>,
+    /// Where it is written, for messages: OUT's folder or the temporary name.
+    shown: PathBuf,
+}
+
+const TEMP_MARK: &str = ".phonebak-";
+
+/// In a build with test hooks, `PHONEBAK_NAMED_TEMP=1` makes exports use the named temporary
+/// file of file systems without O_TMPFILE, for the tests to reach it.
+#[cfg(feature = "test-hooks")]
+fn named_only() -> bool {
+    std::env::var_os("PHONEBAK_NAMED_TEMP").is_some()
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn named_only() -> bool {
+    false
+}
+
+fn folder_of(out: &Path) -> PathBuf {
+    match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 impl TempFile {
@@ -433,9 +461,23 @@ impl TempFile {
         let name = out
             .file_name()
             .ok_or_else(|| ExportError::OutUnusable { path: out.to_path_buf(), why: "not a file name".into() })?;
-        let mut temp_name = std::ffi::OsString::from(".");
-        temp_name.push(name);
-        temp_name.push(format!(".phonebak-{:016x}", rand::random::<u64>()));
+        let folder = folder_of(out);
+        let nameless = match named_only() {
+            true => Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
+            false => OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE).mode(0o600).open(&folder),
+        };
+        match nameless {
+            Ok(file) => return Ok(TempFile { file, path: None, shown: out.to_path_buf() }),
+            // Not supported here (vfat, exfat, some network file systems): a named one instead.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {}
+            Err(e) => return Err(target(&folder)(e)),
+        }
+        let mut prefix = std::ffi::OsString::from(".");
+        prefix.push(name);
+        prefix.push(TEMP_MARK);
+        remove_abandoned(&folder, prefix.as_bytes());
+        let mut temp_name = prefix;
+        temp_name.push(format!("{:016x}", rand::random::<u64>()));
         let path = out.with_file_name(temp_name);
         let file = OpenOptions::new()
             .write(true)
@@ -444,29 +486,79 @@ impl TempFile {
             .mode(0o600)
             .open(&path)
             .map_err(target(&path))?;
-        Ok(TempFile { path, file })
+        // SAFETY: the descriptor is open for the call; flock only takes an advisory lock.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        Ok(TempFile { file, shown: path.clone(), path: Some(path) })
     }
 
     fn discard(self) {
-        let _ = std::fs::remove_file(&self.path);
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// Makes the archive durable and gives it its name, never replacing a file that took the
     /// name meanwhile.
     fn keep_as(self, out: &Path) -> Result<(), ExportError> {
         let kept = (|| {
-            self.file.sync_all().map_err(target(&self.path))?;
-            rename_new(&self.path, out)?;
-            let parent = match out.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            crate::repo::fsync_dir(&parent).map_err(target(&parent))
+            self.file.sync_all().map_err(target(&self.shown))?;
+            crate::repo::crash_point("sync", &self.shown);
+            match &self.path {
+                Some(path) => rename_new(path, out)?,
+                None => link_nameless(&self.file, out)?,
+            }
+            let folder = folder_of(out);
+            crate::repo::fsync_dir(&folder).map_err(target(&folder))
         })();
         if kept.is_err() {
-            let _ = std::fs::remove_file(&self.path);
+            self.discard();
         }
         kept
+    }
+}
+
+/// Removes the temporary files (`prefix` and a random part) that exports to the same file left
+/// when they were killed: those no running export holds locked.
+fn remove_abandoned(folder: &Path, prefix: &[u8]) {
+    let Ok(entries) = std::fs::read_dir(folder) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.as_bytes().starts_with(prefix) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(file) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) else { continue };
+        // SAFETY: the descriptor is open for the call; flock only takes an advisory lock.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+fn appeared(out: &Path) -> ExportError {
+    ExportError::OutUnusable {
+        path: out.to_path_buf(),
+        why: "appeared while the archive was written: phonebak never replaces a file; name a new one".into(),
+    }
+}
+
+/// Gives a nameless file its name (linkat through /proc, which fails if the name exists).
+fn link_nameless(file: &File, out: &Path) -> Result<(), ExportError> {
+    use std::ffi::CString;
+    let proc_path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).expect("no NUL");
+    let to = CString::new(out.as_os_str().as_bytes())
+        .map_err(|_| target(out)(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    // SAFETY: both strings are NUL-terminated and live for the call.
+    let done = unsafe {
+        libc::linkat(libc::AT_FDCWD, proc_path.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+    };
+    if done == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EEXIST) => Err(appeared(out)),
+        _ => Err(target(out)(error)),
     }
 }
 
@@ -485,17 +577,10 @@ fn rename_new(from: &Path, to: &Path) -> Result<(), ExportError> {
     }
     let error = io::Error::last_os_error();
     match error.raw_os_error() {
-        Some(libc::EEXIST) => Err(ExportError::OutUnusable {
-            path: to.to_path_buf(),
-            why: "appeared while the archive was written: phonebak never replaces a file; name a new one".into(),
-        }),
+        Some(libc::EEXIST) => Err(appeared(to)),
         Some(libc::EINVAL | libc::ENOSYS) => {
             if std::fs::symlink_metadata(to).is_ok() {
-                return Err(ExportError::OutUnusable {
-                    path: to.to_path_buf(),
-                    why: "appeared while the archive was written: phonebak never replaces a file; name a new one"
-                        .into(),
-                });
+                return Err(appeared(to));
             }
             std::fs::rename(from, to).map_err(target(to))
         }
