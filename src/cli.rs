@@ -466,6 +466,14 @@ fn cmd_backup(
             human(s.stats.added_bytes),
             s.stats.duration_ms as f64 / 1000.0
         );
+        if s.stats.omitted > 0 {
+            say!(
+                "  {} ({}) recorded without content: `phonebak ls {} --omitted` lists them",
+                count(s.stats.omitted, "file"),
+                human(s.stats.omitted_bytes),
+                outcome.id.short()
+            );
+        }
         for path in &outcome.skipped {
             say!("  skipped special file {path}");
         }
@@ -587,8 +595,15 @@ fn cmd_ls_omitted(g: &Global, spec: &str, path: Option<&Path>) -> Result<i32> {
         }
         Ok(out.flush()?)
     })();
+    listing_written(listed)
+}
+
+/// The exit of a command whose output is a listing written as it goes.
+fn listing_written(listed: Result<()>) -> Result<i32> {
     match listed {
+        // The reader stopped early (`| head`): the listing ends there.
         Err(e) if is_closed_pipe(&e) => Ok(exit::OK),
+        // Writing the listing failed (`> /dev/full`): said, with its exit code, as for any report.
         Err(e) if e.is::<std::io::Error>() => {
             crate::stdout::failed(e.downcast::<std::io::Error>().expect("an io error"));
             Ok(exit::OK)
@@ -632,17 +647,7 @@ fn cmd_ls(g: &Global, spec: &str, path: Option<&Path>, long: bool) -> Result<i32
         Node::Dir { tree } => crate::tree::walk(&repo, tree, &mut |rel: &Path, e: &Entry| show(rel, e)),
         _ => show(Path::new(""), &start),
     };
-    match listed.and_then(|()| Ok(out.flush()?)) {
-        // The reader stopped early (`| head`): the listing ends there.
-        Err(e) if is_closed_pipe(&e) => Ok(exit::OK),
-        // Writing the listing failed (`> /dev/full`): said, with its exit code, as for any report.
-        Err(e) if e.is::<std::io::Error>() => {
-            crate::stdout::failed(e.downcast::<std::io::Error>().expect("an io error"));
-            Ok(exit::OK)
-        }
-        Err(e) => Err(e),
-        Ok(()) => Ok(exit::OK),
-    }
+    listing_written(listed.and_then(|()| Ok(out.flush()?)))
 }
 
 fn is_closed_pipe(error: &anyhow::Error) -> bool {

@@ -84,8 +84,10 @@ pub fn archive(
             if is_inside(file, repo.root()) {
                 return Err(unusable("inside the repository folder: name a file outside it"));
             }
-            if std::fs::symlink_metadata(file).is_ok() {
-                return Err(unusable("already exists: phonebak never replaces a file; name a new one"));
+            match std::fs::symlink_metadata(file) {
+                Ok(meta) if meta.is_dir() => return Err(unusable("a folder: name a new file to export into")),
+                Ok(_) => return Err(unusable("already exists: phonebak never replaces a file; name a new one")),
+                Err(_) => {}
             }
             Some(TempFile::create(file)?)
         }
@@ -542,12 +544,15 @@ fn appeared(out: &Path) -> ExportError {
     }
 }
 
+fn c_path(path: &Path) -> Result<std::ffi::CString, ExportError> {
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| target(path)(io::Error::from(io::ErrorKind::InvalidInput)))
+}
+
 /// Gives a nameless file its name (linkat through /proc, which fails if the name exists).
 fn link_nameless(file: &File, out: &Path) -> Result<(), ExportError> {
-    use std::ffi::CString;
-    let proc_path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).expect("no NUL");
-    let to = CString::new(out.as_os_str().as_bytes())
-        .map_err(|_| target(out)(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    let proc_path = c_path(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))?;
+    let to = c_path(out)?;
     // SAFETY: both strings are NUL-terminated and live for the call.
     let done = unsafe {
         libc::linkat(libc::AT_FDCWD, proc_path.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW)
@@ -565,9 +570,7 @@ fn link_nameless(file: &File, out: &Path) -> Result<(), ExportError> {
 /// Renames `from` to `to` unless `to` exists (where the file system cannot say, a check just
 /// before the rename).
 fn rename_new(from: &Path, to: &Path) -> Result<(), ExportError> {
-    use std::ffi::CString;
-    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
-    let (c_from, c_to) = (c(from).map_err(target(from))?, c(to).map_err(target(to))?);
+    let (c_from, c_to) = (c_path(from)?, c_path(to)?);
     // SAFETY: both strings are NUL-terminated and live for the call.
     let done = unsafe {
         libc::renameat2(libc::AT_FDCWD, c_from.as_ptr(), libc::AT_FDCWD, c_to.as_ptr(), libc::RENAME_NOREPLACE)
