@@ -35,6 +35,8 @@ use cache::ChunkCache;
 pub const ROOT_INO: u64 = 1;
 /// What a snapshot's listing of files kept without content is called, after its name.
 pub const OMITTED_SUFFIX: &str = ".omitted.txt";
+/// `.omitted.txt` listings kept made (`ls -l` of a device folder sizes every one).
+const OMITTED_TEXTS: usize = 32;
 const OMITTED_HEADING: &str =
     "# Files this snapshot recorded by name, size and time only (backup --metadata-only): size, time, path\n";
 const SNAPSHOTS_INO: u64 = 2;
@@ -333,7 +335,7 @@ impl View {
             last_read_ms: AtomicU64::new(0),
             started: Instant::now(),
             stored_bytes: Mutex::new(None),
-            omitted_texts: Mutex::new(LruCache::new(NonZeroUsize::new(4).expect("nonzero"))),
+            omitted_texts: Mutex::new(LruCache::new(NonZeroUsize::new(OMITTED_TEXTS).expect("nonzero"))),
             log,
         }
     }
