@@ -905,6 +905,11 @@ fn metadata_only_files_are_listed_never_given_back_and_shown_in_the_mount() {
     let tar = s.command(&["export", "pixel/latest", "--format", "tar", "-"]).output().unwrap();
     assert_said(&tar, 0, &["2 files recorded without content"]);
     assert!(tar_listing(&tar.stdout).iter().all(|n| !n.ends_with(".mp3")));
+    let device = s.path("new-phone");
+    std::fs::create_dir(&device).unwrap();
+    s.ok(&["push", "--device", &format!("dir:{}", device.display()), "--from", "pixel/latest"]);
+    assert!(device.join("DCIM/IMG_1.jpg").exists());
+    assert!(files_under(&device).iter().all(|p| p.extension().is_none_or(|e| e != "mp3")), "nothing fake pushed");
 
     let mount = Mounted::new(&s, &[]);
     let device = mount.snapshots().join("pixel");
