@@ -560,12 +560,8 @@ impl Engine<'_> {
     }
 
     /// Records an entry the snapshot took in the archive's layout.
-    fn record_layout(&mut self, header: &[u8], names: &[&[u8]], kind: &SourceKind) -> Result<(), SourceError> {
+    fn record_layout(&mut self, header: &[u8], names: &[&[u8]], data_len: u64) -> Result<(), SourceError> {
         let path = names.join(&b'/');
-        let data_len = match kind {
-            SourceKind::File { size } => *size,
-            _ => 0,
-        };
         let mut layout = self.layout.take().unwrap_or_default();
         let written = layout.entry(header, &path, data_len, &mut |piece| self.store_piece(piece));
         self.layout = Some(layout);
@@ -643,12 +639,19 @@ impl Engine<'_> {
             SourceKind::HardLink { target } => {
                 let target_names = tree_builder::split_path(target).ok();
                 let linked = target_names.as_ref().and_then(|t| self.builder.file(t).cloned());
-                // A link to a file recorded without content is recorded so too.
-                let omitted_size = target_names.and_then(|t| self.omitted_sizes.get(&t.join(&b'/')).copied());
-                if let (None, Some(size)) = (&linked, omitted_size) {
+                // A link to a file recorded without content is recorded so too, and so is a
+                // link whose own name says so.
+                let omitted_size = target_names.as_ref().and_then(|t| self.omitted_sizes.get(&t.join(&b'/')).copied());
+                let omitted = match (&linked, omitted_size) {
+                    (None, Some(size)) => Some(size),
+                    (Some(Node::File { size, .. }), _) if self.metadata_only(names) => Some(*size),
+                    _ => None,
+                };
+                if let Some(size) = omitted {
                     self.record_omitted(names, &entry.meta, size)?;
                     return Ok(true);
                 }
+                let left_out = target_names.as_ref().is_some_and(|t| self.excluded(t) || !self.wanted(t));
                 match linked {
                     Some(node) => {
                         if let Node::File { size, .. } = &node {
@@ -658,10 +661,12 @@ impl Engine<'_> {
                     }
                     None => {
                         let target = String::from_utf8_lossy(target);
-                        self.refuse(
-                            &entry.path,
-                            format!("a hard link to {target}, which is not a file sent before it"),
-                        );
+                        let why = if left_out {
+                            format!("a hard link to {target}, which --exclude or --include leaves out (its content is read only under that name)")
+                        } else {
+                            format!("a hard link to {target}, which is not a file sent before it")
+                        };
+                        self.refuse(&entry.path, why);
                         return Ok(false);
                     }
                 }
@@ -746,7 +751,7 @@ impl EntrySink for Engine<'_> {
         };
         if self.take_entry(&names, &entry, content)? {
             if let Some(header) = header {
-                self.record_layout(&header, &names, &entry.kind)?;
+                self.record_layout(&header.blocks, &names, header.data_len)?;
             }
         }
         Ok(())

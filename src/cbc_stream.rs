@@ -81,6 +81,8 @@ pub struct DecryptingReader<R> {
     inner: R,
     cipher: Decryptor,
     strip_padding: bool,
+    /// Whether a missing or invalid padding is an error (a whole stream must have one).
+    padding_required: bool,
     /// The last decrypted block, held back until it is known whether it is the last.
     held: Option<[u8; BLOCK]>,
     ready: Ready,
@@ -89,13 +91,20 @@ pub struct DecryptingReader<R> {
 impl<R: Read> DecryptingReader<R> {
     pub fn new(inner: R, key: &[u8; 32], iv: &[u8; BLOCK], strip_padding: bool) -> Self {
         let cipher = Decryptor::new(key.into(), iv.into());
-        DecryptingReader { inner, cipher, strip_padding, held: None, ready: Ready::default() }
+        DecryptingReader { inner, cipher, strip_padding, padding_required: false, held: None, ready: Ready::default() }
+    }
+
+    /// Makes a missing or invalid padding at the end an error, for streams that always have
+    /// one (an .ab's data): there it means damage.
+    pub fn padding_required(mut self) -> Self {
+        self.padding_required = true;
+        self
     }
 }
 
 impl<R: Read> Read for DecryptingReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let DecryptingReader { inner, cipher, strip_padding, held, ready } = self;
+        let DecryptingReader { inner, cipher, strip_padding, padding_required, held, ready } = self;
         ready.read(out, |ready| {
             let mut buf = ready.read_blocks(inner)?;
             if ready.done {
@@ -105,8 +114,16 @@ impl<R: Read> Read for DecryptingReader<R> {
                         "its encrypted length is not a whole number of 16-byte blocks",
                     ));
                 }
+                let pad = held.as_ref().and_then(pkcs7_pad_len);
+                if *padding_required && pad.is_none() {
+                    // Most often the stream was cut at a block's edge.
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "its encryption padding is missing or damaged at the end",
+                    ));
+                }
                 if let Some(last) = held.take() {
-                    let keep = match pkcs7_pad_len(&last) {
+                    let keep = match pad {
                         Some(pad) if *strip_padding => BLOCK - pad,
                         _ => BLOCK,
                     };

@@ -252,7 +252,7 @@ pub fn tree_problems(
     damaged: &HashSet<BlobId>,
 ) -> Vec<TreeProblem> {
     // Results per tree are shared between snapshots: most trees are in many.
-    let mut problems_of_tree: HashMap<BlobId, Vec<Found>> = HashMap::new();
+    let mut problems_of_tree: HashMap<BlobId, Verdict> = HashMap::new();
     let mut lines = Vec::new();
     for (id, snapshot) in snapshots {
         let mut problems = Vec::new();
@@ -297,24 +297,35 @@ struct Known<'a> {
     damaged: &'a HashSet<BlobId>,
 }
 
+/// A folder's problems, and how many levels of folders it holds (its verdict holds wherever it
+/// is met, as long as those levels stay within `MAX_DEPTH`).
+struct Verdict {
+    found: Vec<Found>,
+    height: usize,
+}
+
+/// Returns the height of the folder (see `Verdict`), `None` when the walk stopped below it for
+/// depth: a verdict that holds only at this depth, so it is not shared with the same folder
+/// met nearer the top (in another snapshot).
 fn collect_tree_problems(
     repo: &Repository,
     tree_id: &BlobId,
     at: &Path,
     depth: usize,
     known: &Known,
-    memo: &mut HashMap<BlobId, Vec<Found>>,
+    memo: &mut HashMap<BlobId, Verdict>,
     out: &mut Vec<Found>,
-) {
+) -> Option<usize> {
     if depth > crate::tree::MAX_DEPTH {
         out.push((at.to_path_buf(), crate::tree::too_deep().to_string(), false));
-        return;
+        return None;
     }
-    if let Some(known) = memo.get(tree_id) {
-        out.extend(known.iter().map(|(p, why, damage)| (at.join(p), why.clone(), *damage)));
-        return;
+    if let Some(known) = memo.get(tree_id).filter(|v| depth + v.height <= crate::tree::MAX_DEPTH) {
+        out.extend(known.found.iter().map(|(p, why, damage)| (at.join(p), why.clone(), *damage)));
+        return Some(known.height);
     }
     let mut found: Vec<Found> = Vec::new();
+    let mut height = Some(0);
     if !(known.present)(tree_id, None) {
         found.push((PathBuf::new(), "folder listing is missing from the repository".into(), false));
     } else if known.damaged.contains(tree_id) {
@@ -331,7 +342,9 @@ fn collect_tree_problems(
                     match &entry.node {
                         Node::Dir { tree } => {
                             let mut below = Vec::new();
-                            collect_tree_problems(repo, tree, Path::new(""), depth + 1, known, memo, &mut below);
+                            let below_height =
+                                collect_tree_problems(repo, tree, Path::new(""), depth + 1, known, memo, &mut below);
+                            height = height.zip(below_height).map(|(h, b)| h.max(b + 1));
                             found.extend(below.into_iter().map(|(p, why, damage)| (name.join(p), why, damage)));
                         }
                         Node::File { chunks, .. } => {
@@ -351,5 +364,8 @@ fn collect_tree_problems(
         }
     }
     out.extend(found.iter().map(|(p, why, damage)| (at.join(p), why.clone(), *damage)));
-    memo.insert(*tree_id, found);
+    if let Some(height) = height {
+        memo.insert(*tree_id, Verdict { found, height });
+    }
+    height
 }

@@ -59,8 +59,9 @@ enum Command {
         #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
         pack_size_mib: u64,
     },
-    /// Take a snapshot of a phone: SOURCE is a folder (`dir:PATH` or a plain path) or an iPhone
-    /// backup (`ios-backup:DIR`).
+    /// Take a snapshot of a phone: SOURCE is a folder (`dir:PATH` or a plain path), an iPhone
+    /// backup (`ios-backup:DIR`), a live Android phone (`adb[:SERIAL][:PATH]`), an Android
+    /// backup (`ab:FILE`, `ab:-`) or a tar (`tar:FILE`, `tar:-`).
     Backup {
         /// Device name: snapshots are grouped by it (a folder name in the mount). An iPhone
         /// backup's own name is the default.

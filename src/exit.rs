@@ -96,8 +96,10 @@ pub fn for_error(error: &anyhow::Error) -> i32 {
             Some(ExportError::Password(SourceError::ArchivePassword(_))) => return ARCHIVE_PASSWORD,
             _ => {}
         }
-        if let Some(BackupError::Repo(repo)) = cause.downcast_ref::<BackupError>() {
-            return for_repo_error(repo);
+        match cause.downcast_ref::<BackupError>() {
+            Some(BackupError::Repo(repo)) => return for_repo_error(repo),
+            Some(BackupError::Pattern { .. }) => return USAGE,
+            _ => {}
         }
     }
     ERROR

@@ -301,7 +301,16 @@ pub fn omitted_line(file: &OmittedFile) -> Vec<u8> {
     let time = chrono::DateTime::from_timestamp(file.mtime_sec, file.mtime_nsec).unwrap_or_default();
     let time = time.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S");
     let mut line = format!("{:>12} {time} /", file.size).into_bytes();
-    line.extend_from_slice(&file.path);
+    // One line per file, whatever its name holds: line breaks and other controls are escaped
+    // (and a backslash, so that the escapes can be read back).
+    for &b in &file.path {
+        match b {
+            b'\\' => line.extend_from_slice(b"\\\\"),
+            b'\n' => line.extend_from_slice(b"\\n"),
+            0..=0x1f | 0x7f => line.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            _ => line.push(b),
+        }
+    }
     line.push(b'\n');
     line
 }

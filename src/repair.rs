@@ -238,8 +238,10 @@ struct Rewriter<'a, 'p> {
     repo: &'a Repository,
     present: &'a HashSet<BlobId>,
     packer: &'a mut Packer<'p>,
-    /// Tree id -> its rewritten id (None: the tree itself is lost), with the lost paths below it.
-    memo: HashMap<BlobId, (Option<BlobId>, Vec<String>)>,
+    /// Tree id -> its rewritten id (None: the tree itself is lost), the lost paths below it, and
+    /// the levels of folders the rewritten tree holds: it holds wherever those levels stay
+    /// within `MAX_DEPTH` (a rewrite that stopped for depth holds at one depth only: not kept).
+    memo: HashMap<BlobId, (Option<BlobId>, Vec<String>, usize)>,
     written: HashSet<BlobId>,
 }
 
@@ -251,18 +253,33 @@ impl Rewriter<'_, '_> {
         depth: usize,
         lost: &mut Vec<String>,
     ) -> Result<Option<BlobId>, RepoError> {
+        Ok(self.rewrite_with_height(tree_id, at, depth, lost)?.0)
+    }
+
+    /// The rewritten tree, and its height (`None`: it was cut for depth below).
+    fn rewrite_with_height(
+        &mut self,
+        tree_id: &BlobId,
+        at: &Path,
+        depth: usize,
+        lost: &mut Vec<String>,
+    ) -> Result<(Option<BlobId>, Option<usize>), RepoError> {
         if depth > crate::tree::MAX_DEPTH {
-            return Ok(None); // damage: the folder is dropped from the rewritten snapshot
+            return Ok((None, None)); // damage: the folder is dropped from the rewritten snapshot
         }
-        if let Some((new, below)) = self.memo.get(tree_id) {
+        if let Some((new, below, height)) =
+            self.memo.get(tree_id).filter(|(_, _, height)| depth + height <= crate::tree::MAX_DEPTH)
+        {
             lost.extend(below.iter().map(|p| at.join(p).display().to_string()));
-            return Ok(*new);
+            return Ok((*new, Some(*height)));
         }
         let mut below = Vec::new();
-        let new = self.rewrite_uncached(tree_id, depth, &mut below)?;
+        let (new, height) = self.rewrite_uncached(tree_id, depth, &mut below)?;
         lost.extend(below.iter().map(|p| at.join(p).display().to_string()));
-        self.memo.insert(*tree_id, (new, below));
-        Ok(new)
+        if let Some(height) = height {
+            self.memo.insert(*tree_id, (new, below, height));
+        }
+        Ok((new, height))
     }
 
     fn rewrite_uncached(
@@ -270,23 +287,28 @@ impl Rewriter<'_, '_> {
         tree_id: &BlobId,
         depth: usize,
         lost: &mut Vec<String>,
-    ) -> Result<Option<BlobId>, RepoError> {
+    ) -> Result<(Option<BlobId>, Option<usize>), RepoError> {
         if !self.present.contains(tree_id) {
-            return Ok(None);
+            return Ok((None, Some(0)));
         }
         let tree = match load_tree(self.repo, tree_id) {
             Ok(tree) => tree,
-            Err(e) if e.is_corruption() => return Ok(None),
+            Err(e) if e.is_corruption() => return Ok((None, Some(0))),
             Err(e) => return Err(e),
         };
         let mut kept = Tree::default();
+        let mut height = Some(0);
         for entry in tree.entries {
             let name = PathBuf::from(entry.name_os());
             match &entry.node {
-                Node::Dir { tree } => match self.rewrite(tree, &name, depth + 1, lost)? {
-                    Some(new) => kept.entries.push(Entry { node: Node::Dir { tree: new }, ..entry }),
-                    None => lost.push(format!("{}/", name.display())),
-                },
+                Node::Dir { tree } => {
+                    let (new, below) = self.rewrite_with_height(tree, &name, depth + 1, lost)?;
+                    height = height.zip(below).map(|(h, b)| h.max(b + 1));
+                    match new {
+                        Some(new) => kept.entries.push(Entry { node: Node::Dir { tree: new }, ..entry }),
+                        None => lost.push(format!("{}/", name.display())),
+                    }
+                }
                 Node::File { chunks, .. } if chunks.iter().any(|c| !self.present.contains(&c.id)) => {
                     lost.push(name.display().to_string());
                 }
@@ -299,6 +321,6 @@ impl Rewriter<'_, '_> {
             let stored = self.repo.encode_blob(BlobKind::Tree, &id, &plain);
             self.packer.add(id, BlobKind::Tree, &stored, plain.len() as u32)?;
         }
-        Ok(Some(id))
+        Ok((Some(id), height))
     }
 }

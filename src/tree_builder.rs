@@ -66,6 +66,11 @@ pub fn split_path(path: &[u8]) -> Result<Vec<&[u8]>, &'static str> {
                     return Err(why);
                 }
                 names.push(name);
+                // Deeper than a snapshot may nest (and than `check` and repair read): refused,
+                // before building it costs a frame per level.
+                if names.len() > crate::tree::MAX_DEPTH {
+                    return Err("a path nested deeper than phonebak keeps (2048 folders)");
+                }
             }
         }
     }

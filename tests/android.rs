@@ -1020,3 +1020,124 @@ fn an_export_killed_before_it_is_named_leaves_nothing_and_its_leftover_goes_next
         assert!(tar_listing(&std::fs::read(&out).unwrap()).contains(&"DCIM/a.jpg".to_string()));
     }
 }
+
+#[test]
+fn damage_that_looks_like_an_end_or_hides_after_it_is_said() {
+    let s = Scratch::with_repo();
+    // A header zeroed by damage: what follows it must not be dropped without a word.
+    let mut tar = Tar::default().file(b"f1", b"one").file(b"f2", b"two").file(b"f3", b"three").end();
+    tar[1024..1536].fill(0);
+    let zeroed = s.path("zeroed.tar");
+    std::fs::write(&zeroed, &tar).unwrap();
+    let out = s.run(&["backup", "--device", "pixel", &format!("tar:{}", zeroed.display())]);
+    assert_said(&out, 20, &["data after the end-of-archive block"]);
+    // An encrypted .ab cut by a whole block (its padding gone), and one with bytes after its
+    // compressed stream.
+    let inner = app_backup_tar();
+    let mut cut = ab(&inner, 5, false, Some("pw"));
+    cut.truncate(cut.len() - 16);
+    let mut trailing = ab(&inner, 5, true, None);
+    trailing.extend_from_slice(b"garbage");
+    for (name, bytes, said) in [
+        ("cut.ab", cut, "padding is missing or damaged"),
+        ("trailing.ab", trailing, "data after the end of its compressed stream"),
+    ] {
+        let path = s.path(name);
+        std::fs::write(&path, bytes).unwrap();
+        let out = s
+            .command(&["backup", "--device", "pixel", &format!("ab:{}", path.display())])
+            .env("PHONEBAK_ARCHIVE_PASSWORD", "pw")
+            .output()
+            .unwrap();
+        assert_said(&out, 20, &[said]);
+    }
+    assert_eq!(snapshot_count(&s), 0, "nothing committed");
+}
+
+#[test]
+fn paths_deeper_than_a_snapshot_nests_are_refused_not_a_crash() {
+    let s = Scratch::with_repo();
+    let deep = format!("{}f", "a/".repeat(20_000));
+    let tar =
+        Tar::default().pax(&[("path", deep.as_bytes())]).file(b"placeholder", b"hi").file(b"ok.txt", b"fine").end();
+    let archive = s.path("deep.tar");
+    std::fs::write(&archive, &tar).unwrap();
+    let out = s.run(&["backup", "--device", "pixel", &format!("tar:{}", archive.display())]);
+    assert_said(&out, 3, &["nested deeper than phonebak keeps"]);
+    assert!(!stderr(&out).contains("overflow"));
+    let check = s.run(&["check"]);
+    assert_eq!(code(&check), 0, "{}", stderr(&check));
+}
+
+#[test]
+fn hard_links_come_back_whole_in_any_part_of_an_export() {
+    let s = Scratch::with_repo();
+    let root = s.path("phone");
+    write(&root.join("a/file"), b"IMPORTANT DATA");
+    std::fs::create_dir_all(root.join("b")).unwrap();
+    std::fs::hard_link(root.join("a/file"), root.join("b/link")).unwrap();
+    let archive = s.path("links.tar");
+    let status = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&archive).args(["a", "b"]).status().unwrap();
+    assert!(status.success());
+    s.ok(&["backup", "--device", "pixel", &format!("tar:{}", archive.display())]);
+    // Whole: the link stays a link. A folder without its target, or with a trailing slash:
+    // the link comes as the file it is.
+    let whole = s.command(&["export", "pixel/latest", "--format", "tar", "-"]).output().unwrap();
+    assert!(whole.stdout == std::fs::read(&archive).unwrap());
+    for spec in ["pixel/latest:b", "pixel/latest:b/", "pixel/latest:b/link"] {
+        let part = s.command(&["export", spec, "--format", "tar", "-"]).output().unwrap();
+        assert_eq!(code(&part), 0, "{spec}: {}", stderr(&part));
+        let back = s.path("back");
+        let _ = std::fs::remove_dir_all(&back);
+        std::fs::create_dir(&back).unwrap();
+        let mut untar =
+            Command::new("tar").arg("-xf").arg("-").arg("-C").arg(&back).stdin(Stdio::piped()).spawn().unwrap();
+        untar.stdin.take().unwrap().write_all(&part.stdout).unwrap();
+        assert!(untar.wait().unwrap().success(), "{spec}: GNU tar extracts it");
+        assert_eq!(std::fs::read(back.join("b/link")).unwrap(), b"IMPORTANT DATA", "{spec}");
+    }
+    // A POSIX hard link that carries its data (star writes them) is kept and given back.
+    let with_data = Tar::default().file(b"a", b"hello").raw(ustar_header(b"h", 5, b'1', b"a"), b"hello").end();
+    let path = s.path("with-data.tar");
+    std::fs::write(&path, &with_data).unwrap();
+    s.ok(&["backup", "--device", "star", &format!("tar:{}", path.display())]);
+    let again = s.command(&["export", "star/latest", "--format", "tar", "-"]).output().unwrap();
+    assert!(again.stdout == with_data, "byte for byte");
+    // A link whose own name is to be kept without content is kept so.
+    let named = Tar::default()
+        .file(b"docs/a.bin", b"SECRET")
+        .raw(ustar_header(b"docs/b.mp3", 0, b'1', b"docs/a.bin"), b"")
+        .end();
+    let path = s.path("named.tar");
+    std::fs::write(&path, &named).unwrap();
+    s.ok(&["backup", "--device", "music", "--metadata-only", "*.mp3", &format!("tar:{}", path.display())]);
+    let listed = s.json(&["ls", "music/latest", "--omitted"]);
+    assert_eq!(listed[0]["path"], "docs/b.mp3", "{listed}");
+    assert_eq!(listed[0]["size"], 6);
+    // A link to a file --exclude leaves out: said as such.
+    let out = s.run(&["backup", "--device", "inc", "--exclude", "a", &format!("tar:{}", archive.display())]);
+    assert_said(&out, 3, &["which --exclude or --include leaves out"]);
+    let out = s.run(&["backup", "--device", "bad", "--metadata-only", "[", &format!("tar:{}", archive.display())]);
+    assert_eq!(code(&out), 2, "a bad pattern is a usage error: {}", stderr(&out));
+}
+
+#[test]
+fn a_name_on_the_phone_cannot_pass_for_the_listing_and_omitted_names_stay_one_line() {
+    let s = Scratch::with_repo();
+    let phone = FakePhone::new(&s);
+    write(&phone.sdcard().join("x\nphonebak-entry 41ed 0 0 0 0 evil"), b"inj");
+    write(&phone.sdcard().join("Music/two\nlines.mp3"), b"song");
+    let out = s
+        .command(&["backup", "--device", "pixel", "--metadata-only", "*.mp3", "adb:"])
+        .env("PATH", &phone.path)
+        .env("FAKE_ADB_ROOT", &phone.root)
+        .output()
+        .unwrap();
+    // Its content cannot be asked of the phone's tar by name (said, exit 3); it adds nothing.
+    assert_said(&out, 3, &["a name with a line break"]);
+    let listing = s.ok(&["ls", "pixel/latest"]);
+    assert!(!listing.contains("/evil"), "{listing}");
+    let omitted = s.ok(&["ls", "pixel/latest", "--omitted"]);
+    assert_eq!(omitted.lines().count(), 1, "{omitted:?}");
+    assert!(omitted.contains("/Music/two\\nlines.mp3"), "{omitted}");
+}

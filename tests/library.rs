@@ -542,3 +542,69 @@ fn crafted_trees_too_deep_or_with_lying_chunk_lengths_are_damage_not_crashes() {
         "the deep one is rewritten without its deep folder"
     );
 }
+
+#[test]
+fn a_folder_met_too_deep_in_one_snapshot_is_still_whole_in_another() {
+    // Met first deep, then near the top; and the other way round.
+    for deep_first in [true, false] {
+        a_folder_met_too_deep_and_near_the_top(deep_first);
+    }
+}
+
+fn a_folder_met_too_deep_and_near_the_top(deep_first: bool) {
+    use phonebak::repo::BlobKind;
+    use phonebak::tree::{ChunkRef, Entry, Node, Tree};
+    let dir = tempfile::tempdir().unwrap();
+    let repo = small_repo(&dir.path().join("repo"));
+    let mut packer = phonebak::repo::packer::Packer::new(&repo);
+    let data = store(&repo, &mut packer, BlobKind::Data, b"precious photo");
+    let photo = Entry {
+        name: b"IMG_1.jpg".to_vec(),
+        meta: Meta { mode: 0o644, ..Meta::default() },
+        node: Node::File { size: 14, chunks: vec![ChunkRef { id: data, len: 14 }] },
+    };
+    let camera_tree = store(&repo, &mut packer, BlobKind::Tree, &Tree { entries: vec![photo] }.encode());
+    let folder = |name: &[u8], tree| Entry {
+        name: name.to_vec(),
+        meta: Meta { mode: 0o755, ..Meta::default() },
+        node: Node::Dir { tree },
+    };
+    let dcim_tree =
+        store(&repo, &mut packer, BlobKind::Tree, &Tree { entries: vec![folder(b"Camera", camera_tree)] }.encode());
+    // The same folder at the deepest a snapshot may nest (what it holds is deeper)...
+    let mut deep = dcim_tree;
+    for _ in 0..phonebak::tree::MAX_DEPTH {
+        deep = store(&repo, &mut packer, BlobKind::Tree, &Tree { entries: vec![folder(b"a", deep)] }.encode());
+    }
+    // ...and near the top of a phone's snapshot.
+    let phone = store(&repo, &mut packer, BlobKind::Tree, &Tree { entries: vec![folder(b"DCIM", dcim_tree)] }.encode());
+    packer.finish().unwrap();
+    let (deep_time, phone_time) =
+        if deep_first { (1_600_000_000i64, 1_700_000_000) } else { (1_700_000_000, 1_600_000_000) };
+    for (device, root, time_s) in [("deep", deep, deep_time), ("phone", phone, phone_time)] {
+        let snapshot = phonebak::repo::snapshot::Snapshot {
+            device: device.into(),
+            time_ns: time_s * 1_000_000_000,
+            hostname: "h".into(),
+            tags: vec![],
+            source: "crafted".into(),
+            parent: None,
+            root,
+            stats: Default::default(),
+            facts: Default::default(),
+            extras: None,
+        };
+        snapshot::save(&repo, &snapshot).unwrap();
+    }
+    let report = phonebak::check::run(&repo, true).unwrap();
+    let all = report.errors.join("\n");
+    assert!(all.contains("(deep)") && all.contains("nested deeper than"), "{all}");
+    assert!(!all.contains("(phone)"), "the phone's snapshot is whole: {all}");
+    let repaired = phonebak::repair::snapshots(&repo).unwrap();
+    assert!(repaired.rewritten.iter().all(|r| r.2 == "deep"), "{:?}", repaired.rewritten);
+    let list = snapshot::list(&repo).unwrap();
+    let kept = list.iter().find(|s| s.snapshot.device == "phone").unwrap();
+    assert_eq!(kept.snapshot.root, phone, "the phone's snapshot is left as it was");
+    let after = phonebak::check::run(&repo, false).unwrap();
+    assert!(after.errors.is_empty(), "the deep one is within bounds once repaired: {:?}", after.errors);
+}

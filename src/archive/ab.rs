@@ -218,10 +218,39 @@ pub fn open<'r, E>(
         Some(info) => {
             let secret = password().map_err(OpenError::Password)?;
             let master = unlock(info, header.version, &secret).map_err(OpenError::Ab)?;
-            Box::new(DecryptingReader::new(input, &master.key, &master.iv, true))
+            Box::new(DecryptingReader::new(input, &master.key, &master.iv, true).padding_required())
         }
     };
-    Ok(if header.compressed { (header, Box::new(flate2::read::ZlibDecoder::new(data))) } else { (header, data) })
+    Ok(if header.compressed {
+        let inflated = flate2::bufread::ZlibDecoder::new(io::BufReader::new(data));
+        (header, Box::new(Inflated { inflated, ended: false }))
+    } else {
+        (header, data)
+    })
+}
+
+/// An archive's inflated data, which checks at the zlib stream's end that nothing but the
+/// stream was there (reading on also checks an encrypted archive's padding).
+struct Inflated<R: BufRead> {
+    inflated: flate2::bufread::ZlibDecoder<R>,
+    ended: bool,
+}
+
+impl<R: BufRead> Read for Inflated<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.ended {
+            return Ok(0);
+        }
+        let n = self.inflated.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.ended = true;
+            // Reading to the end also checks an encrypted archive's padding.
+            if self.inflated.get_mut().read(&mut [0u8; 4096])? != 0 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "data after the end of its compressed stream"));
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// The version phonebak writes: the newest, which every Android since 7.0 restores.

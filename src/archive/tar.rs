@@ -289,19 +289,29 @@ impl<R: Read> TarReader<R> {
     }
 
     /// After the end-of-archive block: how many bytes the stream still holds (the second zero
-    /// block, a tool's padding to its record size), read to its end, up to `max` (what is
-    /// beyond is left unread). Counts the end block itself.
-    pub fn rest_len(&mut self, max: u64) -> io::Result<u64> {
+    /// block, a tool's padding to its record size), counting the end block itself. They must
+    /// be zeros: anything else is a header that was zeroed, with entries after it that would
+    /// otherwise be lost without a word. Read up to `max` bytes, or to the stream's end with
+    /// `to_end` (what is counted stops at `max`).
+    pub fn rest_len(&mut self, max: u64, to_end: bool) -> Result<u64, TarError> {
         let mut scratch = [0u8; 8192];
         let mut rest = BLOCK as u64;
-        while rest < max {
-            let want = (max - rest).min(scratch.len() as u64) as usize;
-            match self.fill(&mut scratch[..want])? {
-                0 => break,
-                got => rest += got as u64,
+        while to_end || rest < max {
+            let want = if to_end { scratch.len() } else { (max - rest).min(scratch.len() as u64) as usize };
+            let at = self.position;
+            let got = self.fill(&mut scratch[..want])?;
+            if got == 0 {
+                break;
             }
+            if let Some(first) = scratch[..got].iter().position(|&b| b != 0) {
+                return Err(damaged(
+                    at + first as u64,
+                    "data after the end-of-archive block: a header zeroed by damage, with entries after it",
+                ));
+            }
+            rest += got as u64;
         }
-        Ok(rest)
+        Ok(rest.min(max.max(BLOCK as u64)))
     }
 
     /// The current entry's data, up to its size; ending early is an error naming the entry.

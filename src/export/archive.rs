@@ -92,7 +92,15 @@ pub fn archive(
             Some(TempFile::create(file)?)
         }
     };
-    let base = path.as_os_str().as_bytes().to_vec();
+    // `DCIM/`, `./DCIM` and `DCIM` are one folder.
+    let base = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(name) => Some(name.as_bytes()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join(&b'/');
     let whole = base.is_empty().then_some(info.snapshot.stats.bytes);
     let progress = Progress::bytes("export", whole);
     let written = (|| {
@@ -148,6 +156,16 @@ fn layout_reader<'r>(
         Err(e) if e.is_corruption() => Err(layout_damaged(e)),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The file a hard link's header names, if the header is a hard link's.
+fn hard_link_target(header: &[u8]) -> Option<Vec<u8>> {
+    let main = header.len().checked_sub(BLOCK).map(|at| &header[at..])?;
+    if main[156] != b'1' {
+        return None;
+    }
+    let mut reader = crate::archive::tar::TarReader::new(header.chain(&tar_writer::END[..]));
+    reader.next_entry().ok().flatten().map(|entry| entry.link)
 }
 
 /// A path's hash: what is counted of each file path of a layout (16 bytes, not the path).
@@ -216,6 +234,8 @@ impl Writer<'_, '_> {
         let root = load_tree(self.repo, &info.snapshot.root)?;
         let mut folders = FolderCache::new(self.repo, &root);
         let mut trailer_len = tar_writer::END.len() as u64;
+        // The files written so far, by path: a hard link to one of them stays a link.
+        let mut written: HashSet<u128> = HashSet::new();
         while let Some(record) = layout.next_record().map_err(damaged)? {
             let (header, path, data_len) = match record {
                 LayoutRecord::Entry { header, path, data_len } => (header, path, data_len),
@@ -227,11 +247,33 @@ impl Writer<'_, '_> {
             if !is_under(&path, base) || omitted.contains(&path) {
                 continue;
             }
+            let shown = String::from_utf8_lossy(&path).into_owned();
+            if let Some(target) = hard_link_target(&header) {
+                let target_key = crate::tree_builder::split_path(&target).ok().map(|t| path_key(&t.join(&b'/')));
+                if !target_key.is_some_and(|key| written.contains(&key)) {
+                    // Its target is not in this export (another folder, or left out): the link
+                    // is given as the file it is, with the content the snapshot holds for it.
+                    match folders.entry(&names(&path))? {
+                        Some(Entry { meta, node: Node::File { size, chunks }, .. }) => {
+                            self.sink.write(&tar_writer::header(&path, HeaderKind::File, &meta, size))?;
+                            self.copy(&shown, ChunkReader::new(self.repo, chunks), size)?;
+                            written.insert(path_key(&path));
+                        }
+                        _ => {
+                            let target = String::from_utf8_lossy(&target);
+                            let why = format!(
+                                "a hard link to {target}, which is not in the export, and not a file in the snapshot"
+                            );
+                            self.report.missing.push((shown, why));
+                        }
+                    }
+                    continue;
+                }
+            }
             if data_len == 0 {
                 self.sink.write(&header)?;
                 continue;
             }
-            let shown = String::from_utf8_lossy(&path).into_owned();
             if let Some(left) = sent_twice.get_mut(&path_key(&path)) {
                 *left -= 1;
                 if *left > 0 {
@@ -244,12 +286,16 @@ impl Writer<'_, '_> {
                 Some(Entry { node: Node::File { size, chunks }, .. }) if size == data_len => {
                     self.sink.write(&header)?;
                     self.copy(&shown, ChunkReader::new(self.repo, chunks), size)?;
+                    written.insert(path_key(&path));
                 }
                 Some(Entry { node: Node::File { size, .. }, .. }) => self.report.missing.push((
                     shown,
                     format!("the snapshot holds {size} bytes for it, the archive's entry {data_len}: a later entry of the same name replaced it"),
                 )),
-                _ => self.report.missing.push((shown, "not in the snapshot (a repair took it out)".into())),
+                _ => {
+                    let why = "not a file in the snapshot: a later entry of the same name took its place, or a repair took it out";
+                    self.report.missing.push((shown, why.into()));
+                }
             }
         }
         self.sink.write_zeros(trailer_len)
@@ -334,7 +380,7 @@ impl Writer<'_, '_> {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(ExportError::Damaged { what: shown.to_string(), why: e.to_string() }),
+                Err(e) => return Err(ExportError::Damaged { what: format!("file {shown}"), why: e.to_string() }),
             };
             self.sink.write(&buf[..n])?;
             copied += n as u64;
@@ -342,7 +388,7 @@ impl Writer<'_, '_> {
         }
         if copied != size {
             let why = format!("{copied} bytes where its listing says {size}");
-            return Err(ExportError::Damaged { what: shown.to_string(), why });
+            return Err(ExportError::Damaged { what: format!("file {shown}"), why });
         }
         self.report.files += 1;
         self.report.bytes += size;

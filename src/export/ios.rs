@@ -177,7 +177,7 @@ fn unlock(
     size: u64,
     password: impl FnOnce() -> Result<Vec<u8>, SourceError>,
 ) -> Result<Option<ios_crypto::BackupKeys>, ExportError> {
-    let damaged = |why: String| ExportError::Damaged { what: "Manifest.plist".into(), why };
+    let damaged = |why: String| ExportError::Damaged { what: "copy of the backup's Manifest.plist".into(), why };
     if size > 64 << 20 {
         return Err(damaged(format!("{size} bytes, more than a backup's plist holds")));
     }
@@ -220,14 +220,18 @@ fn write_backup(
     let (plain_catalogue, scratch) = match keys {
         None => {
             write_file(&dest_db, "Manifest.db", &mut { plain_db }, &mut vec![0; WRITE_BUFFER])?;
-            let opened = ios_crypto::open_catalogue(&dest_db)
-                .map_err(|e| ExportError::Damaged { what: "Manifest.db".into(), why: e.to_string() })?;
+            let opened = ios_crypto::open_catalogue(&dest_db).map_err(|e| ExportError::Damaged {
+                what: "copy of the backup's Manifest.db".into(),
+                why: e.to_string(),
+            })?;
             (Some(opened), None)
         }
         Some(keys) => {
             let scratch =
                 Scratch::copy_of(plain_db).map_err(|e| match e.get_ref().is_some_and(|e| e.is::<RepoError>()) {
-                    true => ExportError::Damaged { what: "Manifest.db".into(), why: e.to_string() },
+                    true => {
+                        ExportError::Damaged { what: "copy of the backup's Manifest.db".into(), why: e.to_string() }
+                    }
                     false => ExportError::Scratch { error: e },
                 })?;
             let plain = ReadAt { file: scratch.file(), at: 0 };
@@ -315,7 +319,7 @@ fn plan_blobs(
         Some(rusqlite::ErrorCode::DiskFull) => {
             ExportError::Scratch { error: io::Error::from_raw_os_error(libc::ENOSPC) }
         }
-        _ => ExportError::Damaged { what: "Manifest.db".into(), why: e.to_string() },
+        _ => ExportError::Damaged { what: "copy of the backup's Manifest.db".into(), why: e.to_string() },
     };
     let mut rows = catalogue.prepare(CATALOGUE_QUERY).map_err(damaged)?;
     let mut found = rows.query([]).map_err(damaged)?;
@@ -433,7 +437,9 @@ fn write_file(dest: &Path, what: &str, content: &mut dyn Read, buf: &mut [u8]) -
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ExportError::Damaged { what: what.to_string(), why: e.to_string() }),
+            Err(e) => {
+                return Err(ExportError::Damaged { what: format!("copy of the backup's {what}"), why: e.to_string() })
+            }
         };
         file.write_all(&buf[..n]).map_err(target(dest))?;
     }

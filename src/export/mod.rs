@@ -28,7 +28,8 @@ pub enum ExportError {
     Repo(#[from] RepoError),
     #[error(transparent)]
     Password(#[from] SourceError),
-    #[error("the snapshot's copy of the backup's {what} is damaged: {why}")]
+    /// What the snapshot holds of `what` cannot be read back whole: damage in the repository.
+    #[error("the snapshot's {what} is damaged: {why}")]
     Damaged { what: String, why: String },
     #[error("{}: {error}", path.display())]
     Target { path: PathBuf, error: io::Error },

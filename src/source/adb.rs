@@ -20,7 +20,6 @@ use crate::tree::Meta;
 
 /// What the listing marks each entry's line with: a name holding a line break goes on over
 /// the next lines, which do not start with it.
-const ENTRY: &str = "phonebak-entry ";
 const TOOLS: [&str; 3] = ["find", "stat", "tar"];
 
 pub struct AdbSource {
@@ -137,31 +136,38 @@ impl AdbSource {
 
     /// Lists everything below the root: the tools missing first, else every entry.
     fn list(&self) -> Result<Listing, SourceError> {
+        // The listing's own lines carry a tag made for this run: a file on the phone whose name
+        // holds a line break cannot pass for one of them.
+        let tag = format!("phonebak-{:016x}", rand::random::<u64>());
         let root = quote(self.root.as_bytes());
         let mut script = b"cd ".to_vec();
         script.extend_from_slice(&root);
-        script.extend_from_slice(b" || { echo phonebak-no-root; exit 0; }; for t in ");
+        script.extend_from_slice(format!(" || {{ echo {tag}-no-root; exit 0; }}; for t in ").as_bytes());
         script.extend_from_slice(TOOLS.join(" ").as_bytes());
-        script.extend_from_slice(b"; do command -v $t >/dev/null 2>&1 || echo phonebak-missing:$t; done; ");
-        script.extend_from_slice(b"find . -exec stat -c '");
-        script.extend_from_slice(ENTRY.as_bytes());
-        script.extend_from_slice(b"%f %s %Y %u %g %n' {} +; echo phonebak-status:$?");
+        script.extend_from_slice(
+            format!("; do command -v $t >/dev/null 2>&1 || echo {tag}-missing:$t; done; ").as_bytes(),
+        );
+        script.extend_from_slice(
+            format!("find . -exec stat -c '{tag}-entry %f %s %Y %u %g %n' {{}} +; echo {tag}-status:$?").as_bytes(),
+        );
         let out = self.run(&[b"shell", &script])?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !stdout.contains("phonebak-status:") && !stdout.contains("phonebak-no-root") {
+        let (status, no_root, missing) =
+            (format!("{tag}-status:"), format!("{tag}-no-root"), format!("{tag}-missing:"));
+        if !stdout.contains(&status) && !stdout.contains(&no_root) {
             return Err(self.failed("listing the phone", &out));
         }
-        if stdout.lines().any(|l| l == "phonebak-no-root") {
+        if stdout.lines().any(|l| l == no_root) {
             return Err(self.unavailable(format!("the phone has no folder {}", self.root)));
         }
-        let missing: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("phonebak-missing:")).collect();
+        let missing: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix(missing.as_str())).collect();
         if !missing.is_empty() {
             return Err(self.unavailable(format!(
                 "the phone's shell has no {} (toybox or busybox provides them)",
                 missing.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", ")
             )));
         }
-        Ok(parse_listing(&out.stdout, &out.stderr))
+        Ok(parse_listing(&out.stdout, &out.stderr, &tag))
     }
 
     /// Starts the phone's `tar` on the files in `names` (pushed to the phone as a list).
@@ -232,15 +238,16 @@ struct Listing {
     unreadable: Vec<(Vec<u8>, String)>,
 }
 
-fn parse_listing(stdout: &[u8], stderr: &[u8]) -> Listing {
+fn parse_listing(stdout: &[u8], stderr: &[u8], tag: &str) -> Listing {
     let mut entries: Vec<Listed> = Vec::new();
     let stdout = stdout.strip_suffix(b"\n").unwrap_or(stdout);
+    let entry = format!("{tag}-entry ");
     for line in stdout.split(|&b| b == b'\n') {
-        if let Some(record) = line.strip_prefix(ENTRY.as_bytes()) {
+        if let Some(record) = line.strip_prefix(entry.as_bytes()) {
             if let Some(listed) = parse_record(record) {
                 entries.push(listed);
             }
-        } else if line.starts_with(b"phonebak-") {
+        } else if line.starts_with(tag.as_bytes()) {
         } else if let Some(last) = entries.last_mut() {
             // A name with a line break in it.
             last.path.push(b'\n');

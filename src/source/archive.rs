@@ -8,7 +8,9 @@ use std::io::{self, BufReader, IsTerminal, Read};
 use std::path::Path;
 use std::sync::Mutex;
 
-use super::{ArchivePassword, Content, EntrySink, Source, SourceError, SourceFile, SourceKind, StreamEntry};
+use super::{
+    ArchiveHeader, ArchivePassword, Content, EntrySink, Source, SourceError, SourceFile, SourceKind, StreamEntry,
+};
 use crate::archive::ab::{self, AbError, AbHeader, OpenError};
 use crate::archive::tar::{TarError, TarHeader, TarKind, TarReader};
 use crate::tree::Meta;
@@ -133,10 +135,10 @@ impl Source for ArchiveSource {
                 }
             };
             let size = header.size;
-            // Data only a file's stored content gives back: other entries are kept by their
-            // header alone, when they have no data.
-            let whole = matches!(kind, SourceKind::File { .. }) || size == 0;
-            let archive_header = whole.then_some(header.raw);
+            // Data only stored content gives back (a file's; a hard link's, which is its
+            // target's): other entries are kept by their header alone, when they have no data.
+            let whole = matches!(kind, SourceKind::File { .. } | SourceKind::HardLink { .. }) || size == 0;
+            let archive_header = whole.then_some(ArchiveHeader { blocks: header.raw, data_len: size });
             let entry = StreamEntry { path: header.path, meta, kind, archive_header };
             if matches!(entry.kind, SourceKind::File { .. }) {
                 let mtime = (entry.meta.mtime_sec, entry.meta.mtime_nsec);
@@ -146,9 +148,9 @@ impl Source for ArchiveSource {
                 sink.entry(entry, None)?;
             }
         }
-        // Read to the end: a zlib stream's checksum is at its end, and an export gives back
-        // the padding's length.
-        let trailer_len = tar.rest_len(MAX_TRAILER).map_err(|e| self.damaged(read_error(e)))?;
+        // What follows the end is read (zeros only, or damage) for an export to give back its length.
+        // An .ab is read to its end: zlib's checksum is there.
+        let trailer_len = tar.rest_len(MAX_TRAILER, self.ab.is_some()).map_err(|e| self.tar_error(e))?;
         sink.archive_end(trailer_len);
         Ok(())
     }

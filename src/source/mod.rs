@@ -64,7 +64,16 @@ pub struct StreamEntry {
     pub kind: SourceKind,
     /// An archive entry's header blocks exactly as the archive holds them, when they and the
     /// entry's stored content give the entry back whole (src/extras.rs); `None` elsewhere.
-    pub archive_header: Option<Vec<u8>>,
+    pub archive_header: Option<ArchiveHeader>,
+}
+
+/// An archive entry's own header, kept for an export to give it back.
+#[derive(Clone, Debug)]
+pub struct ArchiveHeader {
+    pub blocks: Vec<u8>,
+    /// The bytes of data after it in the archive: the content the snapshot stores at the
+    /// entry's path (a file's, or a hard link's, which is its target's), or none.
+    pub data_len: u64,
 }
 
 /// A folder's listing: what could be read, and the names that could not.
