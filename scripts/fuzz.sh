@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes every decoder of on-disk data (tree blobs, index trailers, headers and pages, pack
 # trailers and footers, the config, snapshot records, push journal lines, iPhone backups' MBFile
-# records, keybags and plists; tar streams, Android backups' headers and encryption) for SECONDS
+# records, keybags and plists; tar streams, Android backups' headers and encryption; a snapshot's
+# archive layout and list of files kept without content) for SECONDS
 # each (default 20), with cargo-fuzz (libFuzzer). A crash is saved under fuzz/artifacts/TARGET/;
 # turn it into a test in src/fuzz.rs's decoder tests before fixing it.
 #   scripts/fuzz.sh [SECONDS] [TARGET...]

@@ -69,24 +69,33 @@ pub fn push_journal_line(data: &[u8]) {
     let _ = crate::push::Journal::parse(data);
 }
 
-/// A tar stream, read to its end with every entry's data, as an import reads it.
+/// A tar stream, read to its end with every entry's data, as an import reads it, and what
+/// follows its end.
 pub fn tar(data: &[u8]) {
     let mut reader = crate::archive::tar::TarReader::new(data);
-    while let Ok(Some(header)) = reader.next_entry() {
-        assert!(header.raw.len() as u64 <= reader.position(), "an entry's headers are bytes it read");
-        if std::io::copy(&mut reader.content(), &mut std::io::sink()).is_err() {
-            break;
+    loop {
+        match reader.next_entry() {
+            Ok(Some(header)) => {
+                assert!(header.raw.len() as u64 <= reader.position(), "an entry's headers are bytes it read");
+                if std::io::copy(&mut reader.content(), &mut std::io::sink()).is_err() {
+                    break;
+                }
+            }
+            Ok(None) => {
+                let _ = reader.rest_len(1 << 20, false);
+                break;
+            }
+            Err(_) => break,
         }
     }
 }
 
-/// An Android backup's header lines; the rest is read as its data (deflated, when it says so).
+/// An Android backup's header lines; the rest is read as its data (inflated, when it says so,
+/// and checked at its end), as an import opens it. An encrypted one gets no password.
 pub fn ab_header(data: &[u8]) {
-    let mut input = data;
-    if let Ok(header) = crate::archive::ab::read_header(&mut input) {
-        if header.compressed {
-            let _ = std::io::copy(&mut flate2::read::ZlibDecoder::new(input), &mut std::io::sink());
-        }
+    let mut no_password = || -> Result<Vec<u8>, ()> { Err(()) };
+    if let Ok((_, mut stream)) = crate::archive::ab::open(data, &mut no_password) {
+        let _ = std::io::copy(&mut stream, &mut std::io::sink());
     }
 }
 
@@ -100,8 +109,19 @@ pub fn ab_decrypt(data: &[u8]) {
     }
     let key = [0x42u8; 32];
     let iv = [0x24u8; 16];
-    let mut plain = crate::cbc_stream::DecryptingReader::new(input, &key, &iv, true);
+    let mut plain = crate::cbc_stream::DecryptingReader::new(input, &key, &iv, true).padding_required();
     let _ = std::io::copy(&mut plain, &mut std::io::sink());
+}
+
+/// A snapshot's extras (src/extras.rs): the input read as an archive layout and as a list of
+/// files kept without content, each to its end or its first error.
+pub fn extras(data: &[u8]) {
+    let mut layout = crate::extras::LayoutReader::new(data);
+    while let Ok(Some(_)) = layout.next_record() {}
+    let mut omitted = crate::extras::OmittedReader::new(data);
+    while let Ok(Some(file)) = omitted.next_file() {
+        let _ = crate::extras::omitted_line(&file);
+    }
 }
 
 /// An MBFile record of an iPhone backup's Manifest.db (a binary or XML plist).
@@ -138,7 +158,7 @@ pub fn ios_plist(data: &[u8]) {
 mod tests {
     use proptest::prelude::*;
 
-    const TARGETS: [fn(&[u8]); 15] = [
+    const TARGETS: [fn(&[u8]); 16] = [
         super::tree,
         super::index_trailer,
         super::index_header,
@@ -154,6 +174,7 @@ mod tests {
         super::tar,
         super::ab_header,
         super::ab_decrypt,
+        super::extras,
     ];
 
     proptest! {
