@@ -157,7 +157,7 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
         known.remove(&info.snapshot.root); // it could not be read: stored again if unchanged
     }
     let unindexed = repo.index().unindexed_packs();
-    let progress = Progress::bytes("backup", None);
+    let progress = &Progress::bytes("backup", None);
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
 
     let (walk_result, pack_result) = std::thread::scope(|scope| {
@@ -182,36 +182,45 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
         drop(job_rx);
         drop(enc_tx);
         let writer = scope.spawn(move || pack_blobs(repo, enc_rx, unindexed));
-        let mut engine = Engine {
-            repo,
-            filter: &options.filter,
-            params: repo.config().chunker,
-            seed: repo.chunker_seed(),
-            known,
-            jobs: job_tx,
-            batch: Vec::new(),
-            batch_bytes: 0,
-            builder: TreeBuilder::default(),
-            parent: ParentTrees { repo, root: parent_root.map(Rc::new), dirs: HashMap::new() },
-            reuse,
-            new_bytes: 0,
-            files_seen: 0,
-            unreadable: Vec::new(),
-            skipped: Vec::new(),
-            notes: Vec::new(),
-            progress: &progress,
-            writer_stopped: false,
-            failure: None,
-            layout: None,
-            trailer_len: None,
-            omitted: None,
-            omitted_sizes: HashMap::new(),
-        };
-        let walked = engine.take_all(source);
-        let Engine { unreadable, skipped, notes, jobs, new_bytes, .. } = engine;
-        drop(jobs); // lets the workers, then the writer, finish
+        // The walk recurses once per folder level (up to MAX_DEPTH): on a thread with room for it.
+        let walker = std::thread::Builder::new()
+            .name("phonebak-walk".into())
+            .stack_size(WALK_STACK)
+            .spawn_scoped(scope, move || {
+                let mut engine = Engine {
+                    repo,
+                    filter: &options.filter,
+                    params: repo.config().chunker,
+                    seed: repo.chunker_seed(),
+                    known,
+                    jobs: job_tx,
+                    batch: Vec::new(),
+                    batch_bytes: 0,
+                    builder: TreeBuilder::default(),
+                    parent: ParentTrees { repo, root: parent_root.map(Rc::new), dirs: HashMap::new() },
+                    reuse,
+                    new_bytes: 0,
+                    files_seen: 0,
+                    unreadable: Vec::new(),
+                    skipped: Vec::new(),
+                    notes: Vec::new(),
+                    progress,
+                    writer_stopped: false,
+                    failure: None,
+                    layout: None,
+                    trailer_len: None,
+                    omitted: None,
+                    omitted_sizes: HashMap::new(),
+                };
+                let walked = engine.take_all(source);
+                let Engine { unreadable, skipped, notes, jobs, new_bytes, .. } = engine;
+                drop(jobs); // lets the workers, then the writer, finish
+                walked.map(|(root, extras, stats)| (root, extras, stats, new_bytes, unreadable, skipped, notes))
+            })
+            .expect("a thread for the walk");
+        let walked = walker.join().expect("the walk does not panic");
         let packed = writer.join().expect("pack writer does not panic");
-        (walked.map(|(root, extras, stats)| (root, extras, stats, new_bytes, unreadable, skipped, notes)), packed)
+        (walked, packed)
     });
     progress.finish();
     // A failed writer makes the walker fail too (its channel closes): report the writer's cause.
@@ -281,6 +290,9 @@ fn pack_blobs(
 /// Small blobs travel in batches of about this many bytes: one hand-over per blob cost more
 /// than compressing a small file.
 const BATCH_BYTES: usize = 1 << 20;
+/// The walking thread's stack: a folder 2048 levels deep (`MAX_DEPTH`) takes a frame of the
+/// walk and of the tree builder per level. Only what is used is ever mapped.
+const WALK_STACK: usize = 256 << 20;
 
 /// The last snapshot's folders, looked up by path as entries arrive (a folder's listing is
 /// loaded once while its entries come; order does not matter, only speed).
@@ -743,15 +755,25 @@ impl EntrySink for Engine<'_> {
         }
         let header = entry.archive_header.take();
         let names = match tree_builder::split_path(&entry.path) {
-            Ok(names) => names,
+            Ok(names) => Some(names),
             Err(why) => {
                 self.refuse(&entry.path, why);
-                return Ok(());
+                None
             }
         };
-        if self.take_entry(&names, &entry, content)? {
-            if let Some(header) = header {
-                self.record_layout(&header.blocks, &names, header.data_len)?;
+        let kept = match &names {
+            Some(names) => self.take_entry(names, &entry, content)?,
+            None => false,
+        };
+        if let Some(header) = header {
+            if let (Some(names), true) = (&names, kept) {
+                self.record_layout(&header.blocks, names, header.data_len)?;
+            } else {
+                // Left out, but the global headers before it hold for the entries after it.
+                let globals = crate::archive::tar::leading_global_headers(&header.blocks);
+                if !globals.is_empty() {
+                    self.record_layout(globals, &[], 0)?;
+                }
             }
         }
         Ok(())

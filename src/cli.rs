@@ -591,7 +591,8 @@ fn cmd_ls_omitted(g: &Global, spec: &str, path: Option<&Path>) -> Result<i32> {
             }
         }
         if g.json {
-            serde_json::to_writer_pretty(&mut out, &files)?;
+            // Made whole first: a reader that stops early is then a closed pipe like any other.
+            out.write_all(&serde_json::to_vec_pretty(&files)?)?;
             out.write_all(b"\n")?;
         }
         Ok(out.flush()?)
@@ -744,7 +745,7 @@ fn cmd_export_archive(
     }
     if report.omitted > 0 {
         crate::tell!(
-            "phonebak: {} recorded without content (--metadata-only) are not in it: `phonebak ls {} --omitted` lists them",
+            "phonebak: not in the archive: {} recorded without content (--metadata-only); `phonebak ls {} --omitted` lists them",
             count(report.omitted, "file"),
             info.id.short()
         );

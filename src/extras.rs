@@ -21,7 +21,7 @@ const ENTRY: u8 = 1;
 const END: u8 = 2;
 /// An entry's header blocks: its GNU long names and PAX headers are bounded by the tar reader
 /// (64 KiB and 1 MiB each); global headers before it count too. More is damage.
-pub const MAX_HEADER: u32 = 8 << 20;
+pub const MAX_HEADER: u32 = crate::archive::tar::MAX_HEADERS as u32;
 /// Longer than any path a file system takes.
 pub const MAX_PATH: u32 = 64 << 10;
 /// Extras are stored in pieces of this size: an import's memory stays bounded however many
@@ -301,14 +301,20 @@ pub fn omitted_line(file: &OmittedFile) -> Vec<u8> {
     let time = chrono::DateTime::from_timestamp(file.mtime_sec, file.mtime_nsec).unwrap_or_default();
     let time = time.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S");
     let mut line = format!("{:>12} {time} /", file.size).into_bytes();
-    // One line per file, whatever its name holds: line breaks and other controls are escaped
-    // (and a backslash, so that the escapes can be read back).
-    for &b in &file.path {
-        match b {
-            b'\\' => line.extend_from_slice(b"\\\\"),
-            b'\n' => line.extend_from_slice(b"\\n"),
-            0..=0x1f | 0x7f => line.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
-            _ => line.push(b),
+    // One line per file, shown as it is, whatever its name holds: line breaks and other
+    // controls (C1 ones too, which terminals obey), bytes that are not UTF-8 and the backslash
+    // are escaped, so that two names never show alike.
+    for chunk in file.path.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => line.extend_from_slice(b"\\\\"),
+                '\n' => line.extend_from_slice(b"\\n"),
+                c if c.is_control() => line.extend_from_slice(format!("\\u{{{:x}}}", c as u32).as_bytes()),
+                c => line.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+            }
+        }
+        for b in chunk.invalid() {
+            line.extend_from_slice(format!("\\x{b:02x}").as_bytes());
         }
     }
     line.push(b'\n');

@@ -989,13 +989,28 @@ fn an_export_killed_before_it_is_named_leaves_nothing_and_its_leftover_goes_next
     let root = s.path("phone");
     write(&root.join("DCIM/a.jpg"), &bytes(18, 300_000, false));
     s.ok(&["backup", "--device", "pixel", root.to_str().unwrap()]);
+    // Which durable step is the sync of the finished archive (the export's lock comes before).
+    let log = s.path("points");
+    let counted = s.path("counted.tar");
+    let out = s
+        .command(&["export", "pixel/latest", "--format", "tar", counted.to_str().unwrap()])
+        .env("PHONEBAK_CRASH_COUNT", &log)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let points = std::fs::read_to_string(&log).unwrap();
+    let sync_at = points
+        .lines()
+        .find(|l| l.contains("\tsync\t") && l.contains("counted.tar"))
+        .and_then(|l| l.split('\t').next())
+        .unwrap_or_else(|| panic!("{points}"))
+        .to_string();
     for named in [false, true] {
         let folder = s.path(if named { "named" } else { "nameless" });
         std::fs::create_dir(&folder).unwrap();
         let out = folder.join("phone.tar");
         let mut killed = s.command(&["export", "pixel/latest", "--format", "tar", out.to_str().unwrap()]);
-        // The first durable step of an export is the sync of its finished archive: killed there.
-        killed.env("PHONEBAK_CRASH_AT", "1");
+        killed.env("PHONEBAK_CRASH_AT", &sync_at);
         if named {
             killed.env("PHONEBAK_NAMED_TEMP", "1");
         }
@@ -1097,7 +1112,7 @@ fn hard_links_come_back_whole_in_any_part_of_an_export() {
         assert_eq!(std::fs::read(back.join("b/link")).unwrap(), b"IMPORTANT DATA", "{spec}");
     }
     // A POSIX hard link that carries its data (star writes them) is kept and given back.
-    let with_data = Tar::default().file(b"a", b"hello").raw(ustar_header(b"h", 5, b'1', b"a"), b"hello").end();
+    let with_data = Tar::default().file(b"a", b"hello").raw(ustar_header(b"h", 5, b'1', b"a"), b"world").end();
     let path = s.path("with-data.tar");
     std::fs::write(&path, &with_data).unwrap();
     s.ok(&["backup", "--device", "star", &format!("tar:{}", path.display())]);
@@ -1140,4 +1155,152 @@ fn a_name_on_the_phone_cannot_pass_for_the_listing_and_omitted_names_stay_one_li
     let omitted = s.ok(&["ls", "pixel/latest", "--omitted"]);
     assert_eq!(omitted.lines().count(), 1, "{omitted:?}");
     assert!(omitted.contains("/Music/two\\nlines.mp3"), "{omitted}");
+}
+
+#[test]
+fn global_headers_and_replaced_names_never_spoil_an_export() {
+    let s = Scratch::with_repo();
+    // A PAX global header (size=3 for every later entry) before an entry left out.
+    let global = {
+        let body = b"10 size=3\n".to_vec();
+        let mut t = Tar::default();
+        t.raw(ustar_header(b"pax_global_header", body.len() as u64, b'g', b""), &body);
+        t.0
+    };
+    let mut archive = global;
+    archive.extend(
+        Tar::default()
+            .raw(ustar_header(b"x/skip", 0, b'0', b""), b"SSS")
+            .raw(ustar_header(b"d/a", 0, b'0', b""), b"AAA")
+            .end(),
+    );
+    let path = s.path("global.tar");
+    std::fs::write(&path, &archive).unwrap();
+    assert_eq!(tar_listing(&archive), ["x/skip", "d/a"]);
+    for (device, extra) in
+        [("part", None), ("excluded", Some(["--exclude", "skip"])), ("omitted", Some(["--metadata-only", "skip"]))]
+    {
+        let mut args = vec!["backup", "--device", device];
+        if let Some(extra) = &extra {
+            args.extend_from_slice(extra);
+        }
+        let spec = format!("tar:{}", path.display());
+        args.push(&spec);
+        s.ok(&args);
+        let from = if extra.is_none() { format!("{device}/latest:d") } else { format!("{device}/latest") };
+        let out = s.command(&["export", &from, "--format", "tar", "-"]).output().unwrap();
+        assert_eq!(code(&out), 0, "{device}: {}", stderr(&out));
+        assert_eq!(tar_listing(&out.stdout), ["d/a"], "{device}: GNU tar reads it whole");
+        let back = s.path(&format!("back-{device}"));
+        std::fs::create_dir(&back).unwrap();
+        let mut untar =
+            Command::new("tar").arg("-xf").arg("-").arg("-C").arg(&back).stdin(Stdio::piped()).spawn().unwrap();
+        untar.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+        assert!(untar.wait().unwrap().success());
+        assert_eq!(std::fs::read(back.join("d/a")).unwrap(), b"AAA", "{device}");
+    }
+    // `a` sent as a file, linked by `b`, then sent again as a link to `x`: b is HELLO, a WORLD.
+    let replaced = Tar::default()
+        .file(b"x", b"WORLD")
+        .file(b"a", b"HELLO")
+        .raw(ustar_header(b"b", 0, b'1', b"a"), b"")
+        .raw(ustar_header(b"a", 0, b'1', b"x"), b"")
+        .end();
+    let path = s.path("replaced.tar");
+    std::fs::write(&path, &replaced).unwrap();
+    s.ok(&["backup", "--device", "replaced", &format!("tar:{}", path.display())]);
+    let out = s.command(&["export", "replaced/latest", "--format", "tar", "-"]).output().unwrap();
+    assert_said(&out, 3, &["a: the archive has it again further on"]);
+    let back = s.path("back-replaced");
+    std::fs::create_dir(&back).unwrap();
+    let mut untar = Command::new("tar").arg("-xf").arg("-").arg("-C").arg(&back).stdin(Stdio::piped()).spawn().unwrap();
+    untar.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    assert!(untar.wait().unwrap().success());
+    assert_eq!(std::fs::read(back.join("b")).unwrap(), b"HELLO");
+    assert_eq!(std::fs::read(back.join("a")).unwrap(), b"WORLD");
+    // A hard link to an empty file stays a link.
+    let empty = Tar::default().file(b"e", b"").raw(ustar_header(b"f", 0, b'1', b"e"), b"").end();
+    let path = s.path("empty.tar");
+    std::fs::write(&path, &empty).unwrap();
+    s.ok(&["backup", "--device", "empty", &format!("tar:{}", path.display())]);
+    let out = s.command(&["export", "empty/latest", "--format", "tar", "-"]).output().unwrap();
+    assert!(out.stdout == empty, "byte for byte");
+}
+
+#[test]
+fn absurd_sizes_endless_headers_and_hidden_entries_are_damage() {
+    let s = Scratch::with_repo();
+    let mut huge = ustar_header(b"a", 0, b'0', b"");
+    huge[124] = 0x80;
+    huge[125..128].fill(0);
+    huge[128..136].copy_from_slice(&(u64::MAX - 10).to_be_bytes());
+    seal(&mut huge);
+    let base256 = Tar::default().raw(huge, b"x").end();
+    let pax_max = Tar::default().pax(&[("size", u64::MAX.to_string().as_bytes())]).file(b"a", b"x").end();
+    let mut many_globals = Vec::new();
+    for _ in 0..9 {
+        let body = format!("1000016 comment={}\n", "c".repeat(999_999)).into_bytes();
+        let mut t = Tar::default();
+        t.raw(ustar_header(b"pax_global_header", body.len() as u64, b'g', b""), &body);
+        many_globals.extend(t.0);
+    }
+    many_globals.extend(Tar::default().file(b"a", b"x").end());
+    let mut hidden = Tar::default().file(b"a", b"A").0.clone();
+    hidden.extend(vec![0u8; 2 << 20]);
+    hidden.extend(Tar::default().file(b"secret", b"LOST").end());
+    for (name, bytes, said) in [
+        ("base256", base256, "more than any archive holds"),
+        ("pax-max", pax_max, "more than any archive holds"),
+        ("globals", many_globals, "extension headers of more than"),
+        ("hidden", hidden, "after the end-of-archive block"),
+    ] {
+        let path = s.path(&format!("{name}.tar"));
+        std::fs::write(&path, bytes).unwrap();
+        let out = s.run(&["backup", "--device", "p", &format!("tar:{}", path.display())]);
+        assert_said(&out, 20, &[said]);
+        assert!(!stderr(&out).contains("panicked"), "{name}");
+    }
+    assert_eq!(snapshot_count(&s), 0);
+}
+
+#[test]
+fn odd_names_in_listings_a_fifo_by_the_export_and_a_closed_json_reader() {
+    let s = Scratch::with_repo();
+    let mut t = Tar::default();
+    t.pax(&[("path", b"m/bad\xff\xfe\xc2\x85.mp3")]).file(b"placeholder", b"x");
+    for i in 0..3000 {
+        t.file(format!("m/f{i:05}.mp3").as_bytes(), b"z");
+    }
+    let path = s.path("odd.tar");
+    std::fs::write(&path, t.end()).unwrap();
+    s.ok(&["backup", "--device", "p", "--metadata-only", "m", &format!("tar:{}", path.display())]);
+    let text = s.ok(&["ls", "p/latest", "--omitted"]);
+    assert!(text.contains("/m/bad\\xff\\xfe\\u{85}.mp3"), "{}", text.lines().next().unwrap());
+    // A reader that stops early: exit 0, as for any listing.
+    let mut child = s.command(&["ls", "p/latest", "--omitted", "--json"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut first = [0u8; 10];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    // Something that is not a file where an export's leftovers go never holds it up.
+    let folder = s.path("out");
+    std::fs::create_dir(&folder).unwrap();
+    let fifo = std::ffi::CString::new(folder.join(".k.tar.phonebak-zz").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let out = run_bounded_env(&s, &["export", "p/latest", "--format", "tar", folder.join("k.tar").to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+fn run_bounded_env(s: &Scratch, args: &[&str]) -> std::process::Output {
+    let mut child =
+        s.command(args).env("PHONEBAK_NAMED_TEMP", "1").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    for _ in 0..300 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("the export hung");
 }

@@ -422,3 +422,33 @@ fn a_rerun_of_restore_compares_bytes_not_just_size_and_time() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_same_tree(&phone, &target);
 }
+
+#[test]
+fn a_folder_as_deep_as_a_snapshot_may_nest_is_backed_up_without_running_out_of_stack() {
+    let s = Scratch::with_repo();
+    let top = s.path("deep");
+    std::fs::create_dir(&top).unwrap();
+    // 2047 folders in one another (deeper than PATH_MAX allows to name from the top), made
+    // one level at a time.
+    let c = |p: &str| std::ffi::CString::new(p).unwrap();
+    let top_c = std::ffi::CString::new(top.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid strings; every descriptor opened is closed.
+    unsafe {
+        let mut fd = libc::open(top_c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+        assert!(fd >= 0);
+        for _ in 0..2047 {
+            assert_eq!(libc::mkdirat(fd, c("d").as_ptr(), 0o755), 0);
+            let next = libc::openat(fd, c("d").as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+            libc::close(fd);
+            assert!(next >= 0);
+            fd = next;
+        }
+        libc::close(fd);
+    }
+    let out = s.run(&["backup", "--device", "deep", top.to_str().unwrap()]);
+    assert!(!stderr(&out).contains("overflow"), "{}", stderr(&out));
+    // The deepest folders cannot be named from the top (PATH_MAX): said, the rest is stored.
+    assert!([0, 3].contains(&code(&out)), "{}", stderr(&out));
+    let report = s.json(&["snapshots"]);
+    assert!(report[0]["stats"]["dirs"].as_u64().unwrap() > 2000, "{report}");
+}

@@ -15,6 +15,9 @@ pub const BLOCK: usize = 512;
 pub const MAX_LONG_NAME: u64 = 64 << 10;
 /// PAX headers hold a few short records; a megabyte is far more than any tool writes.
 pub const MAX_PAX: u64 = 1 << 20;
+/// All the header blocks of one entry, global headers before it included (what an import
+/// keeps of it for an export).
+pub const MAX_HEADERS: u64 = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TarError {
@@ -177,6 +180,12 @@ impl<R: Read> TarReader<R> {
                         return Err(damaged(at, format!("an extension header of {size} bytes (at most {limit})")));
                     }
                     let padded = size.div_ceil(BLOCK as u64) * BLOCK as u64;
+                    if raw.len() as u64 + padded > MAX_HEADERS {
+                        return Err(damaged(
+                            at,
+                            format!("extension headers of more than {MAX_HEADERS} bytes before one entry"),
+                        ));
+                    }
                     let start = raw.len();
                     raw.resize(start + padded as usize, 0);
                     let got = self.fill(&mut raw[start..])?;
@@ -195,6 +204,10 @@ impl<R: Read> TarReader<R> {
                                 self.global.retain(|(k, _)| *k != key);
                                 self.global.push((key, value));
                             }
+                            let held: usize = self.global.iter().map(|(k, v)| k.len() + v.len()).sum();
+                            if held as u64 > MAX_PAX {
+                                return Err(damaged(at, format!("global headers holding more than {MAX_PAX} bytes")));
+                            }
                             if long_name.is_some() || long_link.is_some() || pax.is_some() {
                                 return Err(damaged(at, "a global header between an entry's own headers"));
                             }
@@ -207,7 +220,10 @@ impl<R: Read> TarReader<R> {
                 _ => {}
             }
             let header = self.header(&block, at, offset, size, long_name, long_link, pax.unwrap_or_default(), raw)?;
-            let padded = header.size.div_ceil(BLOCK as u64) * BLOCK as u64;
+            let padded = header
+                .size
+                .checked_next_multiple_of(BLOCK as u64)
+                .ok_or_else(|| damaged(at, format!("a size of {} bytes, more than any archive holds", header.size)))?;
             self.data_left = header.size;
             self.padding_left = padded - header.size;
             self.current = Some((header.path.clone(), header.size));
@@ -291,13 +307,14 @@ impl<R: Read> TarReader<R> {
     /// After the end-of-archive block: how many bytes the stream still holds (the second zero
     /// block, a tool's padding to its record size), counting the end block itself. They must
     /// be zeros: anything else is a header that was zeroed, with entries after it that would
-    /// otherwise be lost without a word. Read up to `max` bytes, or to the stream's end with
-    /// `to_end` (what is counted stops at `max`).
+    /// otherwise be lost without a word. More than `max` bytes is an error too (an endless
+    /// stream of zeros must not hold an import), unless `to_end`: then the stream is read to
+    /// its end, and what is counted stops at `max`.
     pub fn rest_len(&mut self, max: u64, to_end: bool) -> Result<u64, TarError> {
         let mut scratch = [0u8; 8192];
         let mut rest = BLOCK as u64;
-        while to_end || rest < max {
-            let want = if to_end { scratch.len() } else { (max - rest).min(scratch.len() as u64) as usize };
+        loop {
+            let want = if to_end || rest < max { scratch.len() } else { 1 };
             let at = self.position;
             let got = self.fill(&mut scratch[..want])?;
             if got == 0 {
@@ -308,6 +325,10 @@ impl<R: Read> TarReader<R> {
                     at + first as u64,
                     "data after the end-of-archive block: a header zeroed by damage, with entries after it",
                 ));
+            }
+            if !to_end && rest >= max {
+                // Not read on: an endless stream of zeros must not hold the import.
+                return Err(damaged(at, format!("more than {max} bytes after the end-of-archive block, not read")));
             }
             rest += got as u64;
         }
@@ -375,6 +396,30 @@ fn verify_checksum(block: &[u8; BLOCK], at: u64) -> Result<(), TarError> {
         return Err(damaged(at, format!("bad checksum (it says {stored}, its bytes sum to {unsigned})")));
     }
     Ok(())
+}
+
+/// The PAX global headers (`g`, with their records) an entry's header blocks start with, as
+/// `TarHeader::raw` keeps them: they hold for every later entry, so they go wherever the entry
+/// goes, and alone where it does not.
+pub fn leading_global_headers(raw: &[u8]) -> &[u8] {
+    let mut at = 0;
+    while let Some(block) = raw.get(at..at + BLOCK) {
+        if block[156] != b'g' {
+            break;
+        }
+        let Some(size) = parse_number(&block[124..136]).and_then(|n| u64::try_from(n).ok()) else { break };
+        let end = at as u64 + BLOCK as u64 + size.div_ceil(BLOCK as u64) * BLOCK as u64;
+        if end > raw.len() as u64 {
+            break;
+        }
+        at = end as usize;
+    }
+    &raw[..at]
+}
+
+/// The type of the entry whose header blocks `raw` are (its main header is the last block).
+pub fn entry_type(raw: &[u8]) -> Option<u8> {
+    raw.len().checked_sub(BLOCK).map(|at| raw[at + 156])
 }
 
 /// A numeric field: octal digits (spaces and NULs around them), or GNU's base-256 (the first

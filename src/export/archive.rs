@@ -28,6 +28,7 @@ use crate::archive::tar_writer::{self, HeaderKind};
 use crate::cbc_stream::EncryptingWriter;
 use crate::extras::{self, LayoutReader, LayoutRecord, OmittedReader};
 use crate::progress::Progress;
+use crate::repo::lock::{LockKind, RepoLock};
 use crate::repo::snapshot::SnapshotInfo;
 use crate::repo::Repository;
 use crate::tree::{load_tree, ChunkReader, Entry, Node};
@@ -73,6 +74,14 @@ pub fn archive(
     password: Option<Vec<u8>>,
     out: &ArchiveOut,
 ) -> Result<ExportReport, ExportError> {
+    // Held while the archive is read: a prune (which may delete what a forgotten snapshot
+    // needed) refuses to start meanwhile, instead of making it fail halfway as if the
+    // repository were damaged. A repository that cannot take a lock (read-only) is read without.
+    let _lock = match RepoLock::acquire(repo, LockKind::Shared, "export") {
+        Ok(lock) => Some(lock),
+        Err(locked @ crate::repo::RepoError::Locked(_)) => return Err(locked.into()),
+        Err(_) => None,
+    };
     let shown = out.shown();
     let unusable = |why: &str| ExportError::OutUnusable { path: shown.clone(), why: why.into() };
     let destination = match out {
@@ -114,7 +123,7 @@ pub fn archive(
         let omitted = omitted_paths(repo, info, &base)?;
         match layout_reader(repo, info)? {
             Some(layout) => {
-                let sent_twice = files_sent_twice(layout, &base)?;
+                let sent_twice = sent_twice(layout, &base)?;
                 let layout = layout_reader(repo, info)?.ok_or_else(|| layout_damaged("gone while it was read"))?;
                 writer.write_from_layout(info, &base, layout, &omitted, sent_twice)?
             }
@@ -173,13 +182,19 @@ fn path_key(path: &[u8]) -> u128 {
     u128::from_le_bytes(blake3::hash(path).as_bytes()[..16].try_into().expect("16 bytes"))
 }
 
-/// How many times each file path below `base` that the archive held more than once came in it:
-/// the snapshot kept the last one's content only.
-fn files_sent_twice(mut layout: LayoutReader<ChunkReader<'_>>, base: &[u8]) -> Result<HashMap<u128, u32>, ExportError> {
+/// Whether a record's entry is a folder (a folder sent twice is one folder: both headers are
+/// given back).
+fn is_folder(header: &[u8]) -> bool {
+    matches!(crate::archive::tar::entry_type(header), Some(b'5'))
+}
+
+/// How many times each path below `base` that the archive held more than once (not as a
+/// folder) came in it: the snapshot kept the last one only.
+fn sent_twice(mut layout: LayoutReader<ChunkReader<'_>>, base: &[u8]) -> Result<HashMap<u128, u32>, ExportError> {
     let mut counts: HashMap<u128, u32> = HashMap::new();
     while let Some(record) = layout.next_record().map_err(layout_damaged)? {
-        if let LayoutRecord::Entry { path, data_len, .. } = record {
-            if data_len > 0 && is_under(&path, base) {
+        if let LayoutRecord::Entry { header, path, .. } = record {
+            if !path.is_empty() && !is_folder(&header) && is_under(&path, base) {
                 *counts.entry(path_key(&path)).or_default() += 1;
             }
         }
@@ -244,7 +259,21 @@ impl Writer<'_, '_> {
                     break;
                 }
             };
-            if !is_under(&path, base) || omitted.contains(&path) {
+            let key = path_key(&path);
+            let replaced = match sent_twice.get_mut(&key).filter(|_| !is_folder(&header)) {
+                Some(left) => {
+                    *left -= 1;
+                    *left > 0
+                }
+                None => false,
+            };
+            if !is_under(&path, base) || omitted.contains(&path) || replaced {
+                if replaced && is_under(&path, base) {
+                    let why = "the archive has it again further on, and the snapshot kept only that one";
+                    self.report.missing.push((String::from_utf8_lossy(&path).into_owned(), why.into()));
+                }
+                // Its global headers hold for the entries after it: they go without it.
+                self.sink.write(crate::archive::tar::leading_global_headers(&header))?;
                 continue;
             }
             let shown = String::from_utf8_lossy(&path).into_owned();
@@ -253,11 +282,12 @@ impl Writer<'_, '_> {
                 if !target_key.is_some_and(|key| written.contains(&key)) {
                     // Its target is not in this export (another folder, or left out): the link
                     // is given as the file it is, with the content the snapshot holds for it.
+                    self.sink.write(crate::archive::tar::leading_global_headers(&header))?;
                     match folders.entry(&names(&path))? {
                         Some(Entry { meta, node: Node::File { size, chunks }, .. }) => {
                             self.sink.write(&tar_writer::header(&path, HeaderKind::File, &meta, size))?;
                             self.copy(&shown, ChunkReader::new(self.repo, chunks), size)?;
-                            written.insert(path_key(&path));
+                            written.insert(key);
                         }
                         _ => {
                             let target = String::from_utf8_lossy(&target);
@@ -272,27 +302,24 @@ impl Writer<'_, '_> {
             }
             if data_len == 0 {
                 self.sink.write(&header)?;
-                continue;
-            }
-            if let Some(left) = sent_twice.get_mut(&path_key(&path)) {
-                *left -= 1;
-                if *left > 0 {
-                    let why = "the archive has it again further on, and the snapshot kept only that one's content";
-                    self.report.missing.push((shown, why.into()));
-                    continue;
+                if matches!(crate::archive::tar::entry_type(&header), Some(b'0' | 0 | b'7' | b'1')) {
+                    written.insert(key);
                 }
+                continue;
             }
             match folders.entry(&names(&path))? {
                 Some(Entry { node: Node::File { size, chunks }, .. }) if size == data_len => {
                     self.sink.write(&header)?;
                     self.copy(&shown, ChunkReader::new(self.repo, chunks), size)?;
-                    written.insert(path_key(&path));
+                    written.insert(key);
                 }
-                Some(Entry { node: Node::File { size, .. }, .. }) => self.report.missing.push((
-                    shown,
-                    format!("the snapshot holds {size} bytes for it, the archive's entry {data_len}: a later entry of the same name replaced it"),
-                )),
+                Some(Entry { node: Node::File { size, .. }, .. }) => {
+                    self.sink.write(crate::archive::tar::leading_global_headers(&header))?;
+                    let why = format!("the snapshot holds {size} bytes for it, the archive's entry {data_len}");
+                    self.report.missing.push((shown, why));
+                }
                 _ => {
+                    self.sink.write(crate::archive::tar::leading_global_headers(&header))?;
                     let why = "not a file in the snapshot: a later entry of the same name took its place, or a repair took it out";
                     self.report.missing.push((shown, why.into()));
                 }
@@ -575,7 +602,12 @@ fn remove_abandoned(folder: &Path, prefix: &[u8]) {
             continue;
         }
         let path = entry.path();
-        let Ok(file) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) else { continue };
+        // Only regular files (never waits on a FIFO someone put there), never through a link.
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        let Ok(file) = OpenOptions::new().read(true).custom_flags(flags).open(&path) else { continue };
         // SAFETY: the descriptor is open for the call; flock only takes an advisory lock.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
             let _ = std::fs::remove_file(&path);

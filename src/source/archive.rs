@@ -127,6 +127,9 @@ impl Source for ArchiveSource {
                 TarKind::File => SourceKind::File { size: header.size },
                 TarKind::Dir => SourceKind::Dir,
                 TarKind::Symlink => SourceKind::Symlink { target: header.link.clone() },
+                // A hard link that carries data (POSIX allows it; star writes it) is kept with
+                // its own bytes, as the file it is.
+                TarKind::HardLink if header.size > 0 => SourceKind::File { size: header.size },
                 TarKind::HardLink => SourceKind::HardLink { target: header.link.clone() },
                 TarKind::Special(_) => SourceKind::Special,
                 TarKind::Unsupported(why) => {
@@ -135,9 +138,14 @@ impl Source for ArchiveSource {
                 }
             };
             let size = header.size;
-            // Data only stored content gives back (a file's; a hard link's, which is its
-            // target's): other entries are kept by their header alone, when they have no data.
-            let whole = matches!(kind, SourceKind::File { .. } | SourceKind::HardLink { .. }) || size == 0;
+            // Data only a file's stored content gives back: other entries are kept by their
+            // header alone, when they have no data.
+            let whole = matches!(kind, SourceKind::File { .. }) || size == 0;
+            if !whole {
+                let why =
+                    format!("its entry carries {size} bytes of data, which are not kept (an export leaves it out)");
+                sink.note(&header.path, why);
+            }
             let archive_header = whole.then_some(ArchiveHeader { blocks: header.raw, data_len: size });
             let entry = StreamEntry { path: header.path, meta, kind, archive_header };
             if matches!(entry.kind, SourceKind::File { .. }) {
