@@ -474,9 +474,13 @@ fn store(
 }
 
 fn save_snapshot(repo: &Repository, root: phonebak::repo::BlobId) {
+    save_snapshot_as(repo, "crafted", 1_700_000_000, root);
+}
+
+fn save_snapshot_as(repo: &Repository, device: &str, time_s: i64, root: phonebak::repo::BlobId) {
     let snapshot = phonebak::repo::snapshot::Snapshot {
-        device: "crafted".into(),
-        time_ns: 1_700_000_000_000_000_000,
+        device: device.into(),
+        time_ns: time_s * 1_000_000_000,
         hostname: "h".into(),
         tags: vec![],
         source: "crafted".into(),
@@ -581,21 +585,8 @@ fn a_folder_met_too_deep_and_near_the_top(deep_first: bool) {
     packer.finish().unwrap();
     let (deep_time, phone_time) =
         if deep_first { (1_600_000_000i64, 1_700_000_000) } else { (1_700_000_000, 1_600_000_000) };
-    for (device, root, time_s) in [("deep", deep, deep_time), ("phone", phone, phone_time)] {
-        let snapshot = phonebak::repo::snapshot::Snapshot {
-            device: device.into(),
-            time_ns: time_s * 1_000_000_000,
-            hostname: "h".into(),
-            tags: vec![],
-            source: "crafted".into(),
-            parent: None,
-            root,
-            stats: Default::default(),
-            facts: Default::default(),
-            extras: None,
-        };
-        snapshot::save(&repo, &snapshot).unwrap();
-    }
+    save_snapshot_as(&repo, "deep", deep_time, deep);
+    save_snapshot_as(&repo, "phone", phone_time, phone);
     let report = phonebak::check::run(&repo, true).unwrap();
     let all = report.errors.join("\n");
     assert!(all.contains("(deep)") && all.contains("nested deeper than"), "{all}");
