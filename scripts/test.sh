@@ -10,6 +10,11 @@ need_rust
 # filesystem) stands for a phone mounted over MTP in the push tests.
 need_debs fuse3 python3 util-linux time coreutils rsync bindfs
 
+# Whatever a test starts writes its per-user state and caches here, never in the user's own.
+scratch_home=$(mktemp -d)
+trap 'rm -rf "$scratch_home"' EXIT
+export XDG_STATE_HOME="$scratch_home/state" XDG_CACHE_HOME="$scratch_home/cache"
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --all-features --quiet -- -D warnings
 # test-hooks: numbered crash points for tests/crash_points.rs (inert unless its variables are set).

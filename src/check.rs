@@ -106,18 +106,19 @@ pub fn run(repo: &Repository, read_data: bool) -> Result<CheckReport, RepoError>
         report.damaged_paths.push(problem.path);
     }
     for odd in repo.misplaced_packs()? {
-        let why = if odd.is_file() {
+        let why = if odd.regular {
             "is in the wrong folder for its name: no command reads it; move it where its name says \
              (data/<its first 2 characters>/) if it is a pack, or remove it"
         } else {
             "is not a regular file (a FIFO, folder, device or dangling link): it holds no pack; remove it"
         };
-        report.errors.push(format!("{} is named like a pack but {why}", odd.display()));
+        report.errors.push(format!("{} is named like a pack but {why}", repo.describe(&odd.name)));
     }
     for tmp in repo.list_temp_files()? {
-        report
-            .notes
-            .push(format!("leftover temporary file {} (from an interrupted run; `prune` removes it)", tmp.display()));
+        report.notes.push(format!(
+            "leftover temporary file {} (from an interrupted run; `prune` removes it)",
+            repo.describe(&tmp)
+        ));
     }
     report.damaged_blobs.sort();
     Ok(report)
@@ -212,7 +213,7 @@ fn read_all_data(
 }
 
 pub(crate) fn verify_pack(repo: &Repository, pack: &PackId, entries: &[BlobLocation]) -> (Vec<BlobId>, Option<String>) {
-    let mut bytes = match std::fs::read(repo.pack_path(pack)) {
+    let mut bytes = match repo.read_whole_pack(pack) {
         Ok(bytes) => bytes,
         Err(e) => return (entries.iter().map(|e| e.id).collect(), Some(format!("pack {pack} cannot be read: {e}"))),
     };

@@ -5,13 +5,17 @@ use std::io::{IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use crate::backup::{self, BackupOptions, PathFilter};
 use crate::forget::Policy;
 use crate::push::{OnConflict, PushOptions, PushReport, Source as PushSource};
 use crate::repo::snapshot::{self, SnapshotInfo};
-use crate::repo::{InitOptions, RepoError, Repository};
+use crate::repo::storage::s3::S3Options;
+use crate::repo::storage::RepoLocation;
+use crate::repo::{InitOptions, RepoError, Repository, Storage};
 use crate::source::SourceError;
+use crate::state::LocalState;
 use crate::tree::{lookup_path, Entry, Node};
 use crate::{check, device, exit, export, forget, mount, origin, prune, push, repair, restore, say, source, stats};
 use anyhow::{bail, Context, Result};
@@ -34,9 +38,20 @@ struct Cli {
 
 #[derive(Args)]
 struct Global {
-    /// Repository folder.
+    /// Repository: a folder, or s3:https://HOST[:PORT]/BUCKET[/PREFIX] on an S3-compatible
+    /// object store (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE).
     #[arg(long, short = 'r', global = true, env = "PHONEBAK_REPO")]
-    repo: Option<PathBuf>,
+    repo: Option<std::ffi::OsString>,
+    /// Object store: the region requests are signed for (default: AWS_REGION, else us-east-1).
+    #[arg(long, global = true, env = "PHONEBAK_S3_REGION", value_name = "REGION")]
+    s3_region: Option<String>,
+    /// Object store: also trust the certificate authorities in this PEM file (a private store).
+    #[arg(long, global = true, env = "PHONEBAK_S3_CA_FILE", value_name = "FILE")]
+    s3_ca_file: Option<PathBuf>,
+    /// Object store: address the bucket as BUCKET.HOST (virtual-host style, as AWS prefers)
+    /// instead of HOST/BUCKET.
+    #[arg(long, global = true)]
+    s3_virtual_host: bool,
     /// Read the password from this file (or set PHONEBAK_PASSWORD).
     #[arg(long, global = true, env = "PHONEBAK_PASSWORD_FILE")]
     password_file: Option<PathBuf>,
@@ -58,6 +73,9 @@ enum Command {
         /// Target size of a pack file in MiB.
         #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
         pack_size_mib: u64,
+        /// Object store: create the bucket if it does not exist.
+        #[arg(long)]
+        create_bucket: bool,
     },
     /// Take a snapshot of a phone: SOURCE is a folder (`dir:PATH` or a plain path), an iPhone
     /// backup (`ios-backup:DIR`), a live Android phone (`adb[:SERIAL][:PATH]`), an Android
@@ -257,13 +275,13 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
 fn run(cli: Cli) -> Result<i32> {
     let g = &cli.global;
     match cli.command {
-        Command::Init { no_encryption, compression, pack_size_mib } => {
+        Command::Init { no_encryption, compression, pack_size_mib, create_bucket } => {
             let options = InitOptions {
                 compression_level: compression,
                 pack_size: pack_size_mib << 20,
                 ..InitOptions::default()
             };
-            cmd_init(g, no_encryption, options)
+            cmd_init(g, no_encryption, options, create_bucket)
         }
         Command::Backup {
             device,
@@ -322,8 +340,18 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-fn repo_path(g: &Global) -> Result<&Path> {
-    g.repo.as_deref().context("no repository given: use --repo REPO or set PHONEBAK_REPO")
+fn repo_location(g: &Global) -> Result<RepoLocation> {
+    let text = g.repo.as_deref().context("no repository given: use --repo REPO or set PHONEBAK_REPO")?;
+    Ok(RepoLocation::parse(text).map_err(RepoError::from)?)
+}
+
+fn s3_options(g: &Global) -> S3Options {
+    S3Options { region: g.s3_region.clone(), ca_file: g.s3_ca_file.clone(), virtual_host: g.s3_virtual_host }
+}
+
+/// The repository's storage (a folder, or a bucket), not yet read.
+fn open_storage(g: &Global) -> Result<Arc<dyn Storage>> {
+    Ok(repo_location(g)?.open(&s3_options(g)).map_err(RepoError::from)?)
 }
 
 /// The password, from PHONEBAK_PASSWORD, a password file, or a prompt on a terminal.
@@ -378,16 +406,20 @@ fn archive_password(file: Option<&Path>, what: &str) -> Result<Vec<u8>, SourceEr
 }
 
 fn open_repo(g: &Global) -> Result<Repository> {
-    let path = repo_path(g)?;
-    Ok(Repository::open(path, || password(g, "repository password: "))?)
+    Ok(Repository::open(open_storage(g)?, || password(g, "repository password: "))?)
+}
+
+/// This user's state for the repository (staging, push journals, caches).
+fn local_state(config: &crate::repo::config::Config, storage: &dyn Storage) -> Result<LocalState> {
+    Ok(LocalState::new(config, storage.local_folder())?)
 }
 
 fn print_json(value: serde_json::Value) {
     say!("{}", serde_json::to_string_pretty(&value).expect("json prints"));
 }
 
-fn cmd_init(g: &Global, no_encryption: bool, options: InitOptions) -> Result<i32> {
-    let path = repo_path(g)?;
+fn cmd_init(g: &Global, no_encryption: bool, options: InitOptions, create_bucket: bool) -> Result<i32> {
+    let storage = open_storage(g)?;
     let secret = if no_encryption {
         None
     } else {
@@ -403,14 +435,14 @@ fn cmd_init(g: &Global, no_encryption: bool, options: InitOptions) -> Result<i32
         }
         Some(first)
     };
-    Repository::init(path, secret.as_deref(), options)?;
+    Repository::init(&*storage, secret.as_deref(), options, create_bucket)?;
     if g.json {
-        print_json(json!({"repository": path, "encrypted": !no_encryption}));
+        print_json(json!({"repository": storage.location(), "encrypted": !no_encryption}));
     } else {
         say!(
             "created {} phonebak repository at {}",
             if no_encryption { "an unencrypted" } else { "an encrypted" },
-            path.display()
+            storage.location()
         );
     }
     Ok(exit::OK)
@@ -902,11 +934,10 @@ fn cmd_repair(g: &Global, what: RepairWhat) -> Result<i32> {
                     say!("moved aside: {why}");
                 }
                 say!(
-                    "checked {}: {} damaged moved into {}/{}/data, {} intact blobs copied out of them, {} lost",
+                    "checked {}: {} damaged moved into {}, {} intact blobs copied out of them, {} lost",
                     count(r.packs_checked, "pack"),
                     r.moved_aside.len(),
-                    repo.root().display(),
-                    repair::DAMAGED_DIR,
+                    repo.describe(&format!("{}/data", repair::DAMAGED_DIR)),
                     r.blobs_salvaged,
                     r.blobs_lost
                 );
@@ -982,7 +1013,8 @@ fn cmd_push(
     staging: Option<&Path>,
     options: &PushOptions,
 ) -> Result<i32> {
-    let root = repo_path(g)?;
+    let storage = open_storage(g)?;
+    let state = local_state(&Repository::read_config(&*storage)?, &*storage)?;
     let device = device::open(device_spec)?;
     let repo;
     let source = match from {
@@ -993,9 +1025,8 @@ fn cmd_push(
             PushSource::Snapshot { repo: &repo, entry, base: path, label }
         }
         None => {
-            let dir = staging.map(Path::to_path_buf).unwrap_or_else(|| root.join("staging"));
+            let dir = staging.map(Path::to_path_buf).unwrap_or_else(|| state.staging());
             if !dir.is_dir() {
-                Repository::read_config(root)?;
                 bail!("nothing is staged: {} does not exist (copy files into the mount's restore/ folder first, or use --from SNAPSHOT)", dir.display());
             }
             if staging.is_none() {
@@ -1009,7 +1040,7 @@ fn cmd_push(
         }
     };
     let started = std::time::Instant::now();
-    let outcome = push::run(&source, device.as_ref(), &root.join("push-journal"), options);
+    let outcome = push::run(&source, device.as_ref(), &state.push_journals(), options);
     let r = &outcome.report;
     let attempted = r.pushed + r.already + r.would_push > 0 || !r.failed.is_empty() || !r.conflicts.is_empty();
     if outcome.stopped.is_none() || attempted {
@@ -1071,12 +1102,13 @@ fn print_push_report(g: &Global, r: &PushReport, device: &str, options: &PushOpt
 
 fn cmd_mount(g: &Global, mountpoint: &Path, option_lists: &[String], foreground: bool) -> Result<i32> {
     let options = mount::parse_options(option_lists)?;
-    let path = repo_path(g)?;
+    let storage = open_storage(g)?;
     // `-o password_file=` (an fstab line) wins over the environment's password file.
     let password_file = options.password_file.clone().or(g.password_file.clone());
-    let repo = Repository::open(path, || password_from(password_file.as_deref(), "repository password: "))?;
+    let repo = Repository::open(storage, || password_from(password_file.as_deref(), "repository password: "))?;
     mount::check_mountpoint(mountpoint)?;
-    let staging = mount::find_staging(&repo, &options)?;
+    let state = local_state(repo.config(), &**repo.storage())?;
+    let staging = mount::find_staging(&state, &options)?;
     let log = mount::logger(foreground, options.log.clone());
     if foreground {
         mount::serve(repo, staging, mountpoint, &options, log, |_| {})?;

@@ -4,7 +4,7 @@ use crate::backup::BackupError;
 use crate::device::DeviceError;
 use crate::export::ExportError;
 use crate::push::PushError;
-use crate::repo::RepoError;
+use crate::repo::{RepoError, StorageError};
 use crate::restore::RestoreError;
 use crate::source::SourceError;
 
@@ -32,6 +32,11 @@ pub const TARGET: i32 = 18;
 pub const ARCHIVE_PASSWORD: i32 = 19;
 /// An archive being imported is cut short or damaged: no snapshot was written.
 pub const SOURCE_DAMAGED: i32 = 20;
+/// The object store holding the repository cannot be reached (down, unreachable, timing out,
+/// also after retries): nothing half-done was left; run the command again.
+pub const STORE_UNREACHABLE: i32 = 21;
+/// The object store refused the credentials or the request.
+pub const STORE_DENIED: i32 = 22;
 
 fn for_device_error(error: &DeviceError) -> i32 {
     match error {
@@ -52,6 +57,17 @@ pub fn for_repo_error(error: &RepoError) -> i32 {
         RepoError::NewerFormat { .. } => NEWER_FORMAT,
         RepoError::NoSpace(_) => NO_SPACE,
         RepoError::AlreadyExists(_) | RepoError::Io { .. } => ERROR,
+        RepoError::Storage(storage) => match storage {
+            StorageError::Unreachable { .. } => STORE_UNREACHABLE,
+            StorageError::Denied { .. } => STORE_DENIED,
+            StorageError::NoBucket { .. } => NO_REPOSITORY,
+            StorageError::BadLocation(_) => USAGE,
+            StorageError::NoSpace(_) => NO_SPACE,
+            StorageError::NotAFile { .. } | StorageError::TooLarge { .. } | StorageError::Truncated { .. } => {
+                CORRUPTION
+            }
+            StorageError::NotFound(_) | StorageError::Io { .. } | StorageError::Store { .. } => ERROR,
+        },
     }
 }
 

@@ -29,6 +29,7 @@ pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod source;
+pub mod state;
 pub mod stats;
 pub mod stdout;
 pub mod tree;

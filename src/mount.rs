@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::repo::Repository;
+use crate::state::LocalState;
 use crate::vfs::fuse::FuseView;
 use crate::vfs::{View, ViewOptions};
 
@@ -162,18 +163,18 @@ pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
-/// The staging folder that `restore/` links to, as an absolute path: `-o staging=DIR`, or
-/// `REPO/staging` (made on first use, mode 0700). A repository where it cannot be made
-/// (read-only media, another user's) is mounted without `restore/`, with a warning; a folder
-/// asked for must work. `-o ro` mounts without `restore/`.
-pub fn find_staging(repo: &Repository, options: &MountOptions) -> Result<Option<PathBuf>, MountError> {
+/// The staging folder that `restore/` links to, as an absolute path: `-o staging=DIR`, or the
+/// user's own for this repository (see `state`; made on first use, mode 0700). Where that
+/// cannot be made, the repository is mounted without `restore/`, with a warning; a folder asked
+/// for must work. `-o ro` mounts without `restore/`.
+pub fn find_staging(state: &LocalState, options: &MountOptions) -> Result<Option<PathBuf>, MountError> {
     if options.read_only {
         return Ok(None);
     }
     if let Some(dir) = &options.staging {
         return usable_staging(dir).map(Some).map_err(|e| MountError::Staging(dir.clone(), e));
     }
-    let dir = repo.path("staging");
+    let dir = state.staging();
     match usable_staging(&dir).and_then(|dir| keep_staging_private(&dir).map(|()| dir)) {
         Ok(dir) => Ok(Some(dir)),
         Err(e) => {
@@ -252,7 +253,10 @@ pub fn serve(
     // Before any thread starts (the view's prefetchers too): every thread inherits the mask, so
     // only the waiting thread below ever receives these signals.
     block_stop_signals();
-    let source = std::fs::canonicalize(repo.root()).unwrap_or_else(|_| repo.root().to_path_buf()).display().to_string();
+    let source = match repo.local_folder() {
+        Some(root) => std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()).display().to_string(),
+        None => repo.location(),
+    };
     // Resolved before mounting: once mounted, looking at the mountpoint may wait for this daemon.
     let mountpoint_resolved = mountpoint.canonicalize().unwrap_or_else(|_| mountpoint.to_path_buf());
     let view_options = ViewOptions { cache_bytes: options.cache_bytes, uid: options.uid, gid: options.gid, staging };

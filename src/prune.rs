@@ -160,7 +160,7 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
     repo.remove_index_files_but(&new_index)?;
     for pack in &drop_packs {
         lock.ensure_held()?;
-        repo.remove_file(&repo.pack_path(pack))?;
+        repo.remove(&crate::repo::pack_name(pack))?;
         report.packs_deleted += 1;
     }
     report.bytes_freed = drop_packs.iter().map(|p| on_disk[p] as i64).sum::<i64>() - packed.added_bytes as i64;
@@ -235,8 +235,8 @@ fn used_blobs(
 
 fn remove_temp_files(repo: &Repository) -> Result<(), RepoError> {
     // Prune holds the repository alone: every temporary file is left by an interrupted run.
-    for path in repo.list_temp_files()? {
-        repo.remove_file(&path)?;
+    for name in repo.list_temp_files()? {
+        repo.remove(&name)?;
     }
     Ok(())
 }

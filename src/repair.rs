@@ -160,7 +160,7 @@ pub fn packs(repo: &Repository) -> Result<PackRepair, RepoError> {
     report.blobs_lost = damaged_somewhere.difference(&intact_somewhere).count() as u64;
     for (pack, why, _) in damaged {
         lock.ensure_held()?;
-        repo.move_aside(&repo.pack_path(&pack), "data")?;
+        repo.move_aside(&crate::repo::pack_name(&pack), "data")?;
         report.moved_aside.push(why);
     }
     Ok(report)
@@ -178,7 +178,7 @@ pub fn snapshots(repo: &Repository) -> Result<SnapshotRepair, RepoError> {
             continue;
         }
         lock.ensure_held()?;
-        repo.move_aside(&repo.path(&format!("snapshots/{}", record.id.to_hex())), "snapshots")?;
+        repo.move_aside(&format!("snapshots/{}", record.id.to_hex()), "snapshots")?;
         report.records_moved_aside.push(record.why);
     }
     let on_disk: HashSet<PackId> = repo.list_packs()?.into_iter().map(|(p, _)| p).collect();
@@ -212,7 +212,7 @@ pub fn snapshots(repo: &Repository) -> Result<SnapshotRepair, RepoError> {
     packer.finish()?;
     for (id, snapshot, root, extras, lost) in plans {
         lock.ensure_held()?;
-        let old = repo.path(&format!("snapshots/{}", id.to_hex()));
+        let old = format!("snapshots/{}", id.to_hex());
         match root {
             Some(root) => {
                 let mut repaired = Snapshot { root, extras, ..snapshot.clone() };

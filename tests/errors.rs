@@ -128,6 +128,7 @@ fn unreadable_files_are_skipped_listed_and_exit_3() {
         wrapped.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_phonebak")]);
         wrapped.args(["backup", "--device", "p", phone.to_str().unwrap()]);
         wrapped.env("PHONEBAK_REPO", &s.repo).env("PHONEBAK_PASSWORD", PASSWORD);
+        s.isolate(&mut wrapped);
         cmd = wrapped;
     }
     let out = cmd.output().unwrap();
@@ -271,6 +272,7 @@ fn under_umask(s: &Scratch, umask: &str, args: &[&str]) -> std::process::Output 
     let script = format!("umask {umask} && exec \"$0\" \"$@\"");
     shell.args(["-c", &script, env!("CARGO_BIN_EXE_phonebak")]).args(args);
     shell.env("PHONEBAK_REPO", &s.repo).env("PHONEBAK_PASSWORD", PASSWORD);
+    s.isolate(&mut shell);
     shell.output().unwrap()
 }
 
@@ -295,7 +297,7 @@ fn repository_files_and_folders_are_private_whatever_the_umask() {
     let device_spec = format!("dir:{}", device.display());
     let push = ["push", "--device", &device_spec, "--staging", staged.to_str().unwrap()];
     assert_eq!(code(&under_umask(&s, "000", &push)), 3);
-    assert!(std::fs::read_dir(s.repo.join("push-journal")).unwrap().count() >= 2, "a journal and a lock");
+    assert!(std::fs::read_dir(s.journals()).unwrap().count() >= 2, "a journal and a lock");
     let mut seen = 0;
     let mut stack = vec![s.repo.clone()];
     while let Some(path) = stack.pop() {

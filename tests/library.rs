@@ -24,8 +24,8 @@ fn small_repo(root: &Path) -> Repository {
         pack_size: 256 * 1024,
         ..InitOptions::default()
     };
-    Repository::init(root, Some(b"pw"), options).unwrap();
-    Repository::open(root, || Ok(b"pw".to_vec())).unwrap()
+    Repository::init_folder(root, Some(b"pw"), options).unwrap();
+    Repository::open_folder(root, || Ok(b"pw".to_vec())).unwrap()
 }
 
 fn options(device: &str) -> BackupOptions {
@@ -191,8 +191,9 @@ fn big_raw_chunks_are_framed_and_frames_fail_alone() {
         let photo = bytes(9, 250_000, false);
         write(&phone.join("photo.jpg"), &photo);
         let kdf = KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 };
-        Repository::init(&dir.path().join("repo"), password, InitOptions { kdf, ..Default::default() }).unwrap();
-        let repo = Repository::open(&dir.path().join("repo"), || Ok(password.unwrap_or_default().to_vec())).unwrap();
+        Repository::init_folder(&dir.path().join("repo"), password, InitOptions { kdf, ..Default::default() }).unwrap();
+        let repo =
+            Repository::open_folder(&dir.path().join("repo"), || Ok(password.unwrap_or_default().to_vec())).unwrap();
         let ids = chunks_of(&repo, &phone, "photo.jpg");
         assert_eq!(ids.len(), 1, "one chunk: the file is under the minimum chunk size");
         let id = ids[0];
@@ -209,7 +210,7 @@ fn big_raw_chunks_are_framed_and_frames_fail_alone() {
 
         // Flip one byte in the middle of frame 2.
         let location = repo.index().get(&id).unwrap().unwrap();
-        let pack = repo.pack_path(&location.pack);
+        let pack = repo.local_folder().unwrap().join(phonebak::repo::pack_name(&location.pack));
         let mut stored = std::fs::read(&pack).unwrap();
         stored[location.offset as usize + 2 * (64 * 1024 + overhead) + 1000] ^= 1;
         std::fs::write(&pack, stored).unwrap();
@@ -232,10 +233,10 @@ fn format_1_repositories_keep_whole_chunks() {
     let root = dir.path().join("repo");
     let options =
         InitOptions { kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 }, ..Default::default() };
-    Repository::init(&root, None, options).unwrap();
+    Repository::init_folder(&root, None, options).unwrap();
     let config = std::fs::read_to_string(root.join("config")).unwrap();
     std::fs::write(root.join("config"), config.replace("\"format_version\": 2", "\"format_version\": 1")).unwrap();
-    let repo = Repository::open(&root, || Ok(Vec::new())).unwrap();
+    let repo = Repository::open_folder(&root, || Ok(Vec::new())).unwrap();
     assert_eq!(repo.config().format_version, 1);
     let ids = chunks_of(&repo, &phone, "photo.jpg");
     assert_eq!(repo.frames_of(&ids[0]).unwrap(), None);
@@ -434,6 +435,8 @@ fn the_mount_shows_extreme_times_without_panicking() {
             .args(args)
             .env("PHONEBAK_REPO", dir.path().join("repo"))
             .env("PHONEBAK_PASSWORD", "pw")
+            .env("XDG_STATE_HOME", dir.path().join("state"))
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
             .output()
             .unwrap()
     };

@@ -304,6 +304,8 @@ fn mount_t_phonebak_in_a_private_namespace() {
         .arg(&s.repo)
         .arg(&point)
         .env_remove("PHONEBAK_PASSWORD")
+        .env("XDG_STATE_HOME", s.path("state"))
+        .env("XDG_CACHE_HOME", s.path("cache"))
         .output()
         .unwrap();
     assert!(mounted.status.success(), "{}", stderr(&mounted));
@@ -328,8 +330,10 @@ fn mount_t_phonebak_in_a_private_namespace() {
         ),
     )
     .unwrap();
-    let mounted =
-        Command::new("mount").arg("-T").arg(&fstab).arg(&point).env_remove("PHONEBAK_PASSWORD").output().unwrap();
+    let mounted = s
+        .isolate(Command::new("mount").arg("-T").arg(&fstab).arg(&point).env_remove("PHONEBAK_PASSWORD"))
+        .output()
+        .unwrap();
     assert!(mounted.status.success(), "{}", stderr(&mounted));
     assert!(point.join("snapshots/pixel/latest/DCIM/Camera/IMG_0001.jpg").exists());
     assert!(Command::new("umount").arg(&point).status().unwrap().success());

@@ -62,10 +62,9 @@ fn staged_files_reach_a_dir_device_exactly_and_leave_staging() {
     }
     assert!(leftovers(&device).is_empty());
     // Pushed files left the staging folder, seen through the mount too.
-    assert!(names(&s.repo.join("staging")).is_empty(), "{:?}", names(&s.repo.join("staging")));
+    assert!(names(&s.staging()).is_empty(), "{:?}", names(&s.staging()));
     assert!(names(&m.restore()).is_empty());
-    let journals: Vec<String> =
-        names(&s.repo.join("push-journal")).into_iter().filter(|n| n.ends_with(".journal")).collect();
+    let journals: Vec<String> = names(&s.journals()).into_iter().filter(|n| n.ends_with(".journal")).collect();
     assert!(journals.is_empty(), "a finished push leaves no journal: {journals:?}");
 
     // The same files staged again are already there: not pushed again, and unstaged.
@@ -148,7 +147,7 @@ fn an_interrupted_push_resumes_and_nothing_staged_is_lost() {
     for i in 0..600u64 {
         let rel = format!("DCIM/{:02}/IMG_{i:04}.jpg", i % 7);
         let want = std::fs::read(originals.join(&rel)).unwrap();
-        let staged = std::fs::read(s.repo.join("staging").join(&rel)).ok();
+        let staged = std::fs::read(s.staging().join(&rel)).ok();
         let pushed = std::fs::read(device.join(&rel)).ok();
         assert!(staged.as_ref() == Some(&want) || pushed.as_ref() == Some(&want), "{rel} lost");
         if let Some(pushed) = pushed {
@@ -184,7 +183,7 @@ fn stage_600_photos(s: &Scratch, m: &Mounted) -> PathBuf {
 fn wait_for_journal_lines(s: &Scratch, push: &mut std::process::Child, lines: usize) {
     let start = Instant::now();
     let journaled = || -> usize {
-        let Ok(dir) = std::fs::read_dir(s.repo.join("push-journal")) else { return 0 };
+        let Ok(dir) = std::fs::read_dir(s.journals()) else { return 0 };
         // A finished file's line has four fields.
         let finished = |line: &&[u8]| line.iter().filter(|b| **b == b'\t').count() == 3;
         dir.flatten()
@@ -410,7 +409,7 @@ fn the_staging_folder_is_made_private_again_after_rsync_opens_it() {
     use std::os::unix::fs::PermissionsExt;
     let s = Scratch::with_repo();
     let (_phone, m) = mounted_phone(&s);
-    let staging = s.repo.join("staging");
+    let staging = s.staging();
     assert_eq!(std::fs::metadata(&staging).unwrap().permissions().mode() & 0o777, 0o700);
     // rsync -a of a snapshot folder into restore/ gives the staging folder the snapshot's mode.
     let snapshot = m.snapshots().join("pixel/latest/Download/");
@@ -518,6 +517,8 @@ fn photos_cut_short_by_a_full_staging_disk_stay_staged_and_the_full_disk_is_said
         .env("PHONEBAK", env!("CARGO_BIN_EXE_phonebak"))
         .env("PHONEBAK_REPO", &s.repo)
         .env("PHONEBAK_PASSWORD", PASSWORD)
+        .env("XDG_STATE_HOME", s.path("state"))
+        .env("XDG_CACHE_HOME", s.path("cache"))
         .output()
         .unwrap();
     let (said, errors) = (String::from_utf8_lossy(&out.stdout), stderr(&out));
@@ -681,6 +682,7 @@ fn a_snapshot_pushed_over_adb_is_never_readable_by_others_on_the_way() {
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     shell.env("PHONEBAK_REPO", &s.repo).env("PHONEBAK_PASSWORD", PASSWORD).env("PATH", path);
     shell.env("FAKE_ADB_ROOT", &new_phone).env("TMPDIR", &tmp);
+    s.isolate(&mut shell);
     // Its own process group: `kill -9` of the push and the adb it runs, as a crash would.
     std::os::unix::process::CommandExt::process_group(&mut shell, 0);
     let mut push = shell.spawn().unwrap();
@@ -716,7 +718,7 @@ fn a_push_journal_never_makes_a_rerun_delete_a_real_file() {
     write(&device.join("DCIM/a.jpg"), b"the phone's own"); // a conflict: the journal stays
     write(&device.join("DCIM/keep.jpg"), b"a photo on the phone");
     assert_eq!(code(&push_staging(&s, &device, &staged, &[])), 3);
-    let journal = std::fs::read_dir(s.repo.join("push-journal"))
+    let journal = std::fs::read_dir(s.journals())
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "journal"))

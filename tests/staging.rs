@@ -39,7 +39,7 @@ fn cp_a_and_rsync_a_into_restore_survive_unmount_a_killed_daemon_and_remount() {
     let s = Scratch::with_repo();
     let phone = backed_up_phone(&s);
     let m = Mounted::new(&s, &[]);
-    let staging = s.repo.join("staging");
+    let staging = s.staging();
     assert_eq!(std::fs::read_link(m.restore()).unwrap(), staging.canonicalize().unwrap());
     let latest = m.snapshots().join("pixel/latest");
     run("cp", &[Path::new("-a"), &latest.join("DCIM"), &m.restore()]);
@@ -139,10 +139,10 @@ fn restore_behaves_like_a_local_folder() {
     assert_eq!(std::fs::remove_dir(r.join("moved")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
 
     // rm -r, and the listing agrees with the staging folder at every step.
-    assert_eq!(names(&r), names(&s.repo.join("staging")));
+    assert_eq!(names(&r), names(&s.staging()));
     run("rm", &[Path::new("-r"), &r.join("moved"), &r.join("a")]);
     assert_eq!(names(&r), ["hard"]);
-    assert_eq!(names(&s.repo.join("staging")), ["hard"]);
+    assert_eq!(names(&s.staging()), ["hard"]);
 
     // A folder of many files lists whole across several requests, and rm -r empties it.
     for i in 0..3000 {
@@ -157,7 +157,7 @@ fn restore_behaves_like_a_local_folder() {
     let found = Command::new("find").arg(r.join("many")).arg("-type").arg("f").output().unwrap();
     assert_eq!(found.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(), 3000);
     run("rm", &[Path::new("-r"), &r.join("many")]);
-    assert!(!s.repo.join("staging/many").exists());
+    assert!(!s.staging().join("many").exists());
 
     // Free space of restore/ is the staging folder's disk.
     let df = Command::new("df").arg("--output=avail").arg(&r).output().unwrap();
@@ -187,7 +187,7 @@ fn concurrent_writers_each_get_their_bytes() {
             });
         }
     });
-    let staged = s.repo.join("staging/shared");
+    let staged = s.staging().join("shared");
     for writer in 0..8u64 {
         for i in 0..20u64 {
             let want = bytes(writer * 100 + i, 1000 + (i as usize * 37_123) % 400_000, false);
@@ -211,7 +211,7 @@ fn staging_folder_option_and_a_read_only_mount() {
     let m = Mounted::new(&s, &["-o", &option]);
     std::fs::write(m.restore().join("kept.txt"), b"kept").unwrap();
     assert_eq!(std::fs::read(elsewhere.join("kept.txt")).unwrap(), b"kept");
-    assert!(!s.repo.join("staging").exists(), "nothing in the repository");
+    assert!(!s.staging().exists(), "the default staging folder is not made");
     drop(m);
 
     // `ro`: nothing in the mount leads to a writable folder, so there is no restore/.

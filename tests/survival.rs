@@ -361,7 +361,11 @@ fn durable_steps(s: &Scratch, args: &[&str]) -> u64 {
     let _ = std::fs::remove_file(&log);
     let out = s.command(args).env("PHONEBAK_REPO", &copy).env("PHONEBAK_CRASH_COUNT", &log).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    std::fs::read_to_string(&log).unwrap().lines().count() as u64
+    let steps = std::fs::read_to_string(&log).unwrap();
+    // The last step releases the lock: the command's work is done by then.
+    let last = steps.lines().last().unwrap();
+    assert!(last.contains("\tremove\t") && last.contains("/locks/"), "{steps}");
+    steps.lines().count() as u64 - 1
 }
 
 #[test]

@@ -90,7 +90,7 @@ pub fn archive(
         }
         ArchiveOut::Stdout => None,
         ArchiveOut::File(file) => {
-            if is_inside(file, repo.root()) {
+            if repo.local_folder().is_some_and(|root| is_inside(file, root)) {
                 return Err(unusable("inside the repository folder: name a file outside it"));
             }
             match std::fs::symlink_metadata(file) {

@@ -62,7 +62,7 @@ pub fn ios_backup(
         None => None,
     };
 
-    if is_inside(out, repo.root()) {
+    if repo.local_folder().is_some_and(|root| is_inside(out, root)) {
         let why = "inside the repository folder: name a folder outside it";
         return Err(ExportError::OutUnusable { path: out.to_path_buf(), why: why.into() });
     }

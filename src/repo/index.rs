@@ -4,23 +4,17 @@
 //! `PBIDX001` | sealed page* | sealed header | header offset u64 LE | header length u32 LE | `PBIDXEND`.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::num::NonZeroUsize;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
 use super::crypto::Sealer;
-use super::fsutil;
-use super::pack::{list_packs, read_footer_at, PackEntry};
-use super::packfiles::pack_path;
+use super::pack::{list_packs, read_footer_in, PackEntry};
+use super::storage::{Reuse, Storage, StorageError};
 use super::warnings::Warnings;
-use super::{
-    decode_record, io_error, read_dir_sorted, BlobId, BlobKind, Id, PackId, RepoError, Repository, MAX_BLOB, MAX_STORED,
-};
+use super::{children, decode_record, BlobId, BlobKind, Id, PackId, RepoError, Repository, MAX_BLOB, MAX_STORED};
 
 const INDEX_MAGIC: &[u8; 8] = b"PBIDX001";
 const INDEX_END: &[u8; 8] = b"PBIDXEND";
@@ -67,8 +61,12 @@ pub struct BlobLocation {
 
 struct IndexFile {
     id: Id,
-    file: File,
     header: Header,
+}
+
+/// How index file `id` is named.
+fn file_name(id: &Id) -> String {
+    format!("index/{}", id.to_hex())
 }
 
 type PageCache = LruCache<(Id, usize), Arc<Vec<IndexEntry>>>;
@@ -82,8 +80,7 @@ type PageCache = LruCache<(Id, usize), Arc<Vec<IndexEntry>>>;
 /// walk over all entries.
 pub struct Index {
     sealer: Arc<Sealer>,
-    dir: PathBuf,
-    data: PathBuf,
+    storage: Arc<dyn Storage>,
     files: RwLock<Vec<Arc<IndexFile>>>,
     pages: Mutex<PageCache>,
     damaged: Mutex<Vec<(Id, String)>>,
@@ -115,11 +112,10 @@ fn damaged(file: &Id, why: &str) -> RepoError {
 }
 
 impl Index {
-    pub fn empty(sealer: Arc<Sealer>, dir: PathBuf, data: PathBuf, warnings: Arc<Warnings>) -> Index {
+    pub fn empty(sealer: Arc<Sealer>, storage: Arc<dyn Storage>, warnings: Arc<Warnings>) -> Index {
         Index {
             sealer,
-            dir,
-            data,
+            storage,
             files: RwLock::new(Vec::new()),
             pages: Mutex::new(LruCache::new(NonZeroUsize::new(CACHED_PAGES).expect("nonzero"))),
             damaged: Mutex::new(Vec::new()),
@@ -131,20 +127,17 @@ impl Index {
 
     /// Reads every index file's header (a few bytes per thousand blobs), nothing more.
     pub fn open(repo: &Repository) -> Result<Index, RepoError> {
-        let index = Index::empty(repo.sealer_arc(), repo.path("index"), repo.path("data"), repo.warnings().clone());
+        let index = Index::empty(repo.sealer_arc(), repo.storage().clone(), repo.warnings().clone());
         index.refresh()?;
         Ok(index)
     }
 
-    /// The index files on disk by id; a missing `index/` folder holds none.
-    fn files_on_disk(&self) -> Result<Vec<(Id, PathBuf)>, RepoError> {
-        let paths = match read_dir_sorted(&self.dir) {
-            Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            other => other?,
-        };
-        Ok(paths
+    /// The index files stored, by id, with their sizes (None: not a regular file); a missing
+    /// `index/` folder holds none.
+    fn files_on_disk(&self) -> Result<Vec<(Id, Option<u64>)>, RepoError> {
+        Ok(children(&*self.storage, "index")?
             .into_iter()
-            .filter_map(|path| Some((path.file_name().and_then(|n| n.to_str()).and_then(Id::from_hex)?, path)))
+            .filter_map(|o| Some((Id::from_hex(o.name.strip_prefix("index/")?)?, Some(o.size).filter(|_| o.regular))))
             .collect())
     }
 
@@ -154,14 +147,16 @@ impl Index {
         let mut known: HashSet<Id> = self.file_ids().into_iter().collect();
         known.extend(self.damaged.lock().expect("index damage lock").iter().map(|(id, _)| *id));
         let mut added = Vec::new();
-        for (id, path) in self.files_on_disk()? {
+        for (id, size) in self.files_on_disk()? {
             if known.contains(&id) {
                 continue;
             }
-            match open_file(&self.sealer, id, &path) {
+            match open_file(&self.sealer, &*self.storage, id, size) {
                 Ok(file) => added.push(Arc::new(file)),
-                Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => self.set_aside(id, e.to_string()),
+                // Removed meanwhile (a prune).
+                Err(Gone) => {}
+                Err(Damaged(e)) => self.set_aside(id, e.to_string()),
+                Err(Failed(e)) => return Err(e),
             }
         }
         let any = !added.is_empty();
@@ -192,9 +187,13 @@ impl Index {
         self.rebuilt.read().expect("rebuilt index lock").unreadable.clone()
     }
 
-    /// Starts over with the index files on disk now: a prune (run while this repository is
-    /// open, e.g. by a mount) replaces index files and moves blobs to new packs, and a deleted
-    /// index file still reads through the descriptor held open here.
+    /// Takes an index file that was removed (by a prune, perhaps on another machine) out of use.
+    fn forget(&self, id: Id) {
+        self.files.write().expect("index lock").retain(|f| f.id != id);
+    }
+
+    /// Starts over with the index files stored now: a prune (run while this repository is
+    /// open, e.g. by a mount) replaces index files and moves blobs to new packs.
     pub fn resync(&self) -> Result<(), RepoError> {
         let on_disk: HashSet<Id> = self.files_on_disk()?.into_iter().map(|(id, _)| id).collect();
         self.files.write().expect("index lock").retain(|file| on_disk.contains(&file.id));
@@ -250,12 +249,12 @@ impl Index {
     /// of a blob failed.
     pub fn copies_in_every_pack(&self, id: &BlobId) -> Result<Vec<BlobLocation>, RepoError> {
         let mut all = self.in_every_pack.lock().expect("footer map lock");
-        for (pack, _) in list_packs(&self.data)? {
+        for (pack, _) in list_packs(&*self.storage)? {
             if !all.scanned.insert(pack) {
                 continue;
             }
             // Missing (pruned meanwhile) or unreadable footers hold no copy to fall back on.
-            if let Ok(entries) = read_footer_at(&self.sealer, &pack_path(&self.data, &pack), &pack) {
+            if let Ok(entries) = read_footer_in(&self.sealer, &*self.storage, &pack) {
                 for e in entries {
                     all.blobs.entry(e.id).or_default().push(e.located_in(&pack));
                 }
@@ -274,7 +273,11 @@ impl Index {
             }
             let page = match self.page(&file, page_number - 1) {
                 Ok(page) => page,
-                Err(e) => {
+                Err(Gone) => {
+                    self.forget(file.id);
+                    continue;
+                }
+                Err(Damaged(e) | Failed(e)) => {
                     self.set_aside(file.id, e.to_string());
                     continue;
                 }
@@ -290,12 +293,12 @@ impl Index {
         found
     }
 
-    fn page(&self, file: &IndexFile, page_number: usize) -> Result<Arc<Vec<IndexEntry>>, RepoError> {
+    fn page(&self, file: &IndexFile, page_number: usize) -> Result<Arc<Vec<IndexEntry>>, FileError> {
         let key = (file.id, page_number);
         if let Some(page) = self.pages.lock().expect("index cache lock").get(&key) {
             return Ok(page.clone());
         }
-        let page = Arc::new(file.read_page(&self.sealer, page_number)?);
+        let page = Arc::new(file.read_page(&self.sealer, &*self.storage, page_number)?);
         self.pages.lock().expect("index cache lock").put(key, page.clone());
         Ok(page)
     }
@@ -306,12 +309,12 @@ impl Index {
             self.current_files().iter().flat_map(|f| f.header.packs.iter().copied()).collect();
         let scanned = self.rebuilt.read().expect("rebuilt index lock").scanned.clone();
         let mut rebuilt = Rebuilt::default();
-        for (pack, _) in list_packs(&self.data)? {
+        for (pack, _) in list_packs(&*self.storage)? {
             if covered.contains(&pack) || scanned.contains(&pack) {
                 continue;
             }
             rebuilt.scanned.insert(pack);
-            match read_footer_at(&self.sealer, &pack_path(&self.data, &pack), &pack) {
+            match read_footer_in(&self.sealer, &*self.storage, &pack) {
                 Ok(entries) => {
                     for e in entries {
                         let location = e.located_in(&pack);
@@ -343,9 +346,11 @@ impl Index {
         for file in self.current_files() {
             // Read whole before any entry is visited: a file found damaged half-way is set aside
             // whole, and its packs come from their footers below.
-            match file.read_all(&self.sealer) {
+            match file.read_all(&self.sealer, &*self.storage) {
                 Ok(locations) => locations.into_iter().for_each(&mut visit),
-                Err(e) => self.set_aside(file.id, e.to_string()),
+                Err(Gone) => self.forget(file.id),
+                Err(Damaged(e)) => self.set_aside(file.id, e.to_string()),
+                Err(Failed(e)) => return Err(e),
             }
         }
         self.cover_all_packs()?;
@@ -361,7 +366,7 @@ impl Index {
     /// Every blob with a copy in a pack that exists: a blob whose only pack is gone is not
     /// known, so the next backup of the phone stores it again.
     pub fn known_blobs(&self) -> Result<HashSet<BlobId>, RepoError> {
-        let on_disk: HashSet<PackId> = list_packs(&self.data)?.into_iter().map(|(id, _)| id).collect();
+        let on_disk: HashSet<PackId> = list_packs(&*self.storage)?.into_iter().map(|(id, _)| id).collect();
         let mut known = HashSet::new();
         self.for_each(|location| {
             if on_disk.contains(&location.pack) {
@@ -394,6 +399,47 @@ impl Index {
     }
 }
 
+/// Why an index file could not be read: it is gone (a prune removed it), its bytes are wrong
+/// (it is set aside), or it could not be reached (the command stops: nothing is judged damaged
+/// because a store was down).
+enum FileError {
+    Gone,
+    Damaged(RepoError),
+    Failed(RepoError),
+}
+use FileError::{Damaged, Failed, Gone};
+
+impl From<StorageError> for FileError {
+    fn from(error: StorageError) -> FileError {
+        match error {
+            StorageError::NotFound(_) => Gone,
+            e @ (StorageError::Truncated { .. } | StorageError::NotAFile { .. } | StorageError::TooLarge { .. }) => {
+                Damaged(e.into())
+            }
+            other => Failed(other.into()),
+        }
+    }
+}
+
+impl From<RepoError> for FileError {
+    fn from(error: RepoError) -> FileError {
+        if error.is_corruption() {
+            Damaged(error)
+        } else {
+            Failed(error)
+        }
+    }
+}
+
+/// Reads `len` bytes at `offset` of object `name`, to be read again (index pages, headers).
+fn read_at(storage: &dyn Storage, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, StorageError> {
+    let mut out = Vec::new();
+    let at = storage.read_range(name, offset, len, Reuse::Again, &mut out)?;
+    out.truncate(at.end);
+    out.drain(..at.start);
+    Ok(out)
+}
+
 impl IndexFile {
     fn locate(&self, entry: &IndexEntry) -> Result<BlobLocation, RepoError> {
         let pack =
@@ -408,26 +454,28 @@ impl IndexFile {
         })
     }
 
-    fn read_all(&self, sealer: &Sealer) -> Result<Vec<BlobLocation>, RepoError> {
+    fn read_all(&self, sealer: &Sealer, storage: &dyn Storage) -> Result<Vec<BlobLocation>, FileError> {
         let mut all = Vec::new();
         for page_number in 0..self.header.pages.len() {
-            for entry in self.read_page(sealer, page_number)? {
+            for entry in self.read_page(sealer, storage, page_number)? {
                 all.push(self.locate(&entry)?);
             }
         }
         Ok(all)
     }
 
-    fn read_page(&self, sealer: &Sealer, number: usize) -> Result<Vec<IndexEntry>, RepoError> {
+    fn read_page(&self, sealer: &Sealer, storage: &dyn Storage, number: usize) -> Result<Vec<IndexEntry>, FileError> {
         let page_ref = &self.header.pages[number];
-        let mut sealed = vec![0u8; page_ref.len as usize];
-        self.file
-            .read_exact_at(&mut sealed, page_ref.offset)
-            .map_err(|_| damaged(&self.id, &format!("page {number} cannot be read")))?;
+        let sealed = match read_at(storage, &file_name(&self.id), page_ref.offset, page_ref.len as usize) {
+            Err(StorageError::Truncated { .. }) => {
+                return Err(Damaged(damaged(&self.id, &format!("page {number} cannot be read"))))
+            }
+            other => other?,
+        };
         let plain =
             sealer.open(&sealed, &page_aad(number)).map_err(|e| damaged(&self.id, &format!("page {number}: {e}")))?;
-        parse_page(&plain, &page_ref.first, self.header.packs.len())
-            .map_err(|why| damaged(&self.id, &format!("page {number} {why}")))
+        Ok(parse_page(&plain, &page_ref.first, self.header.packs.len())
+            .map_err(|why| damaged(&self.id, &format!("page {number} {why}")))?)
     }
 }
 
@@ -483,30 +531,24 @@ pub(crate) fn parse_header(plain: &[u8], header_at: u64) -> Result<Header, &'sta
     Ok(header)
 }
 
-fn open_file(sealer: &Sealer, id: Id, path: &Path) -> Result<IndexFile, RepoError> {
-    let file = fsutil::open_regular(path).map_err(io_error(format!("opening {}", path.display())))?;
-    let header = read_header(sealer, &id, &file)?;
-    Ok(IndexFile { id, file, header })
-}
-
-fn read_header(sealer: &Sealer, id: &Id, file: &File) -> Result<Header, RepoError> {
-    let reading = || io_error(format!("reading index file {id}"));
-    let size = file.metadata().map_err(reading())?.len();
+/// Opens index file `id` of `size` bytes (as listed): reads its header, nothing more.
+fn open_file(sealer: &Sealer, storage: &dyn Storage, id: Id, size: Option<u64>) -> Result<IndexFile, FileError> {
+    let name = file_name(&id);
+    let size = size.ok_or_else(|| Damaged(damaged(&id, "not a regular file")))?;
     if size < (INDEX_MAGIC.len() + TRAILER_LEN) as u64 {
-        return Err(damaged(id, "too short"));
+        return Err(Damaged(damaged(&id, "too short")));
     }
-    let mut trailer = [0u8; TRAILER_LEN];
-    file.read_exact_at(&mut trailer, size - TRAILER_LEN as u64).map_err(reading())?;
-    let (offset, len) = parse_trailer(&trailer, size).map_err(|why| damaged(id, why))?;
-    let mut magic = [0u8; 8];
-    file.read_exact_at(&mut magic, 0).map_err(reading())?;
-    if &magic != INDEX_MAGIC {
-        return Err(damaged(id, "not an index file (wrong magic number)"));
+    let trailer = read_at(storage, &name, size - TRAILER_LEN as u64, TRAILER_LEN)?;
+    let trailer: &[u8; TRAILER_LEN] = trailer[..].try_into().expect("trailer length");
+    let (offset, len) = parse_trailer(trailer, size).map_err(|why| damaged(&id, why))?;
+    let magic = read_at(storage, &name, 0, INDEX_MAGIC.len())?;
+    if magic != INDEX_MAGIC {
+        return Err(Damaged(damaged(&id, "not an index file (wrong magic number)")));
     }
-    let mut sealed = vec![0u8; len as usize];
-    file.read_exact_at(&mut sealed, offset).map_err(reading())?;
-    let plain = sealer.open(&sealed, HEADER_AAD).map_err(|e| damaged(id, &format!("header: {e}")))?;
-    parse_header(&plain, offset).map_err(|why| damaged(id, why))
+    let sealed = read_at(storage, &name, offset, len as usize)?;
+    let plain = sealer.open(&sealed, HEADER_AAD).map_err(|e| damaged(&id, &format!("header: {e}")))?;
+    let header = parse_header(&plain, offset).map_err(|why| damaged(&id, why))?;
+    Ok(IndexFile { id, header })
 }
 
 /// Writes one index file covering `packs` and returns its id. Blobs stored twice (two backups

@@ -1,8 +1,10 @@
 //! Repository locks: backups share the repository, `prune` and `forget` need it alone. A lock is
-//! a small file in `locks/`, refreshed while held; one left by a dead process on this host, or
-//! not refreshed for half an hour, is stale and is removed with a note.
+//! a small object in `locks/` carrying its command, host, process and time, written again every
+//! few minutes while held. One left by a dead process on this host, or not written again for
+//! half an hour, is stale and is removed with a note. Ages are measured on the store's own
+//! clock (a lock's modification time against that of the lock just written), so machines whose
+//! clocks disagree do not take each other's live locks for stale ones.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -10,7 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::{read_dir_sorted, Id, RepoError, Repository};
+use super::storage::{Storage, StorageError};
+use super::{children, Id, RepoError, Repository};
 
 const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
 const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
@@ -31,9 +34,13 @@ struct LockRecord {
     time: String,
 }
 
+/// A lock record is a few hundred bytes: anything larger is not one.
+const MAX_RECORD: u64 = 64 * 1024;
+
 /// Held while alive; removed on drop.
 pub struct RepoLock {
-    path: PathBuf,
+    storage: Arc<dyn Storage>,
+    name: String,
     stop: Arc<AtomicBool>,
     /// Set when a refresh found the lock file gone: another process took it as stale.
     lost: Arc<AtomicBool>,
@@ -65,19 +72,22 @@ impl RepoLock {
             command: command.to_string(),
             time: chrono::Local::now().to_rfc3339(),
         };
-        let own_name = Id::random().to_hex();
-        repo.write_file_atomic(&format!("locks/{own_name}"), &serde_json::to_vec(&record).expect("lock serializes"))?;
-        let path = repo.path(&format!("locks/{own_name}"));
-        let lock = RepoLock { path, stop: Arc::default(), lost: Arc::default(), refresher: None };
+        let name = format!("locks/{}", Id::random().to_hex());
+        let bytes = serde_json::to_vec(&record).expect("lock serializes");
+        repo.storage().write(&name, &bytes)?;
+        let storage = repo.storage().clone();
+        let lock = RepoLock { storage, name, stop: Arc::default(), lost: Arc::default(), refresher: None };
         // Written first, checked second: of two racing lockers at least one sees the other.
-        if let Some(conflict) = find_conflict(repo, kind, &own_name)? {
+        if let Some(conflict) = find_conflict(repo, kind, &lock.name)? {
             return Err(RepoError::Locked(conflict)); // `lock` drops here and removes our file
         }
-        Ok(lock.start_refreshing())
+        Ok(lock.start_refreshing(bytes))
     }
 
-    fn start_refreshing(mut self) -> RepoLock {
-        let path = self.path.clone();
+    /// Writes the lock again every `REFRESH_EVERY`, which renews its time on the store's clock;
+    /// finding it gone, notes that it was lost.
+    fn start_refreshing(mut self, bytes: Vec<u8>) -> RepoLock {
+        let (storage, name) = (self.storage.clone(), self.name.clone());
         let (stop, lost) = (self.stop.clone(), self.lost.clone());
         self.refresher = Some(std::thread::spawn(move || {
             let mut waited = Duration::ZERO;
@@ -86,11 +96,12 @@ impl RepoLock {
                 waited += Duration::from_millis(200);
                 if waited >= REFRESH_EVERY {
                     waited = Duration::ZERO;
-                    match std::fs::File::options().write(true).open(&path) {
-                        Ok(file) => {
-                            let _ = file.set_modified(SystemTime::now());
+                    match storage.size(&name) {
+                        Ok(_) => {
+                            // A store that is down now may be up at the next refresh.
+                            let _ = storage.write(&name, &bytes);
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => lost.store(true, Ordering::Relaxed),
+                        Err(StorageError::NotFound(_)) => lost.store(true, Ordering::Relaxed),
                         Err(_) => {}
                     }
                 }
@@ -103,12 +114,16 @@ impl RepoLock {
     /// it as stale): what the lock protects may have changed meanwhile, so the holder must stop
     /// before it writes anything that relies on it (a snapshot record, a deletion).
     pub fn ensure_held(&self) -> Result<(), RepoError> {
-        if self.lost.load(Ordering::Relaxed) || !self.path.exists() {
+        let gone = match self.storage.size(&self.name) {
+            Err(StorageError::NotFound(_)) => true,
+            other => other.map(|_| false)?,
+        };
+        if self.lost.load(Ordering::Relaxed) || gone {
             self.lost.store(true, Ordering::Relaxed);
             return Err(RepoError::Locked(format!(
                 "this command's lock {} was removed by another process (taken as stale); stopped before \
                  changing anything it protects: run the command again",
-                self.path.display()
+                super::in_repository(&*self.storage, &self.name)
             )));
         }
         Ok(())
@@ -121,25 +136,29 @@ impl Drop for RepoLock {
         if let Some(handle) = self.refresher.take() {
             let _ = handle.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        let _ = self.storage.delete(&self.name);
     }
 }
 
 fn find_conflict(repo: &Repository, kind: LockKind, own_name: &str) -> Result<Option<String>, RepoError> {
     let this_host = hostname();
-    for path in read_dir_sorted(&repo.path("locks"))? {
-        if path.file_name().and_then(|n| n.to_str()) == Some(own_name) {
-            continue;
-        }
-        let Ok(bytes) = std::fs::read(&path) else {
-            continue;
-        }; // removed meanwhile
-        let age =
-            std::fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).unwrap_or_default();
+    let locks = children(&**repo.storage(), "locks")?;
+    // "Now" on the store's clock: when our own lock was written, a moment ago.
+    let now = locks.iter().find(|l| l.name == own_name).and_then(|l| l.modified).unwrap_or_else(SystemTime::now);
+    for object in locks.iter().filter(|l| l.name != own_name) {
+        let shown = repo.describe(&object.name);
+        let bytes = match repo.storage().read(&object.name, MAX_RECORD) {
+            // Released meanwhile; or something no lock can be (a folder, a FIFO, a huge file).
+            Err(StorageError::NotFound(_) | StorageError::NotAFile { .. } | StorageError::TooLarge { .. }) => continue,
+            other => other?,
+        };
+        let age = object.modified.and_then(|t| now.duration_since(t).ok()).unwrap_or_default();
         let Ok(other) = serde_json::from_slice::<LockRecord>(&bytes) else {
+            // Locks are written whole: one that does not read is not being written, it is junk
+            // (unless it is brand new, from a newer phonebak).
             if age > Duration::from_secs(60) {
-                crate::tell!("phonebak: removing unreadable lock file {}", path.display());
-                repo.remove_file(&path)?;
+                crate::tell!("phonebak: removing unreadable lock file {shown}");
+                repo.remove(&object.name)?;
             }
             continue;
         };
@@ -153,7 +172,7 @@ fn find_conflict(repo: &Repository, kind: LockKind, own_name: &str) -> Result<Op
                 other.hostname,
                 other.time
             );
-            repo.remove_file(&path)?;
+            repo.remove(&object.name)?;
             continue;
         }
         if kind == LockKind::Exclusive || other.kind == LockKind::Exclusive {

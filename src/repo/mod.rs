@@ -10,14 +10,14 @@ pub mod index;
 pub mod lock;
 pub mod pack;
 pub mod packer;
-mod packfiles;
 pub mod snapshot;
+pub mod storage;
 pub mod warnings;
 
 use std::cell::RefCell;
 use std::fmt;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,7 @@ use config::{Config, FORMAT_VERSION};
 use crypto::{KdfParams, MasterKeys, Sealer};
 pub use fsutil::{crash_point, create_private_dirs, free_space, fsync_dir};
 use index::Index;
-use packfiles::PackFiles;
+pub use storage::{Object, Reuse, Storage, StorageError};
 use warnings::Warnings;
 
 /// A 32-byte name: of a blob (keyed BLAKE3 of its plain bytes), a pack (BLAKE3 of the file), a
@@ -85,15 +85,15 @@ impl BlobKind {
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
     #[error("no phonebak repository at {0} (create one with `phonebak init`)")]
-    NotFound(PathBuf),
+    NotFound(String),
     #[error("{0} is already a phonebak repository")]
-    AlreadyExists(PathBuf),
+    AlreadyExists(String),
     #[error(
         "{0} holds phonebak repository data (packs, index or snapshots) but its config file is missing: \
              without it nothing there can be read. Copy the config back from a backup of the repository; \
              `init` will not create a new repository over this data"
     )]
-    ConfigMissing(PathBuf),
+    ConfigMissing(String),
     #[error("repository format {found} is newer than this phonebak understands (up to {supported}): upgrade phonebak")]
     NewerFormat { found: u32, supported: u32 },
     #[error("wrong password for this repository (or its config's sealed keys are damaged: a config copied from a backup of the repository opens with the right password)")]
@@ -112,6 +112,27 @@ pub enum RepoError {
     NoSpace(String),
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
+    /// The store cannot be reached, refuses access, or has no such bucket.
+    #[error(transparent)]
+    Storage(StorageError),
+}
+
+impl From<StorageError> for RepoError {
+    /// What a caller did not handle itself: a missing object reads as a missing file (callers
+    /// that care match on it first), an object that cannot be a record as damage.
+    fn from(error: StorageError) -> RepoError {
+        match error {
+            StorageError::NoSpace(context) => RepoError::NoSpace(context),
+            StorageError::Io { context, source } => RepoError::Io { context, source },
+            StorageError::NotFound(name) => {
+                RepoError::Io { context: format!("reading {name}"), source: io::ErrorKind::NotFound.into() }
+            }
+            StorageError::NotAFile { name, why } => RepoError::Corrupt(format!("{name}: {why}")),
+            StorageError::TooLarge { name } => RepoError::Corrupt(format!("{name}: larger than any file of its kind")),
+            StorageError::Truncated { name } => RepoError::Corrupt(format!("{name} is truncated")),
+            other => RepoError::Storage(other),
+        }
+    }
 }
 
 impl RepoError {
@@ -154,8 +175,8 @@ impl Default for InitOptions {
 
 /// Where damaged files are moved, inside the repository.
 pub const DAMAGED_DIR: &str = "damaged";
-
-const SUBDIRS: [&str; 5] = ["data", "index", "snapshots", "locks", "tmp"];
+/// The largest config file read (it is a few hundred bytes).
+const MAX_CONFIG: u64 = 1 << 20;
 /// Blobs larger than this are first test-compressed on a sample, so photos and videos do not
 /// pay for a full zstd pass that cannot shrink them.
 const SAMPLE_FIRST_ABOVE: usize = 128 * 1024;
@@ -190,27 +211,37 @@ pub(crate) fn decode_record<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Res
 const SCRATCH_MAX: usize = 256 * 1024;
 
 pub struct Repository {
-    root: PathBuf,
+    storage: Arc<dyn Storage>,
     config: Config,
     keys: MasterKeys,
     sealer: Arc<Sealer>,
     index: Index,
-    packs: PackFiles,
     warnings: Arc<Warnings>,
 }
 
+/// The name of pack `pack`: `data/<its first 2 hex digits>/<its 64 hex digits>`.
+pub fn pack_name(pack: &PackId) -> String {
+    let hex = pack.to_hex();
+    format!("data/{}/{hex}", &hex[..2])
+}
+
 impl Repository {
-    pub fn init(root: &Path, password: Option<&[u8]>, options: InitOptions) -> Result<(), RepoError> {
-        if root.join("config").exists() {
-            return Err(RepoError::AlreadyExists(root.to_path_buf()));
-        }
-        if holds_repository_data(root) {
-            return Err(RepoError::ConfigMissing(root.to_path_buf()));
-        }
+    /// Creates a repository in `storage` (and its bucket, if `create_bucket` and it has none).
+    pub fn init(
+        storage: &dyn Storage,
+        password: Option<&[u8]>,
+        options: InitOptions,
+        create_bucket: bool,
+    ) -> Result<(), RepoError> {
         options.chunker.validate().map_err(RepoError::Corrupt)?;
-        for dir in SUBDIRS {
-            fsutil::create_private_dirs(&root.join(dir))
-                .map_err(io_error(format!("creating {}", root.join(dir).display())))?;
+        storage.create(create_bucket)?;
+        match storage.size("config") {
+            Err(StorageError::NotFound(_)) => {}
+            Err(StorageError::Io { .. }) | Ok(_) => return Err(RepoError::AlreadyExists(storage.location())),
+            Err(other) => return Err(other.into()),
+        }
+        if holds_repository_data(storage)? {
+            return Err(RepoError::ConfigMissing(storage.location()));
         }
         let keys = MasterKeys::random();
         let config = Config {
@@ -223,48 +254,57 @@ impl Repository {
             keys: Config::seal_keys(&keys, password, options.kdf)?,
         };
         let json = serde_json::to_vec_pretty(&config).expect("config serializes");
-        // The config is written last: a directory without it is not yet a repository.
-        fsutil::write_atomic(&root.join("tmp"), &root.join("config"), &json)
-            .map_err(io_error("writing the repository config"))?;
-        fsync_dir(root).map_err(io_error("syncing the repository folder"))
+        // The config is written last: a place without it is not yet a repository. Two inits at
+        // once: the second finds the first's config and stops.
+        if !storage.write_new("config", &json)? {
+            return Err(RepoError::AlreadyExists(storage.location()));
+        }
+        Ok(())
     }
 
-    /// Is the repository at `root` encrypted? Lets the CLI ask for a password only when needed.
-    pub fn read_config(root: &Path) -> Result<Config, RepoError> {
-        let read = |path: &Path| -> io::Result<Vec<u8>> {
-            let mut bytes = Vec::new();
-            io::Read::read_to_end(&mut io::Read::take(fsutil::open_regular(path)?, 1 << 20), &mut bytes)?;
-            Ok(bytes)
-        };
-        let bytes = match read(&root.join("config")) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound && holds_repository_data(root) => {
-                return Err(RepoError::ConfigMissing(root.to_path_buf()))
+    /// Creates a repository in folder `root`.
+    pub fn init_folder(root: &Path, password: Option<&[u8]>, options: InitOptions) -> Result<(), RepoError> {
+        Self::init(&storage::folder::Folder::new(root.to_path_buf()), password, options, false)
+    }
+
+    /// Opens the repository in folder `root`.
+    pub fn open_folder(
+        root: &Path,
+        password: impl FnOnce() -> Result<Vec<u8>, RepoError>,
+    ) -> Result<Repository, RepoError> {
+        Self::open(Arc::new(storage::folder::Folder::new(root.to_path_buf())), password)
+    }
+
+    /// Reads the repository's config (is it encrypted? lets the CLI ask for a password only
+    /// when needed).
+    pub fn read_config(storage: &dyn Storage) -> Result<Config, RepoError> {
+        let bytes = match storage.read("config", MAX_CONFIG) {
+            Err(StorageError::NotFound(_)) if holds_repository_data(storage)? => {
+                return Err(RepoError::ConfigMissing(storage.location()))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RepoError::NotFound(root.to_path_buf())),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                let what = root.join("config");
-                return Err(RepoError::Corrupt(format!(
-                    "{}: not a regular file (something else is in its place)",
-                    what.display()
-                )));
+            Err(StorageError::NotFound(_)) => return Err(RepoError::NotFound(storage.location())),
+            Err(StorageError::NotAFile { why, .. }) => {
+                return Err(RepoError::Corrupt(format!("{}: {why}", in_repository(storage, "config"))))
             }
-            other => other.map_err(io_error(format!("reading {}", root.join("config").display())))?,
+            other => other?,
         };
         Config::parse(&bytes)
     }
 
-    pub fn open(root: &Path, password: impl FnOnce() -> Result<Vec<u8>, RepoError>) -> Result<Repository, RepoError> {
-        let config = Self::read_config(root)?;
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        password: impl FnOnce() -> Result<Vec<u8>, RepoError>,
+    ) -> Result<Repository, RepoError> {
+        let config = Self::read_config(&*storage)?;
         let keys = config.open_keys(password)?;
         let sealer = Arc::new(if config.is_encrypted() { Sealer::encrypted(&keys.encryption) } else { Sealer::Plain });
         let warnings = Arc::new(Warnings::default());
         let mut repo = Repository {
-            root: root.to_path_buf(),
+            index: Index::empty(sealer.clone(), storage.clone(), warnings.clone()),
+            storage,
             config,
             keys,
-            index: Index::empty(sealer.clone(), root.join("index"), root.join("data"), warnings.clone()),
             sealer,
-            packs: PackFiles::new(root.join("data")),
             warnings,
         };
         repo.reload_index()?;
@@ -277,8 +317,20 @@ impl Repository {
         Ok(())
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+    /// Where the repository is, for messages.
+    pub fn location(&self) -> String {
+        self.storage.location()
+    }
+    /// The repository's folder, if it is one.
+    pub fn local_folder(&self) -> Option<&Path> {
+        self.storage.local_folder()
+    }
+    /// How an object of the repository is named in a message: its path in a folder repository.
+    pub fn describe(&self, name: &str) -> String {
+        in_repository(&*self.storage, name)
     }
     pub fn config(&self) -> &Config {
         &self.config
@@ -299,9 +351,6 @@ impl Repository {
     pub fn warnings(&self) -> &Arc<Warnings> {
         &self.warnings
     }
-    pub fn path(&self, rel: &str) -> PathBuf {
-        self.root.join(rel)
-    }
 
     pub fn blob_id(&self, plain: &[u8]) -> BlobId {
         Id(*blake3::keyed_hash(&self.keys.blob_id, plain).as_bytes())
@@ -312,10 +361,21 @@ impl Repository {
         blake3::Hasher::new_keyed(&self.keys.blob_id)
     }
 
-    /// Writes `bytes` to `rel` so that it either appears whole or not at all.
-    pub fn write_file_atomic(&self, rel: &str, bytes: &[u8]) -> Result<(), RepoError> {
-        fsutil::write_atomic(&self.path("tmp"), &self.path(rel), bytes)
-            .map_err(io_error(format!("writing {}", self.path(rel).display())))
+    /// Writes `bytes` to `name` so that it either appears whole or not at all.
+    pub fn write_file_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), RepoError> {
+        Ok(self.storage.write(name, bytes)?)
+    }
+
+    /// Reads `len` bytes at `offset` of pack `pack` into `out`; returns where they lie in it.
+    fn read_pack(
+        &self,
+        pack: &PackId,
+        offset: u64,
+        len: usize,
+        reuse: Reuse,
+        out: &mut Vec<u8>,
+    ) -> Result<std::ops::Range<usize>, RepoError> {
+        self.storage.read_range(&pack_name(pack), offset, len, reuse, out).map_err(|e| pack_error(pack, e))
     }
 
     /// Compresses (when that helps) and seals one blob for a pack.
@@ -428,10 +488,12 @@ impl Repository {
 
     fn load_from(&self, id: &BlobId, location: &index::BlobLocation, out: &mut Vec<u8>) -> Result<(), RepoError> {
         let (pack, offset, len) = (&location.pack, location.offset as u64, location.len as usize);
+        // Folder listings are read again and again (every walk passes through them).
+        let reuse = if location.kind == BlobKind::Tree { Reuse::Again } else { Reuse::Once };
         match self.layout(location.len, location.raw_len) {
             Layout::Whole { raw: false } => {
                 let mut read_compressed = |stored: &mut Vec<u8>| -> Result<(), RepoError> {
-                    let bytes = self.packs.read(pack, offset, len, stored)?;
+                    let bytes = self.read_pack(pack, offset, len, reuse, stored)?;
                     let at = bytes.start;
                     let range = self.open_blob(location.kind, id, &mut stored[bytes])?;
                     self.decompress_blob(id, &stored[at + range.start..at + range.end], location.raw_len, out)
@@ -443,7 +505,7 @@ impl Repository {
                 }
             }
             Layout::Whole { raw: true } => {
-                let bytes = self.packs.read(pack, offset, len, out)?;
+                let bytes = self.read_pack(pack, offset, len, reuse, out)?;
                 let at = bytes.start;
                 let range = self.open_blob(location.kind, id, &mut out[bytes])?;
                 if out[at + range.start] != 0 {
@@ -453,7 +515,7 @@ impl Repository {
                 out.truncate(range.len() - 1);
             }
             Layout::Framed { .. } => {
-                let bytes = self.packs.read(pack, offset, len, out)?;
+                let bytes = self.read_pack(pack, offset, len, reuse, out)?;
                 self.open_frames_in_place(location.kind, id, 0, out, bytes)?;
             }
         }
@@ -492,7 +554,7 @@ impl Repository {
         let step = FRAME_LEN + self.sealer.overhead();
         let start = number as usize * step;
         let len = step.min(location.len as usize - start);
-        let bytes = self.packs.read(&location.pack, location.offset as u64 + start as u64, len, out)?;
+        let bytes = self.read_pack(&location.pack, location.offset as u64 + start as u64, len, Reuse::Once, out)?;
         self.open_frames_in_place(location.kind, id, number as usize, out, bytes)?;
         let expected = FRAME_LEN.min(location.raw_len as usize - number as usize * FRAME_LEN);
         if out.len() != expected {
@@ -568,92 +630,114 @@ impl Repository {
         Ok(())
     }
 
-    pub fn pack_path(&self, pack: &PackId) -> PathBuf {
-        self.packs.path(pack)
-    }
-
-    /// Read whole chunks past the page cache (see `packfiles`): for the mount, which keeps what
-    /// it reads in its own cache.
+    /// Read whole chunks past the page cache (a folder's; see `storage::file_reads`): for the
+    /// mount, which keeps what it reads in its own cache.
     pub fn read_chunks_directly(&self) {
-        self.packs.read_directly();
+        self.storage.read_directly();
     }
 
     pub fn read_pack_range(&self, pack: &PackId, offset: u64, len: usize) -> Result<Vec<u8>, RepoError> {
         let mut buf = Vec::new();
-        let bytes = self.packs.read(pack, offset, len, &mut buf)?;
+        let bytes = self.read_pack(pack, offset, len, Reuse::Once, &mut buf)?;
         buf.truncate(bytes.end);
         buf.drain(..bytes.start);
         Ok(buf)
     }
 
-    /// Every pack file present on disk, with its size.
-    pub fn list_packs(&self) -> Result<Vec<(PackId, u64)>, RepoError> {
-        pack::list_packs(&self.path("data"))
+    /// A whole pack (for `check --read-data`).
+    pub fn read_whole_pack(&self, pack: &PackId) -> Result<Vec<u8>, RepoError> {
+        self.storage
+            .read(&pack_name(pack), config::MAX_PACK_SIZE + MAX_STORED as u64 + (1 << 20))
+            .map_err(|e| pack_error(pack, e))
     }
 
-    /// Files named like packs in the wrong `data/xx/` folder, or not regular files.
-    pub fn misplaced_packs(&self) -> Result<Vec<PathBuf>, RepoError> {
-        pack::misplaced_packs(&self.path("data"))
+    /// Every pack present, with its size.
+    pub fn list_packs(&self) -> Result<Vec<(PackId, u64)>, RepoError> {
+        pack::list_packs(&*self.storage)
+    }
+
+    /// Objects named like packs in the wrong `data/xx/` folder, or not regular files.
+    pub fn misplaced_packs(&self) -> Result<Vec<Object>, RepoError> {
+        pack::misplaced_packs(&*self.storage)
     }
 
     /// Names in `tmp/`: leftovers of interrupted writes, harmless and removed by `prune`.
-    pub fn list_temp_files(&self) -> Result<Vec<PathBuf>, RepoError> {
-        read_dir_sorted(&self.path("tmp"))
+    pub fn list_temp_files(&self) -> Result<Vec<String>, RepoError> {
+        Ok(children(&*self.storage, "tmp")?.into_iter().map(|o| o.name).collect())
     }
 
-    pub fn remove_file(&self, path: &Path) -> Result<(), RepoError> {
-        fsutil::crash_point("remove", path);
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(format!("removing {}", path.display()))(e)),
-            _ => Ok(()),
-        }
+    /// Removes object `name`; one already gone is no error.
+    pub fn remove(&self, name: &str) -> Result<(), RepoError> {
+        Ok(self.storage.delete(name)?)
     }
 
-    /// Moves `from` (a file of the repository) to `damaged/<kind>/<name>`, durably: damaged
-    /// files are kept for the user, never deleted.
-    pub fn move_aside(&self, from: &Path, kind: &str) -> Result<(), RepoError> {
-        let dir = self.path(DAMAGED_DIR).join(kind);
-        fsutil::create_private_dirs(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
-        let name = from.file_name().expect("repository files have names");
-        fsutil::crash_point("rename", from);
-        std::fs::rename(from, dir.join(name)).map_err(io_error(format!("moving {} aside", from.display())))?;
-        fsync_dir(&dir).map_err(io_error(format!("syncing {}", dir.display())))?;
-        let parent = from.parent().expect("repository files live in folders");
-        fsync_dir(parent).map_err(io_error(format!("syncing {}", parent.display())))
+    /// Moves `name` (a file of the repository) to `damaged/<kind>/<its last name>`, durably:
+    /// damaged files are kept for the user, never deleted.
+    pub fn move_aside(&self, name: &str, kind: &str) -> Result<(), RepoError> {
+        let last = name.rsplit('/').next().expect("names have a last part");
+        Ok(self.storage.set_aside(name, &format!("{DAMAGED_DIR}/{kind}/{last}"))?)
     }
 
-    /// Removes every index file but `keep` (what is not a file there is moved aside), then syncs
-    /// `index/`, so that the removals are durable before anything they named is deleted.
-    /// Returns how many it removed.
+    /// Removes every index file but `keep` (what is not a file there is moved aside), then makes
+    /// the removals durable before anything they named is deleted. Returns how many it removed.
     pub fn remove_index_files_but(&self, keep: &Id) -> Result<u64, RepoError> {
-        let dir = self.path("index");
+        let keep = format!("index/{}", keep.to_hex());
         let mut removed = 0;
-        for path in read_dir_sorted(&dir)? {
-            if path.file_name().and_then(|n| n.to_str()) == Some(keep.to_hex().as_str()) {
+        for object in children(&*self.storage, "index")? {
+            if object.name == keep {
                 continue;
             }
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-                self.move_aside(&path, "index")?;
+            if object.regular {
+                self.remove(&object.name)?;
             } else {
-                self.remove_file(&path)?;
+                self.move_aside(&object.name, "index")?;
             }
             removed += 1;
         }
-        fsync_dir(&dir).map_err(io_error("syncing the index folder"))?;
+        self.storage.sync_deletions("index")?;
         Ok(removed)
     }
 
-    /// Bytes free on the repository's file system.
+    /// Bytes free where the repository is stored, where that is known.
     pub fn free_space(&self) -> Option<u64> {
-        fsutil::free_space(&self.root)
+        self.storage.free_space()
     }
 }
 
-/// Does `root` hold packs, index files or snapshot records (of a repository whose config is gone)?
-fn holds_repository_data(root: &Path) -> bool {
-    ["data", "index", "snapshots"]
-        .iter()
-        .any(|dir| std::fs::read_dir(root.join(dir)).is_ok_and(|mut entries| entries.next().is_some()))
+/// How object `name` is named in a message: a path in a folder repository, else its location
+/// and name.
+pub fn in_repository(storage: &dyn Storage, name: &str) -> String {
+    match storage.local_folder() {
+        Some(root) => root.join(name).display().to_string(),
+        None => format!("{}/{name}", storage.location()),
+    }
+}
+
+/// A pack read's failure, said of the pack.
+fn pack_error(pack: &PackId, error: StorageError) -> RepoError {
+    match error {
+        StorageError::NotFound(_) => RepoError::MissingPack(*pack),
+        StorageError::Truncated { .. } => RepoError::Corrupt(format!("pack {pack} is truncated")),
+        StorageError::NotAFile { why, .. } => RepoError::Corrupt(format!("pack {pack}: {why}")),
+        other => other.into(),
+    }
+}
+
+/// The objects right inside `dir/` (not in folders below it).
+pub(crate) fn children(storage: &dyn Storage, dir: &str) -> Result<Vec<Object>, RepoError> {
+    let depth = dir.matches('/').count() + 1;
+    Ok(storage.list(dir)?.into_iter().filter(|o| o.name.matches('/').count() == depth).collect())
+}
+
+/// Does `storage` hold packs, index files or snapshot records (of a repository whose config is
+/// gone)?
+fn holds_repository_data(storage: &dyn Storage) -> Result<bool, RepoError> {
+    for dir in ["data", "index", "snapshots"] {
+        if !storage.list(dir)?.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn blob_aad(kind: BlobKind, id: &BlobId) -> [u8; 33] {
@@ -691,16 +775,6 @@ fn worth_compressing(plain: &[u8]) -> bool {
         Some(out) => out.len() < sample.len() * 97 / 100,
         None => false,
     }
-}
-
-pub(crate) fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, RepoError> {
-    let entries = std::fs::read_dir(dir).map_err(io_error(format!("listing {}", dir.display())))?;
-    let mut paths = Vec::new();
-    for entry in entries {
-        paths.push(entry.map_err(io_error(format!("listing {}", dir.display())))?.path());
-    }
-    paths.sort();
-    Ok(paths)
 }
 
 /// zstd contexts are costly to create; one per thread serves every blob it handles.

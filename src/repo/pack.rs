@@ -3,18 +3,13 @@
 //! `PBPACK01` | blob* | sealed footer (the blob list) | footer length u32 LE | `PBPKEND1`.
 //! A pack is named by the BLAKE3 hash of its whole content.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::io::Write;
 
 use serde::{Deserialize, Serialize};
 
 use super::crypto::Sealer;
-use super::packfiles::pack_path;
-use super::{
-    fsutil, io_error, read_dir_sorted, BlobId, BlobKind, Id, PackId, RepoError, Repository, MAX_BLOB, MAX_STORED,
-};
+use super::storage::{Object, Reuse, Storage, StorageError, Upload};
+use super::{pack_error, pack_name, BlobId, BlobKind, Id, PackId, RepoError, Repository, MAX_BLOB, MAX_STORED};
 
 pub const PACK_MAGIC: &[u8; 8] = b"PBPACK01";
 const PACK_END: &[u8; 8] = b"PBPKEND1";
@@ -52,9 +47,10 @@ pub struct FinishedPack {
     pub entries: Vec<PackEntry>,
 }
 
+/// A pack being written: an upload that takes its name (its hash) when it is complete, and
+/// leaves nothing behind if it never is.
 pub struct PackWriter {
-    tmp_path: PathBuf,
-    file: Option<BufWriter<File>>,
+    upload: Box<dyn Upload>,
     hasher: blake3::Hasher,
     entries: Vec<PackEntry>,
     offset: u64,
@@ -62,22 +58,14 @@ pub struct PackWriter {
 
 impl PackWriter {
     pub fn create(repo: &Repository) -> Result<PackWriter, RepoError> {
-        let tmp_path = repo.path("tmp").join(format!("{}.pack", Id::random().to_hex()));
-        let file = fsutil::create_private(&tmp_path).map_err(io_error("creating a pack file"))?;
-        let mut writer = PackWriter {
-            tmp_path,
-            file: Some(BufWriter::with_capacity(1 << 20, file)),
-            hasher: blake3::Hasher::new(),
-            entries: Vec::new(),
-            offset: 0,
-        };
+        let upload = repo.storage().upload()?;
+        let mut writer = PackWriter { upload, hasher: blake3::Hasher::new(), entries: Vec::new(), offset: 0 };
         writer.write(PACK_MAGIC)?;
         Ok(writer)
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), RepoError> {
-        let file = self.file.as_mut().expect("pack writer used after finish");
-        file.write_all(bytes).map_err(io_error("writing a pack file"))?;
+        self.upload.write_all(bytes).map_err(super::io_error("writing a pack file"))?;
         self.hasher.update(bytes);
         self.offset += bytes.len() as u64;
         Ok(())
@@ -109,88 +97,66 @@ impl PackWriter {
         trailer[..4].copy_from_slice(&(footer.len() as u32).to_le_bytes());
         trailer[4..].copy_from_slice(PACK_END);
         self.write(&trailer)?;
-        let file = self.file.take().expect("pack writer used after finish");
-        let file = file.into_inner().map_err(|e| io_error("writing a pack file")(e.into_error()))?;
         let id = Id(*self.hasher.finalize().as_bytes());
-        Ok(SealedPack {
-            file,
-            tmp_path: std::mem::take(&mut self.tmp_path),
-            final_path: repo.pack_path(&id),
-            pack: FinishedPack { id, size: self.offset, entries: std::mem::take(&mut self.entries) },
-        })
+        Ok(SealedPack { upload: self.upload, pack: FinishedPack { id, size: self.offset, entries: self.entries } })
     }
 }
 
-impl Drop for PackWriter {
-    /// An abandoned pack (error, interrupted backup) leaves no temp file behind; a sealed one has
-    /// handed its path on.
-    fn drop(&mut self) {
-        remove_temp(&self.tmp_path);
-    }
-}
-
-fn remove_temp(path: &std::path::Path) {
-    if !path.as_os_str().is_empty() {
-        let _ = std::fs::remove_file(path);
-    }
-}
-
-/// A complete pack in `tmp/`, waiting to be synced and renamed into place. Publishing is kept
-/// apart so that it can run on another thread while the next pack is written.
+/// A complete pack, waiting to be made durable and put in place under its name. Publishing is
+/// kept apart so that it can run on another thread while the next pack is written. Dropped
+/// unpublished (full disk, error), it leaves nothing behind.
 pub struct SealedPack {
-    file: File,
-    tmp_path: PathBuf,
-    final_path: PathBuf,
+    upload: Box<dyn Upload>,
     pack: FinishedPack,
 }
 
 impl SealedPack {
-    pub fn publish(mut self) -> Result<FinishedPack, RepoError> {
-        self.file.sync_all().map_err(io_error("syncing a pack file"))?;
-        fsutil::crash_point("sync", &self.tmp_path);
-        fsutil::publish(&self.tmp_path, &self.final_path).map_err(io_error("storing a pack file"))?;
-        self.tmp_path = PathBuf::new();
-        Ok(FinishedPack { id: self.pack.id, size: self.pack.size, entries: std::mem::take(&mut self.pack.entries) })
-    }
-}
-
-impl Drop for SealedPack {
-    /// A pack that could not be synced or renamed (full disk) leaves no temp file behind.
-    fn drop(&mut self) {
-        remove_temp(&self.tmp_path);
+    pub fn publish(self) -> Result<FinishedPack, RepoError> {
+        self.upload.finish(&pack_name(&self.pack.id))?;
+        Ok(self.pack)
     }
 }
 
 /// Reads a pack's own list of its blobs (used by `check` and to rebuild lost indexes).
 pub fn read_footer(repo: &Repository, pack: &PackId) -> Result<Vec<PackEntry>, RepoError> {
-    read_footer_at(repo.sealer(), &repo.pack_path(pack), pack)
+    read_footer_in(repo.sealer(), &**repo.storage(), pack)
 }
 
-/// Reads the footer of the pack file at `path`, checking its magic numbers and bounds, and
+/// How much of a pack's end is read at once: its trailer and, mostly, its whole footer (an
+/// object store answers one request where three would do).
+const TAIL_READ: u64 = 64 * 1024;
+
+/// Reads the footer of pack `pack` in `storage`, checking its magic numbers and bounds, and
 /// that every blob it lists lies inside the pack.
-pub fn read_footer_at(sealer: &Sealer, path: &Path, pack: &PackId) -> Result<Vec<PackEntry>, RepoError> {
+pub fn read_footer_in(sealer: &Sealer, storage: &dyn Storage, pack: &PackId) -> Result<Vec<PackEntry>, RepoError> {
     let damaged = |why: &str| RepoError::Corrupt(format!("pack {pack}: {why}"));
-    let file = fsutil::open_regular(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => RepoError::MissingPack(*pack),
-        std::io::ErrorKind::InvalidData => damaged("not a regular file"),
-        _ => io_error(format!("opening {}", path.display()))(e),
-    })?;
-    let size = file.metadata().map_err(io_error(format!("reading {}", path.display())))?.len();
+    let name = pack_name(pack);
+    let read = |offset: u64, len: u64| -> Result<Vec<u8>, RepoError> {
+        let mut out = Vec::new();
+        let at =
+            storage.read_range(&name, offset, len as usize, Reuse::Once, &mut out).map_err(|e| pack_error(pack, e))?;
+        out.truncate(at.end);
+        out.drain(..at.start);
+        Ok(out)
+    };
+    let size = storage.size(&name).map_err(|e| pack_error(pack, e))?;
     if size < (PACK_MAGIC.len() + TRAILER_LEN) as u64 {
         return Err(damaged("too short"));
     }
-    let mut trailer = [0u8; TRAILER_LEN];
-    file.read_exact_at(&mut trailer, size - TRAILER_LEN as u64)
-        .map_err(io_error(format!("reading {}", path.display())))?;
-    let footer_len = parse_trailer(&trailer, size).map_err(damaged)? as u64;
-    let mut magic = [0u8; 8];
-    file.read_exact_at(&mut magic, 0).map_err(io_error(format!("reading {}", path.display())))?;
-    if &magic != PACK_MAGIC {
+    let tail_at = size.saturating_sub(TAIL_READ);
+    let tail = read(tail_at, size - tail_at)?;
+    let trailer: &[u8; TRAILER_LEN] = tail[tail.len() - TRAILER_LEN..].try_into().expect("trailer length");
+    let footer_len = parse_trailer(trailer, size).map_err(damaged)? as u64;
+    let magic = if tail_at == 0 { tail[..PACK_MAGIC.len()].to_vec() } else { read(0, PACK_MAGIC.len() as u64)? };
+    if magic != PACK_MAGIC {
         return Err(damaged("not a pack file (wrong magic number)"));
     }
-    let mut footer = vec![0u8; footer_len as usize];
     let footer_at = size - TRAILER_LEN as u64 - footer_len;
-    file.read_exact_at(&mut footer, footer_at).map_err(io_error(format!("reading {}", path.display())))?;
+    let footer = if footer_at >= tail_at {
+        tail[(footer_at - tail_at) as usize..tail.len() - TRAILER_LEN].to_vec()
+    } else {
+        read(footer_at, footer_len)?
+    };
     let plain = sealer.open(&footer, FOOTER_AAD).map_err(|e| damaged(&format!("footer: {e}")))?;
     parse_footer(&plain, footer_at).map_err(damaged)
 }
@@ -227,45 +193,38 @@ pub(crate) fn parse_footer(plain: &[u8], footer_at: u64) -> Result<Vec<PackEntry
     Ok(entries)
 }
 
-/// Every pack file under `data` (the repository's `data/` folder), with its size.
-pub fn list_packs(data: &Path) -> Result<Vec<(PackId, u64)>, RepoError> {
-    Ok(scan_packs(data)?.0)
+/// Every pack in `storage`, with its size.
+pub fn list_packs(storage: &dyn Storage) -> Result<Vec<(PackId, u64)>, RepoError> {
+    Ok(scan_packs(storage)?.0)
 }
 
-/// Files named like packs that are not where a pack of that name lives (another `data/xx/`
+/// Objects named like packs that are not where a pack of that name lives (another `data/xx/`
 /// folder) or are not regular files: no command uses them; `check` names them.
-pub fn misplaced_packs(data: &Path) -> Result<Vec<PathBuf>, RepoError> {
-    Ok(scan_packs(data)?.1)
+pub fn misplaced_packs(storage: &dyn Storage) -> Result<Vec<Object>, RepoError> {
+    Ok(scan_packs(storage)?.1)
 }
 
-/// The packs in `data` with their sizes, and the misplaced files named like packs.
-type PackScan = (Vec<(PackId, u64)>, Vec<PathBuf>);
+/// The packs with their sizes, and the misplaced objects named like packs.
+type PackScan = (Vec<(PackId, u64)>, Vec<Object>);
 
-fn scan_packs(data: &Path) -> Result<PackScan, RepoError> {
+fn scan_packs(storage: &dyn Storage) -> Result<PackScan, RepoError> {
     let (mut packs, mut misplaced) = (Vec::new(), Vec::new());
-    let subs = match read_dir_sorted(data) {
-        Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok((packs, misplaced))
-        }
+    let objects = match storage.list("data") {
+        Err(StorageError::NotFound(_)) => return Ok((packs, misplaced)),
         other => other?,
     };
-    // Only `<2 hex digits>/<64 hex digits>` is a pack: anything else a user or a sync tool left
-    // there (a file, `.DS_Store`) is no reason to refuse the whole repository.
-    let is_prefix = |p: &PathBuf| {
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit()) && p.is_dir()
-    };
-    for sub in subs.into_iter().filter(is_prefix) {
-        for file in read_dir_sorted(&sub)? {
-            let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let Some(id) = Id::from_hex(name) else { continue };
-            if !file.is_file() || file != pack_path(data, &id) {
-                misplaced.push(file);
-                continue;
-            }
-            let size = std::fs::metadata(&file).map_err(io_error(format!("reading {}", file.display())))?.len();
-            packs.push((id, size));
+    // Only `data/<2 hex digits>/<64 hex digits>` is a pack: anything else a user or a sync tool
+    // left there (a file, `.DS_Store`) is no reason to refuse the whole repository.
+    for object in objects {
+        let parts: Vec<&str> = object.name.split('/').collect();
+        let [_, prefix, last] = parts[..] else { continue };
+        let is_prefix = prefix.len() == 2 && prefix.bytes().all(|b| b.is_ascii_hexdigit());
+        let Some(id) = Id::from_hex(last).filter(|_| is_prefix) else { continue };
+        if !object.regular || object.name != pack_name(&id) {
+            misplaced.push(object);
+            continue;
         }
+        packs.push((id, object.size));
     }
     Ok((packs, misplaced))
 }

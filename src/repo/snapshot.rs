@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{Local, TimeZone};
 use serde::{Deserialize, Serialize};
 
-use super::{io_error, read_dir_sorted, BlobId, Id, RepoError, Repository, SnapshotId};
+use super::storage::StorageError;
+use super::{children, BlobId, Id, RepoError, Repository, SnapshotId};
 
 const SNAPSHOT_AAD: &[u8] = b"phonebak snapshot";
 /// How a snapshot's time is shown, and its folder name in the mount.
@@ -109,19 +110,12 @@ pub fn save(repo: &Repository, snapshot: &Snapshot) -> Result<SnapshotId, RepoEr
 const MAX_RECORD: u64 = 1 << 20;
 
 pub fn load(repo: &Repository, id: &SnapshotId) -> Result<Snapshot, RepoError> {
-    let path = repo.path(&format!("snapshots/{}", id.to_hex()));
     let damaged = |why: String| RepoError::Corrupt(format!("snapshot record {id}: {why}"));
-    let file = super::fsutil::open_regular(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::InvalidData => damaged("not a regular file".into()),
-        std::io::ErrorKind::NotFound if std::fs::symlink_metadata(&path).is_ok() => damaged("a link to nothing".into()),
-        _ => io_error(format!("reading {}", path.display()))(e),
-    })?;
-    let mut sealed = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_RECORD + 1), &mut sealed)
-        .map_err(io_error(format!("reading {}", path.display())))?;
-    if sealed.len() as u64 > MAX_RECORD {
-        return Err(damaged("larger than any snapshot record".into()));
-    }
+    let sealed = match repo.storage().read(&format!("snapshots/{}", id.to_hex()), MAX_RECORD) {
+        Err(StorageError::NotAFile { why, .. }) => return Err(damaged(why.into())),
+        Err(StorageError::TooLarge { .. }) => return Err(damaged("larger than any snapshot record".into())),
+        other => other?,
+    };
     let plain = repo.sealer().open(&sealed, SNAPSHOT_AAD).map_err(|e| damaged(e.to_string()))?;
     parse_record(&plain).map_err(damaged)
 }
@@ -162,13 +156,35 @@ pub fn load_all(repo: &Repository) -> Result<(Loaded, Vec<DamagedRecord>), RepoE
 }
 
 pub fn remove(repo: &Repository, id: &SnapshotId) -> Result<(), RepoError> {
-    repo.remove_file(&repo.path(&format!("snapshots/{}", id.to_hex())))?;
-    super::fsync_dir(&repo.path("snapshots")).map_err(io_error("syncing the snapshots folder"))
+    repo.remove(&format!("snapshots/{}", id.to_hex()))?;
+    Ok(repo.storage().sync_deletions("snapshots")?)
 }
 
 pub fn list_ids(repo: &Repository) -> Result<Vec<SnapshotId>, RepoError> {
-    let paths = read_dir_sorted(&repo.path("snapshots"))?;
-    Ok(paths.iter().filter_map(|p| p.file_name().and_then(|n| n.to_str()).and_then(Id::from_hex)).collect())
+    let objects = children(&**repo.storage(), "snapshots")?;
+    Ok(objects.iter().filter_map(|o| o.name.strip_prefix("snapshots/").and_then(Id::from_hex)).collect())
+}
+
+/// The names of the snapshot records stored now (cheap: one listing).
+pub fn list_names(repo: &Repository) -> Result<Vec<String>, RepoError> {
+    Ok(children(&**repo.storage(), "snapshots")?.into_iter().map(|o| o.name).collect())
+}
+
+/// As `list`, reading only the records that `known` does not hold (records never change).
+pub fn list_reusing(repo: &Repository, known: &[SnapshotInfo]) -> Result<Vec<SnapshotInfo>, RepoError> {
+    let known: HashMap<SnapshotId, &Snapshot> = known.iter().map(|i| (i.id, &i.snapshot)).collect();
+    let mut good = Vec::new();
+    for id in list_ids(repo)? {
+        match known.get(&id) {
+            Some(snapshot) => good.push((id, (*snapshot).clone())),
+            None => match load(repo, &id) {
+                Ok(snapshot) => good.push((id, snapshot)),
+                Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => repo.warnings().warn(&format!("{e}: skipped (`phonebak repair snapshots` moves it aside)")),
+            },
+        }
+    }
+    Ok(name_snapshots(good))
 }
 
 /// Every snapshot that can be read, oldest first. A damaged record is skipped, and said (once)

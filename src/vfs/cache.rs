@@ -246,8 +246,8 @@ mod tests {
     /// A repository holding `count` incompressible blobs of 256 KiB; returns it with their ids and contents.
     fn repo_with_blobs(dir: &std::path::Path, count: u8) -> (Arc<Repository>, Vec<(BlobId, Vec<u8>)>) {
         let kdf = crate::repo::crypto::KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 };
-        Repository::init(dir, Some(b"pw"), InitOptions { kdf, ..Default::default() }).unwrap();
-        let repo = Repository::open(dir, || Ok(b"pw".to_vec())).unwrap();
+        Repository::init_folder(dir, Some(b"pw"), InitOptions { kdf, ..Default::default() }).unwrap();
+        let repo = Repository::open_folder(dir, || Ok(b"pw".to_vec())).unwrap();
         let mut packer = Packer::new(&repo);
         let mut blobs = Vec::new();
         for n in 0..count {
@@ -264,7 +264,7 @@ mod tests {
             blobs.push((id, content));
         }
         packer.finish().unwrap();
-        let repo = Repository::open(dir, || Ok(b"pw".to_vec())).unwrap();
+        let repo = Repository::open_folder(dir, || Ok(b"pw".to_vec())).unwrap();
         (Arc::new(repo), blobs)
     }
 

@@ -45,6 +45,9 @@ const SNAPSHOTS_INO: u64 = 2;
 const CACHED_TREES: usize = 4096;
 /// How long the kernel may keep what a snapshot's or a device's name means: a backup, forget or
 /// prune made while mounted may rename or remove it.
+/// How often the mount looks for new snapshot records: on a folder, and on an object store.
+const LOOK_EVERY_LOCAL: Duration = Duration::from_millis(200);
+const LOOK_EVERY_REMOTE: Duration = Duration::from_secs(5);
 const SNAPSHOT_NAMES_TTL: Duration = Duration::from_millis(500);
 /// Chunks read ahead of a sequential reader (about 16 MiB), from its file and the next
 /// `FILES_AHEAD` files of its folder.
@@ -230,7 +233,10 @@ struct SnapshotList {
     /// Modification time of the repository's `snapshots/` folder: it changes with every backup
     /// and every forget, and is the mtime of the folders that list snapshots, so that the
     /// kernel's cached listings of them are dropped when it changes.
+    /// When the list last changed (the mount's time until a change is seen).
     stamp: Option<SystemTime>,
+    /// The record names listed when it was last read.
+    names: Vec<String>,
     checked: Option<Instant>,
     list: Arc<Vec<SnapshotInfo>>,
 }
@@ -326,7 +332,12 @@ impl View {
             mounted_at: chrono::Utc::now().timestamp(),
             inodes: Mutex::new(inodes),
             trees: Mutex::new(LruCache::new(NonZeroUsize::new(CACHED_TREES).expect("nonzero"))),
-            snapshots: Mutex::new(SnapshotList { stamp: None, checked: None, list: Arc::new(Vec::new()) }),
+            snapshots: Mutex::new(SnapshotList {
+                stamp: None,
+                names: Vec::new(),
+                checked: None,
+                list: Arc::new(Vec::new()),
+            }),
             chunks,
             readers: Mutex::new(HashMap::new()),
             prefetch,
@@ -340,17 +351,23 @@ impl View {
         }
     }
 
-    /// The snapshot list, re-read when the repository's `snapshots/` folder has changed (checked
-    /// at most every 200 ms), so backups made while mounted appear.
+    /// The snapshot list, re-read when the records listed in `snapshots/` change (looked at
+    /// most every 200 ms on a folder, every few seconds on an object store, where a listing is
+    /// a request), so that backups made while mounted, here or on another machine, appear.
+    /// Records read before are not read again.
     fn snapshot_list(&self) -> Result<Arc<Vec<SnapshotInfo>>, VfsError> {
         let mut cached = self.snapshots.lock().expect("snapshot list lock");
-        if cached.checked.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+        let every = if self.repo.local_folder().is_some() { LOOK_EVERY_LOCAL } else { LOOK_EVERY_REMOTE };
+        if cached.checked.is_some_and(|t| t.elapsed() < every) {
             return Ok(cached.list.clone());
         }
-        let stamp = std::fs::metadata(self.repo.path("snapshots")).and_then(|m| m.modified()).ok();
-        if cached.checked.is_none() || stamp != cached.stamp {
-            cached.list = Arc::new(snapshot::list(&self.repo)?);
-            cached.stamp = stamp;
+        let names = snapshot::list_names(&self.repo)?;
+        if cached.checked.is_none() || names != cached.names {
+            cached.list = Arc::new(snapshot::list_reusing(&self.repo, &cached.list)?);
+            if cached.checked.is_some() {
+                cached.stamp = Some(SystemTime::now());
+            }
+            cached.names = names;
         }
         cached.checked = Some(Instant::now());
         Ok(cached.list.clone())

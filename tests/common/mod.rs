@@ -41,7 +41,31 @@ impl Scratch {
             .env("PHONEBAK_REPO", &self.repo)
             .env("PHONEBAK_PASSWORD", PASSWORD)
             .env_remove("PHONEBAK_PASSWORD_FILE");
+        self.isolate(&mut cmd);
         cmd
+    }
+
+    /// Points `cmd`'s per-user state and cache folders (XDG) into this scratch folder: a test
+    /// never writes to the user's own.
+    pub fn isolate<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env("XDG_STATE_HOME", self.path("state")).env("XDG_CACHE_HOME", self.path("cache"))
+    }
+
+    /// This user's state folder for the scratch repository (staging, push journals).
+    pub fn state_dir(&self) -> PathBuf {
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.repo.join("config")).expect("a repository config")).unwrap();
+        self.path("state/phonebak").join(config["repository_id"].as_str().expect("a repository id"))
+    }
+
+    /// The staging folder behind the mount's `restore/`.
+    pub fn staging(&self) -> PathBuf {
+        self.state_dir().join("staging")
+    }
+
+    /// Where push journals and push locks are.
+    pub fn journals(&self) -> PathBuf {
+        self.state_dir().join("push-journal")
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
@@ -333,11 +357,17 @@ pub fn run_bounded(s: &Scratch, args: &[&str]) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// Every file (not folder) anywhere under `root`.
+/// Every file (not folder) anywhere under `root`. A folder removed while it is listed (by the
+/// program a test watches) holds nothing.
 pub fn files_under(root: &Path) -> Vec<PathBuf> {
     let mut all = Vec::new();
-    for entry in std::fs::read_dir(root).unwrap() {
-        let path = entry.unwrap().path();
+    let entries = match std::fs::read_dir(root) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return all,
+        other => other.unwrap(),
+    };
+    for entry in entries {
+        let Ok(entry) = entry else { continue };
+        let path = entry.path();
         if path.is_dir() {
             all.extend(files_under(&path));
         } else {

@@ -1,5 +1,5 @@
-//! Reading stored bytes out of pack files: a table of open packs, readahead for small reads, and
-//! direct reads (O_DIRECT) of whole chunks for the mount.
+//! Reading ranges of a folder repository's files (packs, index files): a table of open files,
+//! readahead for small reads, and direct reads (O_DIRECT) of whole chunks for the mount.
 //!
 //! A mount streaming a gigabyte of photos reads each chunk once and keeps it decoded in its own
 //! cache: through the page cache, every chunk cost the kernel a page allocation, a copy out and
@@ -12,11 +12,11 @@ use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::{io_error, PackId, RepoError};
+use super::{io_error, StorageError};
 
 /// Whole chunks from this size up are read directly when direct reads are on (smaller reads,
 /// trees and frames, are read again and stay in the page cache).
@@ -32,15 +32,9 @@ const READ_AHEAD_DIRECT: u64 = DIRECT_FROM as u64;
 /// Open descriptors kept (reopening is cheap).
 const KEPT_OPEN: usize = 256;
 
-/// Where pack `pack` lives under the repository's `data/` folder.
-pub fn pack_path(data: &Path, pack: &PackId) -> PathBuf {
-    let hex = pack.to_hex();
-    data.join(&hex[..2]).join(hex)
-}
-
-pub struct PackFiles {
-    data: PathBuf,
-    open: Mutex<HashMap<PackId, Arc<OpenPack>>>,
+pub struct FileReads {
+    root: PathBuf,
+    open: Mutex<HashMap<String, Arc<OpenPack>>>,
     /// Set by the mount; cleared for good when the file system refuses O_DIRECT.
     direct: AtomicBool,
 }
@@ -55,13 +49,13 @@ struct OpenPack {
     advised_until: AtomicU64,
 }
 
-impl PackFiles {
-    pub fn new(data: PathBuf) -> PackFiles {
-        PackFiles { data, open: Mutex::new(HashMap::new()), direct: AtomicBool::new(false) }
+impl FileReads {
+    pub fn new(root: PathBuf) -> FileReads {
+        FileReads { root, open: Mutex::new(HashMap::new()), direct: AtomicBool::new(false) }
     }
 
-    pub fn path(&self, pack: &PackId) -> PathBuf {
-        pack_path(&self.data, pack)
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
     }
 
     /// Read whole chunks of `DIRECT_FROM` bytes and more past the page cache from now on.
@@ -69,17 +63,17 @@ impl PackFiles {
         self.direct.store(true, Ordering::Relaxed);
     }
 
-    /// Reads `len` bytes at `offset` of `pack` into `out` (replacing what it held) and returns
-    /// where in `out` they lie: from 0, or from a few bytes in for a direct read, whose buffer
-    /// must start on an aligned address and block.
-    pub fn read(&self, pack: &PackId, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<Range<usize>, RepoError> {
-        let open = self.open(pack)?;
+    /// Reads `len` bytes at `offset` of file `name` into `out` (replacing what it held) and
+    /// returns where in `out` they lie: from 0, or from a few bytes in for a direct read, whose
+    /// buffer must start on an aligned address and block.
+    pub fn read(&self, name: &str, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<Range<usize>, StorageError> {
+        let open = self.open(name)?;
         let fail = |e: io::Error| match e.kind() {
-            io::ErrorKind::UnexpectedEof => RepoError::Corrupt(format!("pack {pack} is truncated")),
-            _ => io_error(format!("reading pack {pack}"))(e),
+            io::ErrorKind::UnexpectedEof => StorageError::Truncated { name: name.to_string() },
+            _ => io_error(format!("reading {}", self.path(name).display()))(e),
         };
         if len >= DIRECT_FROM && self.direct.load(Ordering::Relaxed) {
-            if let Some(direct) = open.direct(|| self.path(pack)) {
+            if let Some(direct) = open.direct(|| self.path(name)) {
                 match read_aligned(direct, offset, len, out) {
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct.store(false, Ordering::Relaxed),
                     done => {
@@ -98,23 +92,23 @@ impl PackFiles {
         Ok(0..len)
     }
 
-    fn open(&self, pack: &PackId) -> Result<Arc<OpenPack>, RepoError> {
-        let mut open = self.open.lock().expect("pack table lock");
-        if let Some(file) = open.get(pack) {
+    fn open(&self, name: &str) -> Result<Arc<OpenPack>, StorageError> {
+        let mut open = self.open.lock().expect("file table lock");
+        if let Some(file) = open.get(name) {
             return Ok(file.clone());
         }
-        let path = self.path(pack);
-        let file = super::fsutil::open_regular(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => RepoError::MissingPack(*pack),
-            io::ErrorKind::InvalidData => RepoError::Corrupt(format!("pack {pack}: not a regular file")),
-            _ => io_error(format!("opening {}", path.display()))(e),
-        })?;
+        let file = super::folder::open_regular(&self.path(name), name)?;
         if open.len() >= KEPT_OPEN {
             open.clear();
         }
         let file = Arc::new(OpenPack { file, direct: OnceLock::new(), advised_until: AtomicU64::new(0) });
-        open.insert(*pack, file.clone());
+        open.insert(name.to_string(), file.clone());
         Ok(file)
+    }
+
+    /// Forgets an open file (removed or moved): a later read opens what is there then.
+    pub fn forget(&self, name: &str) {
+        self.open.lock().expect("file table lock").remove(name);
     }
 }
 
@@ -225,18 +219,17 @@ fn read_spare(file: &File, offset: u64, len: usize, out: &mut Vec<u8>, at: usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::Id;
 
     /// Direct reads at offsets and lengths off every block boundary, and up to the pack's last
     /// (short) block, give exactly the bytes that buffered reads give.
     #[test]
     fn direct_reads_give_the_bytes_buffered_reads_give() {
         let dir = tempfile::tempdir().unwrap();
-        let files = PackFiles::new(dir.path().to_path_buf());
-        let pack = Id([7; 32]);
+        let files = FileReads::new(dir.path().to_path_buf());
+        let pack = "data/07/0707";
         let content: Vec<u8> = (0..(3 << 20) + 1234u32).map(|n| (n.wrapping_mul(2654435761) >> 13) as u8).collect();
-        std::fs::create_dir_all(files.path(&pack).parent().unwrap()).unwrap();
-        std::fs::write(files.path(&pack), &content).unwrap();
+        std::fs::create_dir_all(files.path(pack).parent().unwrap()).unwrap();
+        std::fs::write(files.path(pack), &content).unwrap();
         let reads = [
             (0, 1 << 20),
             (4095, DIRECT_FROM),
@@ -246,17 +239,17 @@ mod tests {
 
         let mut buffered = Vec::new();
         for (offset, len) in reads {
-            assert_eq!(files.read(&pack, offset as u64, len, &mut buffered).unwrap(), 0..len);
+            assert_eq!(files.read(pack, offset as u64, len, &mut buffered).unwrap(), 0..len);
             assert_eq!(buffered, &content[offset..offset + len]);
         }
         files.read_directly();
         let mut out = vec![1u8; 10]; // what a buffer held before is replaced
         for (offset, len) in reads {
-            let bytes = files.read(&pack, offset as u64, len, &mut out).unwrap();
+            let bytes = files.read(pack, offset as u64, len, &mut out).unwrap();
             assert_eq!(&out[bytes], &content[offset..offset + len], "at {offset}, {len} bytes");
         }
         assert!(files.direct.load(Ordering::Relaxed), "this file system takes O_DIRECT reads");
-        let past_the_end = files.read(&pack, content.len() as u64 - DIRECT_FROM as u64 + 1, DIRECT_FROM, &mut out);
-        assert!(matches!(past_the_end, Err(RepoError::Corrupt(_))), "a read past the end is a truncated pack");
+        let past_the_end = files.read(pack, content.len() as u64 - DIRECT_FROM as u64 + 1, DIRECT_FROM, &mut out);
+        assert!(matches!(past_the_end, Err(StorageError::Truncated { .. })), "a read past the end is a truncated file");
     }
 }

@@ -1,0 +1,484 @@
+//! A repository in a bucket (and prefix) of an S3-compatible object store, through opendal's
+//! blocking operator, as rustic does: whole-object PUTs (an object appears whole or not at all),
+//! conditional PUTs where a name must not be taken twice, ranged GETs, and retries with backoff
+//! on 5xx answers and timeouts. Credentials come from the usual AWS variables or profile and are
+//! never put in a message.
+
+use std::io::{self, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use opendal::options::{ListOptions, ReadOptions, WriteOptions};
+use opendal::{ErrorKind, Operator};
+
+use super::{Object, Reuse, Storage, StorageError, Traffic, Upload};
+use crate::repo::fsutil::crash_point;
+
+/// How often a request that failed for a reason that may pass (5xx, reset, timeout) is tried
+/// again, waiting twice as long each time from `FIRST_BACKOFF`: about 6 s in all.
+const RETRIES: usize = 5;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// A request that sends or receives nothing for this long has failed (and is retried).
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most a single request may take, a pack's PUT included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+const DEFAULT_REGION: &str = "us-east-1";
+
+/// Where a repository is in an object store: `s3:https://HOST[:PORT]/BUCKET[/PREFIX]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Location {
+    /// `https://HOST[:PORT]` (or `http://`).
+    pub endpoint: String,
+    pub bucket: String,
+    /// Folder-like prefix inside the bucket, without slashes at either end; may be empty.
+    pub prefix: String,
+}
+
+impl S3Location {
+    /// Parses what follows `s3:`; without a scheme, https.
+    pub fn parse(text: &str) -> Result<S3Location, StorageError> {
+        let bad = |why: &str| {
+            StorageError::BadLocation(format!(
+                "not an object-store repository address ({why}): use s3:https://HOST[:PORT]/BUCKET[/PREFIX]"
+            ))
+        };
+        let (scheme, rest) = match text.split_once("://") {
+            Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
+            Some(_) => return Err(bad("the scheme must be http or https")),
+            None => ("https", text),
+        };
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if host.contains('@') {
+            // Said without echoing the address: what precedes '@' is a secret.
+            return Err(StorageError::BadLocation(
+                "credentials do not belong in the repository address: give them in AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+                    .into(),
+            ));
+        }
+        if host.is_empty() || host.contains(['?', '#', ' ']) {
+            return Err(bad("no host"));
+        }
+        let mut parts = path.split('/').filter(|p| !p.is_empty());
+        let bucket = parts.next().ok_or_else(|| bad("no bucket"))?.to_string();
+        let valid_bucket = (3..=63).contains(&bucket.len())
+            && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid_bucket {
+            return Err(bad("a bucket name is 3 to 63 lowercase letters, digits, '-' or '.'"));
+        }
+        let prefix: Vec<&str> = parts.collect();
+        if prefix.iter().any(|p| *p == "." || *p == ".." || p.contains(['?', '#', '\\'])) {
+            return Err(bad("the prefix may not hold '.', '..', '?', '#' or '\\' parts"));
+        }
+        Ok(S3Location { endpoint: format!("{scheme}://{host}"), bucket, prefix: prefix.join("/") })
+    }
+}
+
+impl std::fmt::Display for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3:{}/{}", self.endpoint, self.bucket)?;
+        if !self.prefix.is_empty() {
+            write!(f, "/{}", self.prefix)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a user may set beyond the address (`--s3-*` options, or the AWS variables).
+#[derive(Clone, Debug, Default)]
+pub struct S3Options {
+    /// The region to sign for; else AWS_REGION, AWS_DEFAULT_REGION, the profile's, or us-east-1
+    /// (which stores that ignore regions accept).
+    pub region: Option<String>,
+    /// A PEM file of certificate authorities to trust besides the system's (a private store).
+    pub ca_file: Option<PathBuf>,
+    /// BUCKET.HOST addressing instead of HOST/BUCKET (AWS itself; most other stores want paths).
+    pub virtual_host: bool,
+}
+
+/// Cheap to share: a pack upload holds it until it is stored.
+pub struct S3(Arc<Shared>);
+
+impl std::ops::Deref for S3 {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
+    location: S3Location,
+    operator: opendal::blocking::Operator,
+    /// Kept for bucket creation, which opendal does not do.
+    http: reqwest::Client,
+    region: String,
+    runtime: tokio::runtime::Runtime,
+    requests: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl S3 {
+    pub fn open(location: S3Location, options: &S3Options) -> Result<S3, StorageError> {
+        Shared::open(location, options).map(|shared| S3(Arc::new(shared)))
+    }
+}
+
+impl Shared {
+    fn open(location: S3Location, options: &S3Options) -> Result<Shared, StorageError> {
+        let bad = |why: String| StorageError::BadLocation(format!("{location}: {why}"));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("phonebak-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| bad(format!("cannot start the network runtime: {e}")))?;
+        let region = options
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| DEFAULT_REGION.to_string());
+        let mut builder = opendal::services::S3::default()
+            .endpoint(&location.endpoint)
+            .bucket(&location.bucket)
+            .root(&format!("/{}", location.prefix))
+            .region(&region)
+            .disable_ec2_metadata();
+        if options.virtual_host {
+            builder = builder.enable_virtual_host_style();
+        }
+        let http = http_client(options.ca_file.as_deref()).map_err(bad)?;
+        let operator = Operator::new(builder).map_err(|e| bad(e.to_string()))?.finish();
+        let operator = operator
+            .layer(opendal::layers::HttpClientLayer::new(opendal::raw::HttpClient::with(http.clone())))
+            .layer(
+                opendal::layers::RetryLayer::new()
+                    .with_max_times(RETRIES)
+                    .with_min_delay(FIRST_BACKOFF)
+                    .with_factor(2.0)
+                    .with_jitter(),
+            )
+            .layer(opendal::layers::TimeoutLayer::new().with_timeout(REQUEST_TIMEOUT).with_io_timeout(IO_TIMEOUT));
+        let _inside = runtime.enter();
+        let operator = opendal::blocking::Operator::new(operator).map_err(|e| bad(e.to_string()))?;
+        drop(_inside);
+        Ok(Shared {
+            location,
+            operator,
+            http,
+            region,
+            runtime,
+            requests: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        })
+    }
+
+    /// One request made, moving `sent` and `received` bytes.
+    fn count(&self, sent: usize, received: usize) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.bytes_out.fetch_add(sent as u64, Ordering::Relaxed);
+        self.bytes_in.fetch_add(received as u64, Ordering::Relaxed);
+    }
+
+    /// Turns an opendal error into what the user can act on. opendal's own text names the
+    /// request (address, response headers), never the credentials, which sign in headers.
+    fn error(&self, action: &'static str, name: &str, e: opendal::Error) -> StorageError {
+        let location = self.location.to_string();
+        let text = e.to_string();
+        match e.kind() {
+            ErrorKind::NotFound => StorageError::NotFound(name.to_string()),
+            _ if text.contains("NoSuchBucket") => {
+                StorageError::NoBucket { location, bucket: self.location.bucket.clone() }
+            }
+            ErrorKind::PermissionDenied => StorageError::Denied { location, why: s3_code(&text) },
+            ErrorKind::RangeNotSatisfied => StorageError::Truncated { name: name.to_string() },
+            _ if e.is_temporary() || text.contains("send http request") => {
+                StorageError::Unreachable { location, why: short_reason(&text) }
+            }
+            _ => StorageError::Store { location, action, name: name.to_string(), why: short_reason(&text) },
+        }
+    }
+
+    fn get(&self, name: &str, range: Option<Range<u64>>) -> Result<Vec<u8>, StorageError> {
+        let options = ReadOptions { range: range.map(Into::into).unwrap_or_default(), ..Default::default() };
+        let result = self.operator.read_options(name, options);
+        let bytes = result.map_err(|e| self.error("read", name, e))?.to_vec();
+        self.count(0, bytes.len());
+        Ok(bytes)
+    }
+
+    /// Stores a whole object.
+    fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        crash_point("put", Path::new(name));
+        let len = bytes.len();
+        self.operator.write(name, bytes).map_err(|e| self.error("write", name, e))?;
+        self.count(len, 0);
+        Ok(())
+    }
+
+    /// Creates the bucket with a signed `PUT /BUCKET` (opendal has no call for it).
+    fn create_bucket(&self) -> Result<(), StorageError> {
+        let location = self.location.to_string();
+        let url = format!("{}/{}", self.location.endpoint, self.location.bucket);
+        let unreachable = |e: &dyn std::fmt::Display| StorageError::Unreachable {
+            location: location.clone(),
+            why: short_reason(&e.to_string()),
+        };
+        let signer = reqsign::AwsV4Signer::new("s3", &self.region);
+        let loader =
+            reqsign::AwsDefaultLoader::new(self.http.clone(), reqsign::AwsConfig::default().from_profile().from_env())
+                .with_disable_ec2_metadata();
+        let status = self.runtime.block_on(async {
+            let credential = loader.load().await.map_err(|e| unreachable(&e))?.ok_or_else(|| StorageError::Denied {
+                location: location.clone(),
+                why: "no credentials are set".into(),
+            })?;
+            let mut request = self.http.put(&url).header("content-length", "0").build().map_err(|e| unreachable(&e))?;
+            signer.sign(&mut request, &credential).map_err(|e| unreachable(&e))?;
+            let response = self.http.execute(request).await.map_err(|e| unreachable(&e))?;
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            Ok::<_, StorageError>((status, body))
+        });
+        self.count(0, 0);
+        let (status, body) = status?;
+        match status.as_u16() {
+            200..=299 => Ok(()),
+            409 if body.contains("BucketAlreadyOwnedByYou") || body.contains("BucketAlreadyExists") => Ok(()),
+            401 | 403 => Err(StorageError::Denied { location, why: s3_code(&body) }),
+            _ => Err(StorageError::Store {
+                location,
+                action: "create the bucket",
+                name: self.location.bucket.clone(),
+                why: format!("{status}: {}", s3_code(&body)),
+            }),
+        }
+    }
+}
+
+/// The client all requests go through: rustls, with the extra authorities of `ca_file`.
+fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+    if let Some(file) = ca_file {
+        let pem = std::fs::read(file).map_err(|e| format!("cannot read the CA file {}: {e}", file.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{} holds no usable PEM certificate: {e}", file.display()))?;
+        if certificates.is_empty() {
+            return Err(format!("{} holds no PEM certificate", file.display()));
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build().map_err(|e| format!("cannot set up HTTPS: {e}"))
+}
+
+/// The S3 error code and message of an answer (`AccessDenied: ...`), else its first line.
+fn s3_code(text: &str) -> String {
+    let field = |tag: &str| {
+        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+        let start = text.find(&open)? + open.len();
+        Some(text[start..start + text[start..].find(&close)?].to_string())
+    };
+    let quoted = |key: &str| {
+        let start = text.find(key)? + key.len();
+        Some(text[start..start + text[start..].find('"')?].to_string())
+    };
+    match (field("Code").or_else(|| quoted("code: \"")), field("Message").or_else(|| quoted("message: \""))) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code,
+        _ => short_reason(text),
+    }
+}
+
+/// The part of an opendal error worth showing: its kind and the innermost cause, without the
+/// request's full context.
+fn short_reason(text: &str) -> String {
+    if text.contains("S3Error") {
+        return s3_code(text);
+    }
+    let kind = text.split([' ', ',']).next().unwrap_or_default();
+    let cause = text.rsplit("source: ").next().or_else(|| text.rsplit("=> ").next()).unwrap_or(text);
+    let cause: String = cause.chars().take(200).collect();
+    if cause == text {
+        text.chars().take(200).collect()
+    } else {
+        format!("{kind}: {cause}")
+    }
+}
+
+impl Storage for S3 {
+    fn location(&self) -> String {
+        self.location.to_string()
+    }
+
+    fn read(&self, name: &str, limit: u64) -> Result<Vec<u8>, StorageError> {
+        // At most one byte past the limit is fetched: a huge object planted where a record
+        // belongs costs nothing.
+        let bytes = self.get(name, Some(0..limit.saturating_add(1)))?;
+        if bytes.len() as u64 > limit {
+            return Err(StorageError::TooLarge { name: name.to_string() });
+        }
+        Ok(bytes)
+    }
+
+    fn read_range(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+        _reuse: Reuse,
+        out: &mut Vec<u8>,
+    ) -> Result<Range<usize>, StorageError> {
+        out.clear();
+        if len == 0 {
+            return Ok(0..0);
+        }
+        let bytes = self.get(name, Some(offset..offset + len as u64))?;
+        if bytes.len() != len {
+            return Err(StorageError::Truncated { name: name.to_string() });
+        }
+        out.extend_from_slice(&bytes);
+        Ok(0..len)
+    }
+
+    fn size(&self, name: &str) -> Result<u64, StorageError> {
+        let meta = self.operator.stat(name).map_err(|e| self.error("look up", name, e))?;
+        self.count(0, 0);
+        Ok(meta.content_length())
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<Object>, StorageError> {
+        let options = ListOptions { recursive: true, ..Default::default() };
+        let entries =
+            self.operator.list_options(&format!("{dir}/"), options).map_err(|e| match self.error("list", dir, e) {
+                StorageError::NotFound(_) => StorageError::NotFound(dir.to_string()),
+                other => other,
+            });
+        let entries = match entries {
+            Err(StorageError::NotFound(_)) => Vec::new(),
+            other => other?,
+        };
+        self.count(0, 0);
+        let mut found: Vec<Object> = entries
+            .into_iter()
+            .filter(|e| !e.path().ends_with('/'))
+            .map(|e| Object {
+                name: e.path().trim_start_matches('/').to_string(),
+                size: e.metadata().content_length(),
+                regular: true,
+                modified: e.metadata().last_modified().map(SystemTime::from),
+            })
+            .collect();
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+        self.put(name, bytes.to_vec())
+    }
+
+    fn write_new(&self, name: &str, bytes: &[u8]) -> Result<bool, StorageError> {
+        crash_point("put", Path::new(name));
+        let options = WriteOptions { if_not_exists: true, ..Default::default() };
+        let written = match self.operator.write_options(name, bytes.to_vec(), options) {
+            Ok(_) => true,
+            // A retried PUT whose first try went through finds its own object.
+            Err(e) if e.kind() == ErrorKind::ConditionNotMatch => self.get(name, None).ok().as_deref() == Some(bytes),
+            Err(e) => return Err(self.error("write", name, e)),
+        };
+        self.count(bytes.len(), 0);
+        Ok(written)
+    }
+
+    fn upload(&self) -> Result<Box<dyn Upload>, StorageError> {
+        Ok(Box::new(S3Upload { bytes: Vec::new(), storage: self.0.clone() }))
+    }
+
+    fn delete(&self, name: &str) -> Result<(), StorageError> {
+        crash_point("remove", Path::new(name));
+        self.operator.delete(name).map_err(|e| self.error("delete", name, e))?;
+        self.count(0, 0);
+        Ok(())
+    }
+
+    fn set_aside(&self, name: &str, to: &str) -> Result<(), StorageError> {
+        crash_point("rename", Path::new(name));
+        self.operator.copy(name, to).map_err(|e| self.error("copy", name, e))?;
+        self.count(0, 0);
+        self.delete(name)
+    }
+
+    fn create(&self, create_bucket: bool) -> Result<(), StorageError> {
+        if create_bucket {
+            self.create_bucket()?;
+        }
+        // Lists one name: a missing bucket or refused credentials are said before anything else.
+        let options = ListOptions { limit: Some(1), ..Default::default() };
+        self.operator.list_options("", options).map_err(|e| self.error("list", "the bucket", e))?;
+        self.count(0, 0);
+        Ok(())
+    }
+
+    fn traffic(&self) -> Option<Traffic> {
+        Some(Traffic {
+            requests: self.requests.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// A pack gathered in memory and stored with one PUT: an object store has no partial objects.
+struct S3Upload {
+    bytes: Vec<u8>,
+    storage: Arc<Shared>,
+}
+
+impl Write for S3Upload {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.bytes.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Upload for S3Upload {
+    fn finish(self: Box<Self>, name: &str) -> Result<(), StorageError> {
+        self.storage.put(name, self.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_to_endpoint_bucket_and_prefix() {
+        let at = S3Location::parse("https://store.example:9000/phones/family/").unwrap();
+        assert_eq!(at.endpoint, "https://store.example:9000");
+        assert_eq!((at.bucket.as_str(), at.prefix.as_str()), ("phones", "family"));
+        assert_eq!(at.to_string(), "s3:https://store.example:9000/phones/family");
+        let bare = S3Location::parse("s3.amazonaws.com/my-bucket").unwrap();
+        assert_eq!((bare.endpoint.as_str(), bare.prefix.as_str()), ("https://s3.amazonaws.com", ""));
+        for bad in ["ftp://h/b", "https://h", "https://h/B!", "https:///bucket", "https://h/bucket/../x"] {
+            assert!(S3Location::parse(bad).is_err(), "{bad}");
+        }
+        let secret = S3Location::parse("https://AKIA:hunter2@h/bucket").unwrap_err().to_string();
+        assert!(!secret.contains("hunter2") && secret.contains("AWS_ACCESS_KEY_ID"), "{secret}");
+    }
+
+    #[test]
+    fn store_errors_are_said_by_code() {
+        let text = r#"PermissionDenied (permanent) at read => S3Error { code: "SignatureDoesNotMatch", message: "The request signature we calculated does not match", resource: "/b/x" }"#;
+        assert_eq!(s3_code(text), "SignatureDoesNotMatch: The request signature we calculated does not match");
+    }
+}
