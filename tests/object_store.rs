@@ -1,0 +1,206 @@
+//! Issue 17: repositories on S3-compatible object storage, against a real SeaweedFS server
+//! (tests/common/seaweed.rs) started by the tests.
+
+mod common;
+
+use common::seaweed::{SeaweedFs, SECRET_KEY};
+use common::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn backup(s: &Scratch, phone: &Path, device: &str) -> String {
+    s.ok(&["backup", "--device", device, phone.to_str().unwrap()])
+}
+
+fn snapshot_count(s: &Scratch) -> usize {
+    s.json(&["snapshots"]).as_array().unwrap().len()
+}
+
+fn check_clean(s: &Scratch) {
+    let out = s.run(&["check", "--read-data"]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+}
+
+#[test]
+fn a_repository_in_a_bucket_backs_up_restores_checks_forgets_prunes_mounts_and_pushes_exactly() {
+    let s = Scratch::on_object_store();
+    // No bucket yet: said, exit 10; then made on request.
+    let out = s.run(&["init"]);
+    assert_eq!(code(&out), 10, "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not exist") && stderr(&out).contains("--create-bucket"), "{}", stderr(&out));
+    s.ok(&["init", "--create-bucket"]);
+    let again = s.run(&["init", "--create-bucket"]);
+    assert_eq!(code(&again), 1, "{}", stderr(&again));
+    assert!(stderr(&again).contains("is already a phonebak repository"), "{}", stderr(&again));
+
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    backup(&s, &phone, "pixel");
+    let target = s.path("restored");
+    s.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_same_tree(&phone, &target);
+    check_clean(&s);
+
+    // A day later: one photo more, one file changed; the old snapshot is forgotten and pruned.
+    write(&phone.join("DCIM/Camera/IMG_0003.jpg"), &bytes(33, 2_000_000, false));
+    write(&phone.join("Documents/notes.txt"), &bytes(34, 90_000, true));
+    backup(&s, &phone, "pixel");
+    s.ok(&["forget", "--keep-last", "1", "--prune"]);
+    assert_eq!(snapshot_count(&s), 1);
+    check_clean(&s);
+    let target = s.path("restored-2");
+    s.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_same_tree(&phone, &target);
+
+    // The mount reads the bucket; `cp -a` out of it gives the phone back.
+    let m = Mounted::new(&s, &[]);
+    assert_same_tree(&phone, &m.snapshots().join("pixel/latest"));
+    let copied = s.path("copied");
+    let cp = Command::new("cp").arg("-a").arg(m.snapshots().join("pixel/latest/.")).arg(&copied).status().unwrap();
+    assert!(cp.success());
+    assert_same_tree(&phone, &copied);
+    // Staged through the mount's restore/ (in this user's state folder), then pushed.
+    let cp =
+        Command::new("cp").arg("-a").arg(m.snapshots().join("pixel/latest/DCIM")).arg(m.restore()).status().unwrap();
+    assert!(cp.success());
+    drop(m);
+    assert!(s.staging().join("DCIM/Camera/IMG_0003.jpg").exists(), "staged in the state folder");
+    let new_phone = s.path("new-phone");
+    std::fs::create_dir(&new_phone).unwrap();
+    let device = format!("dir:{}", new_phone.display());
+    s.ok(&["push", "--device", &device]);
+    assert_same_tree_but_owner(&phone.join("DCIM"), &new_phone.join("DCIM"));
+    // And straight from the repository.
+    let other_phone = s.path("other-phone");
+    std::fs::create_dir(&other_phone).unwrap();
+    s.ok(&["push", "--device", &format!("dir:{}", other_phone.display()), "--from", "pixel/latest:/Documents"]);
+    assert_same_tree_but_owner(&phone.join("Documents"), &other_phone.join("Documents"));
+}
+
+#[test]
+fn two_machines_backing_up_at_once_and_a_prune_from_a_third_leave_a_repository_check_passes() {
+    let s = Scratch::with_object_store_repo();
+    let (a, b) = (s.path("phone-a"), s.path("phone-b"));
+    for (phone, seed) in [(&a, 100), (&b, 200)] {
+        for i in 0..12 {
+            write(&phone.join(format!("DCIM/{i}.jpg")), &bytes(seed + i, 600_000, false));
+        }
+        write(&phone.join("shared.txt"), b"the same on both phones");
+    }
+    backup(&s, &a, "a");
+    s.ok(&["forget", "--keep-last", "1"]);
+    // Each "machine" has its own state folder.
+    let start = |phone: &Path, device: &str, machine: &str| {
+        let mut cmd = s.command(&["backup", "--device", device, phone.to_str().unwrap()]);
+        cmd.env("XDG_STATE_HOME", s.path(machine)).stdout(std::process::Stdio::piped());
+        cmd.stderr(std::process::Stdio::piped()).spawn().unwrap()
+    };
+    let first = start(&a, "a", "machine-a");
+    let second = start(&b, "b", "machine-b");
+    let prune = s.command(&["prune"]).env("XDG_STATE_HOME", s.path("machine-c")).output().unwrap();
+    // Whoever came second of the prune and a backup was told the other holds the repository
+    // (exit 11), and nothing else happened to it; a backup so refused is run again.
+    for (out, phone, device) in [(first, &a, "a"), (second, &b, "b")] {
+        let out = out.wait_with_output().unwrap();
+        if code(&out) == 11 {
+            assert!(stderr(&out).contains("repository is locked: `prune`"), "{}", stderr(&out));
+            backup(&s, phone, device);
+        } else {
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+    }
+    assert!(matches!(code(&prune), 0 | 11), "{}", stderr(&prune));
+    if code(&prune) == 11 {
+        assert!(stderr(&prune).contains("repository is locked: `backup`"), "{}", stderr(&prune));
+    }
+    check_clean(&s);
+    for (phone, device) in [(&a, "a"), (&b, "b")] {
+        let target = s.path(&format!("restored-{device}"));
+        s.ok(&["restore", &format!("{device}/latest"), "--target", target.to_str().unwrap()]);
+        assert_same_tree(phone, &target);
+    }
+    s.ok(&["prune"]);
+    check_clean(&s);
+}
+
+#[test]
+fn a_store_killed_mid_backup_stops_it_with_exit_21_and_no_snapshot_and_the_rerun_completes() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut server = SeaweedFs::start(&scratch.path().join("store"));
+    let mut s = Scratch::new();
+    s.repo = server.new_repo("family").into();
+    s.ok(&["init", "--create-bucket", "--pack-size-mib", "1"]);
+    let phone = s.path("phone");
+    for i in 0..60 {
+        write(&phone.join(format!("DCIM/{i}.jpg")), &bytes(300 + i, 1_000_000, false));
+    }
+    let mut child = s
+        .command(&["backup", "--device", "p", phone.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once some packs are stored: kill -9 of the server.
+    let stored = || {
+        let out = s.run(&["stats", "--json"]);
+        out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("\"packs\": 0")
+    };
+    wait_until("some packs to be stored", || stored() || child.try_wait().unwrap().is_some());
+    server.kill();
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(120), "gave up in bounded time");
+    assert_eq!(code(&out), 21, "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("cannot be reached") && said.contains("run the command again"), "{said}");
+    assert!(!said.contains(SECRET_KEY), "{said}");
+    server.restart();
+    assert_eq!(snapshot_count(&s), 0, "no snapshot from the killed run");
+    check_clean(&s);
+    backup(&s, &phone, "p");
+    check_clean(&s);
+    let target = s.path("restored");
+    s.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_same_tree(&phone, &target);
+}
+
+#[test]
+fn refused_credentials_a_store_that_is_down_and_a_bad_address_have_their_own_exit_codes() {
+    let s = Scratch::with_object_store_repo();
+    let wrong = s.command(&["snapshots"]).env("AWS_SECRET_ACCESS_KEY", "not-the-secret").output().unwrap();
+    assert_eq!(code(&wrong), 22, "{}", stderr(&wrong));
+    assert!(stderr(&wrong).contains("refused access"), "{}", stderr(&wrong));
+    assert!(!stderr(&wrong).contains("not-the-secret"), "{}", stderr(&wrong));
+
+    // Nobody listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let down = format!("s3:http://127.0.0.1:{port}/bucket/repo");
+    let out = s.command(&["snapshots"]).env("PHONEBAK_REPO", &down).output().unwrap();
+    assert_eq!(code(&out), 21, "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot be reached"), "{}", stderr(&out));
+
+    let with_secret = "s3:https://AKIA:hunter2@store.example/bucket";
+    let out = s.command(&["snapshots"]).env("PHONEBAK_REPO", with_secret).output().unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(!stderr(&out).contains("hunter2") && stderr(&out).contains("AWS_ACCESS_KEY_ID"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_snapshot_made_on_another_machine_appears_in_a_running_mount() {
+    let s = Scratch::with_object_store_repo();
+    let phone = s.path("phone");
+    write(&phone.join("a.txt"), b"first");
+    backup(&s, &phone, "pixel");
+    let m = Mounted::new(&s, &[]);
+    assert_eq!(names(&m.snapshots()), ["pixel"]);
+    let tablet = s.path("tablet");
+    write(&tablet.join("b.txt"), b"from the tablet");
+    let out = s
+        .command(&["backup", "--device", "tablet", tablet.to_str().unwrap()])
+        .env("XDG_STATE_HOME", s.path("other"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until("the tablet to appear", || names(&m.snapshots()).contains(&"tablet".to_string()));
+    assert_eq!(std::fs::read(m.snapshots().join("tablet/latest/b.txt")).unwrap(), b"from the tablet");
+}
