@@ -241,6 +241,7 @@ pub fn run(repo: &Repository, source: &dyn Source, options: &BackupOptions) -> R
         stats,
         facts: source.facts(),
         extras,
+        copied_from: None,
     };
     lock.ensure_held()?;
     let id = snapshot::save(repo, &snapshot)?;

@@ -157,6 +157,27 @@ enum Command {
         /// A new folder (ios-backup), a new file, or `-` for standard output (tar, ab).
         out: PathBuf,
     },
+    /// Copy snapshots into another repository (a folder to an object store and back, each
+    /// with its own password), storing only the data it does not have: a local repository for
+    /// speed and a remote one for the lake. Snapshots the destination has are skipped.
+    Copy {
+        /// The repository to copy from (default: --repo).
+        #[arg(long, value_name = "REPO")]
+        from: Option<std::ffi::OsString>,
+        /// The repository to copy into (default: --repo).
+        #[arg(long, value_name = "REPO")]
+        to: Option<std::ffi::OsString>,
+        /// The source repository's password, from this file (or PHONEBAK_FROM_PASSWORD; else
+        /// the one --password-file or PHONEBAK_PASSWORD gives).
+        #[arg(long, value_name = "FILE")]
+        from_password_file: Option<PathBuf>,
+        /// The destination's password, from this file (or PHONEBAK_TO_PASSWORD; else the one
+        /// --password-file or PHONEBAK_PASSWORD gives).
+        #[arg(long, value_name = "FILE")]
+        to_password_file: Option<PathBuf>,
+        /// The snapshots to copy (as for `restore`); all of them if none is named.
+        snapshots: Vec<String>,
+    },
     /// Verify the repository; --read-data also reads and verifies every stored byte.
     Check {
         #[arg(long)]
@@ -320,6 +341,12 @@ fn run(cli: Cli) -> Result<i32> {
             cmd_export_archive(g, &snapshot, format, &out, archive_password_file.as_deref())
         }
         Command::Check { read_data } => cmd_check(g, read_data),
+        Command::Copy { from, to, from_password_file, to_password_file, snapshots } => cmd_copy(
+            g,
+            (from.as_deref(), from_password_file.as_deref()),
+            (to.as_deref(), to_password_file.as_deref()),
+            &snapshots,
+        ),
         Command::Forget { device, keep_last, keep_daily, keep_weekly, keep_monthly, dry_run, prune } => {
             let policy = Policy { keep_last, keep_daily, keep_weekly, keep_monthly };
             cmd_forget(g, &policy, device.as_deref(), dry_run, prune)
@@ -412,6 +439,88 @@ fn open_repo(g: &Global) -> Result<Repository> {
 /// This user's state for the repository (staging, push journals, caches).
 fn local_state(config: &crate::repo::config::Config, storage: &dyn Storage) -> Result<LocalState> {
     Ok(LocalState::new(config, storage.local_folder())?)
+}
+
+/// Opens one side of a `copy`: `repo` (default --repo), its password from `file`, `$variable`,
+/// or as for every command.
+fn open_side(
+    g: &Global,
+    (repo, file): (Option<&std::ffi::OsStr>, Option<&Path>),
+    variable: &str,
+    what: &str,
+) -> Result<Repository> {
+    let location = match repo {
+        Some(text) => RepoLocation::parse(text).map_err(RepoError::from)?,
+        None => repo_location(g).with_context(|| format!("no {what} repository given"))?,
+    };
+    let storage = location.open(&s3_options(g)).map_err(RepoError::from)?;
+    let prompt = format!("{what} repository password: ");
+    let password = || match (std::env::var(variable), file) {
+        (Ok(password), _) => Ok(password.into_bytes()),
+        (_, Some(file)) => read_password_file(file)
+            .map_err(|e| RepoError::Io { context: format!("reading password file {}", file.display()), source: e }),
+        _ => password(g, &prompt),
+    };
+    Repository::open(storage, password).with_context(|| format!("opening the {what} repository"))
+}
+
+fn cmd_copy(
+    g: &Global,
+    from: (Option<&std::ffi::OsStr>, Option<&Path>),
+    to: (Option<&std::ffi::OsStr>, Option<&Path>),
+    specs: &[String],
+) -> Result<i32> {
+    if from.0.is_none() && to.0.is_none() {
+        bail!("copy needs --from REPO or --to REPO (the other one defaults to --repo)");
+    }
+    let source = open_side(g, from, "PHONEBAK_FROM_PASSWORD", "source")?;
+    let destination = open_side(g, to, "PHONEBAK_TO_PASSWORD", "destination")?;
+    let place = |repo: &Repository| match repo.local_folder() {
+        Some(folder) => std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf()).display().to_string(),
+        None => repo.location(),
+    };
+    if place(&source) == place(&destination) {
+        bail!("--from and --to are the same repository ({})", source.location());
+    }
+    let all = snapshot::list(&source)?;
+    let chosen: Vec<SnapshotInfo> = if specs.is_empty() {
+        all
+    } else {
+        let mut chosen = Vec::new();
+        for spec in specs {
+            let info = snapshot::select(&all, spec)?;
+            if !chosen.iter().any(|c: &SnapshotInfo| c.id == info.id) {
+                chosen.push(info.clone());
+            }
+        }
+        chosen
+    };
+    let report = crate::copy::run(&source, &destination, &chosen)?;
+    if g.json {
+        let copied: Vec<_> = report
+            .copied
+            .iter()
+            .map(|(from, to, name)| json!({"from": from.to_hex(), "to": to.to_hex(), "snapshot": name}))
+            .collect();
+        print_json(json!({"copied": copied, "already_there": report.already_there,
+                          "blobs_stored": report.blobs_stored, "bytes_stored": report.bytes_stored,
+                          "blobs_already_there": report.blobs_already_there,
+                          "blobs_read": report.blobs_read}));
+    } else {
+        for (_, to, name) in &report.copied {
+            say!("copied {name} as {}", to.short());
+        }
+        say!(
+            "copied {} into {} ({} already there); stored {} new blobs ({}), {} were there",
+            count(report.copied.len() as u64, "snapshot"),
+            destination.location(),
+            report.already_there.len(),
+            report.blobs_stored,
+            human(report.bytes_stored),
+            report.blobs_already_there
+        );
+    }
+    Ok(exit::OK)
 }
 
 fn print_json(value: serde_json::Value) {

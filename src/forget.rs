@@ -110,6 +110,7 @@ mod tests {
             stats: SnapshotStats::default(),
             facts: Default::default(),
             extras: None,
+            copied_from: None,
         };
         (Id([n; 32]), snapshot)
     }

@@ -12,6 +12,7 @@ pub mod cbc_stream;
 pub mod check;
 pub mod chunker;
 pub mod cli;
+pub mod copy;
 pub mod device;
 pub mod exit;
 pub mod export;

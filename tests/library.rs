@@ -492,6 +492,7 @@ fn save_snapshot_as(repo: &Repository, device: &str, time_s: i64, root: phonebak
         stats: Default::default(),
         facts: Default::default(),
         extras: None,
+        copied_from: None,
     };
     snapshot::save(repo, &snapshot).unwrap();
 }

@@ -204,3 +204,97 @@ fn a_snapshot_made_on_another_machine_appears_in_a_running_mount() {
     wait_until("the tablet to appear", || names(&m.snapshots()).contains(&"tablet".to_string()));
     assert_eq!(std::fs::read(m.snapshots().join("tablet/latest/b.txt")).unwrap(), b"from the tablet");
 }
+
+#[test]
+fn copy_carries_snapshots_to_the_bucket_and_back_with_other_passwords_reading_only_what_is_new() {
+    let s = Scratch::with_object_store_repo();
+    let local = s.path("local");
+    let local_password = s.path("local-password");
+    std::fs::write(&local_password, "another password\n").unwrap();
+    let on_local = |args: &[&str]| {
+        let mut cmd = s.command(args);
+        cmd.env("PHONEBAK_REPO", &local).env_remove("PHONEBAK_PASSWORD").arg("--password-file").arg(&local_password);
+        cmd.output().unwrap()
+    };
+    assert!(on_local(&["init"]).status.success());
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    assert!(on_local(&["backup", "--device", "pixel", phone.to_str().unwrap()]).status.success());
+    // `copy --from LOCAL` into the bucket (--repo).
+    let copy = |from: &Path| {
+        let mut cmd = s.command(&["copy", "--json", "--from"]);
+        cmd.arg(from).arg("--from-password-file").arg(&local_password);
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    // Folder to bucket: everything is read once and stored.
+    let first = copy(&local);
+    assert_eq!(first["copied"].as_array().unwrap().len(), 1, "{first}");
+    check_clean(&s);
+    let target = s.path("from-bucket");
+    s.ok(&["restore", "pixel/latest", "--target", target.to_str().unwrap()]);
+    assert_same_tree(&phone, &target);
+    // Again: nothing to do.
+    let again = copy(&local);
+    assert_eq!((again["copied"].as_array().unwrap().len(), again["blobs_read"].as_u64()), (0, Some(0)), "{again}");
+    // The next day: one new photo; only its chunks are read.
+    write(&phone.join("DCIM/Camera/IMG_0009.jpg"), &bytes(99, 1_500_000, false));
+    assert!(on_local(&["backup", "--device", "pixel", phone.to_str().unwrap()]).status.success());
+    let next = copy(&local);
+    assert_eq!(next["copied"].as_array().unwrap().len(), 1, "{next}");
+    let read = next["blobs_read"].as_u64().unwrap();
+    assert!((1..=3).contains(&read), "only the new photo's chunks are read: {next}");
+    let target = s.path("from-bucket-2");
+    s.ok(&["restore", "pixel/latest", "--target", target.to_str().unwrap()]);
+    assert_same_tree(&phone, &target);
+
+    // Bucket back into a new folder repository (the lake took the laptop).
+    let fresh = s.path("fresh");
+    let mut init = s.command(&["init"]);
+    init.env("PHONEBAK_REPO", &fresh).env("PHONEBAK_PASSWORD", "third");
+    assert!(init.output().unwrap().status.success());
+    let mut back = s.command(&["copy", "--to"]);
+    back.arg(&fresh).env("PHONEBAK_TO_PASSWORD", "third");
+    let out = back.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let restored = s.path("from-fresh");
+    let mut restore = s.command(&["restore", "pixel/latest", "--target", restored.to_str().unwrap()]);
+    restore.env("PHONEBAK_REPO", &fresh).env("PHONEBAK_PASSWORD", "third");
+    assert!(restore.output().unwrap().status.success());
+    assert_same_tree(&phone, &restored);
+    // What came from the bucket is not copied back into it.
+    let mut round = s.command(&["copy", "--json", "--from"]);
+    round.arg(&fresh).env("PHONEBAK_FROM_PASSWORD", "third");
+    let out = round.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let round: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(round["copied"].as_array().unwrap().len(), 0, "{round}");
+    assert_eq!(snapshot_count(&s), 2);
+
+    // A wrong destination password: exit 12, nothing copied.
+    let mut wrong = s.command(&["copy", "--from"]);
+    wrong.arg(&local).arg("--from-password-file").arg(&local_password).env("PHONEBAK_PASSWORD", "wrong");
+    assert_eq!(code(&wrong.output().unwrap()), 12);
+}
+
+#[test]
+fn copy_never_carries_damage_over() {
+    let s = Scratch::with_object_store_repo();
+    let local = s.path("local");
+    let mut init = s.command(&["init"]);
+    init.env("PHONEBAK_REPO", &local);
+    assert!(init.output().unwrap().status.success());
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    let mut backup = s.command(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    backup.env("PHONEBAK_REPO", &local);
+    assert!(backup.output().unwrap().status.success());
+    damage_largest_pack(&local, 100_000);
+    let mut copy = s.command(&["copy", "--from"]);
+    copy.arg(&local);
+    let out = copy.output().unwrap();
+    assert_eq!(code(&out), 13, "{}", stderr(&out));
+    assert_eq!(snapshot_count(&s), 0, "no snapshot that lacks data");
+    check_clean(&s);
+}

@@ -123,6 +123,7 @@ fn snapshot_record_json() {
         stats: SnapshotStats { files: 1, ..SnapshotStats::default() },
         facts: Default::default(),
         extras: None,
+        copied_from: None,
     };
     let zeros = vec!["0"; 32].join(",");
     let golden = format!(

@@ -57,6 +57,18 @@ pub struct Snapshot {
     /// archive's layout, the files recorded without content. Left out when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extras: Option<BlobId>,
+    /// Set by `copy`: the repository and snapshot this one is a copy of. Left out otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied_from: Option<CopiedFrom>,
+}
+
+/// Where a copied snapshot came from: `copy` skips what it copied before, and learns from the
+/// pair which blobs it needs not read again.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CopiedFrom {
+    /// The source repository's id (its config's `repository_id`).
+    pub repository: String,
+    pub snapshot: SnapshotId,
 }
 
 impl Snapshot {
@@ -274,6 +286,7 @@ mod tests {
             stats: SnapshotStats::default(),
             facts: Default::default(),
             extras: None,
+            copied_from: None,
         }
     }
 
