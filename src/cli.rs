@@ -237,7 +237,9 @@ enum Command {
     Mount {
         mountpoint: PathBuf,
         /// Mount options, comma-separated: cache_size=256M, password_file=F, allow_other,
-        /// allow_root, uid=N, gid=N, threads=N, log=FILE, staging=DIR, ro (and mount(8)'s generic ones).
+        /// allow_root, uid=N, gid=N, threads=N, log=FILE, staging=DIR, ro, and for an object
+        /// store cache_dir=DIR, disk_cache_size=512M (0: no local cache) (and mount(8)'s
+        /// generic ones).
         #[arg(short = 'o', long = "options")]
         options: Vec<String>,
         /// Stay in the foreground (log to stderr) instead of returning once the mount is ready.
@@ -372,13 +374,24 @@ fn repo_location(g: &Global) -> Result<RepoLocation> {
     Ok(RepoLocation::parse(text).map_err(RepoError::from)?)
 }
 
-fn s3_options(g: &Global) -> S3Options {
-    S3Options { region: g.s3_region.clone(), ca_file: g.s3_ca_file.clone(), virtual_host: g.s3_virtual_host }
+/// The object store's settings for `location`, with its default local cache (none where this
+/// user has no cache folder).
+fn s3_options(g: &Global, location: &RepoLocation) -> S3Options {
+    let cache = match location {
+        RepoLocation::S3(at) => crate::state::object_store_cache(&at.to_string()).ok().map(|dir| (dir, DISK_CACHE)),
+        RepoLocation::Folder(_) => None,
+    };
+    S3Options { region: g.s3_region.clone(), ca_file: g.s3_ca_file.clone(), virtual_host: g.s3_virtual_host, cache }
 }
+
+/// How much an object store's local cache holds by default (index pages, folder listings and
+/// snapshot records of a repository of a few hundred thousand files).
+const DISK_CACHE: u64 = 512 << 20;
 
 /// The repository's storage (a folder, or a bucket), not yet read.
 fn open_storage(g: &Global) -> Result<Arc<dyn Storage>> {
-    Ok(repo_location(g)?.open(&s3_options(g)).map_err(RepoError::from)?)
+    let location = repo_location(g)?;
+    Ok(location.open(&s3_options(g, &location)).map_err(RepoError::from)?)
 }
 
 /// The password, from PHONEBAK_PASSWORD, a password file, or a prompt on a terminal.
@@ -453,7 +466,7 @@ fn open_side(
         Some(text) => RepoLocation::parse(text).map_err(RepoError::from)?,
         None => repo_location(g).with_context(|| format!("no {what} repository given"))?,
     };
-    let storage = location.open(&s3_options(g)).map_err(RepoError::from)?;
+    let storage = location.open(&s3_options(g, &location)).map_err(RepoError::from)?;
     let prompt = format!("{what} repository password: ");
     let password = || match (std::env::var(variable), file) {
         (Ok(password), _) => Ok(password.into_bytes()),
@@ -1211,7 +1224,17 @@ fn print_push_report(g: &Global, r: &PushReport, device: &str, options: &PushOpt
 
 fn cmd_mount(g: &Global, mountpoint: &Path, option_lists: &[String], foreground: bool) -> Result<i32> {
     let options = mount::parse_options(option_lists)?;
-    let storage = open_storage(g)?;
+    let location = repo_location(g)?;
+    let mut s3 = s3_options(g, &location);
+    if let Some(dir) = &options.cache_dir {
+        s3.cache = Some((dir.clone(), s3.cache.map_or(DISK_CACHE, |(_, limit)| limit)));
+    }
+    match options.disk_cache_bytes {
+        Some(0) => s3.cache = None,
+        Some(limit) => s3.cache = s3.cache.map(|(dir, _)| (dir, limit)),
+        None => {}
+    }
+    let storage = location.open(&s3).map_err(RepoError::from)?;
     // `-o password_file=` (an fstab line) wins over the environment's password file.
     let password_file = options.password_file.clone().or(g.password_file.clone());
     let repo = Repository::open(storage, || password_from(password_file.as_deref(), "repository password: "))?;

@@ -46,6 +46,9 @@ pub struct MountOptions {
     pub threads: usize,
     /// A file for the daemon's log lines (damaged data, errors); syslog otherwise.
     pub log: Option<PathBuf>,
+    /// An object store's local cache: its folder, and the most bytes it may hold (0: none).
+    pub cache_dir: Option<PathBuf>,
+    pub disk_cache_bytes: Option<u64>,
 }
 
 impl Default for MountOptions {
@@ -61,6 +64,8 @@ impl Default for MountOptions {
             gid: None,
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             log: None,
+            cache_dir: None,
+            disk_cache_bytes: None,
         }
     }
 }
@@ -124,6 +129,11 @@ pub fn parse_options(lists: &[String]) -> Result<MountOptions, MountError> {
         let value_of = || value.ok_or_else(|| MountError::BadValue { option: key.into(), why: "needs a value".into() });
         match key {
             "cache_size" => options.cache_bytes = parse_size(key, value_of()?)?,
+            "cache_dir" => options.cache_dir = Some(PathBuf::from(value_of()?)),
+            "disk_cache_size" => {
+                let value = value_of()?;
+                options.disk_cache_bytes = Some(if value == "0" { 0 } else { parse_size(key, value)? as u64 });
+            }
             "password_file" => options.password_file = Some(PathBuf::from(value_of()?)),
             "staging" => options.staging = Some(PathBuf::from(value_of()?)),
             "log" => options.log = Some(PathBuf::from(value_of()?)),
@@ -263,6 +273,7 @@ pub fn serve(
     // Damage met while serving (a skipped snapshot record, an index file set aside) is logged.
     let log: Arc<dyn Fn(&str) + Send + Sync> = Arc::from(log);
     let warn_log = log.clone();
+    let (storage, end_log) = (repo.storage().clone(), log.clone());
     repo.warnings().send_to(Box::new(move |line| warn_log(&format!("warning: {line}"))));
     let view = Arc::new(View::new(Arc::new(repo), view_options, Box::new(move |line| log(line))));
     let mut config = fuser::Config::default();
@@ -305,7 +316,14 @@ pub fn serve(
         let _ = unmounter.unmount();
     });
     ready(Ok(()));
-    session.run().map_err(|e| MountError::Mount(mountpoint.to_path_buf(), e))
+    let served = session.run().map_err(|e| MountError::Mount(mountpoint.to_path_buf(), e));
+    if let Some(t) = storage.traffic() {
+        end_log(&format!(
+            "unmounted; the object store was asked {} requests, {} bytes in, {} bytes out",
+            t.requests, t.bytes_in, t.bytes_out
+        ));
+    }
+    served
 }
 
 /// The kernel reads ahead of a sequential reader by at most its `read_ahead_kb` for this mount

@@ -1,8 +1,8 @@
 //! What belongs to one user on one machine rather than to the repository, which many machines
 //! may share: the staging folder behind the mount's `restore/`, push journals (state, under
-//! `$XDG_STATE_HOME/phonebak/<repository id>/`) and the object store's local cache (under
-//! `$XDG_CACHE_HOME/phonebak/<repository id>/`). Folder repositories made by earlier versions
-//! kept the first two inside the repository; where those still exist they are used.
+//! `$XDG_STATE_HOME/phonebak/<repository id>/`) and an object store's local cache (under
+//! `$XDG_CACHE_HOME/phonebak/s3-<hash of its address>/`). Folder repositories made by earlier
+//! versions kept the first two inside the repository; where those still exist they are used.
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +15,6 @@ pub struct NoHome;
 /// The folders of one repository's local state.
 pub struct LocalState {
     state: PathBuf,
-    cache: PathBuf,
     /// The repository's own folder, where earlier versions kept staging and journals.
     legacy: Option<PathBuf>,
 }
@@ -25,7 +24,6 @@ impl LocalState {
         let key = folder_key(&config.repository_id);
         Ok(LocalState {
             state: base("XDG_STATE_HOME", ".local/state")?.join("phonebak").join(&key),
-            cache: base("XDG_CACHE_HOME", ".cache")?.join("phonebak").join(&key),
             legacy: repository_folder.map(Path::to_path_buf),
         })
     }
@@ -40,11 +38,6 @@ impl LocalState {
         self.kept_or_new("push-journal")
     }
 
-    /// Where an object-store repository's local cache lives by default.
-    pub fn cache(&self) -> PathBuf {
-        self.cache.clone()
-    }
-
     /// `name` inside the repository folder if an earlier version left it there, else in the
     /// state folder.
     fn kept_or_new(&self, name: &str) -> PathBuf {
@@ -53,6 +46,13 @@ impl LocalState {
             _ => self.state.join(name),
         }
     }
+}
+
+/// Where the object store at `location` (its `s3:` address) is cached by default; known before
+/// the repository is read, so the first reads are cached too.
+pub fn object_store_cache(location: &str) -> Result<PathBuf, NoHome> {
+    let key = &blake3::hash(location.as_bytes()).to_hex()[..32];
+    Ok(base("XDG_CACHE_HOME", ".cache")?.join("phonebak").join(format!("s3-{key}")))
 }
 
 /// `$VAR`, or `$HOME/fallback`; relative values are ignored, as the XDG rules say.

@@ -298,3 +298,43 @@ fn copy_never_carries_damage_over() {
     assert_eq!(snapshot_count(&s), 0, "no snapshot that lacks data");
     check_clean(&s);
 }
+
+#[test]
+fn the_mount_keeps_listings_in_its_disk_cache_and_reads_a_photo_without_its_whole_pack() {
+    let s = Scratch::with_object_store_repo();
+    let phone = s.path("phone");
+    // One pack holds all photos (32 MiB packs): reading one must not fetch the others.
+    for i in 0..6 {
+        write(&phone.join(format!("DCIM/IMG_{i}.jpg")), &bytes(500 + i, 3_000_000, false));
+    }
+    backup(&s, &phone, "pixel");
+    let cache = s.path("disk-cache");
+    let log = s.path("mount.log");
+    let options = format!("cache_dir={},disk_cache_size=64M,log={}", cache.display(), log.display());
+    let m = Mounted::new(&s, &["-o", &options, "-o", "cache_size=16M"]);
+    let photo = m.snapshots().join("pixel/latest/DCIM/IMG_3.jpg");
+    assert_eq!(std::fs::read(&photo).unwrap(), bytes(503, 3_000_000, false));
+    drop(m);
+    wait_until("the daemon to log its traffic", || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("unmounted; the object store was asked")
+    });
+    let said = std::fs::read_to_string(&log).unwrap();
+    let bytes_in: u64 = said.split(" bytes in").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(bytes_in < 9_000_000, "one photo, not the whole 18 MB pack: {said}");
+    let cached = files_under(&cache);
+    assert!(!cached.is_empty(), "index pages and listings are kept");
+    let total: u64 = cached.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+    assert!(total < 3_000_000, "photos are not kept on disk: {total}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the cache is private");
+    // Served from the cache, a damaged entry is noticed, dropped and fetched again.
+    for file in &cached {
+        let mut bytes = std::fs::read(file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(file, bytes).unwrap();
+    }
+    let m = Mounted::new(&s, &["-o", &options]);
+    assert_same_tree(&phone, &m.snapshots().join("pixel/latest"));
+}

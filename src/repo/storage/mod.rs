@@ -3,6 +3,7 @@
 //! `index/…`, `snapshots/…`, `locks/…`), never of paths; each backend keeps the promise that an
 //! object appears whole or not at all.
 
+mod disk_cache;
 mod file_reads;
 pub mod folder;
 pub mod s3;

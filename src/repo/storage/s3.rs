@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use opendal::options::{ListOptions, ReadOptions, WriteOptions};
 use opendal::{ErrorKind, Operator};
 
+use super::disk_cache::DiskCache;
 use super::{Object, Reuse, Storage, StorageError, Traffic, Upload};
 use crate::repo::fsutil::crash_point;
 
@@ -97,6 +98,9 @@ pub struct S3Options {
     pub ca_file: Option<PathBuf>,
     /// BUCKET.HOST addressing instead of HOST/BUCKET (AWS itself; most other stores want paths).
     pub virtual_host: bool,
+    /// A local folder for what is read again and again (index pages, folder listings,
+    /// snapshot records), and the most bytes it may hold.
+    pub cache: Option<(PathBuf, u64)>,
 }
 
 /// Cheap to share: a pack upload holds it until it is stored.
@@ -114,6 +118,7 @@ pub struct Shared {
     options: S3Options,
     region: String,
     client: RwLock<Arc<Client>>,
+    cache: Option<DiskCache>,
     requests: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -150,6 +155,7 @@ impl Shared {
             options: options.clone(),
             region,
             client: RwLock::new(Arc::new(client)),
+            cache: options.cache.as_ref().and_then(|(dir, limit)| DiskCache::open(dir, *limit)),
             requests: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
@@ -352,6 +358,11 @@ impl Storage for S3 {
     }
 
     fn read(&self, name: &str, limit: u64) -> Result<Vec<u8>, StorageError> {
+        // Snapshot records never change: each is fetched once.
+        let cache = self.cache.as_ref().filter(|_| name.starts_with("snapshots/"));
+        if let Some(bytes) = cache.and_then(|c| c.get(name)).filter(|b| b.len() as u64 <= limit) {
+            return Ok(bytes);
+        }
         // Streamed, and dropped a little past the limit: a huge object planted where a record
         // belongs costs nothing.
         let failed = |e: opendal::Error| self.error("read", name, e);
@@ -371,6 +382,9 @@ impl Storage for S3 {
             }
         }
         self.count(0, bytes.len());
+        if let Some(cache) = cache {
+            cache.put(name, &bytes);
+        }
         Ok(bytes)
     }
 
@@ -379,16 +393,26 @@ impl Storage for S3 {
         name: &str,
         offset: u64,
         len: usize,
-        _reuse: Reuse,
+        reuse: Reuse,
         out: &mut Vec<u8>,
     ) -> Result<Range<usize>, StorageError> {
         out.clear();
         if len == 0 {
             return Ok(0..0);
         }
+        // Packs and index files never change once written: a range of one is always the same.
+        let key = format!("{name}@{offset}+{len}");
+        let cache = self.cache.as_ref().filter(|_| reuse == Reuse::Again);
+        if let Some(bytes) = cache.and_then(|c| c.get(&key)).filter(|b| b.len() == len) {
+            out.extend_from_slice(&bytes);
+            return Ok(0..len);
+        }
         let bytes = self.get(name, Some(offset..offset + len as u64))?;
         if bytes.len() != len {
             return Err(StorageError::Truncated { name: name.to_string() });
+        }
+        if let Some(cache) = cache {
+            cache.put(&key, &bytes);
         }
         out.extend_from_slice(&bytes);
         Ok(0..len)
