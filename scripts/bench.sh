@@ -3,7 +3,7 @@
 #
 #   scripts/bench.sh                                # ~1.5 GB, 24.5k files, 3 rounds
 #   BENCH_SCALE=0.1 BENCH_RUNS=1 scripts/bench.sh   # a quick look
-#   BENCH_ONLY=ios scripts/bench.sh                 # one part: phone (issues 2-4), ios (15), android (16)
+#   BENCH_ONLY=ios scripts/bench.sh                 # one part: phone (issues 2-4), ios (15), android (16), s3 (17)
 #
 # Each round gives every tool a fresh repository and measures: first backup, unchanged
 # re-backup, next-day backup (new photos, databases changed in place, deletions, a renamed
@@ -80,6 +80,10 @@ measure() {
     echo "$step,$tool,$secs,$((kib / 1024))" >> "$csv"
 }
 
+can_drop=$([ "$(id -u)" = 0 ] && echo yes || echo no)
+drop_caches() { sync; [ "$can_drop" = yes ] && echo 3 > /proc/sys/vm/drop_caches || true; }
+wait_for() { for _ in $(seq 2000); do [ -e "$1" ] && return; sleep 0.01; done; echo "timed out waiting for $1"; exit 1; }
+
 backup() { # TOOL STEP REPO
     case $1 in
         phonebak) measure "$1" "$2" "$phonebak" backup --repo "$3" --device phone "$phone" ;;
@@ -128,8 +132,6 @@ for n in $(seq 4 20); do
 done
 mcsv=$work/mount.csv
 : > "$mcsv"
-can_drop=$([ "$(id -u)" = 0 ] && echo yes || echo no)
-drop_caches() { sync; [ "$can_drop" = yes ] && echo 3 > /proc/sys/vm/drop_caches || true; }
 seconds() { local t0 t1; t0=$(date +%s.%N); "$@" > /dev/null; t1=$(date +%s.%N); python3 -c "print(f'{$t1 - $t0:.3f}')"; }
 read_all() { tar cf - -C "$1" . | wc -c > /dev/null; }
 count_all() { find "$1" | wc -l > /dev/null; }
@@ -145,7 +147,6 @@ reads() {
 }
 
 peak_rss() { awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$1/status" 2> /dev/null || echo 0; }
-wait_for() { for _ in $(seq 2000); do [ -e "$1" ] && return; sleep 0.01; done; echo "timed out waiting for $1"; exit 1; }
 
 # The mount figures are medians of as many rounds as the backup figures (single runs of a
 # mount vary even more than backups here).
@@ -503,6 +504,118 @@ print(f"  adb calls do not grow with the files: {med('adb-first-calls', 'phoneba
       + ok(med('adb-next-day-calls', 'phonebak') <= med('adb-first-calls', 'phonebak')))
 peak = max(med(s, "phonebak", 3) for s in ["tar-import", "ab-import", "adb-first", "adb-next-day"])
 print(f"  peak memory under 200 MiB: {peak:.0f} MiB: " + ok(peak < 200))
+PY
+fi
+
+# --- Object storage (issue 17): phonebak and restic, each in its own bucket of one SeaweedFS
+# server on loopback, on the same phone: first backup, an unchanged re-backup, the next day,
+# restore, and the mount read cold (fresh mount, empty local caches, page cache dropped) and
+# warm. Requests and bytes are counted by the server itself (its Prometheus metrics, per bucket).
+if want s3; then
+need_seaweedfs
+s3dir=$work/seaweedfs
+rm -rf "$s3dir"; mkdir -p "$s3dir/data"
+export AWS_ACCESS_KEY_ID=bench-key AWS_SECRET_ACCESS_KEY=bench-secret-key
+printf '{"identities":[{"name":"bench","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","List","Tagging","Write"]}]}' \
+    "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" > "$s3dir/s3.json"
+ports=($(python3 -c 'import socket
+ss = [socket.socket() for _ in range(9)]
+[s.bind(("127.0.0.1", 0)) for s in ss]
+print(" ".join(str(s.getsockname()[1]) for s in ss))'))
+"$PHONEBAK_WEED" server -dir="$s3dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
+    -volume.max=100 -master.volumeSizeLimitMB=1024 \
+    -master.port="${ports[0]}" -master.port.grpc="${ports[1]}" -volume.port="${ports[2]}" -volume.port.grpc="${ports[3]}" \
+    -filer.port="${ports[4]}" -filer.port.grpc="${ports[5]}" -s3 -s3.port="${ports[6]}" -s3.port.grpc="${ports[7]}" \
+    -s3.port.iceberg=0 -s3.port.lance=0 -metricsPort="${ports[8]}" -s3.config="$s3dir/s3.json" > "$s3dir/log" 2>&1 &
+weed_pid=$!
+trap 'kill $weed_pid 2> /dev/null || true' EXIT
+endpoint=http://127.0.0.1:${ports[6]}
+for _ in $(seq 300); do curl -s -o /dev/null "$endpoint/" && break; sleep 0.2; done
+sleep 2
+# traffic BUCKET: "requests bytes_in bytes_out" so far, as the server counts them.
+traffic() {
+    curl -s "127.0.0.1:${ports[8]}/metrics" | python3 -c '
+import re, sys
+bucket = sys.argv[1]
+requests = received = sent = 0
+for line in sys.stdin:
+    m = re.match(r"(SeaweedFS_s3_\w+)\{([^}]*)\} (\S+)", line)
+    if not m or f"bucket=\"{bucket}\"" not in m.group(2):
+        continue
+    name, value = m.group(1), float(m.group(3))
+    if name == "SeaweedFS_s3_request_total": requests += value
+    elif name == "SeaweedFS_s3_bucket_traffic_received_bytes_total": received += value
+    elif name == "SeaweedFS_s3_bucket_traffic_sent_bytes_total": sent += value
+print(int(requests), int(received), int(sent))' "$1"
+}
+# s3_step TOOL STEP COMMAND...: measures it and what it asked of the store.
+s3_step() {
+    local tool=$1 step=$2 bucket=bench-$1-$round; shift 2
+    read -r r0 i0 o0 < <(traffic "$bucket")
+    measure "$tool" "s3-$step" "$@"
+    read -r r1 i1 o1 < <(traffic "$bucket")
+    echo "s3-$step-traffic,$tool,$((r1 - r0)),$((i1 - i0)),$((o1 - o0))" >> "$csv"
+    printf '  %-9s %-16s %6d requests, %8.1f MB to the store, %8.1f MB from it\n' "$tool" "$step" \
+        $((r1 - r0)) "$(python3 -c "print(($i1 - $i0) / 1e6)")" "$(python3 -c "print(($o1 - $o0) / 1e6)")"
+}
+s3mnt=$work/s3-mnt; mkdir -p "$s3mnt"
+read_tree() { tar cf - -C "$1" . | wc -c > /dev/null; }
+for round in $(seq "$runs"); do
+    echo "object storage round $round of $runs"
+    pb_repo=s3:$endpoint/bench-phonebak-$round/phones
+    rs_repo=s3:$endpoint/bench-restic-$round/phones
+    export XDG_CACHE_HOME=$work/s3-cache-$round XDG_STATE_HOME=$work/s3-state-$round RESTIC_CACHE_DIR=$work/s3-restic-cache-$round
+    "$phonebak" init --repo "$pb_repo" --create-bucket > /dev/null
+    restic -r "$rs_repo" init -q
+    become day1
+    for step in first unchanged; do
+        warm; s3_step phonebak "$step" "$phonebak" backup --repo "$pb_repo" --device phone "$phone"
+        warm; s3_step restic "$step" restic -r "$rs_repo" backup -q "$phone"
+    done
+    become day2
+    warm; s3_step phonebak next-day "$phonebak" backup --repo "$pb_repo" --device phone "$phone"
+    warm; s3_step restic next-day restic -r "$rs_repo" backup -q "$phone"
+    rm -rf "$work/s3-out-"*
+    s3_step phonebak restore "$phonebak" restore --repo "$pb_repo" latest --target "$work/s3-out-phonebak"
+    s3_step restic restore restic -r "$rs_repo" restore latest --target "$work/s3-out-restic"
+    diff -r "$phone" "$work/s3-out-phonebak" > /dev/null || { echo "phonebak's restore from the bucket differs"; exit 1; }
+    # The mounts: cold (fresh mount and local caches, page cache dropped), then warm.
+    rm -rf "$XDG_CACHE_HOME" "$RESTIC_CACHE_DIR"
+    "$phonebak" mount --repo "$pb_repo" "$s3mnt"
+    drop_caches
+    s3_step phonebak mount-cold read_tree "$s3mnt/snapshots/phone/latest/"
+    s3_step phonebak mount-warm read_tree "$s3mnt/snapshots/phone/latest/"
+    umount "$s3mnt"
+    restic -r "$rs_repo" mount "$s3mnt" > /dev/null 2>&1 &
+    restic_pid=$!
+    wait_for "$s3mnt/snapshots/latest$phone"
+    drop_caches
+    s3_step restic mount-cold read_tree "$s3mnt/snapshots/latest$phone/"
+    s3_step restic mount-warm read_tree "$s3mnt/snapshots/latest$phone/"
+    umount "$s3mnt"; wait "$restic_pid" || true
+done
+kill "$weed_pid" 2> /dev/null || true
+python3 - "$csv" "$(du -sb "$work/day2" | cut -f1)" <<'PY' | tee -a "${work%/}.results.txt"
+import csv, statistics, sys
+rows = list(csv.reader(open(sys.argv[1])))
+size = int(sys.argv[2])
+med = lambda step, tool, col=2: statistics.median(float(r[col]) for r in rows if r[0] == step and r[1] == tool)
+ok = lambda c: "met" if c else "NOT met"
+rounds = len([r for r in rows if r[0] == "s3-first" and r[1] == "phonebak"])
+print(f"\nObject storage (SeaweedFS on loopback), a {size / 1e9:.2f} GB phone; medians of {rounds} round(s):")
+print(f"  {'':22} {'phonebak s':>10} {'restic s':>9} {'ratio':>6}   {'phonebak requests / MB up / MB down':>36}   {'restic requests / MB up / MB down':>34}")
+for step in ["first", "unchanged", "next-day", "restore", "mount-cold", "mount-warm"]:
+    p, r = med("s3-" + step, "phonebak"), med("s3-" + step, "restic")
+    t = lambda tool: f"{med('s3-' + step + '-traffic', tool):.0f} / {med('s3-' + step + '-traffic', tool, 3) / 1e6:.1f} / {med('s3-' + step + '-traffic', tool, 4) / 1e6:.1f}"
+    print(f"  {step:22} {p:10.2f} {r:9.2f} {r / p:5.2f}x   {t('phonebak'):>36}   {t('restic'):>34}")
+print("targets (issue 17):")
+for step in ["first", "next-day", "restore"]:
+    ratio = med("s3-" + step, "restic") / med("s3-" + step, "phonebak")
+    print(f"  {step} at least 2x restic: {ratio:.2f}x: " + ok(ratio >= 2))
+cold = med("s3-restore", "phonebak") / med("s3-mount-cold", "phonebak")
+print(f"  a cold mount read at least 80% of restore's speed: {cold * 100:.0f}%: " + ok(cold >= 0.8))
+unchanged = med("s3-unchanged-traffic", "phonebak")
+print(f"  an unchanged phone's next backup under 20 requests plus its new data: {unchanged:.0f} requests: " + ok(unchanged < 20))
 PY
 fi
 
