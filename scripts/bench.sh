@@ -559,7 +559,8 @@ s3_step() {
         $((r1 - r0)) "$(python3 -c "print(($i1 - $i0) / 1e6)")" "$(python3 -c "print(($o1 - $o0) / 1e6)")"
 }
 s3mnt=$work/s3-mnt; mkdir -p "$s3mnt"
-read_tree() { tar cf - -C "$1" . | wc -c > /dev/null; }
+# A tree read whole, as an external command (measure times commands, not shell functions).
+read_tree=(bash -c 'tar cf - -C "$0" . | wc -c > /dev/null')
 for round in $(seq "$runs"); do
     echo "object storage round $round of $runs"
     pb_repo=s3:$endpoint/bench-phonebak-$round/phones
@@ -583,15 +584,15 @@ for round in $(seq "$runs"); do
     rm -rf "$XDG_CACHE_HOME" "$RESTIC_CACHE_DIR"
     "$phonebak" mount --repo "$pb_repo" "$s3mnt"
     drop_caches
-    s3_step phonebak mount-cold read_tree "$s3mnt/snapshots/phone/latest/"
-    s3_step phonebak mount-warm read_tree "$s3mnt/snapshots/phone/latest/"
+    s3_step phonebak mount-cold "${read_tree[@]}" "$s3mnt/snapshots/phone/latest/"
+    s3_step phonebak mount-warm "${read_tree[@]}" "$s3mnt/snapshots/phone/latest/"
     umount "$s3mnt"
     restic -r "$rs_repo" mount "$s3mnt" > /dev/null 2>&1 &
     restic_pid=$!
     wait_for "$s3mnt/snapshots/latest$phone"
     drop_caches
-    s3_step restic mount-cold read_tree "$s3mnt/snapshots/latest$phone/"
-    s3_step restic mount-warm read_tree "$s3mnt/snapshots/latest$phone/"
+    s3_step restic mount-cold "${read_tree[@]}" "$s3mnt/snapshots/latest$phone/"
+    s3_step restic mount-warm "${read_tree[@]}" "$s3mnt/snapshots/latest$phone/"
     umount "$s3mnt"; wait "$restic_pid" || true
 done
 kill "$weed_pid" 2> /dev/null || true

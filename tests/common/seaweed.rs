@@ -65,8 +65,9 @@ impl SeaweedFs {
         let mut cmd = Command::new(weed());
         cmd.arg("server")
             .arg(format!("-dir={}", self.dir.join("data").display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-volume.max=30"])
-            .arg("-master.volumeSizeLimitMB=256")
+            // Each bucket is a collection with volumes of its own: room for many.
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-volume.max=300"])
+            .arg("-master.volumeSizeLimitMB=64")
             .arg(format!("-master.port={}", p[0]))
             .arg(format!("-master.port.grpc={}", p[1]))
             .arg(format!("-volume.port={}", p[2]))
@@ -173,8 +174,13 @@ pub struct SharedServer {
 }
 
 impl SharedServer {
-    /// A repository address in a new bucket.
+    /// A repository address under a prefix of its own in the bucket the tests share.
     pub fn new_repo(&self, name: &str) -> String {
+        format!("s3:{}/phonebak-tests/{:016x}/{name}", self.endpoint, rand_u64())
+    }
+
+    /// A repository address in a bucket that does not exist yet.
+    pub fn new_bucket_repo(&self, name: &str) -> String {
         repo_in(&self.endpoint, name)
     }
 }

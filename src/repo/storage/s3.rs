@@ -4,11 +4,12 @@
 //! on 5xx answers and timeouts. Credentials come from the usual AWS variables or profile and are
 //! never put in a message.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use opendal::options::{ListOptions, ReadOptions, WriteOptions};
@@ -103,6 +104,30 @@ pub struct S3Options {
     pub cache: Option<(PathBuf, u64)>,
 }
 
+/// Ranges read again (listings, index pages) are fetched and kept on disk in windows this large.
+const DISK_WINDOW: u64 = 1 << 20;
+/// How far ahead a sequential reader is read, and how many such windows stay in memory.
+const READ_AHEAD: u64 = 8 << 20;
+const WINDOWS_KEPT: usize = 4;
+/// Reads from this size up are fetched as they are (a chunk of a large file).
+const SMALL_READ: u64 = 256 * 1024;
+/// A read that starts at most this far after the last one of the same object ended counts as
+/// going on from it (blobs are packed back to back; a skipped blob is small).
+const SEQUENTIAL_GAP: u64 = 256 * 1024;
+
+/// Bytes read ahead from an object.
+struct Window {
+    name: String,
+    start: u64,
+    bytes: Arc<Vec<u8>>,
+}
+
+impl Window {
+    fn end(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+}
+
 /// Cheap to share: a pack upload holds it until it is stored.
 pub struct S3(Arc<Shared>);
 
@@ -119,6 +144,11 @@ pub struct Shared {
     region: String,
     client: RwLock<Arc<Client>>,
     cache: Option<DiskCache>,
+    /// Sizes of packs and index files (which never change), from listings.
+    sizes: Mutex<HashMap<String, u64>>,
+    /// Where the last reads of recent objects ended, and the windows read ahead (oldest first).
+    read_ends: Mutex<lru::LruCache<String, u64>>,
+    windows: Mutex<Vec<Window>>,
     requests: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -156,6 +186,9 @@ impl Shared {
             region,
             client: RwLock::new(Arc::new(client)),
             cache: options.cache.as_ref().and_then(|(dir, limit)| DiskCache::open(dir, *limit)),
+            sizes: Mutex::new(HashMap::new()),
+            read_ends: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(64).expect("nonzero"))),
+            windows: Mutex::new(Vec::new()),
             requests: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
@@ -247,6 +280,71 @@ impl Shared {
         let result = self.client()?.operator.read_options(name, options);
         let bytes = result.map_err(|e| self.error("read", name, e))?.to_vec();
         self.count(0, bytes.len());
+        Ok(bytes)
+    }
+
+    /// `len` bytes from `offset`, or an error if the object is shorter.
+    fn get_exactly(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, StorageError> {
+        let bytes = self.get(name, Some(offset..offset + len as u64))?;
+        if bytes.len() != len {
+            return Err(StorageError::Truncated { name: name.to_string() });
+        }
+        Ok(bytes)
+    }
+
+    /// The size of an object that never changes (a pack, an index file): from the last listing,
+    /// or asked once.
+    fn object_size(&self, name: &str) -> Result<u64, StorageError> {
+        if let Some(size) = self.sizes.lock().expect("sizes lock").get(name) {
+            return Ok(*size);
+        }
+        let meta = self.client()?.operator.stat(name).map_err(|e| self.error("look up", name, e))?;
+        self.count(0, 0);
+        self.sizes.lock().expect("sizes lock").insert(name.to_string(), meta.content_length());
+        Ok(meta.content_length())
+    }
+
+    /// `len` bytes at `offset` of `name`. A small read that goes on where the last one of that
+    /// object ended (a restore or a copy of many small files) fetches a window of `READ_AHEAD`
+    /// bytes and serves the next reads from it: a request per small file would cost a round
+    /// trip each. Other reads fetch just their bytes: a chunk of a photo (about 1 MiB) is worth
+    /// its request, and a photo opened in the mount costs its own bytes, not its pack's.
+    fn read_ahead(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, StorageError> {
+        let end = offset + len as u64;
+        {
+            let mut windows = self.windows.lock().expect("windows lock");
+            if let Some(window) = windows.iter().find(|w| w.name == name && w.start <= offset && end <= w.end()) {
+                let from = (offset - window.start) as usize;
+                let bytes = window.bytes[from..from + len].to_vec();
+                let at = windows.iter().position(|w| w.name == name && w.start == offset - from as u64);
+                if let Some(at) = at {
+                    let used = windows.remove(at);
+                    windows.push(used);
+                }
+                return Ok(bytes);
+            }
+        }
+        let sequential = {
+            let mut ends = self.read_ends.lock().expect("read ends lock");
+            let last = ends.put(name.to_string(), end);
+            last.is_some_and(|last| last <= offset && offset - last <= SEQUENTIAL_GAP)
+        };
+        if !sequential || len as u64 >= SMALL_READ {
+            return self.get_exactly(name, offset, len);
+        }
+        let size = self.object_size(name)?;
+        if end > size {
+            return Err(StorageError::Truncated { name: name.to_string() });
+        }
+        let want = READ_AHEAD.min(size - offset) as usize;
+        let window =
+            Window { name: name.to_string(), start: offset, bytes: Arc::new(self.get_exactly(name, offset, want)?) };
+        let bytes = window.bytes[..len].to_vec();
+        let mut windows = self.windows.lock().expect("windows lock");
+        if windows.len() >= WINDOWS_KEPT {
+            windows.remove(0);
+        }
+        windows.push(window);
         Ok(bytes)
     }
 
@@ -400,21 +498,34 @@ impl Storage for S3 {
         if len == 0 {
             return Ok(0..0);
         }
-        // Packs and index files never change once written: a range of one is always the same.
-        let key = format!("{name}@{offset}+{len}");
-        let cache = self.cache.as_ref().filter(|_| reuse == Reuse::Again);
-        if let Some(bytes) = cache.and_then(|c| c.get(&key)).filter(|b| b.len() == len) {
-            out.extend_from_slice(&bytes);
-            return Ok(0..len);
+        let end = offset + len as u64;
+        match (&self.cache, reuse) {
+            // Listings and index pages: whole windows, kept on disk (a backup reads its parent's
+            // listings, a few thousand, in a few requests).
+            (Some(cache), Reuse::Again) => {
+                let size = self.object_size(name)?;
+                if end > size {
+                    return Err(StorageError::Truncated { name: name.to_string() });
+                }
+                for window in offset / DISK_WINDOW..=(end - 1) / DISK_WINDOW {
+                    let start = window * DISK_WINDOW;
+                    let key = format!("{name}#{start}");
+                    let want = DISK_WINDOW.min(size - start) as usize;
+                    let bytes = match cache.get(&key).filter(|b| b.len() == want) {
+                        Some(bytes) => bytes,
+                        None => {
+                            let bytes = self.get_exactly(name, start, want)?;
+                            cache.put(&key, &bytes);
+                            bytes
+                        }
+                    };
+                    let from = offset.max(start) - start;
+                    let to = end.min(start + want as u64) - start;
+                    out.extend_from_slice(&bytes[from as usize..to as usize]);
+                }
+            }
+            _ => out.extend_from_slice(&self.read_ahead(name, offset, len)?),
         }
-        let bytes = self.get(name, Some(offset..offset + len as u64))?;
-        if bytes.len() != len {
-            return Err(StorageError::Truncated { name: name.to_string() });
-        }
-        if let Some(cache) = cache {
-            cache.put(&key, &bytes);
-        }
-        out.extend_from_slice(&bytes);
         Ok(0..len)
     }
 
@@ -447,6 +558,10 @@ impl Storage for S3 {
                 modified: e.metadata().last_modified().map(SystemTime::from),
             })
             .collect();
+        if dir == "data" || dir == "index" {
+            let mut sizes = self.sizes.lock().expect("sizes lock");
+            sizes.extend(found.iter().map(|o| (o.name.clone(), o.size)));
+        }
         found.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(found)
     }
