@@ -596,6 +596,7 @@ for round in $(seq "$runs"); do
     umount "$s3mnt"; wait "$restic_pid" || true
 done
 kill "$weed_pid" 2> /dev/null || true
+wait "$weed_pid" 2> /dev/null || true
 python3 - "$csv" "$(du -sb "$work/day2" | cut -f1)" <<'PY' | tee -a "${work%/}.results.txt"
 import csv, statistics, sys
 rows = list(csv.reader(open(sys.argv[1])))

@@ -81,6 +81,9 @@ enum There {
 /// Restores `entry` (from `tree::lookup_path`) into `target`: a folder's contents go into
 /// `target`, a single file or symlink into `target/<name>`. `total_bytes`, when known, gives the
 /// progress bar its end.
+/// Files restored at once from an object store.
+const REMOTE_WORKERS: usize = 8;
+
 pub fn run(
     repo: &Repository,
     entry: &Entry,
@@ -96,7 +99,9 @@ pub fn run(
     let progress = Progress::bytes("restore", total);
     let report = Mutex::new(RestoreReport::default());
     let target_failed: Mutex<Option<RestoreError>> = Mutex::new(None);
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    // An object store answers each request after a round trip: more files in flight keep it busy.
+    let workers = if repo.local_folder().is_some() { cores } else { cores.max(REMOTE_WORKERS) };
     let mut dirs = Vec::new();
     let (tx, rx) = sync_channel::<FileJob>(workers * 64);
     let rx = Mutex::new(rx);

@@ -356,3 +356,45 @@ fn the_mount_keeps_listings_in_its_disk_cache_and_reads_a_photo_without_its_whol
     let m = Mounted::new(&s, &["-o", &options]);
     assert_same_tree(&phone, &m.snapshots().join("pixel/latest"));
 }
+
+/// Runs `args` killed (SIGKILL) before its first, second, ... request that writes or deletes,
+/// until a run gets through; after each, `check --read-data` passes and `verify` holds.
+fn killed_at_each_write(s: &Scratch, args: &[&str], verify: &dyn Fn(u64)) {
+    use std::os::unix::process::ExitStatusExt;
+    for n in 1.. {
+        let out = s.command(args).env("PHONEBAK_CRASH_AT", n.to_string()).output().unwrap();
+        if out.status.success() {
+            assert!(n > 2, "{args:?} was never stopped: built with --features test-hooks?");
+            return;
+        }
+        assert_eq!(out.status.signal(), Some(9), "{args:?} at write {n}: {}", stderr(&out));
+        check_clean(s);
+        verify(n);
+        assert!(n < 500, "{args:?} never completed");
+    }
+}
+
+#[test]
+fn every_prefix_of_a_backup_and_a_prune_on_the_object_store_leaves_a_repository_check_passes() {
+    let s = Scratch::with_object_store_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    backup(&s, &phone, "pixel");
+    let first = s.path("first");
+    s.ok(&["restore", "latest", "--target", first.to_str().unwrap()]);
+    for i in 0..5 {
+        write(&phone.join(format!("DCIM/new-{i}.jpg")), &bytes(700 + i, 400_000, false));
+    }
+    std::fs::remove_file(phone.join("DCIM/Camera/IMG_0002.jpg")).unwrap();
+    killed_at_each_write(&s, &["backup", "--device", "pixel", phone.to_str().unwrap()], &|n| {
+        assert_eq!(snapshot_count(&s), 1, "killed at write {n}: no new snapshot, the old one kept");
+    });
+    assert_eq!(snapshot_count(&s), 2);
+    s.ok(&["forget", "--keep-last", "1"]);
+    killed_at_each_write(&s, &["prune"], &|n| {
+        let target = s.path(&format!("after-prune-{n}"));
+        s.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+        assert_same_tree(&phone, &target);
+    });
+    check_clean(&s);
+}

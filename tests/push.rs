@@ -812,3 +812,26 @@ fn a_staging_folder_changed_during_a_push_never_leads_outside_it() {
         assert_ne!(std::fs::read(&file).unwrap(), b"SECRET file ", "{} came from outside staging", file.display());
     }
 }
+
+#[test]
+fn staging_and_journals_an_earlier_version_kept_in_the_repository_folder_are_still_used() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    s.ok(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    // What an earlier version left: REPO/staging/ with staged files, REPO/push-journal/.
+    let legacy = s.repo.join("staging");
+    std::fs::create_dir(&legacy).unwrap();
+    cp_a(&phone.join("Documents"), &legacy);
+    std::fs::create_dir(s.repo.join("push-journal")).unwrap();
+    let m = Mounted::new(&s, &[]);
+    assert_eq!(std::fs::read_link(m.restore()).unwrap(), std::fs::canonicalize(&legacy).unwrap());
+    drop(m);
+    let device = s.path("new-phone");
+    std::fs::create_dir(&device).unwrap();
+    let out = push(&s, &device, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_same_tree_but_owner(&phone.join("Documents"), &device.join("Documents"));
+    assert!(names(&legacy).is_empty(), "pushed out of the old staging folder");
+    assert!(!s.state_dir().join("staging").exists(), "no second staging folder was made");
+}

@@ -20,9 +20,16 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// A scratch folder, and where its repository goes: `repo/` in it, or, when the suite runs
+    /// against the object store (PHONEBAK_TEST_STORE=s3, as scripts/test.sh does for the suites
+    /// that apply to both), a prefix of its own in the test server's bucket.
     pub fn new() -> Scratch {
         let dir = tempfile::tempdir().expect("temp dir");
-        let repo = dir.path().join("repo");
+        let repo = match std::env::var("PHONEBAK_TEST_STORE").as_deref() {
+            Ok("s3") => PathBuf::from(seaweed::shared().new_repo("repo")),
+            Ok(other) if !other.is_empty() && other != "folder" => panic!("PHONEBAK_TEST_STORE={other}: s3 or folder"),
+            _ => dir.path().join("repo"),
+        };
         Scratch { dir, repo }
     }
 

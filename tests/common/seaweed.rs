@@ -109,6 +109,18 @@ impl SeaweedFs {
         }
     }
 
+    /// Makes a bucket with a signed `PUT /BUCKET`.
+    pub fn create_bucket(&self, bucket: &str) {
+        let url = format!("{}/{bucket}", self.endpoint());
+        let user = format!("{ACCESS_KEY}:{SECRET_KEY}");
+        let made = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "--aws-sigv4", "aws:amz:us-east-1:s3"])
+            .args(["--user", &user, &url])
+            .output()
+            .unwrap();
+        assert!(made.stdout.starts_with(b"2"), "bucket {bucket}: {}", String::from_utf8_lossy(&made.stdout));
+    }
+
     fn can_write(&self) -> bool {
         let url = format!("{}/ready-probe", self.endpoint());
         let user = format!("{ACCESS_KEY}:{SECRET_KEY}");
@@ -160,6 +172,7 @@ pub fn shared() -> &'static SharedServer {
         let (send, receive) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let server = SeaweedFs::start(&dir);
+            server.create_bucket("phonebak-tests");
             send.send(server.endpoint()).unwrap();
             loop {
                 std::thread::park();

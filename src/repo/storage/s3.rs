@@ -106,27 +106,12 @@ pub struct S3Options {
 
 /// Ranges read again (listings, index pages) are fetched and kept on disk in windows this large.
 const DISK_WINDOW: u64 = 1 << 20;
-/// How far ahead a sequential reader is read, and how many such windows stay in memory.
-const READ_AHEAD: u64 = 8 << 20;
-const WINDOWS_KEPT: usize = 4;
+/// Small reads are served from aligned blocks of this size, the last `BLOCKS_KEPT` kept in
+/// memory (32 MiB).
+const BLOCK: u64 = 1 << 20;
+const BLOCKS_KEPT: usize = 32;
 /// Reads from this size up are fetched as they are (a chunk of a large file).
 const SMALL_READ: u64 = 256 * 1024;
-/// A read that starts at most this far after the last one of the same object ended counts as
-/// going on from it (blobs are packed back to back; a skipped blob is small).
-const SEQUENTIAL_GAP: u64 = 256 * 1024;
-
-/// Bytes read ahead from an object.
-struct Window {
-    name: String,
-    start: u64,
-    bytes: Arc<Vec<u8>>,
-}
-
-impl Window {
-    fn end(&self) -> u64 {
-        self.start + self.bytes.len() as u64
-    }
-}
 
 /// Cheap to share: a pack upload holds it until it is stored.
 pub struct S3(Arc<Shared>);
@@ -146,9 +131,8 @@ pub struct Shared {
     cache: Option<DiskCache>,
     /// Sizes of packs and index files (which never change), from listings.
     sizes: Mutex<HashMap<String, u64>>,
-    /// Where the last reads of recent objects ended, and the windows read ahead (oldest first).
-    read_ends: Mutex<lru::LruCache<String, u64>>,
-    windows: Mutex<Vec<Window>>,
+    /// Recently read blocks of objects (see `read_blocks`).
+    blocks: Mutex<lru::LruCache<(String, u64), Arc<Vec<u8>>>>,
     requests: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -187,8 +171,7 @@ impl Shared {
             client: RwLock::new(Arc::new(client)),
             cache: options.cache.as_ref().and_then(|(dir, limit)| DiskCache::open(dir, *limit)),
             sizes: Mutex::new(HashMap::new()),
-            read_ends: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(64).expect("nonzero"))),
-            windows: Mutex::new(Vec::new()),
+            blocks: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(BLOCKS_KEPT).expect("nonzero"))),
             requests: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
@@ -304,48 +287,38 @@ impl Shared {
         Ok(meta.content_length())
     }
 
-    /// `len` bytes at `offset` of `name`. A small read that goes on where the last one of that
-    /// object ended (a restore or a copy of many small files) fetches a window of `READ_AHEAD`
-    /// bytes and serves the next reads from it: a request per small file would cost a round
-    /// trip each. Other reads fetch just their bytes: a chunk of a photo (about 1 MiB) is worth
-    /// its request, and a photo opened in the mount costs its own bytes, not its pack's.
-    fn read_ahead(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, StorageError> {
+    /// `len` bytes at `offset` of `name`. Small reads (small files, listings of a mount) are
+    /// served from aligned blocks of `BLOCK` bytes, each fetched once and kept a while: a restore
+    /// or a copy of many small files costs a request per block, not per file, and readers on
+    /// several threads share them. A large read (a chunk of a photo, about 1 MiB) is fetched as
+    /// it is: a photo costs its own bytes, not its pack's.
+    fn read_blocks(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, StorageError> {
         let end = offset + len as u64;
-        {
-            let mut windows = self.windows.lock().expect("windows lock");
-            if let Some(window) = windows.iter().find(|w| w.name == name && w.start <= offset && end <= w.end()) {
-                let from = (offset - window.start) as usize;
-                let bytes = window.bytes[from..from + len].to_vec();
-                let at = windows.iter().position(|w| w.name == name && w.start == offset - from as u64);
-                if let Some(at) = at {
-                    let used = windows.remove(at);
-                    windows.push(used);
-                }
-                return Ok(bytes);
-            }
-        }
-        let sequential = {
-            let mut ends = self.read_ends.lock().expect("read ends lock");
-            let last = ends.put(name.to_string(), end);
-            last.is_some_and(|last| last <= offset && offset - last <= SEQUENTIAL_GAP)
-        };
-        if !sequential || len as u64 >= SMALL_READ {
+        let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
+        let cached = |block: u64| self.blocks.lock().expect("blocks lock").get(&(name.to_string(), block)).cloned();
+        if len as u64 >= SMALL_READ && (first != last || cached(first).is_none()) {
             return self.get_exactly(name, offset, len);
         }
         let size = self.object_size(name)?;
         if end > size {
             return Err(StorageError::Truncated { name: name.to_string() });
         }
-        let want = READ_AHEAD.min(size - offset) as usize;
-        let window =
-            Window { name: name.to_string(), start: offset, bytes: Arc::new(self.get_exactly(name, offset, want)?) };
-        let bytes = window.bytes[..len].to_vec();
-        let mut windows = self.windows.lock().expect("windows lock");
-        if windows.len() >= WINDOWS_KEPT {
-            windows.remove(0);
+        let mut out = Vec::with_capacity(len);
+        for block in first..=last {
+            let start = block * BLOCK;
+            let bytes = match cached(block) {
+                Some(bytes) => bytes,
+                None => {
+                    let bytes = Arc::new(self.get_exactly(name, start, BLOCK.min(size - start) as usize)?);
+                    self.blocks.lock().expect("blocks lock").put((name.to_string(), block), bytes.clone());
+                    bytes
+                }
+            };
+            let from = (offset.max(start) - start) as usize;
+            let to = (end.min(start + bytes.len() as u64) - start) as usize;
+            out.extend_from_slice(&bytes[from..to]);
         }
-        windows.push(window);
-        Ok(bytes)
+        Ok(out)
     }
 
     /// Stores a whole object.
@@ -524,7 +497,7 @@ impl Storage for S3 {
                     out.extend_from_slice(&bytes[from as usize..to as usize]);
                 }
             }
-            _ => out.extend_from_slice(&self.read_ahead(name, offset, len)?),
+            _ => out.extend_from_slice(&self.read_blocks(name, offset, len)?),
         }
         Ok(0..len)
     }
