@@ -113,6 +113,9 @@ const BLOCKS_KEPT: usize = 32;
 /// Reads from this size up are fetched as they are (a chunk of a large file).
 const SMALL_READ: u64 = 256 * 1024;
 
+/// Blocks of objects by (name, block number).
+type Blocks = lru::LruCache<(String, u64), Arc<Vec<u8>>>;
+
 /// Cheap to share: a pack upload holds it until it is stored.
 pub struct S3(Arc<Shared>);
 
@@ -132,7 +135,7 @@ pub struct Shared {
     /// Sizes of packs and index files (which never change), from listings.
     sizes: Mutex<HashMap<String, u64>>,
     /// Recently read blocks of objects (see `read_blocks`).
-    blocks: Mutex<lru::LruCache<(String, u64), Arc<Vec<u8>>>>,
+    blocks: Mutex<Blocks>,
     requests: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
