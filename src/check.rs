@@ -75,12 +75,12 @@ pub fn run(repo: &Repository, read_data: bool) -> Result<CheckReport, RepoError>
         report.errors.push(format!("{why} (not covered by the index either)"));
         report.suggest(REPAIR_PACKS);
     }
-    check_packs(repo, &on_disk, &by_pack, &mut report);
+    check_packs(repo, &on_disk, &by_pack, &mut report)?;
     let snapshots = load_snapshots(repo, &mut report)?;
     report.snapshots = snapshots.len();
     let mut damaged: HashSet<BlobId> = HashSet::new();
     if read_data {
-        let (bad, intact) = read_all_data(repo, &on_disk, &by_pack, &mut report);
+        let (bad, intact) = read_all_data(repo, &on_disk, &by_pack, &mut report)?;
         if !bad.is_empty() {
             report.suggest(REPAIR_PACKS);
         }
@@ -93,7 +93,7 @@ pub fn run(repo: &Repository, read_data: bool) -> Result<CheckReport, RepoError>
         &snapshots,
         &|id, len| present.get(id).is_some_and(|l| len.is_none_or(|len| len == *l)),
         &damaged,
-    );
+    )?;
     if problems.iter().any(|p| p.damage) {
         // Damaged copies go aside first, so that the next backup stores them again.
         report.suggest(REPAIR_PACKS);
@@ -129,7 +129,7 @@ fn check_packs(
     on_disk: &HashMap<PackId, u64>,
     by_pack: &HashMap<PackId, Vec<BlobLocation>>,
     report: &mut CheckReport,
-) {
+) -> Result<(), RepoError> {
     let indexed = repo.index().indexed_packs();
     for (pack, entries) in by_pack {
         if !on_disk.contains_key(pack) {
@@ -151,10 +151,12 @@ fn check_packs(
                     report.suggest(REPAIR_INDEX);
                 }
             }
-            Err(e) => {
+            Err(e) if e.is_corruption() => {
                 report.errors.push(e.to_string());
                 report.suggest(REPAIR_PACKS);
             }
+            // Not reached (a store that is down): no verdict.
+            Err(e) => return Err(e),
         }
     }
     let unindexed = on_disk.keys().filter(|p| !indexed.contains(p)).count();
@@ -165,6 +167,7 @@ fn check_packs(
              snapshot needs"
         ));
     }
+    Ok(())
 }
 
 fn load_snapshots(repo: &Repository, report: &mut CheckReport) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
@@ -183,7 +186,7 @@ fn read_all_data(
     on_disk: &HashMap<PackId, u64>,
     by_pack: &HashMap<PackId, Vec<BlobLocation>>,
     report: &mut CheckReport,
-) -> (HashSet<BlobId>, HashSet<BlobId>) {
+) -> Result<(HashSet<BlobId>, HashSet<BlobId>), RepoError> {
     let existing: Vec<(&PackId, &Vec<BlobLocation>)> =
         by_pack.iter().filter(|(p, _)| on_disk.contains_key(p)).collect();
     let progress = Progress::items("check", existing.len() as u64);
@@ -191,6 +194,7 @@ fn read_all_data(
     let damaged = Mutex::new(HashSet::new());
     let intact = Mutex::new(HashSet::new());
     let errors = Mutex::new(Vec::new());
+    let failed = Mutex::new(None);
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -198,7 +202,14 @@ fn read_all_data(
                 let Some((pack, entries)) = packs.lock().expect("queue lock").pop() else {
                     return;
                 };
-                let (bad, error) = verify_pack(repo, pack, entries);
+                let (bad, error) = match verify_pack(repo, pack, entries) {
+                    Ok(verdict) => verdict,
+                    Err(e) => {
+                        failed.lock().expect("failure lock").get_or_insert(e);
+                        packs.lock().expect("queue lock").clear();
+                        return;
+                    }
+                };
                 let good = entries.iter().map(|e| e.id).filter(|id| !bad.contains(id));
                 intact.lock().expect("damage lock").extend(good);
                 damaged.lock().expect("damage lock").extend(bad);
@@ -208,14 +219,27 @@ fn read_all_data(
         }
     });
     progress.finish();
+    if let Some(e) = failed.into_inner().expect("failure lock") {
+        return Err(e);
+    }
     report.errors.extend(errors.into_inner().expect("error lock"));
-    (damaged.into_inner().expect("damage lock"), intact.into_inner().expect("damage lock"))
+    Ok((damaged.into_inner().expect("damage lock"), intact.into_inner().expect("damage lock")))
 }
 
-pub(crate) fn verify_pack(repo: &Repository, pack: &PackId, entries: &[BlobLocation]) -> (Vec<BlobId>, Option<String>) {
+/// Reads pack `pack` whole and verifies each of `entries` in it: the blobs that fail, and what
+/// is wrong with the pack. A pack that could not be reached (a store that is down, access
+/// refused) is an error, never a verdict of damage: `repair` would set an intact pack aside.
+pub(crate) fn verify_pack(
+    repo: &Repository,
+    pack: &PackId,
+    entries: &[BlobLocation],
+) -> Result<(Vec<BlobId>, Option<String>), RepoError> {
     let mut bytes = match repo.read_whole_pack(pack) {
         Ok(bytes) => bytes,
-        Err(e) => return (entries.iter().map(|e| e.id).collect(), Some(format!("pack {pack} cannot be read: {e}"))),
+        Err(e) if e.is_corruption() => {
+            return Ok((entries.iter().map(|e| e.id).collect(), Some(format!("pack {pack} cannot be read: {e}"))))
+        }
+        Err(e) => return Err(e),
     };
     let hash_ok = blake3::hash(&bytes).as_bytes() == &pack.0;
     // Each blob once: two index files may list the same pack (a backup indexes packs another
@@ -239,7 +263,7 @@ pub(crate) fn verify_pack(repo: &Repository, pack: &PackId, entries: &[BlobLocat
         (false, 0) => Some(format!("pack {pack}: content does not match its name (damage outside any blob)")),
         (_, n) => Some(format!("pack {pack}: {n} damaged blob(s)")),
     };
-    (bad, error)
+    Ok((bad, error))
 }
 
 /// Walks every snapshot's trees (each distinct tree once) and names what is missing (not
@@ -251,13 +275,14 @@ pub fn tree_problems(
     snapshots: &[(SnapshotId, Snapshot)],
     present: &dyn Fn(&BlobId, Option<u32>) -> bool,
     damaged: &HashSet<BlobId>,
-) -> Vec<TreeProblem> {
+) -> Result<Vec<TreeProblem>, RepoError> {
     // Results per tree are shared between snapshots: most trees are in many.
     let mut problems_of_tree: HashMap<BlobId, Verdict> = HashMap::new();
     let mut lines = Vec::new();
+    let unreachable = std::cell::RefCell::new(None);
     for (id, snapshot) in snapshots {
         let mut problems = Vec::new();
-        let known = Known { present, damaged };
+        let known = Known { present, damaged, unreachable: &unreachable };
         collect_tree_problems(repo, &snapshot.root, Path::new(""), 0, &known, &mut problems_of_tree, &mut problems);
         if let Some(extras) = &snapshot.extras {
             let at = Path::new(EXTRAS_SHOWN);
@@ -271,8 +296,12 @@ pub fn tree_problems(
                 damage,
             });
         }
+        // A listing the store would not give (it is down) is no verdict on the repository.
+        if let Some(e) = unreachable.borrow_mut().take() {
+            return Err(e);
+        }
     }
-    lines
+    Ok(lines)
 }
 
 /// How problems in a snapshot's extras (src/extras.rs) are placed in reports: beside its folders.
@@ -296,6 +325,8 @@ type Found = (PathBuf, String, bool);
 struct Known<'a> {
     present: &'a dyn Fn(&BlobId, Option<u32>) -> bool,
     damaged: &'a HashSet<BlobId>,
+    /// The first listing that could not be reached (the store is down).
+    unreachable: &'a std::cell::RefCell<Option<RepoError>>,
 }
 
 /// A folder's problems, and how many levels of folders it holds (its verdict holds wherever it
@@ -333,6 +364,9 @@ fn collect_tree_problems(
         found.push((PathBuf::new(), "folder listing is damaged".into(), true));
     } else {
         match load_tree(repo, tree_id) {
+            Err(e @ RepoError::Storage(_)) => {
+                known.unreachable.borrow_mut().get_or_insert(e);
+            }
             Err(e) => {
                 let damage = e.is_corruption();
                 found.push((PathBuf::new(), e.to_string(), damage));

@@ -81,7 +81,7 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
     let mut no_good_copy = HashSet::new();
     for id in &used {
         let found = &copies[id];
-        let pick = if found.len() == 1 { Some(&found[0]) } else { verified_copy(repo, found).map(|(_, c)| c) };
+        let pick = if found.len() == 1 { Some(&found[0]) } else { verified_copy(repo, found)?.map(|(_, c)| c) };
         match pick {
             Some(copy) => {
                 chosen.insert(*id, copy.pack);
@@ -121,7 +121,7 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
     let mut damaged = HashSet::new();
     for blob in &to_repack {
         // Never copy damage into a new pack: the first copy that verifies is the one kept.
-        match verified_copy(repo, &copies[&blob.id]) {
+        match verified_copy(repo, &copies[&blob.id])? {
             Some((stored, location)) => packer.add(blob.id, blob.kind, &stored, location.raw_len)?,
             None => {
                 damaged.insert(blob.id);
@@ -169,12 +169,23 @@ pub fn run(repo: &Repository) -> Result<PruneReport, RepoError> {
 }
 
 /// The stored bytes of the first of `copies` that decodes and verifies.
-fn verified_copy<'a>(repo: &Repository, copies: &'a [BlobLocation]) -> Option<(Vec<u8>, &'a BlobLocation)> {
-    copies.iter().find_map(|copy| {
-        let stored = repo.read_pack_range(&copy.pack, copy.offset as u64, copy.len as usize).ok()?;
-        repo.decode_blob(copy.kind, &copy.id, copy.raw_len, &mut stored.clone()).ok()?;
-        Some((stored, copy))
-    })
+/// A copy that could not be reached (a store that is down) stops the prune: it is no verdict
+/// that the copy is damaged.
+fn verified_copy<'a>(
+    repo: &Repository,
+    copies: &'a [BlobLocation],
+) -> Result<Option<(Vec<u8>, &'a BlobLocation)>, RepoError> {
+    for copy in copies {
+        let stored = match repo.read_pack_range(&copy.pack, copy.offset as u64, copy.len as usize) {
+            Ok(stored) => stored,
+            Err(e) if e.is_corruption() => continue,
+            Err(e) => return Err(e),
+        };
+        if repo.decode_blob(copy.kind, &copy.id, copy.raw_len, &mut stored.clone()).is_ok() {
+            return Ok(Some((stored, copy)));
+        }
+    }
+    Ok(None)
 }
 
 /// Stops the prune, before anything is deleted, when blobs some snapshot needs `why`: names the
@@ -188,7 +199,7 @@ fn refuse_if_lost(
     if lost.is_empty() {
         return Ok(());
     }
-    let named = tree_problems(repo, snapshots, &|id, _| !lost.contains(id), &HashSet::new());
+    let named = tree_problems(repo, snapshots, &|id, _| !lost.contains(id), &HashSet::new())?;
     let mut shown: Vec<String> = named.iter().take(10).map(|p| p.line.clone()).collect();
     if named.len() > 10 {
         shown.push(format!("and {} more", named.len() - 10));

@@ -121,7 +121,12 @@ pub fn packs(repo: &Repository) -> Result<PackRepair, RepoError> {
         progress.add(1);
         report.packs_checked += 1;
         // The pack's own list is the truth; the index's entries serve when it cannot be read.
-        let footer = read_footer(repo, pack).ok().filter(|_| !unreadable.contains(pack));
+        let footer = match read_footer(repo, pack) {
+            Ok(footer) => Some(footer).filter(|_| !unreadable.contains(pack)),
+            Err(e) if e.is_corruption() => None,
+            // Not reached (a store that is down): no verdict, nothing is set aside.
+            Err(e) => return Err(e),
+        };
         let footer_ok = footer.is_some();
         let mut entries = match footer {
             Some(footer) => footer.into_iter().map(|e| e.located_in(pack)).collect(),
@@ -129,7 +134,7 @@ pub fn packs(repo: &Repository) -> Result<PackRepair, RepoError> {
         };
         entries.sort_by_key(|e| (e.offset, e.id));
         entries.dedup_by_key(|e| (e.offset, e.id));
-        let (bad, error) = verify_pack(repo, pack, &entries);
+        let (bad, error) = verify_pack(repo, pack, &entries)?;
         intact_somewhere.extend(entries.iter().map(|e| e.id).filter(|id| !bad.contains(id)));
         damaged_somewhere.extend(bad.iter().copied());
         match error {

@@ -12,7 +12,7 @@ use phonebak::backup::{self, BackupError, BackupOptions, PathFilter};
 use phonebak::chunker::ChunkerParams;
 use phonebak::repo::crypto::KdfParams;
 use phonebak::repo::snapshot;
-use phonebak::repo::{InitOptions, Repository};
+use phonebak::repo::{InitOptions, Repository, Storage};
 use phonebak::source::{DirSource, EntrySink, ListedSource, Listing, Source, SourceError, SourceFile};
 use phonebak::tree::{lookup_path, Meta};
 use proptest::prelude::*;
@@ -602,4 +602,88 @@ fn a_folder_met_too_deep_and_near_the_top(deep_first: bool) {
     assert_eq!(kept.snapshot.root, phone, "the phone's snapshot is left as it was");
     let after = phonebak::check::run(&repo, false).unwrap();
     assert!(after.errors.is_empty(), "the deep one is within bounds once repaired: {:?}", after.errors);
+}
+
+/// A folder repository whose packs cannot be reached, as a store that went down (or refuses
+/// access) after the command read the index: the network fault stands in for what a test
+/// cannot time (check, prune and repair against a real store are in tests/object_store.rs).
+struct PacksUnreachable(phonebak::repo::storage::folder::Folder);
+
+impl phonebak::repo::Storage for PacksUnreachable {
+    fn location(&self) -> String {
+        self.0.location()
+    }
+    fn read(&self, name: &str, limit: u64) -> Result<Vec<u8>, phonebak::repo::StorageError> {
+        self.refuse(name)?;
+        self.0.read(name, limit)
+    }
+    fn read_range(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+        reuse: phonebak::repo::Reuse,
+        out: &mut Vec<u8>,
+    ) -> Result<std::ops::Range<usize>, phonebak::repo::StorageError> {
+        self.refuse(name)?;
+        self.0.read_range(name, offset, len, reuse, out)
+    }
+    fn size(&self, name: &str) -> Result<u64, phonebak::repo::StorageError> {
+        self.0.size(name)
+    }
+    fn list(&self, dir: &str) -> Result<Vec<phonebak::repo::Object>, phonebak::repo::StorageError> {
+        self.0.list(dir)
+    }
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), phonebak::repo::StorageError> {
+        self.0.write(name, bytes)
+    }
+    fn write_new(&self, name: &str, bytes: &[u8]) -> Result<bool, phonebak::repo::StorageError> {
+        self.0.write_new(name, bytes)
+    }
+    fn upload(&self) -> Result<Box<dyn phonebak::repo::storage::Upload>, phonebak::repo::StorageError> {
+        self.0.upload()
+    }
+    fn delete(&self, name: &str) -> Result<(), phonebak::repo::StorageError> {
+        self.0.delete(name)
+    }
+    fn set_aside(&self, name: &str, to: &str) -> Result<(), phonebak::repo::StorageError> {
+        self.0.set_aside(name, to)
+    }
+    fn create(&self, create_bucket: bool) -> Result<(), phonebak::repo::StorageError> {
+        self.0.create(create_bucket)
+    }
+}
+
+impl PacksUnreachable {
+    fn refuse(&self, name: &str) -> Result<(), phonebak::repo::StorageError> {
+        if name.starts_with("data/") {
+            let why = "connection refused".to_string();
+            return Err(phonebak::repo::StorageError::Unreachable { location: self.0.location(), why });
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn packs_that_cannot_be_reached_are_never_judged_damaged_nor_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    let repo = small_repo(&root);
+    let phone = dir.path().join("phone");
+    sample_phone(&phone);
+    backup::run(&repo, &DirSource::new(&phone).unwrap(), &options("p")).unwrap();
+    let packs_before = pack_files(&root);
+    let unreachable = std::sync::Arc::new(PacksUnreachable(phonebak::repo::storage::folder::Folder::new(root.clone())));
+    let repo = Repository::open(unreachable, || Ok(b"pw".to_vec())).unwrap();
+    let said = |e: phonebak::repo::RepoError| {
+        assert!(!e.is_corruption(), "{e}");
+        assert_eq!(phonebak::exit::for_repo_error(&e), 21, "{e}");
+    };
+    said(phonebak::check::run(&repo, true).map(|_| ()).unwrap_err());
+    said(phonebak::repair::packs(&repo).map(|_| ()).unwrap_err());
+    said(phonebak::prune::run(&repo).map(|_| ()).unwrap_err());
+    assert_eq!(pack_files(&root), packs_before, "no pack moved aside or deleted");
+    assert!(!root.join("damaged").exists());
+    let repo = Repository::open_folder(&root, || Ok(b"pw".to_vec())).unwrap();
+    assert!(phonebak::check::run(&repo, true).unwrap().errors.is_empty());
 }

@@ -161,6 +161,8 @@ pub fn load_all(repo: &Repository) -> Result<(Loaded, Vec<DamagedRecord>), RepoE
             Ok(snapshot) => good.push((id, snapshot)),
             // Removed meanwhile (a forget): not damage.
             Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            // A store that is down says nothing about the record.
+            Err(e @ RepoError::Storage(_)) => return Err(e),
             Err(e) => damaged.push(DamagedRecord { id, why: e.to_string(), corrupt: e.is_corruption() }),
         }
     }
