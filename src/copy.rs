@@ -30,25 +30,38 @@ pub struct CopyReport {
     pub blobs_read: u64,
 }
 
-/// The snapshot of `to` that is a copy of `info` (of `from`), or that `info` is a copy of.
+/// Which backup a snapshot is, wherever it was copied: the snapshot it is a copy of (a copy of
+/// a copy names the first), or itself.
+fn original(repo: &Repository, id: &SnapshotId, snapshot: &Snapshot) -> CopiedFrom {
+    snapshot
+        .copied_from
+        .clone()
+        .unwrap_or_else(|| CopiedFrom { repository: repo.config().repository_id.clone(), snapshot: *id })
+}
+
+/// The snapshot of `to` that is the same backup as `info` (of `from`): a copy of it, the one it
+/// is a copy of, or another copy of the same one (a round trip through other repositories).
 fn twin_in<'s>(
     from: &Repository,
     to: &Repository,
     info: &SnapshotInfo,
     existing: &'s [(SnapshotId, Snapshot)],
 ) -> Option<&'s Snapshot> {
-    let made_from = |s: &Snapshot, repo: &Repository, id: &SnapshotId| {
-        s.copied_from.as_ref().is_some_and(|c| c.repository == repo.config().repository_id && c.snapshot == *id)
-    };
-    existing.iter().find(|(id, s)| made_from(s, from, &info.id) || made_from(&info.snapshot, to, id)).map(|(_, s)| s)
+    let wanted = original(from, &info.id, &info.snapshot);
+    existing.iter().find(|(id, s)| original(to, id, s) == wanted).map(|(_, s)| s)
 }
 
 /// Copies `chosen` (snapshots of `from`) into `to`. Each snapshot's record is written last,
 /// after everything it needs is stored and indexed: an interrupted copy leaves data a rerun
 /// reuses, and no snapshot that lacks any of it.
 pub fn run(from: &Repository, to: &Repository, chosen: &[SnapshotInfo]) -> Result<CopyReport, RepoError> {
-    let _reading = RepoLock::acquire(from, LockKind::Shared, "copy (reading)")?;
+    let reading = RepoLock::acquire(from, LockKind::Shared, "copy (reading)")?;
     let writing = RepoLock::acquire(to, LockKind::Shared, "copy")?;
+    // The same repository under two addresses (a host name and its IP, a link to a folder):
+    // the lock just taken through one is seen through the other.
+    if crate::repo::children(&**to.storage(), "locks")?.iter().any(|l| l.name == reading.name()) {
+        return Err(RepoError::SameRepository(to.location()));
+    }
     let existing = snapshot::load_all(to)?.0;
     let all_sources = snapshot::list(from)?;
     let mut report = CopyReport::default();
@@ -88,7 +101,7 @@ pub fn run(from: &Repository, to: &Repository, chosen: &[SnapshotInfo]) -> Resul
             Some(extras) => Some(translator.tree(extras, 0)?),
             None => None,
         };
-        let copied_from = Some(CopiedFrom { repository: from.config().repository_id.clone(), snapshot: info.id });
+        let copied_from = Some(original(from, &info.id, &info.snapshot));
         let copy = Snapshot { root, extras, parent: None, copied_from, ..info.snapshot.clone() };
         records.push((info.id, copy, shown));
     }
@@ -96,6 +109,12 @@ pub fn run(from: &Repository, to: &Repository, chosen: &[SnapshotInfo]) -> Resul
     packer.finish()?;
     for (source_id, copy, shown) in records {
         writing.ensure_held()?;
+        // Another copy of the same snapshots may have run meanwhile (two copies at once).
+        let now_there = snapshot::load_all(to)?.0;
+        if now_there.iter().any(|(id, s)| Some(original(to, id, s)) == copy.copied_from) {
+            report.already_there.push(shown);
+            continue;
+        }
         let id = snapshot::save(to, &copy)?;
         if let Err(lost) = writing.ensure_held() {
             // As in a backup: a prune that took the lock may have deleted what it needs.

@@ -57,6 +57,7 @@ pub fn for_repo_error(error: &RepoError) -> i32 {
         RepoError::NewerFormat { .. } => NEWER_FORMAT,
         RepoError::NoSpace(_) => NO_SPACE,
         RepoError::AlreadyExists(_) | RepoError::Io { .. } => ERROR,
+        RepoError::SameRepository(_) => USAGE,
         RepoError::Storage(storage) => match storage {
             StorageError::Unreachable { .. } => STORE_UNREACHABLE,
             StorageError::Denied { .. } => STORE_DENIED,

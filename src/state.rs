@@ -42,7 +42,9 @@ impl LocalState {
     /// state folder.
     fn kept_or_new(&self, name: &str) -> PathBuf {
         match &self.legacy {
-            Some(folder) if folder.join(name).is_dir() => folder.join(name),
+            // A real folder only: a link there (planted in a shared repository folder) would
+            // lead this user's staged files, and the mode it is given, somewhere else.
+            Some(folder) if std::fs::symlink_metadata(folder.join(name)).is_ok_and(|m| m.is_dir()) => folder.join(name),
             _ => self.state.join(name),
         }
     }

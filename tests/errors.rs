@@ -108,6 +108,19 @@ fn locked_repository_exits_11_and_stale_locks_are_removed() {
 }
 
 #[test]
+fn a_lock_claiming_pid_0_or_a_huge_pid_on_this_host_locks_nobody_out() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    write(&phone.join("a.txt"), b"a");
+    for pid in [0, u32::MAX] {
+        fake_lock(&s, "exclusive", pid, &this_host());
+        let out = s.run(&["backup", "--device", "p", phone.to_str().unwrap()]);
+        assert!(out.status.success(), "pid {pid}: {}", stderr(&out));
+        assert!(stderr(&out).contains("removing stale lock"), "{}", stderr(&out));
+    }
+}
+
+#[test]
 fn unreadable_files_are_skipped_listed_and_exit_3() {
     let s = Scratch::with_repo();
     let phone = s.path("phone");

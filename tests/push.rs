@@ -835,3 +835,19 @@ fn staging_and_journals_an_earlier_version_kept_in_the_repository_folder_are_sti
     assert!(names(&legacy).is_empty(), "pushed out of the old staging folder");
     assert!(!s.state_dir().join("staging").exists(), "no second staging folder was made");
 }
+
+#[test]
+fn a_link_planted_as_the_old_staging_folder_of_a_folder_repository_is_not_followed() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::with_repo();
+    let elsewhere = s.path("someone-elses");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, s.repo.join("staging")).unwrap();
+    let m = Mounted::new(&s, &[]);
+    assert_eq!(std::fs::read_link(m.restore()).unwrap(), std::fs::canonicalize(s.staging()).unwrap());
+    std::fs::write(m.restore().join("mine.txt"), b"private").unwrap();
+    drop(m);
+    assert!(names(&elsewhere).is_empty(), "nothing went through the link");
+    assert_eq!(std::fs::metadata(&elsewhere).unwrap().permissions().mode() & 0o777, 0o755, "its mode untouched");
+}

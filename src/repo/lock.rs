@@ -34,6 +34,10 @@ struct LockRecord {
     time: String,
 }
 
+/// The locks this process holds now (by name): a lock of this process that is not among them
+/// was left behind by one it could not remove.
+static HELD: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 /// A lock record is a few hundred bytes: anything larger is not one.
 const MAX_RECORD: u64 = 64 * 1024;
 
@@ -58,12 +62,21 @@ pub fn hostname() -> String {
 }
 
 fn process_alive(pid: u32) -> bool {
+    // 0 and numbers past i32 would ask about a process group or every process: no lock's.
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
     // SAFETY: signal 0 only checks that the process exists.
     let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 impl RepoLock {
+    /// The lock's object name (`locks/<id>`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn acquire(repo: &Repository, kind: LockKind, command: &str) -> Result<RepoLock, RepoError> {
         let record = LockRecord {
             kind,
@@ -76,6 +89,7 @@ impl RepoLock {
         let bytes = serde_json::to_vec(&record).expect("lock serializes");
         repo.storage().write(&name, &bytes)?;
         let storage = repo.storage().clone();
+        HELD.lock().expect("held locks").push(name.clone());
         let lock = RepoLock { storage, name, stop: Arc::default(), lost: Arc::default(), refresher: None };
         // Written first, checked second: of two racing lockers at least one sees the other.
         if let Some(conflict) = find_conflict(repo, kind, &lock.name)? {
@@ -137,6 +151,7 @@ impl Drop for RepoLock {
             let _ = handle.join();
         }
         let _ = self.storage.delete(&self.name);
+        HELD.lock().expect("held locks").retain(|n| *n != self.name);
     }
 }
 
@@ -162,11 +177,20 @@ fn find_conflict(repo: &Repository, kind: LockKind, own_name: &str) -> Result<Op
             }
             continue;
         };
+        let ours = other.hostname == this_host
+            && other.pid == std::process::id()
+            && !HELD.lock().expect("held locks").contains(&object.name);
         let dead = other.hostname == this_host && !process_alive(other.pid);
-        if dead || age > STALE_AFTER {
-            let why = if dead { "its process is gone" } else { "it has not been refreshed for 30 minutes" };
+        if ours || dead || age > STALE_AFTER {
+            let why = if ours {
+                "this process took it earlier and could not remove it (the store did not answer)"
+            } else if dead {
+                "its process is gone"
+            } else {
+                "it has not been refreshed for 30 minutes"
+            };
             crate::tell!(
-                "phonebak: removing stale lock of `{}` (pid {} on {}, since {}): {why}",
+                "phonebak: removing stale lock of `{}` (pid {} on {}, taken at {} by its own account): {why}",
                 other.command,
                 other.pid,
                 other.hostname,
@@ -177,7 +201,7 @@ fn find_conflict(repo: &Repository, kind: LockKind, own_name: &str) -> Result<Op
         }
         if kind == LockKind::Exclusive || other.kind == LockKind::Exclusive {
             return Ok(Some(format!(
-                "`{}` (pid {} on {}) has held a{} lock since {}; try again when it has finished",
+                "`{}` (pid {} on {}) holds a{} lock (taken at {} by its own account); try again when it has finished",
                 other.command,
                 other.pid,
                 other.hostname,

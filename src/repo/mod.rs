@@ -88,6 +88,8 @@ pub enum RepoError {
     NotFound(String),
     #[error("{0} is already a phonebak repository")]
     AlreadyExists(String),
+    #[error("--from and --to are the same repository ({0})")]
+    SameRepository(String),
     #[error(
         "{0} holds phonebak repository data (packs, index or snapshots) but its config file is missing: \
              without it nothing there can be read. Copy the config back from a backup of the repository; \
@@ -684,7 +686,9 @@ impl Repository {
         let keep = format!("index/{}", keep.to_hex());
         let mut removed = 0;
         for object in children(&*self.storage, "index")? {
-            if object.name == keep {
+            let is_index = object.name.strip_prefix("index/").and_then(Id::from_hex).is_some();
+            // What is not named like an index file is not one: left for the user.
+            if object.name == keep || !is_index {
                 continue;
             }
             if object.regular {

@@ -361,7 +361,16 @@ impl View {
         if cached.checked.is_some_and(|t| t.elapsed() < every) {
             return Ok(cached.list.clone());
         }
-        let names = snapshot::list_names(&self.repo)?;
+        let names = match snapshot::list_names(&self.repo) {
+            Ok(names) => names,
+            // The store is down: what was listed before is still what there is to show.
+            Err(e) if cached.checked.is_some() => {
+                (self.log)(&format!("phonebak: cannot look for new snapshots (showing those known): {e}"));
+                cached.checked = Some(Instant::now());
+                return Ok(cached.list.clone());
+            }
+            Err(e) => return Err(e.into()),
+        };
         if cached.checked.is_none() || names != cached.names {
             cached.list = Arc::new(snapshot::list_reusing(&self.repo, &cached.list)?);
             if cached.checked.is_some() {

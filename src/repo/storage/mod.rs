@@ -158,10 +158,19 @@ impl RepoLocation {
     /// `s3:https://HOST[:PORT]/BUCKET[/PREFIX]` (or `s3:HOST/BUCKET`, https), anything else a
     /// folder.
     pub fn parse(text: &std::ffi::OsStr) -> Result<RepoLocation, StorageError> {
-        match text.to_str().and_then(|t| t.strip_prefix("s3:")) {
-            Some(rest) => Ok(RepoLocation::S3(s3::S3Location::parse(rest)?)),
-            None => Ok(RepoLocation::Folder(PathBuf::from(text))),
+        let Some(text) = text.to_str() else { return Ok(RepoLocation::Folder(PathBuf::from(text))) };
+        if let Some(rest) = text.strip_prefix("s3:") {
+            return Ok(RepoLocation::S3(s3::S3Location::parse(rest)?));
         }
+        // `S3:...`, `https://...`: an address meant for a store, never a folder to make.
+        let scheme = text.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
+        if scheme.as_deref() == Some("s3") || text.contains("://") {
+            return Err(StorageError::BadLocation(format!(
+                "{text:?} is neither a folder nor an object store address: write s3:https://HOST[:PORT]/BUCKET[/PREFIX] \
+                 (lowercase s3:) for an object store"
+            )));
+        }
+        Ok(RepoLocation::Folder(PathBuf::from(text)))
     }
 
     pub fn open(&self, options: &s3::S3Options) -> Result<Arc<dyn Storage>, StorageError> {

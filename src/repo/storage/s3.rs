@@ -61,8 +61,25 @@ impl S3Location {
                     .into(),
             ));
         }
-        if host.is_empty() || host.contains(['?', '#', ' ']) {
-            return Err(bad("no host"));
+        // HOST, HOST:PORT, [IPv6] or [IPv6]:PORT.
+        let (name, port) = match host.strip_prefix('[').and_then(|h| h.split_once(']')) {
+            Some((v6, rest)) if !v6.is_empty() && v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') => {
+                match rest.strip_prefix(':') {
+                    Some(port) => ("[]", Some(port)),
+                    None if rest.is_empty() => ("[]", None),
+                    None => return Err(bad("no usable host name")),
+                }
+            }
+            _ => match host.split_once(':') {
+                Some((name, port)) => (name, Some(port)),
+                None => (host, None),
+            },
+        };
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._[]".contains(&b)) {
+            return Err(bad("no usable host name"));
+        }
+        if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+            return Err(bad("the port must be a number from 1 to 65535"));
         }
         let mut parts = path.split('/').filter(|p| !p.is_empty());
         let bucket = parts.next().ok_or_else(|| bad("no bucket"))?.to_string();
@@ -379,7 +396,13 @@ impl Shared {
 fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
     if let Some(file) = ca_file {
-        let pem = std::fs::read(file).map_err(|e| format!("cannot read the CA file {}: {e}", file.display()))?;
+        // A regular file of at most 1 MiB: a FIFO would block, a device never end.
+        let pem = crate::repo::fsutil::open_regular(file)
+            .and_then(|f| {
+                let mut pem = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::Read::take(f, 1 << 20), &mut pem).map(|_| pem)
+            })
+            .map_err(|e| format!("cannot read the CA file {}: {e}", file.display()))?;
         let certificates = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| format!("{} holds no usable PEM certificate: {e}", file.display()))?;
         if certificates.is_empty() {
@@ -560,7 +583,8 @@ impl Storage for S3 {
     }
 
     fn upload(&self) -> Result<Box<dyn Upload>, StorageError> {
-        Ok(Box::new(S3Upload { bytes: Vec::new(), storage: self.0.clone() }))
+        let file = tempfile::tempfile().map_err(super::io_error("making a temporary file for a pack (TMPDIR)"))?;
+        Ok(Box::new(S3Upload { file: io::BufWriter::with_capacity(1 << 20, file), storage: self.0.clone() }))
     }
 
     fn delete(&self, name: &str) -> Result<(), StorageError> {
@@ -597,25 +621,56 @@ impl Storage for S3 {
     }
 }
 
-/// A pack gathered in memory and stored with one PUT: an object store has no partial objects.
+/// A pack gathered in a nameless local temporary file (packs of several writers would
+/// otherwise all sit in memory) and stored whole when complete: with one PUT, or, past
+/// `MULTIPART_FROM`, in parts that the store joins into one object only at the end. An object
+/// store has no partial objects either way.
 struct S3Upload {
-    bytes: Vec<u8>,
+    file: io::BufWriter<std::fs::File>,
     storage: Arc<Shared>,
 }
 
+/// Packs from this size up are uploaded in parts of `PART` bytes.
+const MULTIPART_FROM: u64 = 64 << 20;
+const PART: usize = 16 << 20;
+
 impl Write for S3Upload {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.bytes.extend_from_slice(bytes);
-        Ok(bytes.len())
+        self.file.write(bytes)
     }
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        self.file.flush()
     }
 }
 
 impl Upload for S3Upload {
     fn finish(self: Box<Self>, name: &str) -> Result<(), StorageError> {
-        self.storage.put(name, self.bytes)
+        let spooled = super::io_error("keeping a pack in a temporary file (TMPDIR)");
+        let mut file = self.file.into_inner().map_err(|e| spooled(e.into_error()))?;
+        let size =
+            io::Seek::seek(&mut file, io::SeekFrom::End(0)).map_err(super::io_error("reading a spooled pack"))?;
+        io::Seek::rewind(&mut file).map_err(super::io_error("reading a spooled pack"))?;
+        let read_part = |file: &mut std::fs::File, len: usize| -> Result<Vec<u8>, StorageError> {
+            let mut part = vec![0; len];
+            io::Read::read_exact(file, &mut part).map_err(super::io_error("reading a spooled pack"))?;
+            Ok(part)
+        };
+        if size < MULTIPART_FROM {
+            return self.storage.put(name, read_part(&mut file, size as usize)?);
+        }
+        crash_point("put", Path::new(name));
+        let failed = |e: opendal::Error| self.storage.error("write", name, e);
+        let options = WriteOptions { chunk: Some(PART), ..Default::default() };
+        let mut writer = self.storage.client()?.operator.writer_options(name, options).map_err(failed)?;
+        let mut left = size;
+        while left > 0 {
+            let len = left.min(PART as u64);
+            writer.write(read_part(&mut file, len as usize)?).map_err(failed)?;
+            self.storage.count(len as usize, 0);
+            left -= len;
+        }
+        writer.close().map_err(failed)?;
+        Ok(())
     }
 }
 
@@ -631,7 +686,18 @@ mod tests {
         assert_eq!(at.to_string(), "s3:https://store.example:9000/phones/family");
         let bare = S3Location::parse("s3.amazonaws.com/my-bucket").unwrap();
         assert_eq!((bare.endpoint.as_str(), bare.prefix.as_str()), ("https://s3.amazonaws.com", ""));
-        for bad in ["ftp://h/b", "https://h", "https://h/B!", "https:///bucket", "https://h/bucket/../x"] {
+        let v6 = S3Location::parse("http://[::1]:9000/bucket").unwrap();
+        assert_eq!(v6.endpoint, "http://[::1]:9000");
+        for bad in [
+            "ftp://h/b",
+            "https://h",
+            "https://h/B!",
+            "https:///bucket",
+            "https://h/bucket/../x",
+            "http://h:41334:9/bucket",
+            "http://h:0/bucket",
+            "http://h:99999/bucket",
+        ] {
             assert!(S3Location::parse(bad).is_err(), "{bad}");
         }
         let secret = S3Location::parse("https://AKIA:hunter2@h/bucket").unwrap_err().to_string();
