@@ -21,3 +21,6 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --all-features --quiet -- -D warnings
 # test-hooks: numbered crash points for tests/crash_points.rs (inert unless its variables are set).
 cargo test --all-targets --features test-hooks
+# The suites that apply to both kinds of repository run again with the repository in the
+# object store (tests/common: PHONEBAK_TEST_STORE=s3), so the two cannot drift.
+PHONEBAK_TEST_STORE=s3 cargo test --features test-hooks --test backup_restore --test staging --test mount_model --test android

@@ -45,9 +45,11 @@ const SNAPSHOTS_INO: u64 = 2;
 const CACHED_TREES: usize = 4096;
 /// How long the kernel may keep what a snapshot's or a device's name means: a backup, forget or
 /// prune made while mounted may rename or remove it.
-/// How often the mount looks for new snapshot records: on a folder, and on an object store.
+/// How often the mount looks for new snapshot records, at most (only while it is being used):
+/// on a folder, and on an object store (a listing request each time, so that a snapshot made on
+/// another machine shows within a second there too).
 const LOOK_EVERY_LOCAL: Duration = Duration::from_millis(200);
-const LOOK_EVERY_REMOTE: Duration = Duration::from_secs(5);
+const LOOK_EVERY_REMOTE: Duration = Duration::from_millis(400);
 const SNAPSHOT_NAMES_TTL: Duration = Duration::from_millis(500);
 /// Chunks read ahead of a sequential reader (about 16 MiB), from its file and the next
 /// `FILES_AHEAD` files of its folder.
@@ -352,8 +354,8 @@ impl View {
     }
 
     /// The snapshot list, re-read when the records listed in `snapshots/` change (looked at
-    /// most every 200 ms on a folder, every few seconds on an object store, where a listing is
-    /// a request), so that backups made while mounted, here or on another machine, appear.
+    /// most every 200 ms on a folder, 400 ms on an object store, where a listing is a
+    /// request), so that backups made while mounted, here or on another machine, appear.
     /// Records read before are not read again.
     fn snapshot_list(&self) -> Result<Arc<Vec<SnapshotInfo>>, VfsError> {
         let mut cached = self.snapshots.lock().expect("snapshot list lock");
