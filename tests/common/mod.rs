@@ -88,8 +88,9 @@ impl Scratch {
         if self.on_s3() {
             let made = std::fs::read_dir(self.path("state/phonebak")).map(|d| d.flatten().map(|e| e.path()).collect());
             let made: Vec<PathBuf> = made.unwrap_or_default();
-            assert_eq!(made.len(), 1, "one repository's state: {made:?}");
-            return made[0].clone();
+            assert!(made.len() <= 1, "one repository's state: {made:?}");
+            // None made yet: a folder that does not exist.
+            return made.first().cloned().unwrap_or_else(|| self.path("state/phonebak/not-made-yet"));
         }
         let config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(self.repo.join("config")).expect("a repository config")).unwrap();
