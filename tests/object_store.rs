@@ -440,3 +440,46 @@ fn copy_refuses_one_repository_under_two_addresses_and_a_round_trip_brings_back_
     assert_eq!(snapshot_count(&s), 1, "no duplicate came back");
     check_clean(&s);
 }
+
+#[test]
+fn a_store_with_its_own_certificate_authority_is_trusted_with_s3_ca_file_and_a_profile_gives_the_keys() {
+    let scratch = tempfile::tempdir().unwrap();
+    let server = SeaweedFs::start_tls(&scratch.path().join("store"));
+    let mut s = Scratch::new();
+    s.repo = server.new_repo("family").into();
+    // Not trusted: said as such, exit 21, nothing made.
+    let out = s.run(&["init", "--create-bucket"]);
+    assert_eq!(code(&out), 21, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("TLS certificate is not trusted") && stderr(&out).contains("--s3-ca-file"),
+        "{}",
+        stderr(&out)
+    );
+    let ca = server.ca_file();
+    let ca = ca.to_str().unwrap();
+    s.ok(&["init", "--create-bucket", "--s3-ca-file", ca]);
+    let phone = s.path("phone");
+    write(&phone.join("a.txt"), b"over TLS");
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap(), "--s3-ca-file", ca]);
+
+    // The keys from a profile of ~/.aws/credentials instead of the variables.
+    let home = s.path("home");
+    write(
+        &home.join(".aws/credentials"),
+        format!(
+            "[family]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            common::seaweed::ACCESS_KEY,
+            SECRET_KEY
+        )
+        .as_bytes(),
+    );
+    let mut cmd = s.command(&["snapshots", "--json", "--s3-ca-file", ca]);
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("HOME", &home)
+        .env("AWS_PROFILE", "family");
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+}

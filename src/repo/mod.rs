@@ -147,13 +147,7 @@ impl RepoError {
 /// Wraps an io::Error with what was being done; a full disk gets its own variant because users
 /// must act on it differently.
 pub fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> RepoError {
-    move |source| {
-        let context = context.into();
-        match source.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => RepoError::NoSpace(context),
-            _ => RepoError::Io { context, source },
-        }
-    }
+    move |source| storage::io_error(context)(source).into()
 }
 
 /// Settings chosen at `init`.
@@ -239,7 +233,8 @@ impl Repository {
         storage.create(create_bucket)?;
         match storage.size("config") {
             Err(StorageError::NotFound(_)) => {}
-            Err(StorageError::Io { .. }) | Ok(_) => return Err(RepoError::AlreadyExists(storage.location())),
+            // Something is there by that name (a file, or a folder or FIFO in its place).
+            Ok(_) | Err(StorageError::NotAFile { .. }) => return Err(RepoError::AlreadyExists(storage.location())),
             Err(other) => return Err(other.into()),
         }
         if holds_repository_data(storage)? {

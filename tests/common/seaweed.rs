@@ -34,6 +34,8 @@ pub struct SeaweedFs {
     child: Option<Child>,
     dir: PathBuf,
     ports: Vec<u16>,
+    /// Its S3 gateway speaks HTTPS with a certificate signed by `dir/ca.pem` (for 127.0.0.1).
+    tls: bool,
 }
 
 impl SeaweedFs {
@@ -44,14 +46,82 @@ impl SeaweedFs {
             r#"{{"identities":[{{"name":"phonebak","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","List","Tagging","Write"]}}]}}"#
         );
         std::fs::write(dir.join("s3.json"), identities).unwrap();
-        let mut server = SeaweedFs { child: None, dir: dir.to_path_buf(), ports: free_ports() };
+        let mut server = SeaweedFs { child: None, dir: dir.to_path_buf(), ports: free_ports(), tls: false };
         server.restart();
         server
     }
 
-    /// `http://127.0.0.1:PORT` of the S3 gateway.
+    /// As `start`, the S3 gateway on HTTPS with a certificate of a private authority, whose
+    /// certificate is `ca_file()`.
+    pub fn start_tls(dir: &Path) -> SeaweedFs {
+        std::fs::create_dir_all(dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=phonebak test CA",
+        ]);
+        std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ]);
+        let mut server = SeaweedFs { child: None, dir: dir.to_path_buf(), ports: free_ports(), tls: true };
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let identities = format!(
+            r#"{{"identities":[{{"name":"phonebak","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","List","Tagging","Write"]}}]}}"#
+        );
+        std::fs::write(dir.join("s3.json"), identities).unwrap();
+        server.restart();
+        server
+    }
+
+    /// The certificate of the authority that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// `http://127.0.0.1:PORT` of the S3 gateway (https with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports[6])
+        format!("{}://127.0.0.1:{}", if self.tls { "https" } else { "http" }, self.ports[6])
     }
 
     /// A repository address in a new bucket of this server.
@@ -79,6 +149,14 @@ impl SeaweedFs {
             .arg(format!("-s3.port.grpc={}", p[7]))
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
             .arg(format!("-s3.config={}", self.dir.join("s3.json").display()))
+            .args(if self.tls {
+                vec![
+                    format!("-s3.cert.file={}", self.dir.join("server.pem").display()),
+                    format!("-s3.key.file={}", self.dir.join("server.key").display()),
+                ]
+            } else {
+                vec![]
+            })
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.join("log")).unwrap());
         // SAFETY: prctl only; the server dies with the thread that started it.
@@ -96,7 +174,8 @@ impl SeaweedFs {
         let started = Instant::now();
         let url = format!("{}/", self.endpoint());
         loop {
-            let answer = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url]).output();
+            let answer =
+                Command::new("curl").args(["-s", "-k", "-o", "/dev/null", "-w", "%{http_code}", &url]).output();
             if answer.is_ok_and(|a| a.stdout != b"000") {
                 // The gateway answers before the volume server has registered: one write proves it.
                 if self.can_write() {
@@ -125,7 +204,18 @@ impl SeaweedFs {
         let url = format!("{}/ready-probe", self.endpoint());
         let user = format!("{ACCESS_KEY}:{SECRET_KEY}");
         let made = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "--aws-sigv4", "aws:amz:us-east-1:s3"])
+            .args([
+                "-s",
+                "-k",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "PUT",
+                "--aws-sigv4",
+                "aws:amz:us-east-1:s3",
+            ])
             .args(["--user", &user, &url])
             .output();
         made.is_ok_and(|m| m.stdout.starts_with(b"2") || m.stdout.starts_with(b"409"))

@@ -272,7 +272,7 @@ impl Shared {
             ErrorKind::PermissionDenied => StorageError::Denied { location, why: s3_code(&text) },
             ErrorKind::RangeNotSatisfied => StorageError::Truncated { name: name.to_string() },
             _ if e.is_temporary() || text.contains("send http request") => {
-                StorageError::Unreachable { location, why: short_reason(&text) }
+                StorageError::Unreachable { location, why: connection_reason(&e, &text) }
             }
             _ => StorageError::Store { location, action, name: name.to_string(), why: short_reason(&text) },
         }
@@ -316,8 +316,8 @@ impl Shared {
         let end = offset + len as u64;
         let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
         let cached = |block: u64| self.blocks.lock().expect("blocks lock").get(&(name.to_string(), block)).cloned();
-        if len as u64 >= SMALL_READ && (first != last || cached(first).is_none()) {
-            return self.get_exactly(name, offset, len);
+        if len as u64 >= SMALL_READ {
+            return self.read_large(name, offset, len, &cached);
         }
         let size = self.object_size(name)?;
         if end > size {
@@ -341,6 +341,48 @@ impl Shared {
         Ok(out)
     }
 
+    /// A large read: what blocks read for small neighbours already hold at its start and end
+    /// comes from them, the rest in one request (nothing is fetched twice).
+    fn read_large(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+        cached: &dyn Fn(u64) -> Option<Arc<Vec<u8>>>,
+    ) -> Result<Vec<u8>, StorageError> {
+        let end = offset + len as u64;
+        // The cached blocks covering [offset, from) and [to, end).
+        let (mut head, mut from) = (Vec::new(), offset);
+        while from < end {
+            let Some(block) = cached(from / BLOCK) else { break };
+            let start = from / BLOCK * BLOCK;
+            let until = end.min(start + block.len() as u64);
+            if until <= from {
+                break;
+            }
+            head.extend_from_slice(&block[(from - start) as usize..(until - start) as usize]);
+            from = until;
+        }
+        let (mut tail, mut to) = (Vec::new(), end);
+        while to > from {
+            let Some(block) = cached((to - 1) / BLOCK) else { break };
+            let start = (to - 1) / BLOCK * BLOCK;
+            let begin = from.max(start);
+            if start + (block.len() as u64) < to {
+                break;
+            }
+            let mut piece = block[(begin - start) as usize..(to - start) as usize].to_vec();
+            piece.extend_from_slice(&tail);
+            tail = piece;
+            to = begin;
+        }
+        let middle = if to > from { self.get_exactly(name, from, (to - from) as usize)? } else { Vec::new() };
+        let mut out = head;
+        out.extend_from_slice(&middle);
+        out.extend_from_slice(&tail);
+        Ok(out)
+    }
+
     /// Stores a whole object.
     fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
         crash_point("put", Path::new(name));
@@ -354,9 +396,9 @@ impl Shared {
     fn create_bucket(&self) -> Result<(), StorageError> {
         let location = self.location.to_string();
         let url = format!("{}/{}", self.location.endpoint, self.location.bucket);
-        let unreachable = |e: &dyn std::fmt::Display| StorageError::Unreachable {
+        let unreachable = |e: &(dyn std::error::Error + 'static)| StorageError::Unreachable {
             location: location.clone(),
-            why: short_reason(&e.to_string()),
+            why: connection_reason(e, &e.to_string()),
         };
         let signer = reqsign::AwsV4Signer::new("s3", &self.region);
         let client = self.client()?;
@@ -365,12 +407,11 @@ impl Shared {
             reqsign::AwsDefaultLoader::new(http.clone(), reqsign::AwsConfig::default().from_profile().from_env())
                 .with_disable_ec2_metadata();
         let status = client.runtime.block_on(async {
-            let credential = loader.load().await.map_err(|e| unreachable(&e))?.ok_or_else(|| StorageError::Denied {
-                location: location.clone(),
-                why: "no credentials are set".into(),
+            let credential = loader.load().await.map_err(|e| unreachable(e.as_ref()))?.ok_or_else(|| {
+                StorageError::Denied { location: location.clone(), why: "no credentials are set".into() }
             })?;
             let mut request = http.put(&url).header("content-length", "0").build().map_err(|e| unreachable(&e))?;
-            signer.sign(&mut request, &credential).map_err(|e| unreachable(&e))?;
+            signer.sign(&mut request, &credential).map_err(|e| unreachable(e.as_ref()))?;
             let response = http.execute(request).await.map_err(|e| unreachable(&e))?;
             let status = response.status();
             let body = response.text().await.unwrap_or_default();
@@ -413,6 +454,28 @@ fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
         }
     }
     builder.build().map_err(|e| format!("cannot set up HTTPS: {e}"))
+}
+
+/// Why a connection failed, from the innermost causes of `e` (whose own text is `text`): a TLS
+/// certificate the machine does not trust is said as such.
+fn connection_reason(e: &(dyn std::error::Error + 'static), text: &str) -> String {
+    let mut causes = Vec::new();
+    let mut cause = e.source();
+    while let Some(inner) = cause {
+        causes.push(inner.to_string());
+        cause = inner.source();
+    }
+    let all = causes.join(": ");
+    if all.contains("certificate") || all.contains("UnknownIssuer") {
+        let why = causes.last().cloned().unwrap_or_default();
+        return format!(
+            "its TLS certificate is not trusted here ({why}): give its certificate authority with --s3-ca-file FILE"
+        );
+    }
+    match causes.last() {
+        Some(innermost) => format!("{}: {innermost}", short_reason(text)),
+        None => short_reason(text),
+    }
 }
 
 /// The S3 error code and message of an answer (`AccessDenied: ...`), else its first line.
