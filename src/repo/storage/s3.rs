@@ -127,6 +127,7 @@ const DISK_WINDOW: u64 = 1 << 20;
 /// memory (32 MiB).
 const BLOCK: u64 = 1 << 20;
 const BLOCKS_KEPT: usize = 32;
+const FETCH_STRIPES: usize = 16;
 /// Reads from this size up are fetched as they are (a chunk of a large file).
 const SMALL_READ: u64 = 256 * 1024;
 
@@ -151,8 +152,10 @@ pub struct Shared {
     cache: Option<DiskCache>,
     /// Sizes of packs and index files (which never change), from listings.
     sizes: Mutex<HashMap<String, u64>>,
-    /// Recently read blocks of objects (see `read_blocks`).
+    /// Recently read blocks of objects (see `read_blocks`), and locks that let one thread at a
+    /// time fetch a block (by a hash of the block's name).
     blocks: Mutex<Blocks>,
+    fetching: [Mutex<()>; FETCH_STRIPES],
     requests: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -192,6 +195,7 @@ impl Shared {
             cache: options.cache.as_ref().and_then(|(dir, limit)| DiskCache::open(dir, *limit)),
             sizes: Mutex::new(HashMap::new()),
             blocks: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(BLOCKS_KEPT).expect("nonzero"))),
+            fetching: std::array::from_fn(|_| Mutex::new(())),
             requests: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
@@ -329,9 +333,18 @@ impl Shared {
             let bytes = match cached(block) {
                 Some(bytes) => bytes,
                 None => {
-                    let bytes = Arc::new(self.get_exactly(name, start, BLOCK.min(size - start) as usize)?);
-                    self.blocks.lock().expect("blocks lock").put((name.to_string(), block), bytes.clone());
-                    bytes
+                    // Readers on other threads that want this block wait for this fetch
+                    // instead of fetching it again (a restore's workers read neighbours).
+                    let stripe = blake3::hash(format!("{name}#{block}").as_bytes()).as_bytes()[0] as usize;
+                    let _fetching = self.fetching[stripe % FETCH_STRIPES].lock().expect("fetch lock");
+                    match cached(block) {
+                        Some(bytes) => bytes,
+                        None => {
+                            let bytes = Arc::new(self.get_exactly(name, start, BLOCK.min(size - start) as usize)?);
+                            self.blocks.lock().expect("blocks lock").put((name.to_string(), block), bytes.clone());
+                            bytes
+                        }
+                    }
                 }
             };
             let from = (offset.max(start) - start) as usize;
