@@ -115,7 +115,12 @@ pub fn run(from: &Repository, to: &Repository, chosen: &[SnapshotInfo]) -> Resul
             report.already_there.push(shown);
             continue;
         }
-        let id = snapshot::save(to, &copy)?;
+        let original = copy.copied_from.clone().expect("set above");
+        let (id, written) = snapshot::save_copy(to, &copy, &original)?;
+        if !written {
+            report.already_there.push(shown);
+            continue;
+        }
         if let Err(lost) = writing.ensure_held() {
             // As in a backup: a prune that took the lock may have deleted what it needs.
             snapshot::remove(to, &id)?;

@@ -55,7 +55,7 @@ pub fn for_repo_error(error: &RepoError) -> i32 {
             CORRUPTION
         }
         RepoError::NewerFormat { .. } => NEWER_FORMAT,
-        RepoError::NoSpace(_) => NO_SPACE,
+        RepoError::NoSpace(_) | RepoError::NoTempSpace(_) => NO_SPACE,
         RepoError::AlreadyExists(_) | RepoError::Io { .. } => ERROR,
         RepoError::SameRepository(_) => USAGE,
         RepoError::Storage(storage) => match storage {

@@ -483,3 +483,65 @@ fn a_store_with_its_own_certificate_authority_is_trusted_with_s3_ca_file_and_a_p
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn copies_running_at_once_on_several_machines_store_each_snapshot_once() {
+    let s = Scratch::with_object_store_repo();
+    let local = s.path("local");
+    let out = s.command(&["init"]).env("PHONEBAK_REPO", &local).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let phone = s.path("phone");
+    for day in 0..3 {
+        write(&phone.join(format!("day-{day}.txt")), format!("day {day}").as_bytes());
+        let out = s
+            .command(&["backup", "--device", "x", phone.to_str().unwrap()])
+            .env("PHONEBAK_REPO", &local)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let copies: Vec<_> = (0..4)
+        .map(|machine| {
+            let mut cmd = s.command(&["copy", "--from", local.to_str().unwrap()]);
+            cmd.env("XDG_STATE_HOME", s.path(&format!("machine-{machine}")));
+            cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    for copy in copies {
+        let out = copy.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_eq!(snapshot_count(&s), 3, "one copy of each snapshot, however many copies ran");
+    s.ok(&["forget", "--keep-last", "2"]);
+    let kept: Vec<String> =
+        s.json(&["snapshots"]).as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    check_clean(&s);
+}
+
+#[test]
+fn a_fifo_or_a_folder_in_place_of_a_disk_cache_entry_is_a_miss_not_a_hang() {
+    let s = Scratch::with_object_store_repo();
+    let phone = s.path("phone");
+    sample_phone(&phone);
+    backup(&s, &phone, "pixel");
+    s.ok(&["ls", "latest"]);
+    let cache = s.path("cache/phonebak");
+    let entries = files_under(&cache);
+    assert!(!entries.is_empty(), "the listings are cached");
+    for (n, entry) in entries.iter().enumerate() {
+        std::fs::remove_file(entry).unwrap();
+        if n % 2 == 0 {
+            let made = Command::new("mkfifo").arg(entry).status().unwrap();
+            assert!(made.success());
+        } else {
+            std::fs::create_dir(entry).unwrap();
+        }
+    }
+    let out = run_bounded(&s, &["ls", "latest"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let target = s.path("restored");
+    let out = run_bounded(&s, &["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_tree(&phone, &target);
+}

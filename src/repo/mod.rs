@@ -112,6 +112,8 @@ pub enum RepoError {
     MissingPack(PackId),
     #[error("no space left on the repository's disk while {0}")]
     NoSpace(String),
+    #[error("no space left in the temporary folder {0} (TMPDIR), where packs wait on their way to the object store: free some, or set TMPDIR to a folder with room; nothing was stored half-written")]
+    NoTempSpace(std::path::PathBuf),
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
     /// The store cannot be reached, refuses access, or has no such bucket.

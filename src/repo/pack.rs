@@ -65,7 +65,10 @@ impl PackWriter {
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), RepoError> {
-        self.upload.write_all(bytes).map_err(super::io_error("writing a pack file"))?;
+        self.upload.write_all(bytes).map_err(|e| match (e.raw_os_error(), self.upload.waits_in()) {
+            (Some(libc::ENOSPC) | Some(libc::EDQUOT), Some(folder)) => RepoError::NoTempSpace(folder),
+            _ => super::io_error("writing a pack file")(e),
+        })?;
         self.hasher.update(bytes);
         self.offset += bytes.len() as u64;
         Ok(())

@@ -118,6 +118,26 @@ pub fn save(repo: &Repository, snapshot: &Snapshot) -> Result<SnapshotId, RepoEr
     Ok(id)
 }
 
+/// Saves a copy of a snapshot under the id its original gives it, unless a record of that id
+/// exists: of copies of one snapshot running at once (on several machines), one writes it.
+/// Returns the id, and whether this call wrote it.
+pub fn save_copy(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    original: &CopiedFrom,
+) -> Result<(SnapshotId, bool), RepoError> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"phonebak copy\0");
+    hasher.update(original.repository.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(&original.snapshot.0);
+    let id = Id(*hasher.finalize().as_bytes());
+    let plain = serde_json::to_vec(snapshot).expect("snapshot serializes");
+    let name = format!("snapshots/{}", id.to_hex());
+    let written = repo.storage().write_new(&name, &repo.sealer().seal(&plain, SNAPSHOT_AAD))?;
+    Ok((id, written))
+}
+
 /// Snapshot records are a few hundred bytes; a larger file is damage, not something to read.
 const MAX_RECORD: u64 = 1 << 20;
 

@@ -39,7 +39,12 @@ impl DiskCache {
     /// The bytes kept under `key`, if they are there and intact.
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
         let path = self.path(key);
-        let mut bytes = fs::read(&path).ok()?;
+        // A regular file of at most an entry's size: a FIFO put in its place would block, a
+        // device never end.
+        let file = crate::repo::fsutil::open_regular(&path).ok()?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, self.limit / 8 + HASH_LEN as u64 + 1), &mut bytes)
+            .ok()?;
         if bytes.len() < HASH_LEN || blake3::hash(&bytes[HASH_LEN..]).as_bytes() != &bytes[..HASH_LEN] {
             let _ = fs::remove_file(&path);
             return None;

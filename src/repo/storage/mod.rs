@@ -145,6 +145,11 @@ pub struct Traffic {
 /// A new object being written: appears under its name at `finish`, or never (dropped unfinished).
 pub trait Upload: io::Write + Send {
     fn finish(self: Box<Self>, name: &str) -> Result<(), StorageError>;
+    /// The local folder the bytes wait in before they are stored elsewhere (an object store's
+    /// uploads wait in TMPDIR): a full disk there is said as such.
+    fn waits_in(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// What `--repo` names: a folder, or a bucket (and prefix) of an S3-compatible store.

@@ -720,6 +720,10 @@ impl Write for S3Upload {
 }
 
 impl Upload for S3Upload {
+    fn waits_in(&self) -> Option<PathBuf> {
+        Some(std::env::temp_dir())
+    }
+
     fn finish(self: Box<Self>, name: &str) -> Result<(), StorageError> {
         let spooled = super::io_error("keeping a pack in a temporary file (TMPDIR)");
         let mut file = self.file.into_inner().map_err(|e| spooled(e.into_error()))?;
