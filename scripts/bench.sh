@@ -20,7 +20,7 @@ need_rust
 # fuse3 first: restic and borg recommend `fuse`, which fuse3 provides; installed without it,
 # apt brings fuse 2, which removes fuse3 (and with it fusermount3, which the mount tests need).
 need_debs fuse3
-need_debs restic borgbackup python3 time rsync
+need_debs restic borgbackup python3 python3-venv time rsync curl
 
 scale=${BENCH_SCALE:-1}
 runs=${BENCH_RUNS:-3}

@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 need_rust
 # fuse3 for the mount tests; python3 for scripts/gen-phone; util-linux for setpriv; time and
 # coreutils are used by the tests and the benchmark; rsync by the mount tests; bindfs (a FUSE
-# filesystem) stands for a phone mounted over MTP in the push tests.
-need_debs fuse3 python3 python3-venv util-linux time coreutils rsync bindfs
+# filesystem) stands for a phone mounted over MTP in the push tests; curl and openssl serve the
+# object-store tests (a ready probe, a private certificate authority).
+need_debs fuse3 python3 python3-venv util-linux time coreutils rsync bindfs curl openssl
 # A real object store (SeaweedFS) for the tests of S3 repositories (tests/object_store.rs).
 need_seaweedfs
 
