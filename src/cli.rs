@@ -220,7 +220,8 @@ enum Command {
         /// Push SNAPSHOT[:PATH] straight from the repository instead of the staging folder.
         #[arg(long)]
         from: Option<String>,
-        /// The staging folder, if the mount was given -o staging=DIR (default: REPO/staging).
+        /// The staging folder, if the mount was given -o staging=DIR (default: this user's, under
+        /// ~/.local/state/phonebak/).
         #[arg(long)]
         staging: Option<PathBuf>,
         /// Show what would be pushed, change nothing.

@@ -35,7 +35,7 @@ pub enum MountError {
 pub struct MountOptions {
     pub cache_bytes: usize,
     pub password_file: Option<PathBuf>,
-    /// The folder `restore/` links to (`REPO/staging` if not given).
+    /// The folder `restore/` links to (this user's staging folder for the repository if not given).
     pub staging: Option<PathBuf>,
     /// `ro`: no `restore/` either, nothing in the mount leads to a writable folder.
     pub read_only: bool,
