@@ -26,6 +26,8 @@ impl DiskCache {
     /// A cache in `dir` (made private if missing) of at most about `limit` bytes; None where
     /// the folder cannot be made (the store is then asked every time).
     pub fn open(dir: &Path, limit: u64) -> Option<DiskCache> {
+        // Absolute: the mount's daemon changes its working folder after this.
+        let dir = &std::path::absolute(dir).ok()?;
         fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).ok()?;
         let used = entries(dir).iter().map(|(_, size, _)| size).sum();
         Some(DiskCache { dir: dir.to_path_buf(), limit, used: Mutex::new(used) })
