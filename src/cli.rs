@@ -537,6 +537,14 @@ fn cmd_copy(
     Ok(exit::OK)
 }
 
+/// What the command asked of an object store, for `--json` (`null` for a folder repository).
+fn store_traffic(repo: &Repository) -> serde_json::Value {
+    repo.traffic().map_or(
+        serde_json::Value::Null,
+        |t| json!({"requests": t.requests, "bytes_from_store": t.bytes_in, "bytes_to_store": t.bytes_out}),
+    )
+}
+
 fn print_json(value: serde_json::Value) {
     say!("{}", serde_json::to_string_pretty(&value).expect("json prints"));
 }
@@ -606,7 +614,7 @@ fn cmd_backup(
         print_json(json!({
             "id": outcome.id.to_hex(), "device": s.device, "name": name, "parent": s.parent.map(|p| p.to_hex()),
             "stats": s.stats, "unreadable": outcome.unreadable, "skipped": outcome.skipped,
-            "notes": outcome.notes, "facts": s.facts,
+            "notes": outcome.notes, "facts": s.facts, "store": store_traffic(&repo),
         }));
     } else {
         say!(
@@ -920,7 +928,7 @@ fn cmd_restore(g: &Global, spec: &str, target: &Path, overwrite: bool) -> Result
     if g.json {
         print_json(json!({"snapshot": info.id.to_hex(), "files": report.files, "dirs": report.dirs,
                           "symlinks": report.symlinks, "bytes": report.bytes, "unchanged": report.unchanged,
-                          "failed": report.failed, "conflicts": report.conflicts}));
+                          "failed": report.failed, "conflicts": report.conflicts, "store": store_traffic(&repo)}));
     } else {
         say!(
             "restored {}, {}, {} ({}) from {}/{} into {}{}",

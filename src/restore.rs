@@ -11,17 +11,18 @@
 //! replaced; a folder in the way is never deleted. The target itself may be a symlink to a
 //! folder (it is followed); a target that is a file is refused.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Seek, Write};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::sync_channel;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::progress::Progress;
-use crate::repo::{RepoError, Repository};
+use crate::repo::{BlobId, RepoError, Repository, PIECE_MAX};
 use crate::tree::{load_tree, Entry, Meta, Node};
 
 #[derive(Debug, thiserror::Error)]
@@ -78,12 +79,16 @@ enum There {
     Other,
 }
 
-/// Restores `entry` (from `tree::lookup_path`) into `target`: a folder's contents go into
-/// `target`, a single file or symlink into `target/<name>`. `total_bytes`, when known, gives the
-/// progress bar its end.
 /// Files restored at once from an object store.
 const REMOTE_WORKERS: usize = 8;
 
+/// Restores `entry` (from `tree::lookup_path`) into `target`: a folder's contents go into
+/// `target`, a single file or symlink into `target/<name>`. `total_bytes`, when known, gives the
+/// progress bar its end.
+///
+/// Folders and symlinks are made as the snapshot's trees are walked; files are written after
+/// the walk, in the order their chunks lie in the packs, so that neighbouring chunks come in one
+/// read (one request on an object store) whichever files they belong to.
 pub fn run(
     repo: &Repository,
     entry: &Entry,
@@ -98,74 +103,18 @@ pub fn run(
     };
     let progress = Progress::bytes("restore", total);
     let report = Mutex::new(RestoreReport::default());
-    let target_failed: Mutex<Option<RestoreError>> = Mutex::new(None);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    // An object store answers each request after a round trip: more files in flight keep it busy.
-    let workers = if repo.local_folder().is_some() { cores } else { cores.max(REMOTE_WORKERS) };
-    let mut dirs = Vec::new();
-    let (tx, rx) = sync_channel::<FileJob>(workers * 64);
-    let rx = Mutex::new(rx);
-    let walked = std::thread::scope(|scope| {
-        let rx = &rx;
-        let (report, progress, target_failed) = (&report, &progress, &target_failed);
-        let conflict = move |dest: &Path, why: String| {
-            report.lock().expect("report lock").conflicts.push((dest.display().to_string(), why));
-        };
-        for _ in 0..workers {
-            scope.spawn(move || loop {
-                let Ok(job) = rx.lock().expect("restore queue lock").recv() else {
-                    return;
-                };
-                if target_failed.lock().expect("target failure lock").is_some() {
-                    continue; // drained: the restore has stopped
-                }
-                let outcome = match job.there {
-                    There::Nothing => restore_file(repo, &job.entry, &job.dest, false, progress),
-                    There::Other => restore_file(repo, &job.entry, &job.dest, true, progress),
-                    There::SameSizeAndTime => match same_bytes(repo, &job.entry, &job.dest) {
-                        Ok(true) => {
-                            report.lock().expect("report lock").unchanged += 1;
-                            continue;
-                        }
-                        Ok(false) if overwrite => restore_file(repo, &job.entry, &job.dest, true, progress),
-                        Ok(false) => {
-                            let why = "a file with the snapshot's size and time but other bytes is there (--overwrite replaces it)";
-                            conflict(&job.dest, why.into());
-                            continue;
-                        }
-                        Err(e) => {
-                            conflict(&job.dest, format!("a file with the snapshot's size and time is there, and cannot be read to compare: {e}"));
-                            continue;
-                        }
-                    },
-                };
-                let mut report = report.lock().expect("report lock");
-                match outcome {
-                    Ok(bytes) => {
-                        report.files += 1;
-                        report.bytes += bytes;
-                    }
-                    Err(FileFailure::Damaged(why)) => {
-                        progress.note(&format!("phonebak: cannot restore {}: {why}", job.dest.display()));
-                        report.failed.push((job.dest.display().to_string(), why));
-                    }
-                    Err(FileFailure::Target(e)) => {
-                        target_failed.lock().expect("target failure lock").get_or_insert(target_error(&job.dest)(e));
-                    }
-                }
-            });
-        }
-        let mut planner = Planner { repo, jobs: tx, dirs: &mut dirs, report, target_failed, overwrite };
-        match &entry.node {
-            // The target folder keeps its own metadata: it is the user's, not the phone's.
-            Node::Dir { tree } => planner.restore_dir(tree, target),
-            _ => planner.place(entry, &target.join(entry.name_os())),
-        }
-    });
-    if let Some(failed) = target_failed.into_inner().expect("target failure lock") {
-        return Err(failed);
+    // An object store answers each request after a round trip: more reads in flight keep it busy.
+    let threads = if repo.local_folder().is_some() { cores } else { cores.max(REMOTE_WORKERS) };
+    let (mut dirs, mut jobs) = (Vec::new(), Vec::new());
+    let mut planner = Planner { repo, jobs: &mut jobs, dirs: &mut dirs, report: &report, overwrite };
+    match &entry.node {
+        // The target folder keeps its own metadata: it is the user's, not the phone's.
+        Node::Dir { tree } => planner.restore_dir(tree, target)?,
+        _ => planner.place(entry, &target.join(entry.name_os()))?,
     }
-    walked?;
+    let files = sort_out_existing(repo, jobs, threads, overwrite, &report);
+    write_files(repo, files, threads, &progress, &report)?;
     // Folder times last, deepest first: writing into a folder changes its mtime.
     for (dir, meta) in dirs.iter().rev() {
         apply_meta(dir, meta, false).map_err(target_error(dir))?;
@@ -179,10 +128,9 @@ pub fn run(
 
 struct Planner<'a> {
     repo: &'a Repository,
-    jobs: std::sync::mpsc::SyncSender<FileJob>,
+    jobs: &'a mut Vec<FileJob>,
     dirs: &'a mut Vec<(PathBuf, Meta)>,
     report: &'a Mutex<RestoreReport>,
-    target_failed: &'a Mutex<Option<RestoreError>>,
     overwrite: bool,
 }
 
@@ -203,9 +151,6 @@ impl Planner<'_> {
     }
 
     fn place(&mut self, entry: &Entry, dest: &Path) -> Result<(), RestoreError> {
-        if self.target_failed.lock().expect("target failure lock").is_some() {
-            return Ok(()); // a worker could not write: run() reports why
-        }
         let existing = std::fs::symlink_metadata(dest).ok();
         let in_the_way = |what: &str| (dest.display().to_string(), what.to_string());
         match (&entry.node, &existing) {
@@ -261,14 +206,277 @@ impl Planner<'_> {
                     }
                     Some(_) => There::Other,
                 };
-                let job = FileJob { dest: dest.to_path_buf(), entry: entry.clone(), there };
-                self.jobs.send(job).map_err(|_| target_error(dest)(io::Error::other("restore workers stopped")))
+                self.jobs.push(FileJob { dest: dest.to_path_buf(), entry: entry.clone(), there });
+                Ok(())
             }
         }
     }
 
     fn conflict(&self, what: (String, String)) {
         self.report.lock().expect("report lock").conflicts.push(what);
+    }
+}
+
+/// A file to write: `dest`, and whether it replaces one of the user's files.
+struct FileToWrite {
+    dest: PathBuf,
+    entry: Entry,
+    replaces: bool,
+}
+
+/// Decides about each file that has the snapshot's size and time already (reading them on
+/// `threads` threads): the same bytes are left alone, others are a conflict or, with
+/// `overwrite`, replaced. Returns the files to write, in the walk's order.
+fn sort_out_existing(
+    repo: &Repository,
+    jobs: Vec<FileJob>,
+    threads: usize,
+    overwrite: bool,
+    report: &Mutex<RestoreReport>,
+) -> Vec<FileToWrite> {
+    let next = AtomicUsize::new(0);
+    let decided: Vec<Mutex<Option<bool>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
+    let to_compare = jobs.iter().filter(|job| matches!(job.there, There::SameSizeAndTime)).count();
+    std::thread::scope(|scope| {
+        for _ in 0..threads.min(to_compare) {
+            scope.spawn(|| loop {
+                let at = next.fetch_add(1, Ordering::Relaxed);
+                let Some(job) = jobs.get(at) else { return };
+                if !matches!(job.there, There::SameSizeAndTime) {
+                    continue;
+                }
+                let write = match same_bytes(repo, &job.entry, &job.dest) {
+                    Ok(true) => {
+                        report.lock().expect("report lock").unchanged += 1;
+                        false
+                    }
+                    Ok(false) if overwrite => true,
+                    Ok(false) => {
+                        let why = "a file with the snapshot's size and time but other bytes is there (--overwrite replaces it)";
+                        report.lock().expect("report lock").conflicts.push((job.dest.display().to_string(), why.into()));
+                        false
+                    }
+                    Err(e) => {
+                        let why = format!("a file with the snapshot's size and time is there, and cannot be read to compare: {e}");
+                        report.lock().expect("report lock").conflicts.push((job.dest.display().to_string(), why));
+                        false
+                    }
+                };
+                *decided[at].lock().expect("decision lock") = Some(write);
+            });
+        }
+    });
+    jobs.into_iter()
+        .zip(decided)
+        .filter_map(|(job, decided)| {
+            let replaces = match job.there {
+                There::Nothing => false,
+                There::Other => true,
+                There::SameSizeAndTime => match decided.into_inner().expect("decision lock") {
+                    Some(true) => true,
+                    _ => return None,
+                },
+            };
+            Some(FileToWrite { dest: job.dest, entry: job.entry, replaces })
+        })
+        .collect()
+}
+
+/// Where one chunk goes: file `file` of the files being written, at `offset`.
+struct Place {
+    file: usize,
+    offset: u64,
+    len: u32,
+}
+
+/// Writes `files`, their chunks in pack order (see `Repository::load_blobs_in_pack_order`): each
+/// file under a temporary name, renamed into place once its last chunk is written. A file
+/// whose data is damaged is reported and the others are written; the target failing, or the
+/// store, stops the restore, and every file not yet complete is removed.
+fn write_files(
+    repo: &Repository,
+    files: Vec<FileToWrite>,
+    threads: usize,
+    progress: &Progress,
+    report: &Mutex<RestoreReport>,
+) -> Result<(), RestoreError> {
+    let files: Vec<PendingFile> = files.into_iter().map(PendingFile::new).collect();
+    let mut places: HashMap<BlobId, Vec<Place>> = HashMap::new();
+    let mut order = Vec::new();
+    for (index, file) in files.iter().enumerate() {
+        let Node::File { chunks, .. } = &file.entry.node else { unreachable!("only files are written") };
+        let mut offset = 0;
+        for chunk in chunks {
+            let wanted = places.entry(chunk.id).or_insert_with(|| {
+                order.push(chunk.id);
+                Vec::new()
+            });
+            wanted.push(Place { file: index, offset, len: chunk.len });
+            offset += u64::from(chunk.len);
+        }
+    }
+    let finished = |file: &PendingFile| -> Result<(), RestoreError> {
+        let outcome = file.finish();
+        let mut report = report.lock().expect("report lock");
+        match outcome {
+            Ok(size) => {
+                report.files += 1;
+                report.bytes += size;
+            }
+            Err(FileFailure::Damaged(why)) => {
+                progress.note(&format!("phonebak: cannot restore {}: {why}", file.dest.display()));
+                report.failed.push((file.dest.display().to_string(), why));
+            }
+            Err(FileFailure::Target(e)) => return Err(target_error(&file.dest)(e)),
+        }
+        Ok(())
+    };
+    let written = (|| {
+        for file in files.iter().filter(|file| file.chunks_left.load(Ordering::Relaxed) == 0) {
+            finished(file)?;
+        }
+        repo.load_blobs_in_pack_order(&order, threads, PIECE_MAX, |id, plain| {
+            let plain = match plain {
+                Ok(plain) => Ok(plain),
+                // The store is down or refuses: every other file would fail the same way.
+                Err(e @ RepoError::Storage(_)) => return Err(RestoreError::Repo(e)),
+                Err(e) => Err(e.to_string()),
+            };
+            for place in &places[id] {
+                let file = &files[place.file];
+                match &plain {
+                    Ok(data) if data.len() == place.len as usize => {
+                        file.write(place.offset, data).map_err(target_error(&file.dest))?;
+                        progress.add(data.len() as u64);
+                    }
+                    Ok(data) => file.damaged(format!(
+                        "repository damaged: chunk {id} has {} bytes where the folder listing says {}",
+                        data.len(),
+                        place.len
+                    )),
+                    Err(why) => file.damaged(why.clone()),
+                }
+                if file.chunks_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    finished(file)?;
+                }
+            }
+            Ok(())
+        })
+    })();
+    if written.is_err() {
+        for file in &files {
+            file.abandon();
+        }
+    }
+    written
+}
+
+/// A file being written under a temporary name.
+struct PendingFile {
+    dest: PathBuf,
+    entry: Entry,
+    replaces: bool,
+    // Not derived from the name: names are bytes (two can look alike as text) of up to 255,
+    // and a longer temporary name would not fit.
+    tmp: PathBuf,
+    chunks_left: AtomicUsize,
+    state: Mutex<PendingState>,
+}
+
+#[derive(Default)]
+struct PendingState {
+    created: bool,
+    /// Renamed into place, or given up.
+    settled: bool,
+    damaged: Option<String>,
+}
+
+impl PendingFile {
+    fn new(file: FileToWrite) -> PendingFile {
+        let Node::File { chunks, .. } = &file.entry.node else { unreachable!("only files are written") };
+        PendingFile {
+            tmp: file.dest.with_file_name(format!(".phonebak-restore-{:016x}", rand::random::<u64>())),
+            chunks_left: AtomicUsize::new(chunks.len()),
+            dest: file.dest,
+            entry: file.entry,
+            replaces: file.replaces,
+            state: Mutex::new(PendingState::default()),
+        }
+    }
+
+    /// The temporary file, made on first use (files are reopened per chunk: thousands may be
+    /// in progress at once, more than a process may hold open).
+    fn open(&self) -> io::Result<File> {
+        let mut state = self.state.lock().expect("pending file lock");
+        let mut options = OpenOptions::new();
+        options.write(true).custom_flags(libc::O_NOFOLLOW);
+        if !state.created {
+            let _ = std::fs::remove_file(&self.tmp);
+            let file = options.create_new(true).mode(0o600).open(&self.tmp)?;
+            state.created = true;
+            return Ok(file);
+        }
+        options.open(&self.tmp)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.state.lock().expect("pending file lock").damaged.is_some() {
+            return Ok(());
+        }
+        let file = self.open()?;
+        // A chunk of zeros is left a hole: a sparse file (a disk image, a database) restores
+        // sparse instead of taking its full size on disk.
+        if data.iter().all(|&b| b == 0) {
+            return Ok(());
+        }
+        file.write_all_at(data, offset)
+    }
+
+    fn damaged(&self, why: String) {
+        self.state.lock().expect("pending file lock").damaged.get_or_insert(why);
+    }
+
+    /// Called once every chunk is written: sets the file's size and metadata and renames it
+    /// into place (a file that replaces one of the user's is made durable first: a power loss
+    /// must not leave an empty file where the user's was). Returns its size.
+    fn finish(&self) -> Result<u64, FileFailure> {
+        let Node::File { size, .. } = &self.entry.node else { unreachable!("only files are written") };
+        let damaged = self.state.lock().expect("pending file lock").damaged.clone();
+        if let Some(why) = damaged {
+            self.abandon();
+            return Err(FileFailure::Damaged(why));
+        }
+        let complete = || -> io::Result<()> {
+            let file = self.open()?;
+            file.set_len(*size)?;
+            apply_file_meta(&file, &self.entry.meta)?;
+            if self.replaces {
+                file.sync_all()?;
+            }
+            drop(file);
+            // Replaces a file or symlink there (the planner decided it may); never a folder.
+            std::fs::rename(&self.tmp, &self.dest)
+        };
+        let done = complete();
+        match done {
+            Ok(()) => {
+                self.state.lock().expect("pending file lock").settled = true;
+                Ok(*size)
+            }
+            Err(e) => {
+                self.abandon();
+                Err(FileFailure::Target(e))
+            }
+        }
+    }
+
+    /// Removes the temporary file of a file that will not be completed.
+    fn abandon(&self) {
+        let mut state = self.state.lock().expect("pending file lock");
+        if state.created && !state.settled {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        state.settled = true;
     }
 }
 
@@ -301,67 +509,6 @@ fn same_bytes(repo: &Repository, entry: &Entry, dest: &Path) -> io::Result<bool>
         return Ok(false);
     }
     crate::origin::holds_exactly(repo, &mut file, chunks)
-}
-
-/// Writes one file under a temporary name, then renames it into place. Returns its size, or why
-/// it could not be restored. A file that `replaces` one of the user's is made durable first: a
-/// power loss must not leave an empty file where the user's was.
-fn restore_file(
-    repo: &Repository,
-    entry: &Entry,
-    dest: &Path,
-    replaces: bool,
-    progress: &Progress,
-) -> Result<u64, FileFailure> {
-    let Node::File { size, chunks } = &entry.node else { unreachable!("only files are queued") };
-    // Not derived from the name: names are bytes (two can look alike as text) of up to 255,
-    // and a longer temporary name would not fit.
-    let tmp = dest.with_file_name(format!(".phonebak-restore-{:016x}", rand::random::<u64>()));
-    let write = || -> Result<(), FileFailure> {
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(FileFailure::Target)?;
-        for chunk in chunks {
-            let data = repo.load_blob(&chunk.id).map_err(|e| FileFailure::Damaged(e.to_string()))?;
-            if data.len() != chunk.len as usize {
-                return Err(FileFailure::Damaged(format!(
-                    "repository damaged: chunk {} has {} bytes where the folder listing says {}",
-                    chunk.id,
-                    data.len(),
-                    chunk.len
-                )));
-            }
-            // A chunk of zeros becomes a hole: a sparse file (a disk image, a database) restores
-            // sparse instead of taking its full size on disk.
-            if data.iter().all(|&b| b == 0) {
-                file.seek(io::SeekFrom::Current(data.len() as i64)).map_err(FileFailure::Target)?;
-            } else {
-                file.write_all(&data).map_err(FileFailure::Target)?;
-            }
-            progress.add(data.len() as u64);
-        }
-        file.set_len(*size).map_err(FileFailure::Target)?;
-        file.flush().map_err(FileFailure::Target)?;
-        apply_file_meta(&file, &entry.meta).map_err(FileFailure::Target)?;
-        if replaces {
-            file.sync_all().map_err(FileFailure::Target)?;
-        }
-        drop(file);
-        // Replaces a file or symlink there (the planner decided it may); never a folder.
-        std::fs::rename(&tmp, dest).map_err(FileFailure::Target)
-    };
-    match write() {
-        Ok(()) => Ok(*size),
-        Err(why) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(why)
-        }
-    }
 }
 
 fn is_root() -> bool {

@@ -74,3 +74,30 @@ fn a_missing_pack_is_named_by_check() {
     assert!(report.contains("(p): /: folder listing is missing"), "the snapshot is named: {report}");
     assert!(report.contains("repair: phonebak repair index"), "the fitting repair is named: {report}");
 }
+
+/// A damaged chunk that several files share fails each of them, and only them: the restore
+/// writes chunks in pack order to every file that needs them, and gives up a file (its
+/// temporary file removed) as soon as one of its chunks cannot be had.
+#[test]
+fn a_damaged_chunk_shared_by_several_files_fails_each_of_them_and_no_other() {
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    let photo = bytes(80, 2_000_000, false);
+    for name in ["DCIM/a.jpg", "DCIM/b.jpg", "Pictures/c.jpg"] {
+        write(&phone.join(name), &photo);
+    }
+    write(&phone.join("Documents/fine.txt"), &bytes(81, 10_000, true));
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    damage_largest_pack(&s.repo, 1_000_000);
+    let out = s.path("out");
+    let restore = s.run(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_eq!(code(&restore), 13, "{}", stderr(&restore));
+    for name in ["DCIM/a.jpg", "DCIM/b.jpg", "Pictures/c.jpg"] {
+        assert!(stderr(&restore).contains(name), "{name} not named: {}", stderr(&restore));
+        assert!(!out.join(name).exists(), "no wrong bytes under the real name {name}");
+    }
+    assert_eq!(std::fs::read(out.join("Documents/fine.txt")).unwrap(), bytes(81, 10_000, true));
+    let leftovers: Vec<_> =
+        files_under(&out).into_iter().filter(|p| p.to_string_lossy().contains(".phonebak-restore")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -545,3 +545,31 @@ fn a_fifo_or_a_folder_in_place_of_a_disk_cache_entry_is_a_miss_not_a_hang() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_same_tree(&phone, &target);
 }
+
+/// A restore reads its packs in pieces of megabytes, neighbours together whichever files they
+/// belong to: a request per few megabytes, not one per file or chunk, and each byte about once.
+/// `restore --json` says what the store was asked.
+#[test]
+fn a_restore_from_the_bucket_reads_pieces_of_packs_not_a_request_per_file() {
+    let s = Scratch::with_object_store_repo();
+    let phone = s.path("phone");
+    for i in 0..40 {
+        write(&phone.join(format!("DCIM/IMG_{i:02}.jpg")), &bytes(600 + i, 400_000, false));
+    }
+    for i in 0..300 {
+        write(&phone.join(format!("Android/data/app/f{i:03}.json")), &bytes(1000 + i, 3_000, true));
+    }
+    backup(&s, &phone, "pixel");
+    let out = s.path("out");
+    let said = s.json(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_same_tree(&phone, &out);
+    let requests = said["store"]["requests"].as_u64().unwrap();
+    let moved = said["store"]["bytes_from_store"].as_u64().unwrap();
+    // The config, listings, an index file, the record, the trees, and the 17 MB of data in a
+    // few pieces (340 files: one request each was the old way).
+    assert!(requests < 20, "{requests} requests for 340 files: {said}");
+    assert!(moved < 20_000_000, "{moved} bytes read for 17 MB of files: {said}");
+    let folder = Scratch::with_repo();
+    let local = folder.json(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
+    assert!(local["store"].is_null(), "a folder repository has no store traffic: {local}");
+}

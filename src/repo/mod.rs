@@ -1,8 +1,10 @@
 //! The on-disk repository: config, packs of sealed blobs, the index, snapshot records and
 //! locks. It knows nothing about phones, trees or FUSE; see docs/FORMAT.md for the bytes.
 
+mod bulk_read;
 pub mod config;
 pub mod crypto;
+pub use bulk_read::PIECE_MAX;
 mod fsutil;
 #[cfg(test)]
 mod golden;
@@ -202,6 +204,14 @@ pub(crate) fn decode_record<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Res
         return Err("trailing bytes".into());
     }
     Ok(value)
+}
+
+/// Where `Repository::open_stored` left a blob's plain bytes.
+pub enum Opened {
+    /// In the stored bytes, at this range.
+    In(std::ops::Range<usize>),
+    /// In the buffer given for decompressing.
+    Decompressed,
 }
 
 /// Compressed blobs up to this size are read into a reused per-thread buffer; larger ones into
@@ -421,22 +431,50 @@ impl Repository {
         raw_len: u32,
         stored: &mut [u8],
     ) -> Result<Vec<u8>, RepoError> {
-        let mut plain = Vec::new();
-        if let Layout::Framed { .. } = self.layout(stored.len() as u32, raw_len) {
+        let mut decompressed = Vec::new();
+        match self.open_stored(kind, id, raw_len, stored, &mut decompressed)? {
+            Opened::In(range) => Ok(stored[range].to_vec()),
+            Opened::Decompressed => Ok(decompressed),
+        }
+    }
+
+    /// Opens and verifies one stored blob where it lies: an uncompressed blob's plain bytes are
+    /// gathered at the front of `stored` and their range returned; a compressed one is
+    /// decompressed into `decompressed`.
+    pub fn open_stored(
+        &self,
+        kind: BlobKind,
+        id: &BlobId,
+        raw_len: u32,
+        stored: &mut [u8],
+        decompressed: &mut Vec<u8>,
+    ) -> Result<Opened, RepoError> {
+        let opened = if let Layout::Framed { .. } = self.layout(stored.len() as u32, raw_len) {
             let step = FRAME_LEN + self.sealer.overhead();
-            for (number, frame) in stored.chunks_mut(step).enumerate() {
-                let range = self.open_frame(kind, id, number, frame)?;
-                plain.extend_from_slice(&frame[range]);
+            let mut plain_end = 0;
+            for (number, at) in (0..stored.len()).step_by(step).enumerate() {
+                let end = (at + step).min(stored.len());
+                let range = self.open_frame(kind, id, number, &mut stored[at..end])?;
+                stored.copy_within(at + range.start..at + range.end, plain_end);
+                plain_end += range.len();
             }
+            Opened::In(0..plain_end)
         } else {
             let range = self.open_blob(kind, id, stored)?;
             match stored[range.clone()].split_first() {
-                Some((0, raw)) => plain.extend_from_slice(raw),
-                _ => self.decompress_blob(id, &stored[range], raw_len, &mut plain)?,
+                Some((0, _)) => Opened::In(range.start + 1..range.end),
+                _ => {
+                    self.decompress_blob(id, &stored[range], raw_len, decompressed)?;
+                    Opened::Decompressed
+                }
             }
-        }
-        self.verify_blob(id, raw_len, &plain)?;
-        Ok(plain)
+        };
+        let plain = match &opened {
+            Opened::In(range) => &stored[range.clone()],
+            Opened::Decompressed => &decompressed[..],
+        };
+        self.verify_blob(id, raw_len, plain)?;
+        Ok(opened)
     }
 
     /// Loads a blob by id through the index into `out` (replacing what it held, reusing its
@@ -702,6 +740,11 @@ impl Repository {
     /// Bytes free where the repository is stored, where that is known.
     pub fn free_space(&self) -> Option<u64> {
         self.storage.free_space()
+    }
+
+    /// What this process has asked of an object store so far (None for a folder).
+    pub fn traffic(&self) -> Option<storage::Traffic> {
+        self.storage.traffic()
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use lru::LruCache;
 
 use crate::repo::{BlobId, Repository};
+use crate::tree::ChunkRef;
 
 pub type Chunk = Arc<Vec<u8>>;
 
@@ -29,6 +30,13 @@ const REUSED_FROM: usize = 128 * 1024;
 /// Chunks read to their end by a sequential reader that stay cached, for the kernel's readahead
 /// requests that arrive late.
 const CONSUMED_KEPT: usize = 8;
+
+/// The longest piece of a pack a prefetch reads at once (each prefetching thread holds one).
+const PREFETCH_PIECE_MAX: u64 = 8 << 20;
+
+fn unexpected(id: &BlobId) -> LoadError {
+    LoadError { damaged: false, message: format!("loading chunk {id} failed unexpectedly") }
+}
 
 /// Why a chunk could not be had. Kept as text: one failure is handed to every waiter.
 #[derive(Clone, Debug)]
@@ -86,6 +94,13 @@ impl ChunkCache {
     }
 
     /// The whole chunk, verified against its id.
+    /// Those of `chunks` neither cached nor loading as whole chunks.
+    pub fn missing(&self, mut chunks: Vec<ChunkRef>) -> Vec<ChunkRef> {
+        let state = self.state.lock().expect("cache lock");
+        chunks.retain(|c| !state.chunks.contains(&(c.id, WHOLE)) && !state.loading.contains_key(&(c.id, WHOLE)));
+        chunks
+    }
+
     pub fn get(&self, id: &BlobId) -> Result<Chunk, LoadError> {
         self.get_key((*id, WHOLE))
     }
@@ -131,8 +146,66 @@ impl ChunkCache {
         let result = match loaded {
             Ok(Ok(buffer)) => Ok(Arc::new(buffer)),
             Ok(Err(e)) => Err(LoadError { damaged: e.is_corruption(), message: e.to_string() }),
-            Err(_) => Err(LoadError { damaged: false, message: format!("loading chunk {id} failed unexpectedly") }),
+            Err(_) => Err(unexpected(&id)),
         };
+        self.settle(key, &loading, result.clone());
+        result
+    }
+
+    /// Loads those of `ids` neither cached nor loading as whole chunks, neighbours in a pack in
+    /// one read (see `Repository::load_blobs_in_pack_order`): a reader going through files
+    /// costs the store a request per few megabytes, not one per chunk.
+    pub fn prefetch(&self, ids: &[BlobId]) {
+        let claimed: Vec<(BlobId, Arc<Loading>)> = {
+            let mut state = self.state.lock().expect("cache lock");
+            let mut claimed = Vec::new();
+            for id in ids {
+                let key = (*id, WHOLE);
+                if !state.chunks.contains(&key) && !state.loading.contains_key(&key) {
+                    let loading = Arc::new(Loading::default());
+                    state.loading.insert(key, loading.clone());
+                    claimed.push((*id, loading));
+                }
+            }
+            claimed
+        };
+        if claimed.is_empty() {
+            return;
+        }
+        let wanted: Vec<BlobId> = claimed.iter().map(|(id, _)| *id).collect();
+        let loading_of = |id: &BlobId| claimed.iter().find(|(c, _)| c == id).map(|(_, l)| l);
+        // As in `get_key`: a panic must not leave waiters waiting.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.repo.load_blobs_in_pack_order::<()>(&wanted, 1, PREFETCH_PIECE_MAX, |id, plain| {
+                let result = match plain {
+                    Ok(plain) => {
+                        let mut buffer = {
+                            let mut state = self.state.lock().expect("cache lock");
+                            let buffer = state.spare.pop().unwrap_or_default();
+                            state.bytes -= buffer.capacity().next_multiple_of(4096);
+                            buffer
+                        };
+                        buffer.clear();
+                        buffer.extend_from_slice(plain);
+                        Ok(Arc::new(buffer))
+                    }
+                    Err(e) => Err(LoadError { damaged: e.is_corruption(), message: e.to_string() }),
+                };
+                if let Some(loading) = loading_of(id) {
+                    self.settle((*id, WHOLE), loading, result);
+                }
+                Ok(())
+            })
+        }));
+        for (id, loading) in &claimed {
+            if loading.result.lock().expect("load lock").is_none() {
+                self.settle((*id, WHOLE), loading, Err(unexpected(id)));
+            }
+        }
+    }
+
+    /// Ends the load of `key`: keeps what was loaded and wakes whoever waits for it.
+    fn settle(&self, key: Key, loading: &Loading, result: Result<Chunk, LoadError>) {
         {
             let mut state = self.state.lock().expect("cache lock");
             state.loading.remove(&key);
@@ -140,9 +213,8 @@ impl ChunkCache {
                 self.insert(&mut state, key, chunk.clone());
             }
         }
-        *loading.result.lock().expect("load lock") = Some(result.clone());
+        *loading.result.lock().expect("load lock") = Some(result);
         loading.done.notify_all();
-        result
     }
 
     /// Chunk `id` was read to its end by a sequential reader. The kernel keeps what it read, so

@@ -51,10 +51,12 @@ const CACHED_TREES: usize = 4096;
 const LOOK_EVERY_LOCAL: Duration = Duration::from_millis(200);
 const LOOK_EVERY_REMOTE: Duration = Duration::from_millis(400);
 const SNAPSHOT_NAMES_TTL: Duration = Duration::from_millis(500);
-/// Chunks read ahead of a sequential reader (about 16 MiB), from its file and the next
-/// `FILES_AHEAD` files of its folder.
-const READAHEAD_CHUNKS: usize = 16;
-const FILES_AHEAD: usize = 4;
+/// What is read ahead of a sequential reader, from its file and the next files of its folder:
+/// `READAHEAD_BYTES` (at most a quarter of the cache), in at most `READAHEAD_CHUNKS` chunks (a
+/// folder of small files) of at most `FILES_AHEAD` files.
+const READAHEAD_BYTES: usize = 16 << 20;
+const READAHEAD_CHUNKS: usize = 256;
+const FILES_AHEAD: usize = 256;
 /// Threads loading chunks ahead. They mostly wait for the disk (chunks are read past the page
 /// cache, so no kernel readahead keeps it busy): eight keep a few reads in flight, which a cold
 /// copy of photos out of the mount needed to read at close to disk speed (4 MiB ahead on 2
@@ -275,7 +277,7 @@ pub struct View {
     snapshots: Mutex<SnapshotList>,
     chunks: Arc<ChunkCache>,
     readers: Mutex<HashMap<u64, Arc<FileReader>>>,
-    prefetch: SyncSender<BlobId>,
+    prefetch: SyncSender<Vec<BlobId>>,
     push: SyncSender<Vec<PushJob>>,
     pusher: Arc<std::sync::OnceLock<Pusher>>,
     /// When a file was last read (ms since `started`): listings are pushed only while someone
@@ -293,16 +295,15 @@ impl View {
         // The cache keeps what it loads: whole chunks need not pass through the page cache too.
         repo.read_chunks_directly();
         let chunks = Arc::new(ChunkCache::new(repo.clone(), options.cache_bytes));
-        let (prefetch, queue) = sync_channel::<BlobId>(64);
+        let (prefetch, queue) = sync_channel::<Vec<BlobId>>(2 * PREFETCH_THREADS);
         let queue = Arc::new(Mutex::new(queue));
         for _ in 0..PREFETCH_THREADS {
             let (queue, chunks) = (queue.clone(), chunks.clone());
             std::thread::spawn(move || loop {
                 let next = queue.lock().expect("prefetch queue lock").recv();
                 match next {
-                    Ok(id) => {
-                        let _ = chunks.get(&id); // a failure is reported when the reader gets there
-                    }
+                    // A failure is reported when the reader gets there.
+                    Ok(ids) => chunks.prefetch(&ids),
                     Err(_) => return,
                 }
             });
@@ -315,6 +316,8 @@ impl View {
                 // The kernel sets up a listing's inodes after it has the reply, and drops a push
                 // for an inode it does not know yet: give it a moment.
                 std::thread::sleep(Duration::from_millis(2));
+                // Neighbours in a pack in one read, not a request per small file.
+                push_chunks.prefetch(&jobs.iter().map(|PushJob(_, id, _)| *id).collect::<Vec<_>>());
                 for PushJob(ino, id, size) in jobs {
                     if let (Some(push), Ok(chunk)) = (push_to.get(), push_chunks.get(&id)) {
                         push(ino, &chunk[..(size as usize).min(chunk.len())]);
@@ -408,13 +411,17 @@ impl View {
     /// Loads the trees of the subfolders of a folder being listed, in the background: whoever
     /// lists a folder (`find`, `cp -r`, a file manager) usually opens its subfolders next.
     fn load_subtrees_ahead(&self, children: &[(Vec<u8>, Node)]) {
-        for (_, child) in children {
-            if let Some(TreeNode::Dir { tree }) = child.entry().map(|e| &e.node) {
-                let cached = self.trees.lock().expect("tree cache lock").contains(tree);
-                if !cached && !self.chunks.contains(tree) && self.prefetch.try_send(*tree).is_err() {
-                    break;
-                }
-            }
+        let trees = self.trees.lock().expect("tree cache lock");
+        let wanted: Vec<BlobId> = children
+            .iter()
+            .filter_map(|(_, child)| match child.entry().map(|e| &e.node) {
+                Some(TreeNode::Dir { tree }) if !trees.contains(tree) && !self.chunks.contains(tree) => Some(*tree),
+                _ => None,
+            })
+            .collect();
+        drop(trees);
+        if !wanted.is_empty() {
+            let _ = self.prefetch.try_send(wanted); // the prefetchers are busy: it is read when listed
         }
     }
 
@@ -874,11 +881,21 @@ impl View {
                 TreeNode::File { chunks, .. } => Some(chunks.iter()),
                 _ => None,
             });
-            let ahead = chunks[index + 1..].iter().chain(next_files.flatten()).take(READAHEAD_CHUNKS);
-            for next in ahead {
-                if !self.chunks.contains(&next.id) && self.prefetch.try_send(next.id).is_err() {
-                    break; // the prefetchers are busy: they are ahead enough
+            let budget = READAHEAD_BYTES.min(self.options.cache_bytes / 4) as u64;
+            let (mut ahead, mut ahead_bytes) = (Vec::new(), 0);
+            for chunk in chunks[index + 1..].iter().chain(next_files.flatten()) {
+                if ahead.len() == READAHEAD_CHUNKS || ahead_bytes >= budget {
+                    break;
                 }
+                ahead.push(*chunk);
+                ahead_bytes += u64::from(chunk.len);
+            }
+            let missing = self.chunks.missing(ahead);
+            // Asked for by the half window, not chunk by chunk: neighbours in a pack then come
+            // in one read.
+            if missing.iter().map(|c| u64::from(c.len)).sum::<u64>() * 2 >= ahead_bytes && !missing.is_empty() {
+                let ids = missing.into_iter().map(|c| c.id).collect();
+                let _ = self.prefetch.try_send(ids); // the prefetchers are busy: they are ahead enough
             }
         }
         Ok(match single {

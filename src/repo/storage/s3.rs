@@ -121,10 +121,9 @@ pub struct S3Options {
     pub cache: Option<(PathBuf, u64)>,
 }
 
-/// Ranges read again (listings, index pages) are fetched and kept on disk in windows this large.
-const DISK_WINDOW: u64 = 1 << 20;
-/// Small reads are served from aligned blocks of this size, the last `BLOCKS_KEPT` kept in
-/// memory (32 MiB).
+/// Small reads and ranges read again are served from aligned blocks of this size, the last
+/// `BLOCKS_KEPT` kept in memory (32 MiB); blocks of ranges read again (listings, index pages)
+/// are kept on disk too.
 const BLOCK: u64 = 1 << 20;
 const BLOCKS_KEPT: usize = 32;
 const FETCH_STRIPES: usize = 16;
@@ -283,20 +282,37 @@ impl Shared {
     }
 
     fn get(&self, name: &str, range: Option<Range<u64>>) -> Result<Vec<u8>, StorageError> {
+        let mut bytes = Vec::new();
+        self.get_into(name, range, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Appends the object's bytes (or `range` of them) to `out`; returns how many.
+    fn get_into(&self, name: &str, range: Option<Range<u64>>, out: &mut Vec<u8>) -> Result<usize, StorageError> {
         let options = ReadOptions { range: range.map(Into::into).unwrap_or_default(), ..Default::default() };
         let result = self.client()?.operator.read_options(name, options);
-        let bytes = result.map_err(|e| self.error("read", name, e))?.to_vec();
-        self.count(0, bytes.len());
-        Ok(bytes)
+        let buffer = result.map_err(|e| self.error("read", name, e))?;
+        let len = buffer.len();
+        out.reserve(len);
+        for piece in buffer {
+            out.extend_from_slice(&piece);
+        }
+        self.count(0, len);
+        Ok(len)
     }
 
     /// `len` bytes from `offset`, or an error if the object is shorter.
     fn get_exactly(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, StorageError> {
-        let bytes = self.get(name, Some(offset..offset + len as u64))?;
-        if bytes.len() != len {
+        let mut bytes = Vec::with_capacity(len);
+        self.get_exactly_into(name, offset, len, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    fn get_exactly_into(&self, name: &str, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<(), StorageError> {
+        if self.get_into(name, Some(offset..offset + len as u64), out)? != len {
             return Err(StorageError::Truncated { name: name.to_string() });
         }
-        Ok(bytes)
+        Ok(())
     }
 
     /// The size of an object that never changes (a pack, an index file): from the last listing,
@@ -311,25 +327,35 @@ impl Shared {
         Ok(meta.content_length())
     }
 
-    /// `len` bytes at `offset` of `name`. Small reads (small files, listings of a mount) are
-    /// served from aligned blocks of `BLOCK` bytes, each fetched once and kept a while: a restore
-    /// or a copy of many small files costs a request per block, not per file, and readers on
-    /// several threads share them. A large read (a chunk of a photo, about 1 MiB) is fetched as
-    /// it is: a photo costs its own bytes, not its pack's.
-    fn read_blocks(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, StorageError> {
+    /// `len` bytes at `offset` of `name`, appended to `out`. Small reads (small files, listings
+    /// of a mount) are served from aligned blocks of `BLOCK` bytes, each fetched once and kept a
+    /// while: a restore or a copy of many small files costs a request per block, not per file,
+    /// and readers on several threads share them. Blocks of what is read again (`Reuse::Again`)
+    /// are also kept in the disk cache. A large read read once (a chunk of a photo, a restore's
+    /// piece of a pack) is fetched as it is: a photo costs its own bytes, not its pack's.
+    fn read_blocks(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+        reuse: Reuse,
+        out: &mut Vec<u8>,
+    ) -> Result<(), StorageError> {
         let end = offset + len as u64;
         let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
         let cached = |block: u64| self.blocks.lock().expect("blocks lock").get(&(name.to_string(), block)).cloned();
-        if len as u64 >= SMALL_READ {
-            return self.read_large(name, offset, len, &cached);
+        let disk = self.cache.as_ref().filter(|_| reuse == Reuse::Again);
+        if len as u64 >= SMALL_READ && disk.is_none() {
+            return self.read_large(name, offset, len, &cached, out);
         }
         let size = self.object_size(name)?;
         if end > size {
             return Err(StorageError::Truncated { name: name.to_string() });
         }
-        let mut out = Vec::with_capacity(len);
+        out.reserve(len);
         for block in first..=last {
             let start = block * BLOCK;
+            let want = BLOCK.min(size - start) as usize;
             let bytes = match cached(block) {
                 Some(bytes) => bytes,
                 None => {
@@ -340,7 +366,18 @@ impl Shared {
                     match cached(block) {
                         Some(bytes) => bytes,
                         None => {
-                            let bytes = Arc::new(self.get_exactly(name, start, BLOCK.min(size - start) as usize)?);
+                            let key = format!("{name}#{start}");
+                            let bytes = match disk.and_then(|d| d.get(&key)).filter(|b| b.len() == want) {
+                                Some(bytes) => bytes,
+                                None => {
+                                    let bytes = self.get_exactly(name, start, want)?;
+                                    if let Some(disk) = disk {
+                                        disk.put(&key, &bytes);
+                                    }
+                                    bytes
+                                }
+                            };
+                            let bytes = Arc::new(bytes);
                             self.blocks.lock().expect("blocks lock").put((name.to_string(), block), bytes.clone());
                             bytes
                         }
@@ -351,7 +388,7 @@ impl Shared {
             let to = (end.min(start + bytes.len() as u64) - start) as usize;
             out.extend_from_slice(&bytes[from..to]);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// A large read: what blocks read for small neighbours already hold at its start and end
@@ -362,10 +399,12 @@ impl Shared {
         offset: u64,
         len: usize,
         cached: &dyn Fn(u64) -> Option<Arc<Vec<u8>>>,
-    ) -> Result<Vec<u8>, StorageError> {
+        out: &mut Vec<u8>,
+    ) -> Result<(), StorageError> {
         let end = offset + len as u64;
-        // The cached blocks covering [offset, from) and [to, end).
-        let (mut head, mut from) = (Vec::new(), offset);
+        out.reserve(len);
+        // The cached blocks covering [offset, from), appended now, and [to, end), at the end.
+        let mut from = offset;
         while from < end {
             let Some(block) = cached(from / BLOCK) else { break };
             let start = from / BLOCK * BLOCK;
@@ -373,10 +412,11 @@ impl Shared {
             if until <= from {
                 break;
             }
-            head.extend_from_slice(&block[(from - start) as usize..(until - start) as usize]);
+            out.extend_from_slice(&block[(from - start) as usize..(until - start) as usize]);
             from = until;
         }
-        let (mut tail, mut to) = (Vec::new(), end);
+        let mut tail = Vec::new();
+        let mut to = end;
         while to > from {
             let Some(block) = cached((to - 1) / BLOCK) else { break };
             let start = (to - 1) / BLOCK * BLOCK;
@@ -384,16 +424,16 @@ impl Shared {
             if start + (block.len() as u64) < to {
                 break;
             }
-            let mut piece = block[(begin - start) as usize..(to - start) as usize].to_vec();
-            piece.extend_from_slice(&tail);
-            tail = piece;
+            tail.push((block, (begin - start) as usize..(to - start) as usize));
             to = begin;
         }
-        let middle = if to > from { self.get_exactly(name, from, (to - from) as usize)? } else { Vec::new() };
-        let mut out = head;
-        out.extend_from_slice(&middle);
-        out.extend_from_slice(&tail);
-        Ok(out)
+        if to > from {
+            self.get_exactly_into(name, from, (to - from) as usize, out)?;
+        }
+        for (block, range) in tail.into_iter().rev() {
+            out.extend_from_slice(&block[range]);
+        }
+        Ok(())
     }
 
     /// Stores a whole object.
@@ -573,34 +613,7 @@ impl Storage for S3 {
         if len == 0 {
             return Ok(0..0);
         }
-        let end = offset + len as u64;
-        match (&self.cache, reuse) {
-            // Listings and index pages: whole windows, kept on disk (a backup reads its parent's
-            // listings, a few thousand, in a few requests).
-            (Some(cache), Reuse::Again) => {
-                let size = self.object_size(name)?;
-                if end > size {
-                    return Err(StorageError::Truncated { name: name.to_string() });
-                }
-                for window in offset / DISK_WINDOW..=(end - 1) / DISK_WINDOW {
-                    let start = window * DISK_WINDOW;
-                    let key = format!("{name}#{start}");
-                    let want = DISK_WINDOW.min(size - start) as usize;
-                    let bytes = match cache.get(&key).filter(|b| b.len() == want) {
-                        Some(bytes) => bytes,
-                        None => {
-                            let bytes = self.get_exactly(name, start, want)?;
-                            cache.put(&key, &bytes);
-                            bytes
-                        }
-                    };
-                    let from = offset.max(start) - start;
-                    let to = end.min(start + want as u64) - start;
-                    out.extend_from_slice(&bytes[from as usize..to as usize]);
-                }
-            }
-            _ => out.extend_from_slice(&self.read_blocks(name, offset, len)?),
-        }
+        self.read_blocks(name, offset, len, reuse, out)?;
         Ok(0..len)
     }
 
