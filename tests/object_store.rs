@@ -573,3 +573,26 @@ fn a_restore_from_the_bucket_reads_pieces_of_packs_not_a_request_per_file() {
     let local = folder.json(&["backup", "--device", "pixel", phone.to_str().unwrap()]);
     assert!(local["store"].is_null(), "a folder repository has no store traffic: {local}");
 }
+
+/// A lock's refresh writes it only over the version it saw (If-Match on the store): a lock that
+/// another machine removed as stale stays removed, and its holder learns that it lost it.
+#[test]
+fn a_lock_refresh_never_brings_back_a_lock_removed_as_stale() {
+    use phonebak::repo::storage::{s3::S3Options, RepoLocation};
+    use phonebak::repo::StorageError;
+    // This process's own client signs with these (the same the tests' commands are given).
+    std::env::set_var("AWS_ACCESS_KEY_ID", common::seaweed::ACCESS_KEY);
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+    let s = Scratch::new();
+    let bucket = RepoLocation::parse(std::ffi::OsStr::new(&common::seaweed::shared().new_repo("locks"))).unwrap();
+    let folder = RepoLocation::Folder(s.path("folder-repo"));
+    for location in [bucket, folder] {
+        let storage = location.open(&S3Options::default()).unwrap();
+        storage.create(false).unwrap();
+        storage.write("locks/0123", b"a lock").unwrap();
+        assert!(storage.rewrite_existing("locks/0123", b"a lock").unwrap(), "{location:?}");
+        storage.delete("locks/0123").unwrap();
+        assert!(!storage.rewrite_existing("locks/0123", b"a lock").unwrap(), "{location:?}");
+        assert!(matches!(storage.size("locks/0123"), Err(StorageError::NotFound(_))), "{location:?}: brought back");
+    }
+}

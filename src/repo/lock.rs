@@ -110,12 +110,10 @@ impl RepoLock {
                 waited += Duration::from_millis(200);
                 if waited >= REFRESH_EVERY {
                     waited = Duration::ZERO;
-                    match storage.size(&name) {
-                        Ok(_) => {
-                            // A store that is down now may be up at the next refresh.
-                            let _ = storage.write(&name, &bytes);
-                        }
-                        Err(StorageError::NotFound(_)) => lost.store(true, Ordering::Relaxed),
+                    match storage.rewrite_existing(&name, &bytes) {
+                        Ok(true) => {}
+                        Ok(false) => lost.store(true, Ordering::Relaxed),
+                        // A store that is down now may be up at the next refresh.
                         Err(_) => {}
                     }
                 }

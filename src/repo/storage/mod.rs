@@ -110,6 +110,17 @@ pub trait Storage: Send + Sync {
     fn write(&self, name: &str, bytes: &[u8]) -> Result<(), StorageError>;
     /// Writes a whole object unless one of that name exists; says whether it wrote it.
     fn write_new(&self, name: &str, bytes: &[u8]) -> Result<bool, StorageError>;
+    /// Writes a whole object only if one of that name is still there; says whether it was (a
+    /// lock's refresh: a lock removed as stale by another machine must stay removed). A folder
+    /// looks, then writes: its locks are judged stale by whether their process lives, and a
+    /// live process's lock is never removed.
+    fn rewrite_existing(&self, name: &str, bytes: &[u8]) -> Result<bool, StorageError> {
+        match self.size(name) {
+            Ok(_) => self.write(name, bytes).map(|()| true),
+            Err(StorageError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
     /// A new object written in pieces (a pack), named when it is complete.
     fn upload(&self) -> Result<Box<dyn Upload>, StorageError>;
     /// Removes an object; one already gone is no error.
