@@ -15,12 +15,14 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use crate::beneath::{open_beneath, split};
 use crate::progress::Progress;
 use crate::repo::{BlobId, RepoError, Repository, PIECE_MAX};
 use crate::tree::{load_tree, Entry, Meta, Node};
@@ -29,15 +31,15 @@ use crate::tree::{load_tree, Entry, Meta, Node};
 pub enum RestoreError {
     /// The target's fault (full, read-only, not allowed), not the repository's: the restore
     /// stops there, since every later write would fail the same way.
-    #[error("cannot write to {path}: {source}; the restore stopped (the repository is not at fault)")]
-    Target { path: String, source: io::Error },
+    #[error("cannot write to {path}: {cause}; the restore stopped (the repository is not at fault)")]
+    Target { path: String, cause: io::Error },
     #[error(transparent)]
     Repo(#[from] RepoError),
 }
 
 impl RestoreError {
     pub fn target_is_full(&self) -> bool {
-        matches!(self, RestoreError::Target { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+        matches!(self, RestoreError::Target { cause, .. } if cause.raw_os_error() == Some(libc::ENOSPC))
     }
 }
 
@@ -48,6 +50,8 @@ enum FileFailure {
     Damaged(String),
     /// Writing it failed.
     Target(io::Error),
+    /// Something appeared where it goes after the walk looked: the user's, left alone.
+    InTheWay(String),
 }
 
 #[derive(Debug, Default)]
@@ -114,10 +118,15 @@ pub fn run(
         _ => planner.place(entry, &target.join(entry.name_os()))?,
     }
     let files = sort_out_existing(repo, jobs, threads, overwrite, &report);
-    write_files(repo, files, threads, &progress, &report)?;
-    // Folder times last, deepest first: writing into a folder changes its mtime.
+    // Files are written and folders finished beneath the target opened once: a folder swapped
+    // for a symlink meanwhile never leads a write or a chmod outside it.
+    let root = std::fs::File::open(target).map(OwnedFd::from).map_err(target_error(target))?;
+    let root = Target { fd: root, path: target };
+    write_files(repo, &root, files, threads, &progress, &report)?;
+    // Folder modes and times last, deepest first: writing into a folder changes its mtime, and
+    // a folder stays private (made 0700) until then.
     for (dir, meta) in dirs.iter().rev() {
-        apply_meta(dir, meta, false).map_err(target_error(dir))?;
+        root.finish_folder(dir, meta).map_err(target_error(dir))?;
     }
     progress.finish();
     let mut report = report.into_inner().expect("report lock");
@@ -162,14 +171,14 @@ impl Planner<'_> {
                 match existing {
                     Some(meta) if meta.is_dir() => {}
                     Some(_) if !self.overwrite => {
-                        self.conflict(in_the_way("a file is there where the snapshot has a folder"));
+                        self.conflict(in_the_way("a file or symlink is there where the snapshot has a folder"));
                         return Ok(());
                     }
                     Some(_) => {
                         std::fs::remove_file(dest).map_err(target_error(dest))?;
-                        std::fs::create_dir(dest).map_err(target_error(dest))?;
+                        make_folder(dest).map_err(target_error(dest))?;
                     }
-                    None => std::fs::create_dir(dest).map_err(target_error(dest))?,
+                    None => make_folder(dest).map_err(target_error(dest))?,
                 }
                 self.dirs.push((dest.to_path_buf(), entry.meta.clone()));
                 self.report.lock().expect("report lock").dirs += 1;
@@ -256,6 +265,7 @@ fn sort_out_existing(
                         report.lock().expect("report lock").conflicts.push((job.dest.display().to_string(), why.into()));
                         false
                     }
+                    Err(_) if overwrite => true,
                     Err(e) => {
                         let why = format!("a file with the snapshot's size and time is there, and cannot be read to compare: {e}");
                         report.lock().expect("report lock").conflicts.push((job.dest.display().to_string(), why));
@@ -295,6 +305,7 @@ struct Place {
 /// store, stops the restore, and every file not yet complete is removed.
 fn write_files(
     repo: &Repository,
+    target: &Target,
     files: Vec<FileToWrite>,
     threads: usize,
     progress: &Progress,
@@ -316,7 +327,7 @@ fn write_files(
         }
     }
     let finished = |file: &PendingFile| -> Result<(), RestoreError> {
-        let outcome = file.finish();
+        let outcome = file.finish(target);
         let mut report = report.lock().expect("report lock");
         match outcome {
             Ok(size) => {
@@ -327,6 +338,7 @@ fn write_files(
                 progress.note(&format!("phonebak: cannot restore {}: {why}", file.dest.display()));
                 report.failed.push((file.dest.display().to_string(), why));
             }
+            Err(FileFailure::InTheWay(why)) => report.conflicts.push((file.dest.display().to_string(), why)),
             Err(FileFailure::Target(e)) => return Err(target_error(&file.dest)(e)),
         }
         Ok(())
@@ -339,14 +351,16 @@ fn write_files(
             let plain = match plain {
                 Ok(plain) => Ok(plain),
                 // The store is down or refuses: every other file would fail the same way.
-                Err(e @ RepoError::Storage(_)) => return Err(RestoreError::Repo(e)),
+                Err(RepoError::Storage(e)) if e.store_is_unusable() => {
+                    return Err(RestoreError::Repo(RepoError::Storage(e)))
+                }
                 Err(e) => Err(e.to_string()),
             };
             for place in &places[id] {
                 let file = &files[place.file];
                 match &plain {
                     Ok(data) if data.len() == place.len as usize => {
-                        file.write(place.offset, data).map_err(target_error(&file.dest))?;
+                        file.write(target, place.offset, data).map_err(target_error(&file.dest))?;
                         progress.add(data.len() as u64);
                     }
                     Ok(data) => file.damaged(format!(
@@ -365,10 +379,84 @@ fn write_files(
     })();
     if written.is_err() {
         for file in &files {
-            file.abandon();
+            file.abandon(target);
         }
     }
     written
+}
+
+/// The folder restored into, opened once: files are opened, renamed and removed, and folders
+/// finished, beneath it, never through a symlink (see `beneath::open_beneath`).
+struct Target<'a> {
+    fd: OwnedFd,
+    path: &'a Path,
+}
+
+impl Target<'_> {
+    fn relative<'p>(&self, path: &'p Path) -> &'p Path {
+        path.strip_prefix(self.path).unwrap_or(path)
+    }
+
+    fn open(&self, path: &Path, flags: i32, mode: u32) -> io::Result<File> {
+        open_beneath(self.fd.as_raw_fd(), self.relative(path), flags, mode).map(File::from)
+    }
+
+    /// The folder holding `path`, and `path`'s name in it.
+    fn parent_of(&self, path: &Path) -> io::Result<(OwnedFd, std::ffi::CString)> {
+        let (parent, name) = split(self.relative(path))?;
+        Ok((open_beneath(self.fd.as_raw_fd(), parent, libc::O_DIRECTORY | libc::O_RDONLY, 0)?, name))
+    }
+
+    /// Renames `from` to `to` (in one folder); unless `replace`, never over anything there
+    /// (something that appeared since the walk looked is the user's: `EEXIST`).
+    fn rename(&self, from: &Path, to: &Path, replace: bool) -> io::Result<()> {
+        let (dir, from_name) = self.parent_of(from)?;
+        let (_, to_name) = split(self.relative(to))?;
+        let flags = if replace { 0 } else { libc::RENAME_NOREPLACE };
+        let dir = dir.as_raw_fd();
+        // SAFETY: both names are NUL-terminated and the folder's descriptor is open.
+        if unsafe { libc::renameat2(dir, from_name.as_ptr(), dir, to_name.as_ptr(), flags) } == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if flags != 0 && error.raw_os_error() == Some(libc::EINVAL) {
+            // A file system without RENAME_NOREPLACE: looked at, then renamed.
+            // SAFETY: as above; `stat` is written by the call.
+            let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+            if unsafe { libc::fstatat(dir, to_name.as_ptr(), &mut stat, libc::AT_SYMLINK_NOFOLLOW) } == 0 {
+                return Err(io::Error::from_raw_os_error(libc::EEXIST));
+            }
+            // SAFETY: as above.
+            if unsafe { libc::renameat(dir, from_name.as_ptr(), dir, to_name.as_ptr()) } == 0 {
+                return Ok(());
+            }
+            return Err(io::Error::last_os_error());
+        }
+        Err(error)
+    }
+
+    fn remove(&self, path: &Path) {
+        if let Ok((dir, name)) = self.parent_of(path) {
+            // SAFETY: the name is NUL-terminated and the folder's descriptor is open.
+            unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+        }
+    }
+
+    /// Gives a folder made by the walk its snapshot's owner, mode and time.
+    fn finish_folder(&self, path: &Path, meta: &Meta) -> io::Result<()> {
+        apply_file_meta(&self.open(path, libc::O_DIRECTORY | libc::O_RDONLY, 0)?, meta)
+    }
+}
+
+/// A folder made by the walk: private (0700) until it is finished, so that nothing in it is
+/// readable by others while it is restored, or after a restore that stopped early.
+fn make_folder(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        // Another restore into the same target made it first.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && std::fs::symlink_metadata(path)?.is_dir() => Ok(()),
+        other => other,
+    }
 }
 
 /// A file being written under a temporary name.
@@ -406,24 +494,22 @@ impl PendingFile {
 
     /// The temporary file, made on first use (files are reopened per chunk: thousands may be
     /// in progress at once, more than a process may hold open).
-    fn open(&self) -> io::Result<File> {
+    fn open(&self, target: &Target) -> io::Result<File> {
         let mut state = self.state.lock().expect("pending file lock");
-        let mut options = OpenOptions::new();
-        options.write(true).custom_flags(libc::O_NOFOLLOW);
         if !state.created {
-            let _ = std::fs::remove_file(&self.tmp);
-            let file = options.create_new(true).mode(0o600).open(&self.tmp)?;
+            target.remove(&self.tmp);
+            let file = target.open(&self.tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)?;
             state.created = true;
             return Ok(file);
         }
-        options.open(&self.tmp)
+        target.open(&self.tmp, libc::O_WRONLY, 0)
     }
 
-    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+    fn write(&self, target: &Target, offset: u64, data: &[u8]) -> io::Result<()> {
         if self.state.lock().expect("pending file lock").damaged.is_some() {
             return Ok(());
         }
-        let file = self.open()?;
+        let file = self.open(target)?;
         // A chunk of zeros is left a hole: a sparse file (a disk image, a database) restores
         // sparse instead of taking its full size on disk.
         if data.iter().all(|&b| b == 0) {
@@ -439,23 +525,23 @@ impl PendingFile {
     /// Called once every chunk is written: sets the file's size and metadata and renames it
     /// into place (a file that replaces one of the user's is made durable first: a power loss
     /// must not leave an empty file where the user's was). Returns its size.
-    fn finish(&self) -> Result<u64, FileFailure> {
+    fn finish(&self, target: &Target) -> Result<u64, FileFailure> {
         let Node::File { size, .. } = &self.entry.node else { unreachable!("only files are written") };
         let damaged = self.state.lock().expect("pending file lock").damaged.clone();
         if let Some(why) = damaged {
-            self.abandon();
+            self.abandon(target);
             return Err(FileFailure::Damaged(why));
         }
         let complete = || -> io::Result<()> {
-            let file = self.open()?;
+            let file = self.open(target)?;
             file.set_len(*size)?;
             apply_file_meta(&file, &self.entry.meta)?;
             if self.replaces {
                 file.sync_all()?;
             }
             drop(file);
-            // Replaces a file or symlink there (the planner decided it may); never a folder.
-            std::fs::rename(&self.tmp, &self.dest)
+            // Replaces a file or symlink there only if the planner decided it may; never a folder.
+            target.rename(&self.tmp, &self.dest, self.replaces)
         };
         let done = complete();
         match done {
@@ -464,17 +550,23 @@ impl PendingFile {
                 Ok(*size)
             }
             Err(e) => {
-                self.abandon();
-                Err(FileFailure::Target(e))
+                self.abandon(target);
+                match e.raw_os_error() {
+                    Some(libc::EEXIST) => Err(FileFailure::InTheWay(
+                        "something appeared there during the restore and is left as it is (--overwrite replaces it)"
+                            .into(),
+                    )),
+                    _ => Err(FileFailure::Target(e)),
+                }
             }
         }
     }
 
     /// Removes the temporary file of a file that will not be completed.
-    fn abandon(&self) {
+    fn abandon(&self, target: &Target) {
         let mut state = self.state.lock().expect("pending file lock");
         if state.created && !state.settled {
-            let _ = std::fs::remove_file(&self.tmp);
+            target.remove(&self.tmp);
         }
         state.settled = true;
     }
@@ -486,7 +578,7 @@ fn same_mtime(meta: &std::fs::Metadata, stored: &Meta) -> bool {
 }
 
 fn target_error(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
-    move |source| RestoreError::Target { path: path.display().to_string(), source }
+    move |cause| RestoreError::Target { path: path.display().to_string(), cause }
 }
 
 /// The folder to restore into: made if missing; a symlink to a folder is followed (the user

@@ -277,3 +277,48 @@ fn chunks_shared_between_files_and_within_one_restore_into_every_place() {
         files_under(&out).into_iter().filter(|p| p.to_string_lossy().contains(".phonebak-restore")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Files are written well after the walk made their folders, so the target can change in
+/// between. Caught mid-restore (stopped while a file is under way): a folder swapped for a
+/// symlink to elsewhere never leads a write there, and a file that appeared where one goes is
+/// the user's and stays (exit 3).
+#[test]
+fn a_target_changed_during_the_restore_is_never_written_through_or_over() {
+    use std::os::unix::process::ExitStatusExt;
+    let s = Scratch::with_repo();
+    let phone = s.path("phone");
+    write(&phone.join("DCIM/video.mp4"), &bytes(95, 120_000_000, false));
+    s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
+    // Runs a restore into `target`, stops it once `DCIM` holds a file under way, lets `meddle`
+    // change the target, and lets it finish.
+    let restore_meddled = |target: &std::path::Path, meddle: &dyn Fn()| {
+        let mut child = s.command(&["restore", "latest", "--target", target.to_str().unwrap()]).spawn().unwrap();
+        let pid = child.id() as i32;
+        wait_until("a file under way", || {
+            std::fs::read_dir(target.join("DCIM"))
+                .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(".phonebak-restore")))
+                .unwrap_or(false)
+        });
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        meddle();
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        let status = child.wait().unwrap();
+        assert!(status.signal().is_none(), "{status:?}");
+        status.code().unwrap()
+    };
+    // The folder, with the file under way in it, moved elsewhere and a symlink to it left in
+    // its place: the restore must not follow it to finish the file there.
+    let outside = s.path("outside");
+    let swapped = s.path("swapped");
+    let code = restore_meddled(&swapped, &|| {
+        std::fs::rename(swapped.join("DCIM"), &outside).unwrap();
+        std::os::unix::fs::symlink(&outside, swapped.join("DCIM")).unwrap();
+    });
+    assert_ne!(code, 0, "a restore whose folder was swapped for a symlink went on as if nothing happened");
+    assert!(!outside.join("video.mp4").exists(), "restore wrote through the swapped-in symlink");
+    let raced = s.path("raced");
+    let code = restore_meddled(&raced, &|| write(&raced.join("DCIM/video.mp4"), b"the user's own video"));
+    assert_eq!(code, 3, "the file that appeared is reported as in the way");
+    assert_eq!(std::fs::read(raced.join("DCIM/video.mp4")).unwrap(), b"the user's own video");
+}

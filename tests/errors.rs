@@ -332,11 +332,21 @@ fn restore_blames_a_full_or_read_only_target_not_the_repository() {
     let s = Scratch::with_repo();
     let phone = s.path("phone");
     sample_phone(&phone);
+    // A private folder whose files do not fit: folders stay private (0700) until they are
+    // finished, so a restore that stops leaves nothing in one readable by others.
+    write(&phone.join("Private/big.bin"), &bytes(90, 2_000_000, false));
+    std::fs::set_permissions(phone.join("Private"), std::fs::Permissions::from_mode(0o700)).unwrap();
     s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
     let disk = SmallDisk::mount(&s.path("small"), "1m");
     let full = s.run(&["restore", "latest", "--target", disk.0.join("out").to_str().unwrap()]);
     assert_eq!(code(&full), 15, "{}", stderr(&full));
     assert!(stderr(&full).contains("No space left on device"), "{}", stderr(&full));
+    assert_eq!(stderr(&full).matches("No space left on device").count(), 1, "said once: {}", stderr(&full));
+    for dir in [disk.0.join("out/Private"), disk.0.join("out/DCIM")] {
+        if let Ok(meta) = std::fs::metadata(&dir) {
+            assert_eq!(meta.permissions().mode() & 0o077, 0, "{} readable by others", dir.display());
+        }
+    }
     assert!(stderr(&full).contains("the repository is not at fault"), "{}", stderr(&full));
     assert!(!stderr(&full).contains("damaged"), "{}", stderr(&full));
     let leftovers: Vec<_> =

@@ -596,3 +596,45 @@ fn a_lock_refresh_never_brings_back_a_lock_removed_as_stale() {
         assert!(matches!(storage.size("locks/0123"), Err(StorageError::NotFound(_))), "{location:?}: brought back");
     }
 }
+
+/// A pack cut short in the bucket (the store answers a range past its end with an error of its
+/// own) is damage to the files whose chunks were in the lost part, not a store that is down:
+/// those are listed (exit 13) and every other file is restored.
+#[test]
+fn a_truncated_pack_in_the_bucket_fails_only_the_files_in_its_lost_part() {
+    use phonebak::repo::storage::{s3::S3Options, RepoLocation};
+    std::env::set_var("AWS_ACCESS_KEY_ID", common::seaweed::ACCESS_KEY);
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+    let s = Scratch::with_object_store_repo();
+    let phone = s.path("phone");
+    for i in 0..10 {
+        write(&phone.join(format!("DCIM/IMG_{i}.jpg")), &bytes(700 + i, 1_000_000, false));
+    }
+    backup(&s, &phone, "pixel");
+    let storage = RepoLocation::parse(s.repo.as_os_str()).unwrap().open(&S3Options::default()).unwrap();
+    let packs = storage.list("data").unwrap();
+    let largest = packs.iter().max_by_key(|p| p.size).unwrap();
+    let whole = storage.read(&largest.name, u64::MAX).unwrap();
+    storage.write(&largest.name, &whole[..whole.len() / 2]).unwrap();
+    let out = s.path("out");
+    let restore = s.run(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_eq!(code(&restore), 13, "{}", stderr(&restore));
+    let (mut restored, mut failed) = (0, 0);
+    for i in 0..10 {
+        let name = format!("DCIM/IMG_{i}.jpg");
+        match std::fs::read(out.join(&name)) {
+            Ok(data) => {
+                assert_eq!(data, bytes(700 + i, 1_000_000, false), "{name}");
+                restored += 1;
+            }
+            Err(_) => {
+                assert!(stderr(&restore).contains(&name), "{name} not named: {}", stderr(&restore));
+                failed += 1;
+            }
+        }
+    }
+    assert!(restored >= 3 && failed >= 3, "{restored} restored, {failed} failed: {}", stderr(&restore));
+    let leftovers: Vec<_> =
+        files_under(&out).into_iter().filter(|p| p.to_string_lossy().contains(".phonebak-restore")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -80,6 +80,14 @@ pub fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> Storage
     }
 }
 
+impl StorageError {
+    /// Whether the store as a whole cannot be used now (down, refusing, no bucket), as opposed
+    /// to one object being wrong: every other read would fail the same way.
+    pub fn store_is_unusable(&self) -> bool {
+        matches!(self, StorageError::Unreachable { .. } | StorageError::Denied { .. } | StorageError::NoBucket { .. })
+    }
+}
+
 /// A repository's storage. Names are `/`-separated and relative to the repository's root.
 pub trait Storage: Send + Sync {
     /// Where the repository is, for messages: a path, or `s3:ENDPOINT/BUCKET/PREFIX` (never

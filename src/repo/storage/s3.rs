@@ -273,7 +273,9 @@ impl Shared {
                 StorageError::NoBucket { location, bucket: self.location.bucket.clone() }
             }
             ErrorKind::PermissionDenied => StorageError::Denied { location, why: s3_code(&text) },
+            // A range past the end of a shorter object (SeaweedFS says `InvalidRange`).
             ErrorKind::RangeNotSatisfied => StorageError::Truncated { name: name.to_string() },
+            _ if text.contains("InvalidRange") => StorageError::Truncated { name: name.to_string() },
             _ if e.is_temporary() || text.contains("send http request") => {
                 StorageError::Unreachable { location, why: connection_reason(&e, &text) }
             }
