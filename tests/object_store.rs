@@ -638,3 +638,45 @@ fn a_truncated_pack_in_the_bucket_fails_only_the_files_in_its_lost_part() {
         files_under(&out).into_iter().filter(|p| p.to_string_lossy().contains(".phonebak-restore")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// A mount whose store goes down answers each read that needs the store with an error, at once
+/// after the first: a reader going through thousands of files does not wait out every request's
+/// retries (about 20 s each) for each file. Once the store is back, reads work again.
+#[test]
+fn a_mount_whose_store_went_down_fails_reads_at_once_not_each_after_its_retries() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut server = SeaweedFs::start(&scratch.path().join("store"));
+    let mut s = Scratch::new();
+    s.repo = server.new_repo("family").into();
+    s.ok(&["init", "--create-bucket"]);
+    let phone = s.path("phone");
+    for i in 0..20 {
+        write(&phone.join(format!("DCIM/{i:02}/IMG.jpg")), &bytes(400 + i, 300_000, false));
+    }
+    backup(&s, &phone, "p");
+    let m = Mounted::new(&s, &[]);
+    let latest = m.snapshots().join("p/latest");
+    assert!(latest.join("DCIM").is_dir());
+    server.kill();
+    let started = std::time::Instant::now();
+    let mut failed = 0;
+    for i in 0..20 {
+        if std::fs::read(latest.join(format!("DCIM/{i:02}/IMG.jpg"))).is_err() {
+            failed += 1;
+        }
+    }
+    let took = started.elapsed();
+    assert!(failed >= 19, "{failed} of 20 reads failed with the store down");
+    assert!(took < Duration::from_secs(90), "20 reads with the store down took {took:?}");
+    server.restart();
+    wait_until_long(|| std::fs::read(latest.join("DCIM/05/IMG.jpg")).is_ok_and(|b| b == bytes(405, 300_000, false)));
+}
+
+/// Waits up to 2 minutes (a mount asks a store that was down again after 30 s).
+fn wait_until_long(mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(120), "reads did not come back after the store did");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use opendal::options::{ListOptions, ReadOptions, WriteOptions};
 use opendal::{ErrorKind, Operator};
@@ -158,7 +158,15 @@ pub struct Shared {
     requests: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    /// When the store last could not be reached (after retries), and why: for a while after,
+    /// requests fail at once instead of each waiting out its own retries (a mount's reader of
+    /// thousands of files would otherwise wait minutes per file).
+    unreachable_since: Mutex<Option<(Instant, String)>>,
 }
+
+/// How long requests fail at once after the store could not be reached; the first one after
+/// asks the store again.
+const ASK_AGAIN_AFTER: Duration = Duration::from_secs(30);
 
 impl S3 {
     pub fn open(location: S3Location, options: &S3Options) -> Result<S3, StorageError> {
@@ -198,12 +206,19 @@ impl Shared {
             requests: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            unreachable_since: Mutex::new(None),
         })
     }
 
     /// This process's client: one made before a fork has no runtime threads in the child, and
     /// is left alone (never dropped, which would wait for those threads).
     fn client(&self) -> Result<Arc<Client>, StorageError> {
+        if let Some((since, why)) = &*self.unreachable_since.lock().expect("unreachable lock") {
+            if since.elapsed() < ASK_AGAIN_AFTER {
+                let why = format!("{why} (a moment ago; asked again within {} s)", ASK_AGAIN_AFTER.as_secs());
+                return Err(StorageError::Unreachable { location: self.location.to_string(), why });
+            }
+        }
         let current = self.client.read().expect("client lock").clone();
         if current.pid == std::process::id() {
             return Ok(current);
@@ -257,6 +272,11 @@ impl Client {
 impl Shared {
     /// One request made, moving `sent` and `received` bytes.
     fn count(&self, sent: usize, received: usize) {
+        let mut unreachable = self.unreachable_since.lock().expect("unreachable lock");
+        if unreachable.is_some() {
+            *unreachable = None; // it answered
+        }
+        drop(unreachable);
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.bytes_out.fetch_add(sent as u64, Ordering::Relaxed);
         self.bytes_in.fetch_add(received as u64, Ordering::Relaxed);
@@ -277,7 +297,9 @@ impl Shared {
             ErrorKind::RangeNotSatisfied => StorageError::Truncated { name: name.to_string() },
             _ if text.contains("InvalidRange") => StorageError::Truncated { name: name.to_string() },
             _ if e.is_temporary() || text.contains("send http request") => {
-                StorageError::Unreachable { location, why: connection_reason(&e, &text) }
+                let why = connection_reason(&e, &text);
+                *self.unreachable_since.lock().expect("unreachable lock") = Some((Instant::now(), why.clone()));
+                StorageError::Unreachable { location, why }
             }
             _ => StorageError::Store { location, action, name: name.to_string(), why: short_reason(&text) },
         }
