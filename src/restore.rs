@@ -83,7 +83,7 @@ enum There {
     Other,
 }
 
-/// Files restored at once from an object store.
+/// Pieces of packs read at once from an object store.
 const REMOTE_WORKERS: usize = 8;
 
 /// Restores `entry` (from `tree::lookup_path`) into `target`: a folder's contents go into
