@@ -41,9 +41,10 @@ enum Work {
 impl Repository {
     /// Loads each blob of `ids` once, verified, and hands it to `each`, on `threads` threads. The
     /// blobs of one pack are read in pack order, several per read of at most `piece_max` bytes
-    /// (or one blob), packs in the order `ids` first needs them. A blob whose piece cannot be read or opened is loaded alone, through
-    /// every copy the index knows (see `load_blob`); one that cannot be loaded at all is handed
-    /// over as its error. The first error `each` returns stops the reading and is returned.
+    /// (or one blob), packs in the order `ids` first needs them. A blob whose piece cannot be
+    /// read or opened is loaded alone, through every copy the index knows (see `load_blob`);
+    /// one that cannot be loaded at all is handed over as its error. The first error `each`
+    /// returns stops the reading and is returned.
     pub fn load_blobs_in_pack_order<E: Send>(
         &self,
         ids: &[BlobId],
