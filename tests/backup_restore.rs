@@ -279,7 +279,7 @@ fn chunks_shared_between_files_and_within_one_restore_into_every_place() {
 }
 
 /// Files are written well after the walk made their folders, so the target can change in
-/// between. Caught mid-restore (stopped while a file is under way): a folder swapped for a
+/// between. Caught mid-restore (stopped once the walk made the folders): a folder swapped for a
 /// symlink to elsewhere never leads a write there, and a file that appeared where one goes is
 /// the user's and stays (exit 3).
 #[test]
@@ -289,16 +289,17 @@ fn a_target_changed_during_the_restore_is_never_written_through_or_over() {
     let phone = s.path("phone");
     write(&phone.join("DCIM/video.mp4"), &bytes(95, 120_000_000, false));
     s.ok(&["backup", "--device", "p", phone.to_str().unwrap()]);
-    // Runs a restore into `target`, stops it once `DCIM` holds a file under way, lets `meddle`
-    // change the target, and lets it finish.
+    // Runs a restore into `target`, stops it once the walk made `DCIM`, lets `meddle` change
+    // the target, and lets it finish.
     let restore_meddled = |target: &std::path::Path, meddle: &dyn Fn()| {
         let mut child = s.command(&["restore", "latest", "--target", target.to_str().unwrap()]).spawn().unwrap();
         let pid = child.id() as i32;
-        wait_until("a file under way", || {
-            std::fs::read_dir(target.join("DCIM"))
-                .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(".phonebak-restore")))
-                .unwrap_or(false)
-        });
+        // The walk has made `DCIM`; its 120 MB file is not written yet or under way. Looked for
+        // every millisecond: the restore must not finish in between.
+        while !target.join("DCIM").is_dir() {
+            assert!(child.try_wait().unwrap().is_none(), "the restore ended before making its folders");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         // SAFETY: signalling our own child.
         unsafe { libc::kill(pid, libc::SIGSTOP) };
         meddle();
@@ -307,8 +308,8 @@ fn a_target_changed_during_the_restore_is_never_written_through_or_over() {
         assert!(status.signal().is_none(), "{status:?}");
         status.code().unwrap()
     };
-    // The folder, with the file under way in it, moved elsewhere and a symlink to it left in
-    // its place: the restore must not follow it to finish the file there.
+    // The folder (with the file under way in it, if it is) moved elsewhere and a symlink to it
+    // left in its place: the restore must not follow it to write the file there.
     let outside = s.path("outside");
     let swapped = s.path("swapped");
     let code = restore_meddled(&swapped, &|| {

@@ -450,15 +450,8 @@ impl Repository {
         decompressed: &mut Vec<u8>,
     ) -> Result<Opened, RepoError> {
         let opened = if let Layout::Framed { .. } = self.layout(stored.len() as u32, raw_len) {
-            let step = FRAME_LEN + self.sealer.overhead();
-            let mut plain_end = 0;
-            for (number, at) in (0..stored.len()).step_by(step).enumerate() {
-                let end = (at + step).min(stored.len());
-                let range = self.open_frame(kind, id, number, &mut stored[at..end])?;
-                stored.copy_within(at + range.start..at + range.end, plain_end);
-                plain_end += range.len();
-            }
-            Opened::In(0..plain_end)
+            let whole = 0..stored.len();
+            Opened::In(0..self.open_frames_in_place(kind, id, 0, stored, whole)?)
         } else {
             let range = self.open_blob(kind, id, stored)?;
             match stored[range.clone()].split_first() {
@@ -553,7 +546,8 @@ impl Repository {
             }
             Layout::Framed { .. } => {
                 let bytes = self.read_pack(pack, offset, len, reuse, out)?;
-                self.open_frames_in_place(location.kind, id, 0, out, bytes)?;
+                let plain = self.open_frames_in_place(location.kind, id, 0, out, bytes)?;
+                out.truncate(plain);
             }
         }
         self.verify_blob(id, location.raw_len, out)
@@ -592,7 +586,8 @@ impl Repository {
         let start = number as usize * step;
         let len = step.min(location.len as usize - start);
         let bytes = self.read_pack(&location.pack, location.offset as u64 + start as u64, len, Reuse::Once, out)?;
-        self.open_frames_in_place(location.kind, id, number as usize, out, bytes)?;
+        let plain = self.open_frames_in_place(location.kind, id, number as usize, out, bytes)?;
+        out.truncate(plain);
         let expected = FRAME_LEN.min(location.raw_len as usize - number as usize * FRAME_LEN);
         if out.len() != expected {
             return Err(RepoError::Corrupt(format!("blob {id}: frame {number} has the wrong length")));
@@ -601,15 +596,16 @@ impl Repository {
     }
 
     /// Opens consecutive frames (the first being frame `first`) where they lie, in
-    /// `buffer[stored]`, and moves their plain bytes together to the front of `buffer`.
+    /// `buffer[stored]`, and moves their plain bytes together to the front of `buffer`; returns
+    /// how many there are.
     fn open_frames_in_place(
         &self,
         kind: BlobKind,
         id: &BlobId,
         first: usize,
-        buffer: &mut Vec<u8>,
+        buffer: &mut [u8],
         stored: std::ops::Range<usize>,
-    ) -> Result<(), RepoError> {
+    ) -> Result<usize, RepoError> {
         let step = FRAME_LEN + self.sealer.overhead();
         let mut plain_end = 0;
         for (at, number) in stored.clone().step_by(step).zip(first..) {
@@ -618,8 +614,7 @@ impl Repository {
             buffer.copy_within(at + range.start..at + range.end, plain_end);
             plain_end += range.len();
         }
-        buffer.truncate(plain_end);
-        Ok(())
+        Ok(plain_end)
     }
 
     fn open_frame(
